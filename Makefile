@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export GEM_HOME ?= $(CURDIR)/data
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+ifdef CORPUS
+export GEM_CORPUS := $(CORPUS)
+endif
+
+.PHONY: install run test bench ui clean
+
+install: $(STAMP)
+
+# torch is pinned to the CPU build first: an unpinned torch can resolve to a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -qq --upgrade "pip>=24"
+	$(PY) -m pip install -qq "torch==2.13.0"
+	$(PY) -m pip install -qq -e ".[dev,bench]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m gem_assets.run
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/clustering.py
+
+ui: $(STAMP)
+	mkdir -p $(GEM_HOME)/dagster
+	DAGSTER_HOME=$(GEM_HOME)/dagster $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -m gem_assets.definitions
+
+clean:
+	rm -rf $(VENV)
