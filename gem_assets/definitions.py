@@ -1,0 +1,59 @@
+"""The Dagster code location: ``dagster dev -m gem_assets.definitions`` (or ``make ui``).
+
+Loading this module reads the ``GEM_*`` environment variables and nothing else: the
+default corpus is written and the teacher model loaded only when a run needs them.
+"""
+
+from __future__ import annotations
+
+from dagster import Definitions, in_process_executor
+
+from gem_assets.defs.automation import daily_backfill, shard_sensor, teacher_sensor
+from gem_assets.defs.corpus import documents
+from gem_assets.defs.embeddings import embeddings
+from gem_assets.defs.jobs import shard_job, teacher_job
+from gem_assets.defs.teacher import teacher_clusters, teacher_sample
+from gem_assets.resources import GemConfig, MlflowTracker, SentenceTransformerEmbedder
+
+__all__ = ["ASSETS", "build_definitions", "defs"]
+
+#: Every asset of this part of the graph, upstream first.
+ASSETS = [documents, embeddings, teacher_sample, teacher_clusters]
+
+
+def build_definitions(
+    gem: GemConfig | None = None,
+    embedder: SentenceTransformerEmbedder | None = None,
+    mlflow: MlflowTracker | None = None,
+) -> Definitions:
+    """The code location's definitions with the given resources (default: from the environment).
+
+    Parameters
+    ----------
+    gem : GemConfig, optional
+        Settings; default :meth:`GemConfig.from_env`.
+    embedder : SentenceTransformerEmbedder, optional
+        Teacher embedder; default :meth:`SentenceTransformerEmbedder.from_env`.
+    mlflow : MlflowTracker, optional
+        MLflow logging; default :meth:`MlflowTracker.from_env`.
+
+    Returns
+    -------
+    Definitions
+    """
+    return Definitions(
+        assets=ASSETS,
+        jobs=[shard_job, teacher_job],
+        sensors=[shard_sensor, teacher_sensor],
+        schedules=[daily_backfill],
+        resources={
+            "gem": gem or GemConfig.from_env(),
+            "embedder": embedder or SentenceTransformerEmbedder.from_env(),
+            "mlflow": mlflow or MlflowTracker.from_env(),
+        },
+        # steps of these jobs run one after another; one process keeps the model loaded once
+        executor=in_process_executor,
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,107 @@
+"""``documents``: one validated, normalized shard per partition."""
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from gem_assets.defs._format import markdown_table
+from gem_assets.defs.partitions import shards_partitions
+from gem_assets.resources.config import GemConfig
+
+__all__ = ["documents"]
+
+
+@asset(
+    partitions_def=shards_partitions,
+    group_name="corpus",
+    kinds={"polars", "parquet"},
+    check_specs=[
+        AssetCheckSpec(
+            "document_conservation",
+            asset="documents",
+            description="Every row of the shard is counted once: rows in = kept + quarantined, "
+            "and the files written hold exactly those rows.",
+        )
+    ],
+)
+def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResult:
+    """One shard, validated and normalized.
+
+    Kept rows (NFC, newlines normalized, stripped; ids from the id column or from the
+    content) go to ``work/documents/<shard>.parquet``; null, empty or whitespace-only
+    texts, invalid UTF-8, over-long texts, missing and duplicate ids go to
+    ``outputs/quarantine/<shard>.parquet`` with a reason per row. A shard that cannot be
+    read, or lacks the text column, fails this partition only.
+    """
+    import polars as pl
+
+    from gem_assets.lib import artifacts, corpus
+
+    key = context.partition_key
+    settings = gem.settings()
+    layout = settings.layout
+    try:
+        path = gem.shard_path(key)
+    except FileNotFoundError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from exc
+    sha = corpus.file_sha256(path)
+    params = settings.documents_params()
+    try:
+        result = corpus.validate_shard(path, **params)
+    except corpus.ShardError as exc:
+        raise Failure(description=str(exc), metadata={"shard": key, "file": str(path)},
+                      allow_retries=False) from exc
+    fp = artifacts.documents_fingerprint(sha, params)
+    meta = {
+        "shard": key,
+        "file": str(path),
+        "shard_sha256": sha,
+        "fingerprint": fp,
+        "params": params,
+        "rows_in": result.rows_in,
+        "kept": result.n_kept,
+        "quarantined": result.n_quarantined,
+        "reasons": result.reasons,
+        "ids_from_content": result.ids_from_content,
+    }
+    paths = artifacts.write_documents(layout, key, result.kept, result.quarantine, meta)
+
+    kept_on_disk = pl.scan_parquet(paths["documents"]).select(pl.len()).collect().item()
+    quarantined_on_disk = pl.scan_parquet(paths["quarantine"]).select(pl.len()).collect().item()
+    conserved = result.rows_in == kept_on_disk + quarantined_on_disk == result.n_kept + result.n_quarantined
+    if result.n_quarantined:
+        context.log.warning(f"shard {key}: {result.n_quarantined} of {result.rows_in} rows quarantined "
+                            f"({ {r: n for r, n in result.reasons.items() if n} }) -> {paths['quarantine']}")
+    metadata = {
+        "shard": key,
+        "file": MetadataValue.path(str(path)),
+        "shard_sha256": sha,
+        "fingerprint": fp,
+        "rows_in": result.rows_in,
+        "kept": result.n_kept,
+        "quarantined": result.n_quarantined,
+        **{f"quarantined_{r}": n for r, n in result.reasons.items()},
+        "ids_from_content": result.ids_from_content,
+        "mean_chars": float(result.kept["n_chars"].mean() or 0.0) if result.n_kept else 0.0,
+        "documents_path": MetadataValue.path(str(paths["documents"])),
+        "quarantine_path": MetadataValue.path(str(paths["quarantine"])),
+        "dagster/row_count": result.n_kept,
+    }
+    if result.n_quarantined:
+        preview = result.quarantine.head(10).select("row", "id", "reason", "detail")
+        metadata["quarantine_preview"] = MetadataValue.md(markdown_table(preview))
+    check = AssetCheckResult(
+        check_name="document_conservation",
+        passed=bool(conserved),
+        metadata={"rows_in": result.rows_in, "kept": kept_on_disk, "quarantined": quarantined_on_disk},
+        description=f"{result.rows_in} in = {kept_on_disk} kept + {quarantined_on_disk} quarantined",
+    )
+    return MaterializeResult(metadata=metadata, data_version=DataVersion(fp[:16]), check_results=[check])
+

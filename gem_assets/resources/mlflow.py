@@ -1,0 +1,133 @@
+"""The MLflow resource: a small ConfigurableResource around :class:`mlflow.MlflowClient`.
+
+Policy when the tracking store is unreachable (``on_error``): ``warn`` (default) logs a
+warning, records ``mlflow_status`` in the asset's metadata and lets the asset materialize,
+because the teacher is already computed and written; ``fail`` raises, failing the step
+(its files are already written, but the materialization is not recorded).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, NamedTuple, Optional, Sequence
+
+from dagster import ConfigurableResource
+
+from gem_assets.config import Layout
+
+__all__ = ["MlflowTracker", "TrackingOutcome"]
+
+
+class TrackingOutcome(NamedTuple):
+    """What happened to one MLflow logging attempt.
+
+    ``status`` is ``logged``, ``disabled`` or ``unreachable``.
+    """
+
+    status: str
+    tracking_uri: str
+    run_id: Optional[str] = None
+    message: str = ""
+
+
+class MlflowTracker(ConfigurableResource):
+    """Logs teacher fits to MLflow.
+
+    Attributes
+    ----------
+    tracking_uri : str
+        Empty: ``sqlite:///$GEM_HOME/mlflow.db`` (``GEM_MLFLOW_TRACKING_URI``).
+    experiment : str
+        MLflow experiment name.
+    enabled : bool
+        ``False`` skips MLflow entirely (``GEM_MLFLOW=0``).
+    on_error : str
+        ``warn`` or ``fail`` when the store cannot be reached (``GEM_MLFLOW_ON_ERROR``).
+    probe_timeout_s : float
+        Seconds allowed to the reachability probe of an HTTP store.
+    """
+
+    tracking_uri: str = ""
+    experiment: str = "gem-teacher"
+    enabled: bool = True
+    on_error: str = "warn"
+    probe_timeout_s: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "MlflowTracker":
+        """The tracker configured by ``GEM_MLFLOW_TRACKING_URI``, ``GEM_MLFLOW`` and ``GEM_MLFLOW_ON_ERROR``."""
+        env = os.environ if env is None else env
+        return cls(
+            tracking_uri=env.get("GEM_MLFLOW_TRACKING_URI", "").strip(),
+            enabled=env.get("GEM_MLFLOW", "1").strip().lower() not in {"0", "false", "no", "off"},
+            on_error=env.get("GEM_MLFLOW_ON_ERROR", "").strip().lower() or "warn",
+        )
+
+    def resolved_uri(self, layout: Layout) -> str:
+        """The tracking URI, defaulting to the SQLite database under ``GEM_HOME``."""
+        return self.tracking_uri or layout.mlflow_uri
+
+    def log_fit(
+        self,
+        layout: Layout,
+        *,
+        run_name: str,
+        params: Mapping[str, object],
+        tags: Mapping[str, str],
+        history: Sequence[Mapping[str, float]],
+        metric_keys: Sequence[str],
+        final_metrics: Mapping[str, float],
+        artifacts: Sequence[Path],
+        log=None,
+    ) -> TrackingOutcome:
+        """Log one fit as an MLflow run, applying the ``on_error`` policy.
+
+        Parameters
+        ----------
+        layout : Layout
+            For the default URI and artifact folder.
+        run_name, params, tags, history, metric_keys, final_metrics, artifacts
+            See :func:`gem_assets.lib.tracking.log_fit`.
+        log : logger, optional
+            Receives the warning when the store is unreachable.
+
+        Returns
+        -------
+        TrackingOutcome
+
+        Raises
+        ------
+        RuntimeError
+            If the store is unreachable and ``on_error == "fail"``.
+        """
+        uri = self.resolved_uri(layout)
+        if self.on_error not in ("warn", "fail"):
+            raise ValueError(f"on_error must be 'warn' or 'fail', got {self.on_error!r} (GEM_MLFLOW_ON_ERROR)")
+        if not self.enabled:
+            return TrackingOutcome("disabled", uri, None, "MLflow logging disabled (GEM_MLFLOW=0)")
+        from gem_assets.lib import tracking
+
+        try:
+            tracking.probe(uri, timeout_s=self.probe_timeout_s)
+            run_id = tracking.log_fit(
+                uri,
+                self.experiment,
+                run_name=run_name,
+                params=params,
+                tags=tags,
+                history=history,
+                metric_keys=metric_keys,
+                final_metrics=final_metrics,
+                artifacts=artifacts,
+                artifact_root=layout.mlflow_artifacts,
+            )
+        except Exception as exc:  # any failure of the store: unreachable, locked, bad URI ...
+            message = f"MLflow tracking store {uri} unreachable: {type(exc).__name__}: {exc}"
+            if self.on_error == "fail":
+                raise RuntimeError(message + " (GEM_MLFLOW_ON_ERROR=fail)") from exc
+            if log is not None:
+                log.warning(message + "; the teacher is materialized without an MLflow run "
+                            "(set GEM_MLFLOW_ON_ERROR=fail to fail instead)")
+            return TrackingOutcome("unreachable", uri, None, message)
+        return TrackingOutcome("logged", uri, run_id, f"MLflow run {run_id} in experiment {self.experiment!r}")

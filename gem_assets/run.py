@@ -1,0 +1,212 @@
+"""``make run``: materialize the asset graph on the configured corpus, incrementally.
+
+``python -m gem_assets.run`` (what ``make run`` calls):
+
+1. resolves the corpus (``GEM_CORPUS``; unset: the BBC News default corpus, written once
+   under ``$GEM_HOME/corpus/``) and registers a ``shards`` partition per shard file;
+2. runs ``shard_job`` (documents + embeddings) for each shard that is new or whose bytes,
+   parameters or embedder changed, one run per shard (a bad shard fails its own run only);
+3. runs ``teacher_job`` (teacher sample + GEM fit) when its inputs changed;
+4. prints where the outputs are.
+
+Runs are recorded in a persistent Dagster instance at ``$GEM_HOME/dagster``
+(``DAGSTER_HOME``), the one ``make ui`` opens, so everything done here shows up there.
+Re-running with nothing changed recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+__all__ = ["run_pipeline", "main"]
+
+_QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+def _failure_message(result) -> str:
+    """The first step failure of an in-process run, as one line."""
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            data = event.step_failure_data
+            if data is not None and data.user_failure_data is not None and data.user_failure_data.description:
+                return data.user_failure_data.description
+            if data is not None and data.error is not None:
+                return data.error.message.strip().splitlines()[-1] if data.error.message else data.error.cls_name
+    return "run failed (see the run's logs in the UI)"
+
+
+def open_instance(dagster_home: Path):
+    """The persistent Dagster instance under ``dagster_home`` (sets ``DAGSTER_HOME``)."""
+    from dagster import DagsterInstance
+
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    return DagsterInstance.get()
+
+
+def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
+    """Bring every asset of the graph up to date and return a summary.
+
+    Parameters
+    ----------
+    defs : Definitions, optional
+        Default: :data:`gem_assets.definitions.defs` (resources from the environment).
+    instance : DagsterInstance, optional
+        Default: the persistent instance at ``$GEM_HOME/dagster``.
+    out : text stream, optional
+        Where the summary is printed (default stdout; ``None`` from tests prints to stdout).
+
+    Returns
+    -------
+    dict
+        ``shards`` (key to status), ``ran_shards``, ``failed`` (key to message),
+        ``teacher`` (``refit``/``up to date``/``failed``), ``embed_docs``, ``embed_seconds``,
+        ``outputs`` and ``seconds``.
+    """
+    from gem_assets.defs.partitions import SHARDS
+    from gem_assets.defs.state import hash_shards, stale_shards, teacher_state
+    from gem_assets.lib import artifacts
+
+    out = out or sys.stdout
+    t0 = time.perf_counter()
+    if defs is None:
+        from gem_assets.definitions import defs
+    gem = defs.resources["gem"]
+    embedder = defs.resources["embedder"]
+    settings = gem.settings()
+    layout = settings.layout
+    layout.home.mkdir(parents=True, exist_ok=True)
+    if instance is None:
+        instance = open_instance(layout.dagster_home)
+
+    pattern = gem.corpus_glob()
+    shards = gem.shards()
+    if not shards:
+        raise SystemExit(
+            f"the corpus glob {pattern!r} matches no .jsonl/.ndjson/.json/.parquet file (GEM_CORPUS / CORPUS=)"
+        )
+    print(f"gem-assets: {len(shards)} shard(s) from {pattern}  [profile {settings.profile}, K={settings.k}, "
+          f"GEM_HOME={layout.home}]", file=out, flush=True)
+    registered = set(instance.get_dynamic_partitions(SHARDS))
+    new = [key for key in shards if key not in registered]
+    if new:
+        instance.add_dynamic_partitions(SHARDS, new)
+
+    hashes, _ = hash_shards(shards)
+    stale = stale_shards(instance, settings, embedder.model_id, hashes)
+    shard_job = defs.resolve_job_def("shard_job")
+    status = {key: "up to date" for key in shards}
+    failed: dict[str, str] = {}
+    embed_docs, embed_seconds = 0, 0.0
+    for i, (key, reason) in enumerate(stale.items(), 1):
+        print(f"[{i}/{len(stale)}] shard {key}: {reason} -> documents, embeddings", file=out, flush=True)
+        result = shard_job.execute_in_process(
+            instance=instance, partition_key=key, raise_on_error=False,
+            run_config=_QUIET_RUN_CONFIG, tags={"gem/launched_by": "gem_assets.run"},
+        )
+        if result.success:
+            status[key] = "embedded"
+            meta = artifacts.read_embeddings_meta(layout, key) or {}
+            embed_docs += int(meta.get("n_vectors", 0))
+            embed_seconds += float(meta.get("seconds", 0.0))
+        else:
+            status[key] = "failed"
+            failed[key] = _failure_message(result)
+            print(f"    FAILED: {failed[key]}", file=out, flush=True)
+
+    state = teacher_state(instance, settings, hashes)
+    teacher = "up to date"
+    if not state["included"]:
+        teacher = "failed"
+        failed["teacher"] = "no shard could be embedded"
+    elif state["stale"]:
+        print(f"teacher: {state['reason']} -> teacher_sample, teacher_clusters", file=out, flush=True)
+        result = defs.resolve_job_def("teacher_job").execute_in_process(
+            instance=instance, raise_on_error=False, run_config=_QUIET_RUN_CONFIG,
+            tags={"gem/launched_by": "gem_assets.run"},
+        )
+        teacher = "refit" if result.success else "failed"
+        if not result.success:
+            failed["teacher"] = _failure_message(result)
+    seconds = time.perf_counter() - t0
+    summary = {
+        "shards": status,
+        "ran_shards": [k for k in stale if status[k] == "embedded"],
+        "failed": failed,
+        "teacher": teacher,
+        "embed_docs": embed_docs,
+        "embed_seconds": embed_seconds,
+        "outputs": str(layout.outputs_dir),
+        "seconds": seconds,
+    }
+    _print_summary(summary, settings, defs, shards, out)
+    return summary
+
+
+def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
+    from gem_assets.lib import artifacts, storage
+
+    layout = settings.layout
+    rows_in = kept = quarantined = 0
+    for key in shards:
+        meta = artifacts.read_documents_meta(layout, key)
+        if meta:
+            rows_in += meta["rows_in"]
+            kept += meta["kept"]
+            quarantined += meta["quarantined"]
+    counts = {s: sum(1 for v in summary["shards"].values() if v == s) for s in ("embedded", "up to date", "failed")}
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p("")
+    p("== gem-assets summary ==")
+    p(f"shards      {len(shards)}: {counts['embedded']} embedded now, {counts['up to date']} up to date, "
+      f"{counts['failed']} failed")
+    p(f"documents   {rows_in} in = {kept} kept + {quarantined} quarantined")
+    if summary["embed_docs"]:
+        rate = summary["embed_docs"] / summary["embed_seconds"] if summary["embed_seconds"] > 0 else 0.0
+        p(f"embeddings  {summary['embed_docs']} documents embedded now in {summary['embed_seconds']:.1f} s "
+          f"({rate:.1f} docs/s)")
+    else:
+        p("embeddings  nothing to embed (all shards up to date)")
+    summary_path = layout.teacher_outputs_dir / "summary.json"
+    if summary_path.is_file():
+        s = storage.read_json(summary_path)
+        nmi = f", NMI vs source {s['nmi_vs_source']:.3f}" if s.get("nmi_vs_source") is not None else ""
+        p(f"teacher     {summary['teacher']}: GEM K={s['k']} on {s['n_documents']} documents, "
+          f"J={s['final_objective']:.6g} after {s['n_iter']} MM iterations, effective K {s['effective_k']:.2f}, "
+          f"{s['dead_domains']} dead domain(s){nmi}")
+    else:
+        p(f"teacher     {summary['teacher']}")
+    for key, message in summary["failed"].items():
+        p(f"FAILED      {key}: {message}")
+    mlflow = defs.resources["mlflow"]
+    p("")
+    p("where to look:")
+    p(f"  teacher outputs  {layout.teacher_outputs_dir}/  (shares.png, objective.png, domains.csv, "
+      "assignments.parquet, history.csv, summary.json, model/)")
+    p(f"  quarantine       {layout.outputs_dir / 'quarantine'}/  (one Parquet per shard, a reason per row)")
+    p(f"  MLflow           {mlflow.resolved_uri(layout)}  "
+      f"(mlflow ui --backend-store-uri {mlflow.resolved_uri(layout)})")
+    p(f"  Dagster UI       make ui  ->  http://127.0.0.1:3000  (DAGSTER_HOME={layout.dagster_home})")
+    p(f"wall time   {summary['seconds']:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (1 when a shard or the teacher failed)."""
+    parser = argparse.ArgumentParser(prog="python -m gem_assets.run", description=__doc__.split("\n\n")[0])
+    parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    summary = run_pipeline()
+    return 1 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

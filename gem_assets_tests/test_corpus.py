@@ -1,0 +1,152 @@
+"""Shard discovery, validation (every quarantine reason, every fatal error) and the default corpus."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from conftest import make_docs, write_jsonl, write_parquet
+from gem_assets.lib import corpus
+
+
+def _jsonl_bytes(path, lines: list[bytes]):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_discover_shards_keys_and_filters(tmp_path):
+    write_jsonl(tmp_path / "c" / "x.jsonl", make_docs(2))
+    write_parquet(tmp_path / "c" / "sub" / "y.parquet", make_docs(2))
+    (tmp_path / "c" / "notes.txt").write_text("not a shard")
+    found = corpus.discover_shards(str(tmp_path / "c" / "**" / "*"))
+    assert list(found) == ["sub__y.parquet", "x.jsonl"]
+    assert all(p.is_absolute() and p.is_file() for p in found.values())
+    assert corpus.discover_shards(str(tmp_path / "nothing" / "*.jsonl")) == {}
+
+
+def test_clean_shard_is_kept_whole_and_normalized(tmp_path):
+    rows = make_docs(5)
+    rows[0]["text"] = "  Cafe\u0301 line one\r\nline two \t"
+    path = write_jsonl(tmp_path / "s.jsonl", rows)
+    res = corpus.validate_shard(path, source_column="source")
+    assert (res.rows_in, res.n_kept, res.n_quarantined) == (5, 5, 0)
+    assert res.kept.columns == ["row", "id", "text", "n_chars", "source"]
+    first = res.kept.row(0, named=True)
+    assert first["text"] == "Caf\u00e9 line one\nline two"  # NFC, CRLF -> LF, stripped
+    assert first["n_chars"] == len(first["text"])
+    assert res.kept["source"].to_list() == [r["source"] for r in rows]
+    assert not res.ids_from_content
+
+
+def test_every_quarantine_reason_jsonl(tmp_path):
+    good = make_docs(3)
+    lines = [json.dumps(r).encode() for r in good]
+    lines += [
+        json.dumps({"id": "n1", "text": None}).encode(),
+        json.dumps({"id": "e1", "text": ""}).encode(),
+        json.dumps({"id": "w1", "text": " \n\t  "}).encode(),
+        json.dumps({"id": "l1", "text": "x" * 101}).encode(),
+        json.dumps({"id": None, "text": "no id here"}).encode(),
+        json.dumps({"id": good[0]["id"], "text": "same id again"}).encode(),
+        b'{"id": "u1", "text": "bad \xff\xfe bytes"}',
+    ]
+    path = _jsonl_bytes(tmp_path / "bad.jsonl", lines)
+    res = corpus.validate_shard(path, max_chars=100)
+    assert res.rows_in == 10 == res.n_kept + res.n_quarantined
+    assert res.n_kept == 3
+    by_id = {r["id"]: r for r in res.quarantine.iter_rows(named=True)}
+    assert by_id["n1"]["reason"] == "null_text"
+    assert by_id["e1"]["reason"] == "empty_text"
+    assert by_id["w1"]["reason"] == "empty_text"
+    assert by_id["l1"]["reason"] == "too_long" and "101 characters" in by_id["l1"]["detail"]
+    assert by_id["u1"]["reason"] == "invalid_utf8" and by_id["u1"]["row"] == 9
+    assert by_id[good[0]["id"]]["reason"] == "duplicate_id" and "row 0" in by_id[good[0]["id"]]["detail"]
+    assert res.quarantine.filter(pl.col("id").is_null())["reason"].to_list() == ["missing_id"]
+    assert res.reasons == {"invalid_utf8": 1, "null_text": 1, "empty_text": 2, "too_long": 1,
+                           "missing_id": 1, "duplicate_id": 1}
+    assert res.quarantine["row"].to_list() == sorted(res.quarantine["row"].to_list())
+
+
+def test_duplicate_keeps_first_valid_occurrence(tmp_path):
+    rows = [{"id": "x", "text": "   "}, {"id": "x", "text": "first valid"}, {"id": "x", "text": "second"}]
+    res = corpus.validate_shard(write_jsonl(tmp_path / "d.jsonl", rows))
+    assert res.kept["text"].to_list() == ["first valid"]
+    assert res.quarantine["reason"].to_list() == ["empty_text", "duplicate_id"]
+
+
+def test_invalid_utf8_in_parquet_binary_column(tmp_path):
+    df = pl.DataFrame({"id": ["a", "b"], "text": [b"fine text", b"broken \xc3\x28 bytes"]},
+                      schema={"id": pl.String, "text": pl.Binary})
+    path = tmp_path / "bin.parquet"
+    df.write_parquet(path)
+    res = corpus.validate_shard(path)
+    assert res.kept["id"].to_list() == ["a"]
+    assert res.quarantine.row(0, named=True)["reason"] == "invalid_utf8"
+
+
+def test_content_ids_when_id_column_absent(tmp_path):
+    rows = [{"text": "alpha beta"}, {"text": "gamma"}, {"text": "alpha beta"}]
+    res = corpus.validate_shard(write_parquet(tmp_path / "noid.parquet", rows))
+    assert res.ids_from_content
+    assert res.kept["id"].to_list() == [corpus.content_id("alpha beta"), corpus.content_id("gamma")]
+    assert res.quarantine["reason"].to_list() == ["duplicate_id"]  # exact duplicate text
+
+
+def test_integer_ids_are_strings(tmp_path):
+    res = corpus.validate_shard(write_jsonl(tmp_path / "i.jsonl", [{"id": 7, "text": "x"}, {"id": 8, "text": "y"}]))
+    assert res.kept["id"].to_list() == ["7", "8"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_missing_text_column_names_column_and_file(tmp_path, suffix):
+    rows = [{"id": "a", "body": "text under another name"}]
+    path = (write_jsonl if suffix == ".jsonl" else write_parquet)(tmp_path / f"shard{suffix}", rows)
+    with pytest.raises(corpus.ShardError) as err:
+        corpus.validate_shard(path, text_column="text")
+    msg = str(err.value)
+    assert "'text'" in msg and str(path) in msg and "GEM_TEXT_COLUMN" in msg and "body" in msg
+
+
+def test_missing_source_column_is_an_error(tmp_path):
+    path = write_jsonl(tmp_path / "s.jsonl", [{"id": "a", "text": "t"}])
+    with pytest.raises(corpus.ShardError, match="source column 'label' not found"):
+        corpus.validate_shard(path, source_column="label")
+
+
+def test_corrupt_files_fail_with_clear_message(tmp_path):
+    bad_parquet = tmp_path / "broken.parquet"
+    bad_parquet.write_bytes(b"PAR1 this is not parquet at all")
+    with pytest.raises(corpus.ShardError, match=r"corrupt shard .*broken\.parquet.*Parquet"):
+        corpus.validate_shard(bad_parquet)
+    bad_json = _jsonl_bytes(tmp_path / "broken.jsonl", [b'{"id": "a", "text": "ok"}', b'{"id": "b", "text": '])
+    with pytest.raises(corpus.ShardError, match=r"broken\.jsonl: record 1 is not valid JSON"):
+        corpus.validate_shard(bad_json)
+    with pytest.raises(corpus.ShardError, match="does not exist"):
+        corpus.validate_shard(tmp_path / "missing.jsonl")
+
+
+def test_blank_lines_are_not_records(tmp_path):
+    path = _jsonl_bytes(tmp_path / "b.jsonl", [b'{"id": "a", "text": "x"}', b"", b"   ", b'{"id": "b", "text": "y"}'])
+    res = corpus.validate_shard(path)
+    assert res.rows_in == 2 and res.n_kept == 2
+
+
+def test_default_corpus_written_once(tmp_path):
+    pattern = corpus.ensure_default_corpus(tmp_path / "corpus")
+    shards = corpus.discover_shards(pattern)
+    assert len(shards) == 4
+    total, sources = 0, set()
+    for path in shards.values():
+        res = corpus.validate_shard(path, source_column="source")
+        assert res.n_quarantined == 0
+        total += res.n_kept
+        sources |= set(res.kept["source"].unique().to_list())
+    assert total == 2225
+    assert sources == {"business", "entertainment", "politics", "sports", "tech"}
+    mtimes = {k: p.stat().st_mtime_ns for k, p in shards.items()}
+    assert corpus.ensure_default_corpus(tmp_path / "corpus") == pattern
+    assert {k: p.stat().st_mtime_ns for k, p in shards.items()} == mtimes  # not rewritten
+    assert not [p for p in (tmp_path / "corpus").iterdir() if p.name.startswith(".")]  # no temp leftovers
