@@ -1,0 +1,470 @@
+"""GEM teacher: a von Mises-Fisher mixture on the unit sphere with a mixing-balance regularizer,
+fitted by a monotone Minorize-Maximize (MM) algorithm.
+
+Objective (maximized over soft assignments Q, rows on the simplex, and Theta = {mu_k, kappa_k}):
+
+    J(Q, Theta) = sum_ik Q_ik s_ik  +  sum_i H(Q_i)  +  gamma * N * H(rho),
+    s_ik = log C_d(kappa_k) + kappa_k mu_k^T x_i,   rho = (1/N) sum_i Q_i.
+
+* E-step: Q = argmax_Q J(Q, Theta) is strictly concave. Its stationarity conditions give
+  Q_ik ∝ exp(s_ik) rho_k^(-gamma); we solve it through the K-dimensional convex dual
+      D(v) = sum_i logsumexp_k(s_ik + v_k) + gamma N sum_k exp(-1 - v_k / gamma),
+  whose minimizer gives Q = softmax(s + v) and rho = exp(-1 - v / gamma) (Newton with a
+  backtracking line search; the damped fixed point on log rho with damping 1 / (1 + gamma) is the
+  fallback). gamma = 0 is the plain softmax: a vMF mixture with a uniform, *decoupled* prior.
+* M-step: with R_k = sum_i Q_ik x_i and n_k = sum_i Q_ik, mu_k = R_k / ||R_k|| and kappa_k solves
+  A_d(kappa) = ||R_k|| / n_k (the exact MLE), which maximizes J(Q, .) for fixed Q.
+* Monotonicity: G(Theta) = max_Q J(Q, Theta); J(Q^t, .) minorizes G and touches it at Theta^t, so
+  G(Theta^{t+1}) >= J(Q^t, Theta^{t+1}) >= J(Q^t, Theta^t) = G(Theta^t). A guard checks every step;
+  an iteration that would lower the recorded objective (float32 round-off, an unconverged inner
+  solve) is rolled back and ends the fit, so ``history_`` never decreases.
+
+The balance scale: ``balance`` is dimensionless. With ``balance_scale="evidence"`` (default) the
+regularizer weight is gamma = balance * E_i[std_k s_ik] measured once at the initial parameters,
+i.e. in units of how strongly a typical document's evidence differs across domains, which makes one
+value mean roughly the same across corpora, embedders and K (see docs/method.md). With
+``balance_scale="none"`` gamma = balance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import vmf
+from ._checks import as_matrix, check_float, check_int, make_rng, normalize_rows, resolve_device
+from .metrics import balance_stats
+from .seeding import kmeans_plusplus
+
+__all__ = ["GEM", "DEFAULT_BALANCE", "balanced_e_step", "objective_terms"]
+
+DEFAULT_BALANCE = 1.0
+_F64 = torch.float64
+
+
+# --------------------------------------------------------------------------------------------
+# the E-step, as a plain function (tested on its own for optimality)
+# --------------------------------------------------------------------------------------------
+def _softmax_stats(logits: torch.Tensor):
+    """Q = softmax(logits) row-wise, with log Z and the row entropies, all from one exp pass."""
+    log_z = torch.logsumexp(logits, dim=1, keepdim=True)          # (N, 1)
+    Q = torch.exp(logits - log_z)                                 # (N, K)
+    # H(Q_i) = log Z_i - sum_k Q_ik logits_ik
+    ent = log_z.squeeze(1).to(_F64) - (Q * logits).sum(1, dtype=_F64)
+    return Q, log_z, ent
+
+
+def balanced_e_step(S: torch.Tensor, gamma: float, v0=None, *, max_steps: int = 100, tol: float = 1e-8):
+    """Maximize sum_ik Q_ik S_ik + sum_i H(Q_i) + gamma N H(mean_i Q_i) over row-stochastic Q.
+
+    Parameters
+    ----------
+    S : torch.Tensor, shape (N, K)
+        Scores s_ik (log-densities of each document under each domain).
+    gamma : float
+        Weight of the balance entropy; 0 gives Q = softmax(S).
+    v0 : torch.Tensor of float64, shape (K,), optional
+        Warm start of the dual potentials (from the previous MM iteration).
+    max_steps : int
+        Newton steps at most (the fixed-point fallback gets the remaining budget x 20).
+    tol : float
+        Stop when max_k |mean_i Q_ik - rho_k(v)| / rho_k(v) <= tol (the KKT residual).
+
+    Returns
+    -------
+    Q : (N, K) tensor, dtype of S
+    v : (K,) float64 dual potentials; Q = softmax(S + v)
+    info : dict with ``steps``, ``residual``, ``row_entropy`` ((N,) float64), ``log_z`` and ``method``.
+    """
+    N, K = S.shape
+    dev = S.device
+    if gamma == 0.0:
+        Q, log_z, ent = _softmax_stats(S)
+        return Q, torch.zeros(K, dtype=_F64, device=dev), {
+            "steps": 0, "residual": 0.0, "row_entropy": ent, "log_z": log_z, "method": "softmax"}
+
+    def rho_of(v):  # (K,) the shares the dual potentials ask for
+        return torch.exp(-1.0 - v / gamma)
+
+    def evaluate(v):
+        Q, log_z, ent = _softmax_stats(S + v.to(S.dtype))
+        # dual value D(v) in float64
+        D = float(log_z.sum(dtype=_F64)) + gamma * N * float(rho_of(v).sum())
+        return Q, log_z, ent, D
+
+    v = torch.full((K,), -gamma * (1.0 + math.log(1.0 / K)), dtype=_F64, device=dev) if v0 is None else v0.clone()
+    Q, log_z, ent, D = evaluate(v)
+    method, steps, residual = "newton", 0, float("inf")
+    for steps in range(1, max_steps + 1):
+        rho_hat = Q.sum(0, dtype=_F64) / N                       # (K,) shares Q gives
+        rho_v = rho_of(v)                                        # (K,) shares v asks for
+        residual = float(((rho_hat - rho_v).abs() / rho_v).max())
+        if residual <= tol:
+            steps -= 1
+            break
+        g = N * (rho_hat - rho_v)                                # dD/dv
+        # Hessian: sum_i (diag Q_i - Q_i Q_i^T) + (N / gamma) diag(rho_v), a (K, K) PD matrix
+        H = torch.diag(N * rho_hat + (N / gamma) * rho_v) - (Q.T @ Q).to(_F64)
+        try:
+            step = -torch.linalg.solve(H, g)
+        except RuntimeError:  # singular in floating point: fall back
+            method = "fixed_point"
+            break
+        t, accepted = 1.0, False
+        slope = float(g @ step)
+        if not slope < 0:
+            method = "fixed_point"
+            break
+        for _ in range(30):
+            # backtracking: accept a sufficient decrease of the convex dual (Armijo) or, where float32
+            # round-off in D hides it near the optimum, a decrease of the KKT residual
+            v_new = v + t * step
+            Q_new, log_z_new, ent_new, D_new = evaluate(v_new)
+            rho_v_new = rho_of(v_new)
+            res_new = float(((Q_new.sum(0, dtype=_F64) / N - rho_v_new).abs() / rho_v_new).max())
+            if D_new <= D + 1e-4 * t * slope or res_new < residual:
+                accepted = True
+                break
+            t *= 0.5
+        if not accepted:  # no progress in floating point: the fixed point takes over
+            method = "fixed_point"
+            break
+        v, Q, log_z, ent, D = v_new, Q_new, log_z_new, ent_new, D_new
+    if method == "fixed_point":
+        # damped fixed point on u = log rho: u <- L(u) / (1 + gamma), L_k = log mean_i Q_ik e^{gamma u_k}
+        for extra in range(1, 20 * max_steps + 1):
+            rho_hat = Q.sum(0, dtype=_F64) / N
+            rho_v = rho_of(v)
+            residual = float(((rho_hat - rho_v).abs() / rho_v).max())
+            if residual <= tol:
+                break
+            u = -1.0 - v / gamma                                   # current log rho
+            L = torch.log(rho_hat) + gamma * u                     # log mean_i exp(s_ik - log Z_i)
+            u_new = L / (1.0 + gamma)
+            v = -gamma * (1.0 + u_new)
+            Q, log_z, ent, D = evaluate(v)
+        steps += extra
+    rho_hat = Q.sum(0, dtype=_F64) / N
+    residual = float(((rho_hat - rho_of(v)).abs() / rho_of(v)).max())
+    return Q, v, {"steps": steps, "residual": residual, "row_entropy": ent, "log_z": log_z, "method": method}
+
+
+def objective_terms(Q: torch.Tensor, S: torch.Tensor, gamma: float, shift: float = 0.0) -> dict:
+    """J(Q, Theta) and its three terms for scores S + shift (float64 reductions).
+
+    Returns a dict with ``loglik`` = sum Q s, ``assignment_entropy`` = sum_i H(Q_i),
+    ``balance_term`` = gamma N H(rho), ``balance_entropy`` = H(rho) and ``objective`` (their sum).
+    """
+    N = Q.shape[0]
+    Q64 = Q.to(_F64)
+    loglik = float((Q64 * S.to(_F64)).sum()) + N * shift
+    ent = float(-torch.special.xlogy(Q64, Q64).sum())
+    rho = Q64.sum(0) / N
+    h_rho = float(-torch.special.xlogy(rho, rho).sum())
+    bal = gamma * N * h_rho
+    return {"objective": loglik + ent + bal, "loglik": loglik, "assignment_entropy": ent,
+            "balance_term": bal, "balance_entropy": h_rho}
+
+
+# --------------------------------------------------------------------------------------------
+# the estimator
+# --------------------------------------------------------------------------------------------
+class GEM:
+    """Balanced von Mises-Fisher clustering on the unit sphere (the GEM teacher).
+
+    Parameters
+    ----------
+    n_clusters : int
+        Number of domains K (2 <= K <= N).
+    balance : float, default 1.0
+        Strength of the mixing-balance regularizer (>= 0). 0 is a vMF mixture with a uniform,
+        decoupled prior; large values force equal-size domains. Dimensionless under
+        ``balance_scale="evidence"``.
+    balance_scale : {"evidence", "none"}, default "evidence"
+        How ``balance`` becomes the objective's gamma (see the module docstring).
+    max_iter : int, default 100
+        Maximum MM iterations per initialization.
+    tol : float, default 1e-6
+        Stop when the objective improves by less than ``tol * |J|`` in one iteration.
+    n_init : int, default 1
+        Number of k-means++ initializations; the fit with the highest final objective is kept.
+    isotropy : bool, default True
+        Subtract the corpus mean vector and renormalize before fitting (sentence embeddings sit in
+        a narrow cone); the mean is stored in ``center_`` and applied to new points.
+    max_inner : int, default 50
+        Newton steps at most per balanced E-step.
+    inner_tol : float or None
+        KKT tolerance of the E-step (relative error of the shares); default 1e-9 for float64
+        input and 1e-4 for float32.
+    random_state : None, int or numpy.random.Generator
+        Seed of the k-means++ initialization.
+    device : str, default "cpu"
+        Torch device: "cpu", "cuda", "cuda:1" or "auto" (CUDA when present).
+    verbose : bool, default False
+        Print one line per MM iteration.
+
+    Attributes
+    ----------
+    means_ : ndarray (K, d) float64, unit mean directions (in the isotropy-corrected space).
+    concentrations_ : ndarray (K,) float64, the kappa_k.
+    log_weights_ : ndarray (K,) float64, the balanced log prior (softmax(s + log_weights_) = Q).
+    shares_ : ndarray (K,) float64, soft domain shares rho of the training data.
+    center_ : ndarray (d,) float64 or None, the isotropy centre.
+    gamma_ : float, the balance weight gamma actually used in the objective.
+    labels_ : ndarray (N,) int64, hard domain of each training document.
+    objective_ : float, final J.
+    history_ : list of dict, one per MM iteration of the kept initialization.
+    n_iter_ : int, MM iterations run by the kept initialization.
+    converged_ : bool, whether the tolerance was reached before ``max_iter``.
+    """
+
+    def __init__(self, n_clusters: int, *, balance: float = DEFAULT_BALANCE, balance_scale: str = "evidence",
+                 max_iter: int = 100, tol: float = 1e-6, n_init: int = 1, isotropy: bool = True,
+                 max_inner: int = 50, inner_tol: float | None = None, random_state=None, device="cpu",
+                 verbose: bool = False):
+        self.n_clusters = n_clusters
+        self.balance = balance
+        self.balance_scale = balance_scale
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.isotropy = isotropy
+        self.max_inner = max_inner
+        self.inner_tol = inner_tol
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    # ---------------------------------------------------------------- parameters and inputs
+    def _validate_params(self, n: int) -> None:
+        check_int(self.n_clusters, "n_clusters", low=2)
+        if self.n_clusters > n:
+            raise ValueError(f"n_clusters={self.n_clusters} exceeds the number of documents N={n}")
+        check_float(self.balance, "balance", low=0.0)
+        if self.balance_scale not in ("evidence", "none"):
+            raise ValueError(f"balance_scale must be 'evidence' or 'none', got {self.balance_scale!r}")
+        check_int(self.max_iter, "max_iter", low=1)
+        check_float(self.tol, "tol", low=0.0)
+        check_int(self.n_init, "n_init", low=1)
+        check_int(self.max_inner, "max_inner", low=1)
+        if self.inner_tol is not None:
+            check_float(self.inner_tol, "inner_tol", low=0.0, strict=True)
+
+    def _transform(self, X: torch.Tensor) -> torch.Tensor:
+        """Unit rows, then the stored isotropy correction (subtract centre, renormalize)."""
+        X = normalize_rows(X)
+        if self.center_ is None:
+            return X
+        Xc = X - torch.as_tensor(self.center_, dtype=X.dtype, device=X.device)
+        norms = torch.linalg.vector_norm(Xc.to(_F64), dim=1)
+        # a point exactly at the centre has no direction after centring: keep its raw direction
+        keep = norms > 1e-12
+        Xc = torch.where(keep[:, None], Xc / norms.clamp(min=1e-300).to(X.dtype)[:, None], X)
+        return Xc
+
+    # ---------------------------------------------------------------- MM pieces
+    @staticmethod
+    def _scores(X, mu, kappa):
+        """Scores s_ik - shift, shape (N, K) in X's dtype, and the scalar shift (float64).
+
+        s_ik = log C_d(kappa_k) + kappa_k mu_k^T x_i. The common shift max_k log C_d(kappa_k) changes
+        neither Q nor the E-step; it is taken out so that float32 scores keep their precision and is
+        added back, in float64, to the log-likelihood.
+        """
+        log_c = vmf.log_normalizer(kappa.cpu().numpy(), X.shape[1])          # (K,) float64
+        shift = float(log_c.max())
+        cos = X @ mu.to(X.dtype).T                                            # (N, K) GEMM
+        bias = torch.as_tensor(log_c - shift, dtype=X.dtype, device=X.device)
+        return cos * kappa.to(X.dtype)[None, :] + bias[None, :], shift
+
+    @staticmethod
+    def _m_step(R, n, mu_old, kappa_old, dim):
+        """mu_k = R_k / ||R_k||, kappa_k = A_d^{-1}(||R_k|| / n_k); empty domains keep their parameters."""
+        norm = torch.linalg.vector_norm(R, dim=1)                           # (K,) float64
+        alive = (n > 1e-10) & (norm > 1e-300)
+        mu = torch.where(alive[:, None], R / norm.clamp(min=1e-300)[:, None], mu_old)
+        rbar = (norm / n.clamp(min=1e-300)).clamp(0.0, 1.0)
+        kappa_new = torch.as_tensor(vmf.kappa_mle(rbar.cpu().numpy(), dim), dtype=_F64, device=R.device)
+        kappa = torch.where(alive, kappa_new, kappa_old)
+        return mu, kappa, int((~alive).sum())
+
+    def _fit_once(self, X, rng, gamma):
+        """One initialization: k-means++ seeding, one hard M-step, then MM to convergence."""
+        N, d = X.shape
+        K = self.n_clusters
+        inner_tol = self.inner_tol or (1e-9 if X.dtype == _F64 else 1e-4)
+        t0 = time.perf_counter()
+        # init: spherical k-means++ centres, hard assignment, M-step
+        mu0 = kmeans_plusplus(X, K, rng, spherical=True).to(_F64)
+        hard = torch.argmax(X @ mu0.to(X.dtype).T, dim=1)
+        R = torch.zeros(K, d, dtype=_F64, device=X.device).index_add_(0, hard, X.to(_F64))
+        n = torch.bincount(hard, minlength=K).to(_F64)
+        mu, kappa, _ = self._m_step(R, n, mu0, torch.ones(K, dtype=_F64, device=X.device), d)
+        S, shift = self._scores(X, mu, kappa)
+        if gamma is None:  # the balance scale is fixed once (first initialization), then the objective is fixed
+            gamma = self.balance * (float(S.to(_F64).std(dim=1).mean()) if self.balance_scale == "evidence" else 1.0)
+        Q, v, info = balanced_e_step(S, gamma, None, max_steps=self.max_inner, tol=inner_tol)
+        terms = objective_terms(Q, S, gamma, shift)
+        history = [self._record(0, terms, Q, S, kappa, info, 0, time.perf_counter() - t0)]
+        converged = False
+        for it in range(1, self.max_iter + 1):
+            t0 = time.perf_counter()
+            # M-step: R = Q^T X (GEMM), n = column sums
+            R = (Q.T @ X).to(_F64)
+            n = Q.sum(0, dtype=_F64)
+            mu_new, kappa_new, n_empty = self._m_step(R, n, mu, kappa, d)
+            # J(Q^t, Theta^{t+1}) without another pass over the data: sum_k n_k log C + kappa_k ||R_k||
+            log_c = torch.as_tensor(vmf.log_normalizer(kappa_new.cpu().numpy(), d), dtype=_F64, device=X.device)
+            loglik_mid = float((n * log_c + kappa_new * (mu_new * R).sum(1)).sum())
+            j_mid = loglik_mid + terms["assignment_entropy"] + terms["balance_term"]
+            # E-step at the new parameters, warm-started from the previous dual potentials
+            S_new, shift = self._scores(X, mu_new, kappa_new)
+            Q_new, v_new, info = balanced_e_step(S_new, gamma, v, max_steps=self.max_inner, tol=inner_tol)
+            terms_new = objective_terms(Q_new, S_new, gamma, shift)
+            j_old = terms["objective"]
+            if terms_new["objective"] < j_old or j_mid < j_old - 1e-12 * abs(j_old):
+                # guard: never record a decrease; keep the last accepted state and stop
+                history[-1]["guard_stop"] = True
+                converged = True
+                break
+            mu, kappa, Q, v, S, terms = mu_new, kappa_new, Q_new, v_new, S_new, terms_new
+            history.append(self._record(it, terms, Q, S, kappa, info, n_empty, time.perf_counter() - t0))
+            if self.verbose:
+                h = history[-1]
+                print(f"[GEM] it {it:3d}  J={h['objective']:.6e}  H(rho)={h['balance_entropy']:.4f}  "
+                      f"effK={h['effective_k']:.2f}  inner={h['inner_steps']}  {h['seconds']:.3f}s")
+            if terms["objective"] - j_old <= self.tol * abs(terms["objective"]):
+                converged = True
+                break
+        return {"mu": mu, "kappa": kappa, "Q": Q, "v": v, "gamma": gamma, "terms": terms,
+                "history": history, "converged": converged}
+
+    def _record(self, it, terms, Q, S, kappa, info, n_empty, seconds):
+        K = self.n_clusters
+        hard = torch.argmax(Q, dim=1).cpu().numpy()
+        rec = {"iteration": it, **terms, **balance_stats(hard, K),
+               "mean_kappa": float(kappa.mean()), "inner_steps": int(info["steps"]),
+               "kkt_residual": float(info["residual"]), "n_empty": int(n_empty), "seconds": float(seconds)}
+        return rec
+
+    # ---------------------------------------------------------------- public API
+    def fit(self, X, y=None):
+        """Fit GEM to X, an (N, d) float array (numpy or torch); rows are projected onto the sphere.
+
+        Returns
+        -------
+        self
+        """
+        dev = resolve_device(self.device)
+        X = as_matrix(X, dev)
+        self._validate_params(X.shape[0])
+        X = normalize_rows(X)
+        self.center_ = None
+        if self.isotropy:
+            self.center_ = X.to(_F64).mean(0).cpu().numpy()
+            X = self._transform(X)
+        rng = make_rng(self.random_state)
+        best, gamma = None, None
+        for _ in range(self.n_init):
+            run = self._fit_once(X, np.random.default_rng(rng.integers(2**63)), gamma)
+            gamma = run["gamma"]
+            if best is None or run["terms"]["objective"] > best["terms"]["objective"]:
+                best = run
+        self.dim_ = int(X.shape[1])
+        self.gamma_ = float(best["gamma"])
+        self.means_ = best["mu"].cpu().numpy()
+        self.concentrations_ = best["kappa"].cpu().numpy()
+        v = best["v"].cpu().numpy()
+        self.log_weights_ = v - (np.log(np.exp(v - v.max()).sum()) + v.max())
+        self.shares_ = (best["Q"].sum(0, dtype=_F64) / X.shape[0]).cpu().numpy()
+        self.labels_ = torch.argmax(best["Q"], dim=1).cpu().numpy().astype(np.int64)
+        self.objective_ = float(best["terms"]["objective"])
+        self.history_ = best["history"]
+        self.n_iter_ = len(best["history"]) - 1
+        self.converged_ = bool(best["converged"])
+        return self
+
+    def _check_fitted(self):
+        if not hasattr(self, "means_"):
+            raise ValueError("this GEM instance is not fitted yet: call fit(X) first")
+
+    def _log_posterior(self, X) -> torch.Tensor:
+        self._check_fitted()
+        dev = resolve_device(self.device)
+        X = as_matrix(X, dev)
+        if X.shape[1] != self.dim_:
+            raise ValueError(f"X has dim {X.shape[1]} but the model was fitted on dim {self.dim_}")
+        X = self._transform(X)
+        mu = torch.as_tensor(self.means_, device=dev)
+        kappa = torch.as_tensor(self.concentrations_, device=dev)
+        logits = self._scores(X, mu, kappa)[0] + torch.as_tensor(self.log_weights_, dtype=X.dtype, device=dev)
+        return logits - torch.logsumexp(logits, dim=1, keepdim=True)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Balanced posterior Q_ik = softmax_k(s_ik + log_weights_k), shape (N, K).
+
+        The balance enters through the fitted log prior, so new documents are assigned as the training
+        documents were; training rows reproduce the fitted Q.
+        """
+        return torch.exp(self._log_posterior(X)).cpu().numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """Hard domain of each row of X, shape (N,)."""
+        return torch.argmax(self._log_posterior(X), dim=1).cpu().numpy().astype(np.int64)
+
+    def fit_predict(self, X, y=None) -> np.ndarray:
+        return self.fit(X).labels_
+
+    # ---------------------------------------------------------------- persistence (no pickle)
+    _ARRAYS = ("means_", "concentrations_", "log_weights_", "shares_")
+    _PARAMS = ("n_clusters", "balance", "balance_scale", "max_iter", "tol", "n_init", "isotropy",
+               "max_inner", "inner_tol", "random_state", "device")
+
+    def save(self, directory) -> Path:
+        """Write the fitted model as ``model.safetensors`` + ``model.json`` into ``directory`` (atomic)."""
+        from safetensors.numpy import save_file
+
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {name: np.ascontiguousarray(getattr(self, name)) for name in self._ARRAYS}
+        if self.center_ is not None:
+            tensors["center_"] = np.ascontiguousarray(self.center_)
+        params = {p: getattr(self, p) for p in self._PARAMS}
+        if not isinstance(params["random_state"], (int, type(None))):
+            params["random_state"] = None
+        meta = {"format": "gem-assets/GEM/1", "params": params, "dim_": self.dim_, "gamma_": self.gamma_,
+                "objective_": self.objective_, "n_iter_": self.n_iter_, "converged_": self.converged_,
+                "history_": self.history_}
+        for name, write in (("model.safetensors", lambda p: save_file(tensors, p)),
+                            ("model.json", lambda p: Path(p).write_text(json.dumps(meta, indent=1)))):
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+            os.close(fd)
+            write(tmp)
+            os.replace(tmp, directory / name)
+        return directory
+
+    @classmethod
+    def load(cls, directory) -> "GEM":
+        """Load a model written by :meth:`save` (safetensors + JSON; nothing is unpickled)."""
+        from safetensors.numpy import load_file
+
+        directory = Path(directory)
+        meta = json.loads((directory / "model.json").read_text())
+        if meta.get("format") != "gem-assets/GEM/1":
+            raise ValueError(f"{directory} does not hold a GEM model (format {meta.get('format')!r})")
+        model = cls(**meta["params"])
+        tensors = load_file(str(directory / "model.safetensors"))
+        for name in cls._ARRAYS:
+            setattr(model, name, tensors[name])
+        model.center_ = tensors.get("center_")
+        for name in ("dim_", "gamma_", "objective_", "n_iter_", "converged_", "history_"):
+            setattr(model, name, meta[name])
+        return model
