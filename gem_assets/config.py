@@ -33,6 +33,8 @@ Environment variables
     Texts longer than this many characters are quarantined (default: the profile's).
 ``GEM_EMBED_CAP``
     Per-shard embedding cap overriding the profile's (``0`` or ``none``: no cap).
+``GEM_SAMPLE_SIZE``
+    Teacher sample size overriding the profile's.
 ``GEM_MLFLOW_TRACKING_URI``
     MLflow tracking URI (default ``sqlite:///$GEM_HOME/mlflow.db``).
 ``GEM_MLFLOW``
@@ -170,6 +172,8 @@ class Settings:
         Quarantine threshold for over-long texts; ``None`` uses the profile's.
     embed_cap_per_shard : int or None or "profile"
         Per-shard embedding cap; ``"profile"`` uses the profile's.
+    teacher_sample_size : int or None
+        Teacher sample size; ``None`` uses the profile's.
     """
 
     home: str = "data"
@@ -183,6 +187,7 @@ class Settings:
     seed: int = 0
     max_chars: int | None = None
     embed_cap_per_shard: int | None | str = "profile"
+    teacher_sample_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -226,6 +231,7 @@ class Settings:
             seed=_env_int(env, "GEM_SEED", 0) or 0,
             max_chars=_env_int(env, "GEM_MAX_CHARS", None),
             embed_cap_per_shard=cap,
+            teacher_sample_size=_env_int(env, "GEM_SAMPLE_SIZE", None),
         )
 
     # ------------------------------------------------------------------ derived values
@@ -263,6 +269,13 @@ class Settings:
             return self.profile_def.embed_cap_per_shard
         return self.embed_cap_per_shard  # type: ignore[return-value]
 
+    @property
+    def effective_sample_size(self) -> int:
+        """Teacher sample size."""
+        if self.teacher_sample_size is not None:
+            return int(self.teacher_sample_size)
+        return self.profile_def.teacher_sample_size
+
     def documents_params(self) -> dict:
         """Parameters that determine the ``documents`` output of a shard."""
         return {
@@ -282,7 +295,7 @@ class Settings:
         return {
             "k": self.k,
             "balance": self.balance,
-            "sample_size": p.teacher_sample_size,
+            "sample_size": self.effective_sample_size,
             "max_iter": p.max_iter,
             "tol": p.tol,
             "n_init": p.n_init,

@@ -102,7 +102,17 @@ def make_resources(home: Path, corpus_glob: str | None, *, k: int = 4, mlflow: b
 
 @pytest.fixture
 def instance():
+    """An in-memory Dagster instance (fast)."""
     from dagster import DagsterInstance
 
     with DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+@pytest.fixture
+def disk_instance():
+    """A temporary on-disk Dagster instance (what schedules and sensors need for their context)."""
+    from dagster import instance_for_test
+
+    with instance_for_test() as inst:
         yield inst

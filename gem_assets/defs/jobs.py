@@ -4,7 +4,6 @@ from dagster import AssetSelection, define_asset_job
 
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
-from gem_assets.defs.partitions import shards_partitions
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
 
 __all__ = ["shard_job", "teacher_job"]
@@ -12,7 +11,6 @@ __all__ = ["shard_job", "teacher_job"]
 shard_job = define_asset_job(
     "shard_job",
     selection=AssetSelection.assets(documents, embeddings),
-    partitions_def=shards_partitions,
     description="Validate and embed one shard (one run per shard partition).",
 )
 

@@ -52,7 +52,7 @@ def teacher_sample(context: AssetExecutionContext, gem: GemConfig) -> Materializ
             allow_retries=False,
         )
     sizes = {key: int(meta["n_vectors"]) for key, meta in included.items()}
-    picks = sampling.stratified_sample(sizes, settings.profile_def.teacher_sample_size, settings.seed)
+    picks = sampling.stratified_sample(sizes, settings.effective_sample_size, settings.seed)
     blocks, frames = [], []
     for key, idx in picks.items():
         vectors, index, _ = artifacts.read_embeddings(layout, key)
@@ -70,14 +70,14 @@ def teacher_sample(context: AssetExecutionContext, gem: GemConfig) -> Materializ
         "shards": sorted(included),
         "excluded": excluded,
         "seed": settings.seed,
-        "requested_size": settings.profile_def.teacher_sample_size,
+        "requested_size": settings.effective_sample_size,
     }
     out = artifacts.write_teacher_sample(layout, vectors, sample, meta)
     return MaterializeResult(
         metadata={
             "n": int(vectors.shape[0]),
             "dim": int(vectors.shape[1]),
-            "requested_size": settings.profile_def.teacher_sample_size,
+            "requested_size": settings.effective_sample_size,
             "per_shard": MetadataValue.json(per_shard),
             "excluded_shards": MetadataValue.json(excluded),
             "input_fingerprint": fp,
@@ -132,10 +132,10 @@ def teacher_clusters(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlf
     shards = list(sample_meta.get("shards", []))
     outcome = mlflow.log_fit(
         layout,
-        run_name=f"gem-k{summ['k']}-{context.run_id[:8]}",
+        run_name=f"gem-k{summ['k']}-{context.run.run_id[:8]}",
         params={k: v for k, v in record.items() if k != "fit_seconds"},
         tags={
-            "dagster.run_id": context.run_id,
+            "dagster.run_id": context.run.run_id,
             "dagster.asset_key": "teacher_clusters",
             "dagster.partition_keys": ",".join(shards),
             "gem.n_shards": str(len(shards)),

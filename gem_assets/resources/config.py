@@ -19,7 +19,8 @@ class GemConfig(ConfigurableResource):
     Built from the environment by :meth:`from_env` when the code location loads (reading
     a few variables; nothing is written or loaded then). Field meanings are those of
     :class:`gem_assets.config.Settings`; ``embed_cap`` is ``-1`` for the profile's cap,
-    ``0`` for no cap, or a positive cap.
+    ``0`` for no cap, or a positive cap; ``teacher_sample_size`` is ``-1`` for the
+    profile's size.
     """
 
     home: str = "data"
@@ -33,6 +34,7 @@ class GemConfig(ConfigurableResource):
     seed: int = 0
     max_chars: Optional[int] = None
     embed_cap: int = -1
+    teacher_sample_size: int = -1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "GemConfig":
@@ -50,6 +52,7 @@ class GemConfig(ConfigurableResource):
             seed=settings.seed,
             max_chars=settings.max_chars,
             embed_cap=-1 if cap == "profile" else (0 if cap is None else int(cap)),
+            teacher_sample_size=-1 if settings.teacher_sample_size is None else int(settings.teacher_sample_size),
         )
 
     @classmethod
@@ -72,6 +75,7 @@ class GemConfig(ConfigurableResource):
             seed=self.seed,
             max_chars=self.max_chars,
             embed_cap_per_shard=cap,
+            teacher_sample_size=None if self.teacher_sample_size < 0 else self.teacher_sample_size,
         )
 
     @property
