@@ -33,6 +33,7 @@ bench: $(STAMP)
 
 ui: $(STAMP)
 	mkdir -p $(GEM_HOME)/dagster
+	test -f $(GEM_HOME)/dagster/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(GEM_HOME)/dagster/dagster.yaml
 	DAGSTER_HOME=$(GEM_HOME)/dagster $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -m gem_assets.definitions
 
 clean:

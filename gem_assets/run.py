@@ -42,10 +42,17 @@ def _failure_message(result) -> str:
 
 
 def open_instance(dagster_home: Path):
-    """The persistent Dagster instance under ``dagster_home`` (sets ``DAGSTER_HOME``)."""
+    """The persistent Dagster instance under ``dagster_home`` (sets ``DAGSTER_HOME``).
+
+    A ``dagster.yaml`` turning telemetry off is written when the folder has none.
+    """
     from dagster import DagsterInstance
 
     dagster_home.mkdir(parents=True, exist_ok=True)
+    config = dagster_home / "dagster.yaml"
+    if not config.exists():  # this project runs offline: no usage statistics are sent
+        config.write_text("# written by gem_assets.run; see https://docs.dagster.io/about/telemetry\n"
+                          "telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return DagsterInstance.get()
 
@@ -202,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    for name in ("alembic", "mlflow"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no table-creation chatter
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     summary = run_pipeline()
     return 1 if summary["failed"] else 0
 

@@ -84,7 +84,7 @@ def objective_curve(history: Sequence[Mapping[str, float]], title: str = "MM obj
     bytes
         PNG image.
     """
-    it = np.arange(1, len(history) + 1)
+    it = np.array([h.get("iteration", i) for i, h in enumerate(history)], dtype=float)
     obj = np.array([h.get("objective", np.nan) for h in history], dtype=float)
     fig = _figure(5.0, 3.0)
     ax = fig.add_subplot()

@@ -19,6 +19,7 @@ no Dagster API to consume them::
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,6 +221,8 @@ def write_teacher_outputs(out_dir: str | Path, model, result: TeacherSummary) ->
     names: list[str] = []
     with storage.atomic_dir(out_dir) as tmp:
         model.save(tmp / "model")
+        for f in (tmp / "model").iterdir():  # the model's own atomic writes leave 0600 files
+            os.chmod(f, 0o644)
         storage.write_npy(tmp / "means.npy", np.asarray(model.means_, dtype=np.float64))
         storage.write_npy(tmp / "concentrations.npy", np.asarray(model.concentrations_, dtype=np.float64))
         names += ["model", "means.npy", "concentrations.npy"]
