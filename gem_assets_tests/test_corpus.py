@@ -150,3 +150,14 @@ def test_default_corpus_written_once(tmp_path):
     assert corpus.ensure_default_corpus(tmp_path / "corpus") == pattern
     assert {k: p.stat().st_mtime_ns for k, p in shards.items()} == mtimes  # not rewritten
     assert not [p for p in (tmp_path / "corpus").iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_empty_and_all_bad_shards_are_accounted(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    res = corpus.validate_shard(empty)
+    assert (res.rows_in, res.n_kept, res.n_quarantined) == (0, 0, 0)
+    allbad = _jsonl_bytes(tmp_path / "allbad.jsonl", [b'{"id": "a", "text": "\xff"}', b'{"id": "b", "text": "\xfe"}'])
+    res = corpus.validate_shard(allbad)
+    assert (res.rows_in, res.n_kept, res.n_quarantined) == (2, 0, 2)
+    assert res.quarantine["id"].to_list() == ["a", "b"] and set(res.quarantine["reason"]) == {"invalid_utf8"}
