@@ -23,6 +23,9 @@ Environment variables
     Number of GEM domains (default 16).
 ``GEM_BALANCE``
     GEM's balance knob gamma (default: the library's default).
+``GEM_ISOTROPY``
+    ``1`` (default): the teacher subtracts the corpus mean direction before fitting and
+    stores it (sentence embeddings sit in a narrow cone); ``0``: fit the raw directions.
 ``GEM_HOME``
     Where everything is written (default ``data/``).
 ``GEM_PROFILE``
@@ -174,6 +177,8 @@ class Settings:
         Per-shard embedding cap; ``"profile"`` uses the profile's.
     teacher_sample_size : int or None
         Teacher sample size; ``None`` uses the profile's.
+    isotropy : bool
+        Isotropy correction of the teacher (subtract the mean direction, renormalize).
     """
 
     home: str = "data"
@@ -188,6 +193,7 @@ class Settings:
     max_chars: int | None = None
     embed_cap_per_shard: int | None | str = "profile"
     teacher_sample_size: int | None = None
+    isotropy: bool = True
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -232,6 +238,7 @@ class Settings:
             max_chars=_env_int(env, "GEM_MAX_CHARS", None),
             embed_cap_per_shard=cap,
             teacher_sample_size=_env_int(env, "GEM_SAMPLE_SIZE", None),
+            isotropy=env.get("GEM_ISOTROPY", "1").strip().lower() not in _FALSE,
         )
 
     # ------------------------------------------------------------------ derived values
@@ -300,6 +307,7 @@ class Settings:
             "tol": p.tol,
             "n_init": p.n_init,
             "seed": self.seed,
+            "isotropy": self.isotropy,
         }
 
     def with_(self, **changes) -> "Settings":

@@ -46,13 +46,13 @@ def test_settings_from_env():
     s = Settings.from_env({"GEM_CORPUS": "x/*.jsonl", "GEM_TEXT_COLUMN": "body", "GEM_ID_COLUMN": "doc_id",
                            "GEM_SOURCE_COLUMN": "site", "GEM_K": "8", "GEM_HOME": "/tmp/h", "GEM_PROFILE": "smoke",
                            "GEM_BALANCE": "0.5", "GEM_SEED": "3", "GEM_MAX_CHARS": "99", "GEM_EMBED_CAP": "none",
-                           "GEM_SAMPLE_SIZE": "77"})
+                           "GEM_SAMPLE_SIZE": "77", "GEM_ISOTROPY": "0"})
     assert (s.corpus, s.text_column, s.id_column, s.source_column, s.k, s.profile) == \
         ("x/*.jsonl", "body", "doc_id", "site", 8, "smoke")
     assert s.balance == 0.5 and s.seed == 3 and s.effective_max_chars == 99 and s.effective_embed_cap is None
-    assert s.effective_sample_size == 77 and s.effective_source_column == "site"
+    assert s.effective_sample_size == 77 and s.effective_source_column == "site" and not s.isotropy
     d = Settings.from_env({})
-    assert d.corpus is None and d.k == 16 and d.profile == "default" and d.effective_source_column == "source"
+    assert d.isotropy and d.corpus is None and d.k == 16 and d.profile == "default" and d.effective_source_column == "source"
     assert d.effective_embed_cap is None and d.effective_sample_size == PROFILES["default"].teacher_sample_size
     assert Settings.from_env({"GEM_CORPUS": "y/*.parquet"}).effective_source_column is None
     assert Settings.from_env({"GEM_PROFILE": "smoke"}).effective_embed_cap == PROFILES["smoke"].embed_cap_per_shard

@@ -112,7 +112,7 @@ def teacher_clusters(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlf
     try:
         model = teacher.fit_teacher(
             vectors, k=params["k"], balance=params["balance"], max_iter=params["max_iter"], tol=params["tol"],
-            n_init=params["n_init"], seed=params["seed"], device="auto",
+            n_init=params["n_init"], seed=params["seed"], isotropy=params["isotropy"], device="auto",
         )
     except ValueError as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc

@@ -48,7 +48,7 @@ HISTORY_METRICS = (
 
 
 def fit_teacher(vectors: np.ndarray, *, k: int, balance: float | None, max_iter: int, tol: float,
-                n_init: int, seed: int, device: str = "auto"):
+                n_init: int, seed: int, isotropy: bool = True, device: str = "auto"):
     """Fit GEM on unit-norm vectors.
 
     Parameters
@@ -59,7 +59,7 @@ def fit_teacher(vectors: np.ndarray, *, k: int, balance: float | None, max_iter:
         Number of domains (2 <= k <= N).
     balance : float or None
         GEM's balance knob; ``None`` keeps the library default.
-    max_iter, tol, n_init, seed : see :class:`gem_assets.lib.gem.GEM`.
+    max_iter, tol, n_init, seed, isotropy : see :class:`gem_assets.lib.gem.GEM`.
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
 
@@ -80,7 +80,7 @@ def fit_teacher(vectors: np.ndarray, *, k: int, balance: float | None, max_iter:
         raise ValueError(
             f"the teacher sample has {n} documents, fewer than K={k} domains: lower GEM_K or add documents"
         )
-    kwargs = dict(n_clusters=k, max_iter=max_iter, tol=tol, n_init=n_init, isotropy=True,
+    kwargs = dict(n_clusters=k, max_iter=max_iter, tol=tol, n_init=n_init, isotropy=isotropy,
                   random_state=seed, device=device)
     if balance is not None:
         kwargs["balance"] = balance

@@ -35,6 +35,7 @@ class GemConfig(ConfigurableResource):
     max_chars: Optional[int] = None
     embed_cap: int = -1
     teacher_sample_size: int = -1
+    isotropy: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "GemConfig":
@@ -53,6 +54,7 @@ class GemConfig(ConfigurableResource):
             max_chars=settings.max_chars,
             embed_cap=-1 if cap == "profile" else (0 if cap is None else int(cap)),
             teacher_sample_size=-1 if settings.teacher_sample_size is None else int(settings.teacher_sample_size),
+            isotropy=settings.isotropy,
         )
 
     @classmethod
@@ -76,6 +78,7 @@ class GemConfig(ConfigurableResource):
             max_chars=self.max_chars,
             embed_cap_per_shard=cap,
             teacher_sample_size=None if self.teacher_sample_size < 0 else self.teacher_sample_size,
+            isotropy=self.isotropy,
         )
 
     @property
