@@ -254,3 +254,16 @@ def test_predict_rejects_wrong_dim_and_unfitted():
     m = GEM(2, random_state=0).fit(_sphere(20, 3, 0))
     with pytest.raises(ValueError, match="fitted on dim 3"):
         m.predict(np.eye(4))
+
+
+def test_fast_objective_terms_match_the_direct_formula():
+    from gem_assets.lib.gem import _terms
+
+    rng = np.random.default_rng(2)
+    S = torch.from_numpy(rng.normal(scale=3.0, size=(300, 5)))
+    for gamma in (0.0, 2.0):
+        Q, v, info = balanced_e_step(S, gamma, tol=1e-12)
+        fast = _terms(Q, S, v, info["log_z"], info["rho_hat"], gamma, 1.5)
+        direct = objective_terms(Q, S, gamma, 1.5)
+        for key in direct:
+            assert fast[key] == pytest.approx(direct[key], rel=1e-10, abs=1e-8)

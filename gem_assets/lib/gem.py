@@ -52,13 +52,32 @@ _F64 = torch.float64
 # --------------------------------------------------------------------------------------------
 # the E-step, as a plain function (tested on its own for optimality)
 # --------------------------------------------------------------------------------------------
-def _softmax_stats(logits: torch.Tensor):
-    """Q = softmax(logits) row-wise, with log Z and the row entropies, all from one exp pass."""
-    log_z = torch.logsumexp(logits, dim=1, keepdim=True)          # (N, 1)
-    Q = torch.exp(logits - log_z)                                 # (N, K)
-    # H(Q_i) = log Z_i - sum_k Q_ik logits_ik
-    ent = log_z.squeeze(1).to(_F64) - (Q * logits).sum(1, dtype=_F64)
-    return Q, log_z, ent
+def _softmax(S: torch.Tensor, v: torch.Tensor):
+    """Q = softmax(S + v) row-wise, log Z (N,) and rho_hat = mean_i Q_i (K,) float64.
+
+    One fused log-softmax pass, then exp in place; log Z_i = logit_i0 - log Q_i0 (exact in log form).
+    """
+    logits = S + v.to(S.dtype)[None, :]                            # (N, K)
+    Q = torch.log_softmax(logits, dim=1)                           # log Q
+    log_z = logits[:, 0] - Q[:, 0]                                 # (N,)
+    Q.exp_()                                                       # (N, K) Q
+    rho_hat = Q.sum(0).to(_F64) / S.shape[0]                       # (K,)
+    return Q, log_z, rho_hat
+
+
+def _terms(Q, S, v, log_z, rho_hat, gamma, shift):
+    """J and its terms from the E-step's by-products, with one K x K GEMM for sum_ik Q_ik S_ik.
+
+    With log Q_ik = S_ik + v_k - log Z_i:  sum_i H(Q_i) = sum_i log Z_i - sum_ik Q_ik S_ik - N rho_hat.v
+    """
+    N = Q.shape[0]
+    qs = float(torch.diagonal(Q.T @ S).sum(dtype=_F64))            # sum_ik Q_ik S_ik = trace(Q^T S)
+    loglik = qs + N * shift
+    ent = float(log_z.sum(dtype=_F64)) - qs - N * float(rho_hat @ v)
+    h_rho = float(-torch.special.xlogy(rho_hat, rho_hat).sum())
+    bal = gamma * N * h_rho
+    return {"objective": loglik + ent + bal, "loglik": loglik, "assignment_entropy": ent,
+            "balance_term": bal, "balance_entropy": h_rho}
 
 
 def balanced_e_step(S: torch.Tensor, gamma: float, v0=None, *, max_steps: int = 100, tol: float = 1e-8):
@@ -81,34 +100,31 @@ def balanced_e_step(S: torch.Tensor, gamma: float, v0=None, *, max_steps: int = 
     -------
     Q : (N, K) tensor, dtype of S
     v : (K,) float64 dual potentials; Q = softmax(S + v)
-    info : dict with ``steps``, ``residual``, ``row_entropy`` ((N,) float64), ``log_z`` and ``method``.
+    info : dict with ``steps``, ``residual``, ``method``, ``log_z`` ((N,)) and ``rho_hat`` ((K,) float64).
     """
     N, K = S.shape
     dev = S.device
     if gamma == 0.0:
-        Q, log_z, ent = _softmax_stats(S)
-        return Q, torch.zeros(K, dtype=_F64, device=dev), {
-            "steps": 0, "residual": 0.0, "row_entropy": ent, "log_z": log_z, "method": "softmax"}
+        v = torch.zeros(K, dtype=_F64, device=dev)
+        Q, log_z, rho_hat = _softmax(S, v)
+        return Q, v, {"steps": 0, "residual": 0.0, "method": "softmax", "log_z": log_z, "rho_hat": rho_hat}
 
     def rho_of(v):  # (K,) the shares the dual potentials ask for
         return torch.exp(-1.0 - v / gamma)
 
     def evaluate(v):
-        Q, log_z, ent = _softmax_stats(S + v.to(S.dtype))
-        # dual value D(v) in float64
-        D = float(log_z.sum(dtype=_F64)) + gamma * N * float(rho_of(v).sum())
-        return Q, log_z, ent, D
+        Q, log_z, rho_hat = _softmax(S, v)
+        rho_v = rho_of(v)
+        D = float(log_z.sum(dtype=_F64)) + gamma * N * float(rho_v.sum())    # dual value D(v)
+        residual = float(((rho_hat - rho_v).abs() / rho_v).max())             # relative KKT residual
+        return Q, log_z, rho_hat, D, residual
 
     v = torch.full((K,), -gamma * (1.0 + math.log(1.0 / K)), dtype=_F64, device=dev) if v0 is None else v0.clone()
-    Q, log_z, ent, D = evaluate(v)
-    method, steps, residual = "newton", 0, float("inf")
-    for steps in range(1, max_steps + 1):
-        rho_hat = Q.sum(0, dtype=_F64) / N                       # (K,) shares Q gives
-        rho_v = rho_of(v)                                        # (K,) shares v asks for
-        residual = float(((rho_hat - rho_v).abs() / rho_v).max())
-        if residual <= tol:
-            steps -= 1
-            break
+    Q, log_z, rho_hat, D, residual = evaluate(v)
+    method, steps = "newton", 0
+    while residual > tol and steps < max_steps:
+        steps += 1
+        rho_v = rho_of(v)
         g = N * (rho_hat - rho_v)                                # dD/dv
         # Hessian: sum_i (diag Q_i - Q_i Q_i^T) + (N / gamma) diag(rho_v), a (K, K) PD matrix
         H = torch.diag(N * rho_hat + (N / gamma) * rho_v) - (Q.T @ Q).to(_F64)
@@ -117,43 +133,35 @@ def balanced_e_step(S: torch.Tensor, gamma: float, v0=None, *, max_steps: int = 
         except RuntimeError:  # singular in floating point: fall back
             method = "fixed_point"
             break
-        t, accepted = 1.0, False
         slope = float(g @ step)
         if not slope < 0:
             method = "fixed_point"
             break
+        t, accepted = 1.0, False
         for _ in range(30):
             # backtracking: accept a sufficient decrease of the convex dual (Armijo) or, where float32
             # round-off in D hides it near the optimum, a decrease of the KKT residual
-            v_new = v + t * step
-            Q_new, log_z_new, ent_new, D_new = evaluate(v_new)
-            rho_v_new = rho_of(v_new)
-            res_new = float(((Q_new.sum(0, dtype=_F64) / N - rho_v_new).abs() / rho_v_new).max())
-            if D_new <= D + 1e-4 * t * slope or res_new < residual:
+            trial = evaluate(v + t * step)
+            if trial[3] <= D + 1e-4 * t * slope or trial[4] < residual:
                 accepted = True
                 break
             t *= 0.5
         if not accepted:  # no progress in floating point: the fixed point takes over
             method = "fixed_point"
             break
-        v, Q, log_z, ent, D = v_new, Q_new, log_z_new, ent_new, D_new
+        v = v + t * step
+        Q, log_z, rho_hat, D, residual = trial
     if method == "fixed_point":
-        # damped fixed point on u = log rho: u <- L(u) / (1 + gamma), L_k = log mean_i Q_ik e^{gamma u_k}
-        for extra in range(1, 4 * max_steps + 1):
-            rho_hat = Q.sum(0, dtype=_F64) / N
-            rho_v = rho_of(v)
-            residual = float(((rho_hat - rho_v).abs() / rho_v).max())
+        # damped fixed point on u = log rho: u <- L(u) / (1 + gamma), L_k = log mean_i exp(s_ik - log Z_i)
+        for _ in range(4 * max_steps):
             if residual <= tol:
                 break
+            steps += 1
             u = -1.0 - v / gamma                                   # current log rho
-            L = torch.log(rho_hat) + gamma * u                     # log mean_i exp(s_ik - log Z_i)
-            u_new = L / (1.0 + gamma)
-            v = -gamma * (1.0 + u_new)
-            Q, log_z, ent, D = evaluate(v)
-        steps += extra
-    rho_hat = Q.sum(0, dtype=_F64) / N
-    residual = float(((rho_hat - rho_of(v)).abs() / rho_of(v)).max())
-    return Q, v, {"steps": steps, "residual": residual, "row_entropy": ent, "log_z": log_z, "method": method}
+            L = torch.log(rho_hat) + gamma * u
+            v = -gamma * (1.0 + L / (1.0 + gamma))
+            Q, log_z, rho_hat, D, residual = evaluate(v)
+    return Q, v, {"steps": steps, "residual": residual, "method": method, "log_z": log_z, "rho_hat": rho_hat}
 
 
 def objective_terms(Q: torch.Tensor, S: torch.Tensor, gamma: float, shift: float = 0.0) -> dict:
@@ -184,7 +192,7 @@ def vmf_scores(X, mu, kappa):
     shift = float(log_c.max())
     cos = X @ mu.to(X.dtype).T                                            # (N, K) GEMM
     bias = torch.as_tensor(log_c - shift, dtype=X.dtype, device=X.device)
-    return cos * kappa.to(X.dtype)[None, :] + bias[None, :], shift
+    return cos.mul_(kappa.to(X.dtype)[None, :]).add_(bias[None, :]), shift
 
 
 def evidence_margin(S: torch.Tensor) -> float:
@@ -349,7 +357,7 @@ class GEM:
         if gamma is None:  # the balance scale is fixed once (first initialization), then the objective is fixed
             gamma = self.balance * (evidence_margin(S) if self.balance_scale == "evidence" else 1.0)
         Q, v, info = balanced_e_step(S, gamma, None, max_steps=self.max_inner, tol=inner_tol)
-        terms = objective_terms(Q, S, gamma, shift)
+        terms = _terms(Q, S, v, info["log_z"], info["rho_hat"], gamma, shift)
         history = [self._record(0, terms, Q, S, kappa, info, 0, time.perf_counter() - t0)]
         converged = False
         for it in range(1, self.max_iter + 1):
@@ -365,7 +373,7 @@ class GEM:
             # E-step at the new parameters, warm-started from the previous dual potentials
             S_new, shift = vmf_scores(X, mu_new, kappa_new)
             Q_new, v_new, info = balanced_e_step(S_new, gamma, v, max_steps=self.max_inner, tol=inner_tol)
-            terms_new = objective_terms(Q_new, S_new, gamma, shift)
+            terms_new = _terms(Q_new, S_new, v_new, info["log_z"], info["rho_hat"], gamma, shift)
             j_old = terms["objective"]
             if terms_new["objective"] < j_old or j_mid < j_old - 1e-12 * abs(j_old):
                 # guard: never record a decrease; keep the last accepted state and stop. The rejected
