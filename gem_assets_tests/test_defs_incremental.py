@@ -23,6 +23,17 @@ def _counts(instance) -> dict[str, int]:
     return {a: _n_materializations(instance, a) for a in ("documents", "embeddings", "teacher_sample", "teacher_clusters")}
 
 
+def _sensor_tick(sensor_fn, **kwargs):
+    """Evaluate a sensor; the context is closed afterwards (it holds resources and an instance)."""
+    with build_sensor_context(**kwargs) as ctx:
+        return sensor_fn(ctx)
+
+
+def _schedule_tick(schedule_fn, **kwargs):
+    with build_schedule_context(**kwargs) as ctx:
+        return schedule_fn(ctx)
+
+
 def _run(defs, instance):
     buf = io.StringIO()
     summary = run_pipeline(defs, instance, out=buf)
@@ -80,8 +91,7 @@ def test_bad_shard_does_not_block_the_rest(tiny_corpus, gem_home, instance):
 
 def test_shard_sensor_registers_and_requests(tiny_corpus, gem_home, instance):
     res = make_resources(gem_home, str(tiny_corpus / "*"))
-    ctx = build_sensor_context(instance=instance, resources={"gem": res["gem"]})
-    result = shard_sensor(ctx)
+    result = _sensor_tick(shard_sensor, instance=instance, resources={"gem": res["gem"]})
     (add,) = result.dynamic_partitions_requests
     assert sorted(add.partition_keys) == ["a.jsonl", "b.jsonl", "c.parquet"]
     assert sorted(r.partition_key for r in result.run_requests) == ["a.jsonl", "b.jsonl", "c.parquet"]
@@ -91,22 +101,19 @@ def test_shard_sensor_registers_and_requests(tiny_corpus, gem_home, instance):
     # after the runs: nothing new, nothing requested
     defs = build_definitions(**res)
     _run(defs, instance)
-    ctx = build_sensor_context(instance=instance, cursor=result.cursor, resources={"gem": res["gem"]})
-    quiet = shard_sensor(ctx)
+    quiet = _sensor_tick(shard_sensor, instance=instance, cursor=result.cursor, resources={"gem": res["gem"]})
     assert not quiet.run_requests and not quiet.dynamic_partitions_requests and quiet.skip_reason
 
     # a new file: one partition added, one run requested, keyed by its content
     write_jsonl(tiny_corpus / "e.jsonl", make_docs(12, seed=5, prefix="e"))
-    ctx = build_sensor_context(instance=instance, cursor=quiet.cursor, resources={"gem": res["gem"]})
-    new = shard_sensor(ctx)
+    new = _sensor_tick(shard_sensor, instance=instance, cursor=quiet.cursor, resources={"gem": res["gem"]})
     assert new.dynamic_partitions_requests[0].partition_keys == ["e.jsonl"]
     (req,) = new.run_requests
     assert req.partition_key == "e.jsonl" and req.run_key.startswith("e.jsonl@")
 
     # a changed file (already registered) is requested again under a new run key
     write_jsonl(tiny_corpus / "b.jsonl", make_docs(41, seed=2, prefix="b"))
-    ctx = build_sensor_context(instance=instance, cursor=new.cursor, resources={"gem": res["gem"]})
-    changed = shard_sensor(ctx)
+    changed = _sensor_tick(shard_sensor, instance=instance, cursor=new.cursor, resources={"gem": res["gem"]})
     assert {r.partition_key for r in changed.run_requests} == {"b.jsonl", "e.jsonl"}
     assert not [r for r in changed.dynamic_partitions_requests if "b.jsonl" in r.partition_keys]
 
@@ -116,28 +123,29 @@ def test_daily_schedule_backfills_missing_partitions(tiny_corpus, gem_home, disk
     when = datetime.datetime(2026, 1, 2, 3, 0, tzinfo=datetime.timezone.utc)
     res = make_resources(gem_home, str(tiny_corpus / "*"))
     instance.add_dynamic_partitions(SHARDS, ["a.jsonl"])
-    ctx = build_schedule_context(instance=instance, resources={"gem": res["gem"]}, scheduled_execution_time=when)
-    requests = daily_backfill(ctx)
+    requests = _schedule_tick(daily_backfill, instance=instance, resources={"gem": res["gem"]},
+                              scheduled_execution_time=when)
     assert sorted(r.partition_key for r in requests) == ["a.jsonl", "b.jsonl", "c.parquet"]
     assert all(r.run_key.startswith("backfill-2026-01-02-") for r in requests)
     assert set(instance.get_dynamic_partitions(SHARDS)) == {"a.jsonl", "b.jsonl", "c.parquet"}
     _run(build_definitions(**res), instance)
-    skip = daily_backfill(build_schedule_context(instance=instance, resources={"gem": res["gem"]}, scheduled_execution_time=when))
+    skip = _schedule_tick(daily_backfill, instance=instance, resources={"gem": res["gem"]},
+                          scheduled_execution_time=when)
     assert "all 3 shard partition(s)" in skip.skip_message
 
 
 def test_teacher_sensor_follows_embeddings(tiny_corpus, gem_home, instance):
     res = make_resources(gem_home, str(tiny_corpus / "*"))
     defs = build_definitions(**res)
-    ctx = build_sensor_context(instance=instance, resources={"gem": res["gem"]})
-    assert not teacher_sensor(ctx).run_requests  # nothing embedded yet
+    first = _sensor_tick(teacher_sensor, instance=instance, resources={"gem": res["gem"]})
+    assert not first.run_requests  # nothing embedded yet
     instance.add_dynamic_partitions(SHARDS, ["a.jsonl", "b.jsonl", "c.parquet"])
     shard_job = defs.resolve_job_def("shard_job")
     for key in ("a.jsonl", "b.jsonl"):
         assert shard_job.execute_in_process(instance=instance, partition_key=key).success
-    req = teacher_sensor(build_sensor_context(instance=instance, resources={"gem": res["gem"]}))
+    req = _sensor_tick(teacher_sensor, instance=instance, resources={"gem": res["gem"]})
     (run,) = req.run_requests
     assert run.run_key.startswith("teacher@")
     assert defs.resolve_job_def("teacher_job").execute_in_process(instance=instance).success
-    up = teacher_sensor(build_sensor_context(instance=instance, resources={"gem": res["gem"]}))
+    up = _sensor_tick(teacher_sensor, instance=instance, resources={"gem": res["gem"]})
     assert not up.run_requests and "up to date" in up.skip_reason.skip_message
