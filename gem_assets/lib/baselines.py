@@ -29,8 +29,9 @@ class _Base:
     spherical = True
 
     def __init__(self, n_clusters: int, *, max_iter: int = 100, tol: float = 1e-6, n_init: int = 1,
-                 random_state=None, device="cpu"):
+                 init="k-means++", random_state=None, device="cpu"):
         self.n_clusters = n_clusters
+        self.init = init
         self.max_iter = max_iter
         self.tol = tol
         self.n_init = n_init
@@ -46,7 +47,19 @@ class _Base:
         check_int(self.max_iter, "max_iter", low=1)
         check_float(self.tol, "tol", low=0.0)
         check_int(self.n_init, "n_init", low=1)
+        if isinstance(self.init, str):
+            if self.init != "k-means++":
+                raise ValueError(f"init must be 'k-means++' or an array of shape (K, d), got {self.init!r}")
+        elif np.shape(self.init) != (self.n_clusters, X.shape[1]):
+            raise ValueError(f"init must have shape ({self.n_clusters}, {X.shape[1]}), got {np.shape(self.init)}")
         return normalize_rows(X) if self.spherical else X
+
+    def _seed(self, X, rng):
+        """Initial centres (K, d) float64: k-means++ or the given ``init`` array."""
+        if isinstance(self.init, str):
+            return kmeans_plusplus(X, self.n_clusters, rng, spherical=self.spherical).to(_F64)
+        C = torch.as_tensor(np.asarray(self.init), dtype=_F64, device=X.device)
+        return normalize_rows(C, name="init") if self.spherical else C
 
     def _record(self, it, objective, labels, n_empty, seconds, **extra):
         return {"iteration": it, "objective": float(objective),
@@ -115,7 +128,7 @@ class KMeans(_Base):
 
     def _fit_once(self, X, rng):
         K, (N, d) = self.n_clusters, X.shape
-        C = kmeans_plusplus(X, K, rng, spherical=False).to(_F64)
+        C = self._seed(X, rng)
         x_sq = (X.to(_F64) ** 2).sum(1)
         history, prev = [], None
         for it in range(1, self.max_iter + 1):
@@ -151,7 +164,7 @@ class SphericalKMeans(_Base):
 
     def _fit_once(self, X, rng):
         K, (N, d) = self.n_clusters, X.shape
-        C = kmeans_plusplus(X, K, rng, spherical=True).to(_F64)
+        C = self._seed(X, rng)
         history, prev = [], None
         for it in range(1, self.max_iter + 1):
             t0 = time.perf_counter()
@@ -192,7 +205,7 @@ class VMFMixtureEM(_Base):
 
     def _fit_once(self, X, rng):
         K, (N, d) = self.n_clusters, X.shape
-        mu = kmeans_plusplus(X, K, rng, spherical=True).to(_F64)
+        mu = self._seed(X, rng)
         hard = torch.argmax(X @ mu.to(X.dtype).T, dim=1)
         R = torch.zeros(K, d, dtype=_F64, device=X.device).index_add_(0, hard, X.to(_F64))
         n = torch.bincount(hard, minlength=K).to(_F64)

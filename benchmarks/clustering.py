@@ -1,0 +1,208 @@
+"""Clustering benchmark: GEM against its baselines and the speed peers (faiss, scikit-learn).
+
+Data
+  (a) synthetic anisotropic data on the sphere: Zipf-sized true clusters (24, exponent 1.1) inside a
+      narrow cone, N = 100,000, d = 384, fitted with K = 64 and K = 24;
+  (b) the default corpus (BBC News, 2,225 articles, 5 categories) embedded by the default teacher
+      (all-MiniLM-L6-v2), K = 16; NMI against the human categories.
+Methods: GEM at its default balance and two other settings, Euclidean k-means, spherical k-means,
+vMF-EM with learned weights (this project), faiss k-means (on all points) and scikit-learn KMeans
+(lloyd) as speed peers. All on the same threads, in one run. Every k-means-type method starts from
+the same k-means++ centres per (data, K), so seconds per iteration compare the iterations alone.
+
+Columns: NMI, normalized share entropy, effective K, dead domains (share < 1/(10K)), max share,
+iterations, seconds per iteration (median), and the achieved GFLOP/s of each method's assignment
+step (2 N d K flops over the time of its own predict/search on all points), next to the float32
+GEMM peak measured in the same run.
+
+Usage:  python benchmarks/clustering.py [--n 100000] [--skip-bbc] [--write docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gem_assets.lib import metrics as M  # noqa: E402
+from gem_assets.lib.baselines import KMeans, SphericalKMeans, VMFMixtureEM  # noqa: E402
+from gem_assets.lib.gem import DEFAULT_BALANCE, GEM  # noqa: E402
+from gem_assets.lib.seeding import kmeans_plusplus  # noqa: E402
+from gem_assets.lib.synthetic import make_cone_clusters  # noqa: E402
+
+THREADS = 2
+MAX_ITER = 100
+
+
+def gemm_peak(n: int = 4096, repeats: int = 3) -> float:
+    """Best-of float32 torch GEMM GFLOP/s at n^3 on this machine, now."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def timed(fn, repeats: int = 3) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def row(name, labels, y, K, n_iter, s_per_iter, assign_s, N, d, extra=""):
+    p = M.shares_from_labels(labels, K)
+    return {
+        "method": name, "nmi": M.nmi(labels, y) if y is not None else float("nan"),
+        "share_entropy": M.normalized_share_entropy(p), "effective_k": M.effective_k(p),
+        "dead": M.dead_domains(p), "max_share": M.max_share(p), "iters": n_iter,
+        "s_per_iter": s_per_iter, "assign_gflops": 2 * N * d * K / assign_s / 1e9, "note": extra,
+    }
+
+
+def run_suite(X: np.ndarray, y: np.ndarray, K: int, seed: int = 0) -> list[dict]:
+    N, d = X.shape
+    rows = []
+    # one shared k-means++ seeding for every k-means-type method (spherical seeding on unit rows)
+    C0 = kmeans_plusplus(torch.from_numpy(X), K, np.random.default_rng(seed), spherical=True).numpy()
+
+    for balance in (DEFAULT_BALANCE, 0.0, 10.0):
+        g = GEM(K, balance=balance, max_iter=MAX_ITER, init=C0, random_state=seed).fit(X)
+        s_it = statistics.median(h["seconds"] for h in g.history_[1:]) if g.n_iter_ else float("nan")
+        tag = " (default)" if balance == DEFAULT_BALANCE else ""
+        rows.append(row(f"GEM balance={balance:g}{tag}", g.labels_, y, K, g.n_iter_, s_it,
+                        timed(lambda: g.predict(X)), N, d, f"gamma={g.gamma_:.2f}"))
+        print(rows[-1], flush=True)
+
+    for name, cls in (("k-means (ours)", KMeans), ("spherical k-means (ours)", SphericalKMeans),
+                      ("vMF-EM learned weights (ours)", VMFMixtureEM)):
+        est = cls(K, max_iter=MAX_ITER, init=C0, random_state=seed)
+        est.fit(X)
+        s_it = statistics.median(h["seconds"] for h in est.history_)
+        extra = ""
+        if cls is VMFMixtureEM:
+            extra = f"components below 1e-12 weight: {est.history_[-1]['n_empty']}"
+        rows.append(row(name, est.labels_, y, K, est.n_iter_, s_it, timed(lambda: est.predict(X)), N, d, extra))
+        print(rows[-1], flush=True)
+
+    import faiss
+
+    faiss.omp_set_num_threads(THREADS)
+    km = faiss.Kmeans(d, K, niter=MAX_ITER, seed=seed, max_points_per_centroid=N, min_points_per_centroid=1,
+                      verbose=False)
+    t = time.perf_counter()
+    km.train(X, init_centroids=C0.astype(np.float32))
+    total = time.perf_counter() - t
+    stats = km.iteration_stats
+    per_iter = statistics.median(s["time"] for s in stats) if stats and "time" in stats[0] else total / MAX_ITER
+    _, lab = km.index.search(X, 1)
+    rows.append(row("faiss k-means (all points)", lab.ravel(), y, K, len(stats) or MAX_ITER, per_iter,
+                    timed(lambda: km.index.search(X, 1)), N, d, "fixed niter, no early stop"))
+    print(rows[-1], flush=True)
+
+    from sklearn.cluster import KMeans as SKKMeans
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(THREADS):
+        sk = SKKMeans(K, init=C0, n_init=1, max_iter=MAX_ITER, algorithm="lloyd", tol=1e-4, random_state=seed)
+        t = time.perf_counter()
+        sk.fit(X)
+        total = time.perf_counter() - t
+        rows.append(row("scikit-learn KMeans (lloyd)", sk.labels_, y, K, sk.n_iter_, total / max(sk.n_iter_, 1),
+                        timed(lambda: sk.predict(X)), N, d, "s/iter = fit time / n_iter"))
+    print(rows[-1], flush=True)
+    return rows
+
+
+def bbc_embeddings(cache_dir: Path):
+    """The default corpus embedded by the default teacher, cached under $GEM_HOME/bench_cache/."""
+    from gem_assets.lib.corpus import read_bbc_news
+
+    df = read_bbc_news()
+    cache = cache_dir / "bbc_minilm.npz"
+    if cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        if z["ids"].tolist() == df["id"].to_list():
+            return z["X"], df["source"].to_numpy(), None
+    from gem_assets.lib.embed import SentenceEncoder
+
+    enc = SentenceEncoder(device="cpu").load()
+    t = time.perf_counter()
+    X = enc.encode(df["text"].to_list(), desc="BBC embeddings")
+    rate = len(df) / (time.perf_counter() - t)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, X=X, ids=np.array(df["id"].to_list()))
+    return X, df["source"].to_numpy(), rate
+
+
+def markdown(title: str, rows: list[dict]) -> str:
+    out = [f"#### {title}", "",
+           "| method | NMI | share entropy | effective K | dead | max share | iters | s/iter | assign GFLOP/s | note |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['method']} | {r['nmi']:.4f} | {r['share_entropy']:.4f} | {r['effective_k']:.1f} | "
+                   f"{r['dead']} | {r['max_share']:.3f} | {r['iters']} | {r['s_per_iter']:.3f} | "
+                   f"{r['assign_gflops']:.1f} | {r['note']} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--skip-bbc", action="store_true")
+    ap.add_argument("--write", type=Path, default=None, help="replace the clustering section of this Markdown file")
+    args = ap.parse_args()
+
+    torch.set_num_threads(THREADS)
+    peak = gemm_peak()
+    print(f"float32 GEMM peak (torch, 4096^3, {THREADS} threads): {peak:.1f} GFLOP/s", flush=True)
+    sections = []
+    X, y, _ = make_cone_clusters(args.n, 384, 24, exponent=1.1, random_state=0)
+    for K in (64, 24):
+        rows = run_suite(X, y, K)
+        sections.append(markdown(f"(a) synthetic cone, N={args.n:,}, d=384, 24 Zipf clusters, K={K}", rows))
+        gem_s = next(r["s_per_iter"] for r in rows if r["method"].endswith("(default)"))
+        faiss_s = next(r["s_per_iter"] for r in rows if r["method"].startswith("faiss"))
+        sections.append(f"\nGEM (default) seconds per iteration / faiss k-means: **{gem_s / faiss_s:.2f}x**\n")
+    if not args.skip_bbc:
+        home = Path(os.environ.get("GEM_HOME", ROOT / "data"))
+        Xb, yb, rate = bbc_embeddings(home / "bench_cache")
+        rows = run_suite(Xb, yb, 16)
+        note = f" (teacher embedded {rate:.1f} docs/s)" if rate else ""
+        sections.append(markdown(f"(b) BBC News embedded by all-MiniLM-L6-v2, N={len(Xb):,}, d=384, K=16, "
+                                 f"NMI vs the 5 categories{note}", rows))
+    header = (f"Command: `python benchmarks/clustering.py{' --n ' + str(args.n) if args.n != 100_000 else ''}` "
+              f"on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+              f"{torch.__version__}, {THREADS} threads for every method; float32 GEMM peak measured in the same "
+              f"run: **{peak:.1f} GFLOP/s**. Date: {time.strftime('%Y-%m-%d')}.")
+    text = "\n\n".join([header, *sections])
+    print(text)
+    if args.write:
+        start, end = "<!-- clustering:start -->", "<!-- clustering:end -->"
+        doc = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
+        block = f"{start}\n{text}\n{end}"
+        if start in doc:
+            doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end):]
+        else:
+            doc += f"\n## Clustering (`benchmarks/clustering.py`)\n\n{block}\n"
+        args.write.write_text(doc)
+
+
+if __name__ == "__main__":
+    main()
