@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/clustering.py
+	$(PY) benchmarks/clustering.py --write docs/benchmarks.md
 
 ui: $(STAMP)
 	mkdir -p $(GEM_HOME)/dagster

@@ -267,3 +267,20 @@ def test_fast_objective_terms_match_the_direct_formula():
         direct = objective_terms(Q, S, gamma, 1.5)
         for key in direct:
             assert fast[key] == pytest.approx(direct[key], rel=1e-10, abs=1e-8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fit_matches_cpu(zipf_data):
+    X, _ = zipf_data
+    cpu = GEM(6, random_state=3).fit(X)
+    gpu = GEM(6, random_state=3, device="cuda").fit(X)
+    assert np.mean(cpu.labels_ == gpu.labels_) > 0.999
+    np.testing.assert_allclose(gpu.objective_, cpu.objective_, rtol=1e-6)
+
+
+def test_device_auto_resolves_and_unavailable_cuda_is_a_clear_error():
+    X = _sphere(30, 4, 0)
+    assert GEM(2, device="auto", random_state=0).fit(X).labels_.shape == (30,)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            GEM(2, device="cuda").fit(X)
