@@ -200,8 +200,8 @@ class Settings:
             raise ValueError(
                 f"unknown profile {self.profile!r}; choose one of {sorted(PROFILES)} (GEM_PROFILE)"
             )
-        if self.k < 1:
-            raise ValueError(f"the number of domains must be >= 1, got GEM_K={self.k}")
+        if self.k < 2:
+            raise ValueError(f"the number of domains must be >= 2, got GEM_K={self.k}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -231,10 +231,10 @@ class Settings:
             text_column=env.get("GEM_TEXT_COLUMN", "").strip() or "text",
             id_column=env.get("GEM_ID_COLUMN", "").strip() or "id",
             source_column=env.get("GEM_SOURCE_COLUMN", "").strip() or None,
-            k=_env_int(env, "GEM_K", 16) or 16,
+            k=_env_int(env, "GEM_K", 16) if env.get("GEM_K", "").strip().lower() != "none" else 16,
             balance=float(balance) if balance else None,
             profile=env.get("GEM_PROFILE", "").strip() or "default",
-            seed=_env_int(env, "GEM_SEED", 0) or 0,
+            seed=_env_int(env, "GEM_SEED", 0) if env.get("GEM_SEED", "").strip().lower() != "none" else 0,
             max_chars=_env_int(env, "GEM_MAX_CHARS", None),
             embed_cap_per_shard=cap,
             teacher_sample_size=_env_int(env, "GEM_SAMPLE_SIZE", None),

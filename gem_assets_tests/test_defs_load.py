@@ -60,6 +60,8 @@ def test_settings_from_env():
         Settings.from_env({"GEM_PROFILE": "huge"})
     with pytest.raises(ValueError, match="GEM_K"):
         Settings.from_env({"GEM_K": "many"})
+    with pytest.raises(ValueError, match="GEM_K=0"):
+        Settings.from_env({"GEM_K": "0"})
 
 
 def test_resources_round_trip_settings(tmp_path):
