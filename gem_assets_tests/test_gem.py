@@ -263,7 +263,8 @@ def test_fast_objective_terms_match_the_direct_formula():
     S = torch.from_numpy(rng.normal(scale=3.0, size=(300, 5)))
     for gamma in (0.0, 2.0):
         Q, v, info = balanced_e_step(S, gamma, tol=1e-12)
-        fast = _terms(Q, S, v, info["log_z"], info["rho_hat"], gamma, 1.5)
+        fast, labels = _terms(Q, S, v, info["log_z"], info["rho_hat"], gamma, 1.5)
+        np.testing.assert_array_equal(labels.numpy(), Q.argmax(1).numpy())
         direct = objective_terms(Q, S, gamma, 1.5)
         for key in direct:
             assert fast[key] == pytest.approx(direct[key], rel=1e-10, abs=1e-8)

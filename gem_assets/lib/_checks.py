@@ -67,7 +67,7 @@ def as_matrix(X, device: torch.device, *, name: str = "X", min_rows: int = 1) ->
 
 def normalize_rows(X: torch.Tensor, *, name: str = "X") -> torch.Tensor:
     """Project rows onto the unit sphere; zero rows have no direction and are rejected."""
-    norms = torch.linalg.vector_norm(X.to(torch.float64), dim=1)
+    norms = torch.linalg.vector_norm(X, dim=1, dtype=torch.float64)
     zero = norms <= 1e-30
     if bool(zero.any()):
         idx = torch.nonzero(zero).ravel()[:5].tolist()

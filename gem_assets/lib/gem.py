@@ -47,37 +47,67 @@ __all__ = ["GEM", "DEFAULT_BALANCE", "balanced_e_step", "objective_terms", "vmf_
 
 DEFAULT_BALANCE = 3.0
 _F64 = torch.float64
+_EXP_FLOOR = {torch.float32: -80.0, torch.float64: -700.0}
 
 
 # --------------------------------------------------------------------------------------------
 # the E-step, as a plain function (tested on its own for optimality)
 # --------------------------------------------------------------------------------------------
+def _row_chunks(S: torch.Tensor):
+    """Row ranges of ~1 MB of S on CPU, so that the passes of one chunk stay in cache; one range on GPU."""
+    N, K = S.shape
+    step = N if S.device.type != "cpu" else max(1, (1 << 20) // (K * S.element_size()))
+    return [(a, min(a + step, N)) for a in range(0, N, step)]
+
+
 def _softmax(S: torch.Tensor, v: torch.Tensor):
     """Q = softmax(S + v) row-wise, log Z (N,) and rho_hat = mean_i Q_i (K,) float64.
 
-    One fused log-softmax pass, then exp in place; log Z_i = logit_i0 - log Q_i0 (exact in log form).
+    Processed in row chunks: add, max, exp, sum and divide run on a cache-resident block.
     """
-    logits = S + v.to(S.dtype)[None, :]                            # (N, K)
-    Q = torch.log_softmax(logits, dim=1)                           # log Q
-    log_z = logits[:, 0] - Q[:, 0]                                 # (N,)
-    Q.exp_()                                                       # (N, K) Q
-    rho_hat = Q.sum(0).to(_F64) / S.shape[0]                       # (K,)
-    return Q, log_z, rho_hat
+    N, K = S.shape
+    Q = torch.empty_like(S)                                        # (N, K)
+    log_z = torch.empty(N, dtype=S.dtype, device=S.device)         # (N,)
+    col = torch.zeros(K, dtype=_F64, device=S.device)              # (K,) column sums of Q
+    vv = v.to(S.dtype)
+    for a, b in _row_chunks(S):
+        q = Q[a:b]
+        torch.add(S[a:b], vv, out=q)                               # logits
+        m = q.amax(1, keepdim=True)
+        # clamp: exp of very negative arguments takes a slow path (4x slower here); below the floor a
+        # term is < 2e-35 of its row (float32) or < 1e-304 (float64) and cannot change any sum
+        q.sub_(m).clamp_(min=_EXP_FLOOR[S.dtype]).exp_()
+        z = q.sum(1, keepdim=True)
+        q.div_(z)                                                  # Q = exp(logit - max) / sum
+        log_z[a:b] = (m + z.log()).squeeze(1)                      # log Z = max + log sum
+        col += q.sum(0).to(_F64)
+    return Q, log_z, col / N
+
+
+def _final_pass(Q: torch.Tensor, S: torch.Tensor):
+    """sum_ik Q_ik S_ik (float64) and the hard labels argmax_k Q_ik, in one chunked pass."""
+    qs = 0.0
+    labels = torch.empty(Q.shape[0], dtype=torch.int64, device=Q.device)
+    for a, b in _row_chunks(S):
+        q = Q[a:b]
+        qs += float((q * S[a:b]).sum(dtype=_F64))
+        labels[a:b] = q.argmax(1)
+    return qs, labels
 
 
 def _terms(Q, S, v, log_z, rho_hat, gamma, shift):
-    """J and its terms from the E-step's by-products, with one K x K GEMM for sum_ik Q_ik S_ik.
+    """J and its terms from the E-step's by-products, plus the hard labels.
 
     With log Q_ik = S_ik + v_k - log Z_i:  sum_i H(Q_i) = sum_i log Z_i - sum_ik Q_ik S_ik - N rho_hat.v
     """
     N = Q.shape[0]
-    qs = float(torch.diagonal(Q.T @ S).sum(dtype=_F64))            # sum_ik Q_ik S_ik = trace(Q^T S)
+    qs, labels = _final_pass(Q, S)                                 # sum_ik Q_ik S_ik
     loglik = qs + N * shift
     ent = float(log_z.sum(dtype=_F64)) - qs - N * float(rho_hat @ v)
     h_rho = float(-torch.special.xlogy(rho_hat, rho_hat).sum())
     bal = gamma * N * h_rho
     return {"objective": loglik + ent + bal, "loglik": loglik, "assignment_entropy": ent,
-            "balance_term": bal, "balance_entropy": h_rho}
+            "balance_term": bal, "balance_entropy": h_rho}, labels
 
 
 def balanced_e_step(S: torch.Tensor, gamma: float, v0=None, *, max_steps: int = 100, tol: float = 1e-8):
@@ -329,7 +359,7 @@ class GEM:
         if self.center_ is None:
             return X
         Xc = X - torch.as_tensor(self.center_, dtype=X.dtype, device=X.device)
-        norms = torch.linalg.vector_norm(Xc.to(_F64), dim=1)
+        norms = torch.linalg.vector_norm(Xc, dim=1, dtype=_F64)
         # a point exactly at the centre has no direction after centring: keep its raw direction
         keep = norms > 1e-12
         Xc = torch.where(keep[:, None], Xc / norms.clamp(min=1e-300).to(X.dtype)[:, None], X)
@@ -357,8 +387,8 @@ class GEM:
         if gamma is None:  # the balance scale is fixed once (first initialization), then the objective is fixed
             gamma = self.balance * (evidence_margin(S) if self.balance_scale == "evidence" else 1.0)
         Q, v, info = balanced_e_step(S, gamma, None, max_steps=self.max_inner, tol=inner_tol)
-        terms = _terms(Q, S, v, info["log_z"], info["rho_hat"], gamma, shift)
-        history = [self._record(0, terms, Q, S, kappa, info, 0, time.perf_counter() - t0)]
+        terms, hard = _terms(Q, S, v, info["log_z"], info["rho_hat"], gamma, shift)
+        history = [self._record(0, terms, hard, kappa, info, 0, time.perf_counter() - t0)]
         converged = False
         for it in range(1, self.max_iter + 1):
             t0 = time.perf_counter()
@@ -373,7 +403,7 @@ class GEM:
             # E-step at the new parameters, warm-started from the previous dual potentials
             S_new, shift = vmf_scores(X, mu_new, kappa_new)
             Q_new, v_new, info = balanced_e_step(S_new, gamma, v, max_steps=self.max_inner, tol=inner_tol)
-            terms_new = _terms(Q_new, S_new, v_new, info["log_z"], info["rho_hat"], gamma, shift)
+            terms_new, hard = _terms(Q_new, S_new, v_new, info["log_z"], info["rho_hat"], gamma, shift)
             j_old = terms["objective"]
             if terms_new["objective"] < j_old or j_mid < j_old - 1e-12 * abs(j_old):
                 # guard: never record a decrease; keep the last accepted state and stop. The rejected
@@ -383,7 +413,7 @@ class GEM:
                 converged = True
                 break
             mu, kappa, Q, v, S, terms = mu_new, kappa_new, Q_new, v_new, S_new, terms_new
-            history.append(self._record(it, terms, Q, S, kappa, info, n_empty, time.perf_counter() - t0))
+            history.append(self._record(it, terms, hard, kappa, info, n_empty, time.perf_counter() - t0))
             if self.verbose:
                 h = history[-1]
                 print(f"[GEM] it {it:3d}  J={h['objective']:.6e}  H(rho)={h['balance_entropy']:.4f}  "
@@ -394,10 +424,8 @@ class GEM:
         return {"mu": mu, "kappa": kappa, "Q": Q, "v": v, "gamma": gamma, "terms": terms,
                 "history": history, "converged": converged}
 
-    def _record(self, it, terms, Q, S, kappa, info, n_empty, seconds):
-        K = self.n_clusters
-        hard = torch.argmax(Q, dim=1).cpu().numpy()
-        rec = {"iteration": it, **terms, **balance_stats(hard, K),
+    def _record(self, it, terms, hard, kappa, info, n_empty, seconds):
+        rec = {"iteration": it, **terms, **balance_stats(hard.cpu().numpy(), self.n_clusters),
                "mean_kappa": float(kappa.mean()), "inner_steps": int(info["steps"]),
                "kkt_residual": float(info["residual"]), "n_empty": int(n_empty), "seconds": float(seconds)}
         return rec
