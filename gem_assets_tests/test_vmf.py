@@ -78,7 +78,8 @@ def test_debye_polynomials_match_dlmf_closed_forms():
     assert v[1][:4] == [0, F(-9, 24), 0, F(7, 24)]
     # (1 - t) q_1 = v_1 - t u_1 and (1 - t^2) y_1 = u_1 - v_1 = t (1 - t^2) / 2
     assert y[1][:2] == [0, F(1, 2)] and all(c == 0 for c in y[1][2:])
-    assert vmf._U_COEF[0].tolist() == [1.0] and len(vmf._U_COEF) == vmf.DEBYE_TERMS
+    # stacked, zero-padded descending coefficients: row 0 is u_0 = 1
+    assert vmf._U_COEF[0, -1] == 1.0 and not vmf._U_COEF[0, :-1].any() and len(vmf._U_COEF) == vmf.DEBYE_TERMS
 
 
 # ---------------------------------------------------------------------------------------------

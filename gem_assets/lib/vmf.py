@@ -173,14 +173,32 @@ _Q_COEF = _to_float_desc(_Q_EXACT)
 _Y_COEF = _to_float_desc(_Y_EXACT)
 
 
-def _debye_sum(coefs: list[np.ndarray], t: np.ndarray, inv_nu: np.ndarray, start: int = 0) -> np.ndarray:
-    """sum_{k >= start} p_k(t) * inv_nu^k, Horner in inv_nu (highest k first)."""
-    acc = np.zeros(np.broadcast(t, inv_nu).shape)
-    for k in range(len(coefs) - 1, start - 1, -1):
-        acc = acc * inv_nu + np.polyval(coefs[k], t)
+
+def _coef_matrix(coefs: list[np.ndarray]) -> np.ndarray:
+    """Stack descending coefficient arrays into one (n_terms, max_degree + 1) matrix, zero-padded."""
+    width = max(len(c) for c in coefs)
+    return np.stack([np.concatenate([np.zeros(width - len(c)), c]) for c in coefs])
+
+
+def _debye_sum(coefs: np.ndarray, t: np.ndarray, inv_nu: np.ndarray, start: int = 0) -> np.ndarray:
+    """sum_{k >= start} p_k(t) * inv_nu^k.
+
+    All polynomials are evaluated at once by Horner's rule in t on the stacked coefficient matrix
+    (one numpy op per degree instead of one np.polyval call per polynomial), then Horner in inv_nu.
+    """
+    t, inv_nu = np.broadcast_arrays(np.asarray(t, dtype=np.float64), np.asarray(inv_nu, dtype=np.float64))
+    vals = np.zeros((coefs.shape[0],) + t.shape)                  # (n_terms, ...) p_k(t)
+    for j in range(coefs.shape[1]):
+        vals = vals * t + coefs[:, j].reshape((-1,) + (1,) * t.ndim)
+    acc = np.zeros(t.shape)
+    for k in range(coefs.shape[0] - 1, start - 1, -1):
+        acc = acc * inv_nu + vals[k]
     if start:
         acc = acc * inv_nu**start
     return acc
+
+
+_U_COEF, _Q_COEF, _Y_COEF = (_coef_matrix(c) for c in (_U_COEF, _Q_COEF, _Y_COEF))
 
 
 # ---------------------------------------------------------------------------------------------
