@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ._checks import as_matrix, check_float, check_int, make_rng, normalize_rows, resolve_device
-from .gem import vmf_m_step, vmf_scores
+from .gem import _softmax, vmf_m_step, vmf_scores
 from .metrics import balance_stats
 from .seeding import kmeans_plusplus
 
@@ -129,7 +129,7 @@ class KMeans(_Base):
     def _fit_once(self, X, rng):
         K, (N, d) = self.n_clusters, X.shape
         C = self._seed(X, rng)
-        x_sq = (X.to(_F64) ** 2).sum(1)
+        x_sq = torch.linalg.vector_norm(X, dim=1, dtype=_F64) ** 2
         history, prev = [], None
         for it in range(1, self.max_iter + 1):
             t0 = time.perf_counter()
@@ -138,7 +138,7 @@ class KMeans(_Base):
             inertia = float((x_sq - 2.0 * best.to(_F64)).sum())
             counts = torch.bincount(labels, minlength=K)
             n_empty = _relocate_empty(X, labels, C, best.to(_F64), counts)
-            sums = torch.zeros(K, d, dtype=_F64, device=X.device).index_add_(0, labels, X.to(_F64))
+            sums = torch.zeros(K, d, dtype=X.dtype, device=X.device).index_add_(0, labels, X).to(_F64)
             counts = torch.bincount(labels, minlength=K).to(_F64)
             C = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], C)
             history.append(self._record(it, -inertia, labels, n_empty, time.perf_counter() - t0, inertia=inertia))
@@ -171,7 +171,7 @@ class SphericalKMeans(_Base):
             best, labels = (X @ C.to(X.dtype).T).max(dim=1)                          # (N,)
             objective = float(best.sum(dtype=_F64))
             n_empty = _relocate_empty(X, labels, C, best.to(_F64), torch.bincount(labels, minlength=K))
-            sums = torch.zeros(K, d, dtype=_F64, device=X.device).index_add_(0, labels, X.to(_F64))
+            sums = torch.zeros(K, d, dtype=X.dtype, device=X.device).index_add_(0, labels, X).to(_F64)
             norms = torch.linalg.vector_norm(sums, dim=1)
             C = torch.where(norms[:, None] > 0, sums / norms.clamp(min=1e-300)[:, None], C)
             history.append(self._record(it, objective, labels, n_empty, time.perf_counter() - t0))
@@ -207,7 +207,7 @@ class VMFMixtureEM(_Base):
         K, (N, d) = self.n_clusters, X.shape
         mu = self._seed(X, rng)
         hard = torch.argmax(X @ mu.to(X.dtype).T, dim=1)
-        R = torch.zeros(K, d, dtype=_F64, device=X.device).index_add_(0, hard, X.to(_F64))
+        R = torch.zeros(K, d, dtype=X.dtype, device=X.device).index_add_(0, hard, X).to(_F64)
         n = torch.bincount(hard, minlength=K).to(_F64)
         mu, kappa, _ = vmf_m_step(R, n, mu, torch.ones(K, dtype=_F64, device=X.device), d)
         log_pi = torch.log(n / N).clamp(min=-700.0)
@@ -215,12 +215,10 @@ class VMFMixtureEM(_Base):
         for it in range(1, self.max_iter + 1):
             t0 = time.perf_counter()
             S, shift = vmf_scores(X, mu, kappa)
-            logits = S + log_pi.to(S.dtype)[None, :]
-            log_z = torch.logsumexp(logits, dim=1, keepdim=True)
+            Q, log_z, rho = _softmax(S, log_pi)                                     # (N, K) posteriors
             loglik = float(log_z.sum(dtype=_F64)) + N * shift
-            Q = torch.exp(logits - log_z)                                           # (N, K)
-            labels = torch.argmax(logits, dim=1)
-            n = Q.sum(0, dtype=_F64)
+            labels = torch.argmax(Q, dim=1)
+            n = rho * N
             R = (Q.T @ X).to(_F64)
             mu, kappa, n_empty = vmf_m_step(R, n, mu, kappa, d)
             log_pi = torch.log(n / N).clamp(min=-700.0)                             # learned weights

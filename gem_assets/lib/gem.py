@@ -380,7 +380,7 @@ class GEM:
             if self.center_ is not None:
                 mu0 = self._transform(mu0)
         hard = torch.argmax(X @ mu0.to(X.dtype).T, dim=1)
-        R = torch.zeros(K, d, dtype=_F64, device=X.device).index_add_(0, hard, X.to(_F64))
+        R = torch.zeros(K, d, dtype=X.dtype, device=X.device).index_add_(0, hard, X).to(_F64)
         n = torch.bincount(hard, minlength=K).to(_F64)
         mu, kappa, _ = vmf_m_step(R, n, mu0, torch.ones(K, dtype=_F64, device=X.device), d)
         S, shift = vmf_scores(X, mu, kappa)
