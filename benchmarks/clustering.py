@@ -11,7 +11,8 @@ vMF-EM with learned weights (this project), faiss k-means (on all points) and sc
 the same k-means++ centres per (data, K), so seconds per iteration compare the iterations alone.
 
 Columns: NMI, normalized share entropy, effective K, dead domains (share < 1/(10K)), max share,
-iterations, seconds per iteration (median), and the achieved GFLOP/s of each method's assignment
+iterations, seconds per iteration (the fastest iteration of the fit: robust to other load on the
+machine, the same rule for every method), and the achieved GFLOP/s of each method's assignment
 step (2 N d K flops over the time of its own predict/search on all points), next to the float32
 GEMM peak measured in the same run.
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -84,7 +84,7 @@ def run_suite(X: np.ndarray, y: np.ndarray, K: int, seed: int = 0) -> list[dict]
 
     for balance, isotropy in ((DEFAULT_BALANCE, False), (0.0, False), (10.0, False), (DEFAULT_BALANCE, True)):
         g = GEM(K, balance=balance, isotropy=isotropy, max_iter=MAX_ITER, init=C0, random_state=seed).fit(X)
-        s_it = statistics.median(h["seconds"] for h in g.history_[1:]) if g.n_iter_ else float("nan")
+        s_it = min(h["seconds"] for h in g.history_[1:]) if g.n_iter_ else float("nan")
         tag = " (default)" if balance == DEFAULT_BALANCE and not isotropy else " isotropy" if isotropy else ""
         rows.append(row(f"GEM balance={balance:g}{tag}", g.labels_, y, K, g.n_iter_, s_it,
                         timed(lambda: g.predict(X)), N, d, f"gamma={g.gamma_:.2f}"))
@@ -94,7 +94,7 @@ def run_suite(X: np.ndarray, y: np.ndarray, K: int, seed: int = 0) -> list[dict]
                       ("vMF-EM learned weights (ours)", VMFMixtureEM)):
         est = cls(K, max_iter=MAX_ITER, init=C0, random_state=seed)
         est.fit(X)
-        s_it = statistics.median(h["seconds"] for h in est.history_)
+        s_it = min(h["seconds"] for h in est.history_)
         extra = ""
         if cls is VMFMixtureEM:
             extra = f"components below 1e-12 weight: {est.history_[-1]['n_empty']}"
@@ -110,8 +110,8 @@ def run_suite(X: np.ndarray, y: np.ndarray, K: int, seed: int = 0) -> list[dict]
     km.train(X, init_centroids=C0.astype(np.float32))
     total = time.perf_counter() - t
     stats = km.iteration_stats
-    # faiss records cumulative seconds per iteration: take the median of the differences
-    per_iter = float(np.median(np.diff([0.0] + [s["time"] for s in stats]))) if stats else total / MAX_ITER
+    # faiss records cumulative seconds per iteration: the fastest of the differences
+    per_iter = float(np.min(np.diff([0.0] + [s["time"] for s in stats]))) if stats else total / MAX_ITER
     _, lab = km.index.search(X, 1)
     rows.append(row("faiss k-means (all points)", lab.ravel(), y, K, len(stats) or MAX_ITER, per_iter,
                     timed(lambda: km.index.search(X, 1)), N, d, "faiss's own iteration count"))
@@ -121,12 +121,14 @@ def run_suite(X: np.ndarray, y: np.ndarray, K: int, seed: int = 0) -> list[dict]
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(THREADS):
-        sk = SKKMeans(K, init=C0, n_init=1, max_iter=MAX_ITER, algorithm="lloyd", tol=1e-4, random_state=seed)
-        t = time.perf_counter()
-        sk.fit(X)
-        total = time.perf_counter() - t
-        rows.append(row("scikit-learn KMeans (lloyd)", sk.labels_, y, K, sk.n_iter_, total / max(sk.n_iter_, 1),
-                        timed(lambda: sk.predict(X)), N, d, "s/iter = fit time / n_iter"))
+        best = float("inf")
+        for _ in range(3):  # scikit-learn exposes no per-iteration times: best of 3 fits / n_iter
+            sk = SKKMeans(K, init=C0, n_init=1, max_iter=MAX_ITER, algorithm="lloyd", tol=1e-4, random_state=seed)
+            t = time.perf_counter()
+            sk.fit(X)
+            best = min(best, (time.perf_counter() - t) / max(sk.n_iter_, 1))
+        rows.append(row("scikit-learn KMeans (lloyd)", sk.labels_, y, K, sk.n_iter_, best,
+                        timed(lambda: sk.predict(X)), N, d, "s/iter = best of 3 fits / n_iter"))
     print(rows[-1], flush=True)
     return rows
 

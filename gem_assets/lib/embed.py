@@ -44,12 +44,10 @@ def default_model_path() -> str:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` becomes ``"cuda"`` when a CUDA device is present, else ``"cpu"``."""
-    if device != "auto":
-        return device
-    import torch
+    """``"auto"`` becomes ``"cuda"`` when a CUDA device is present, else ``"cpu"`` (as a string)."""
+    from gem_assets.lib._checks import resolve_device as _resolve  # torch loads only when called
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(_resolve(device))
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
