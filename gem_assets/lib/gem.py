@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import vmf
 from ._checks import as_matrix, check_float, check_int, make_rng, normalize_rows, resolve_device
@@ -294,7 +295,7 @@ class GEM:
     device : str, default "cpu"
         Torch device: "cpu", "cuda", "cuda:1" or "auto" (CUDA when present).
     verbose : bool, default False
-        Print one line per MM iteration.
+        Show a progress bar over MM iterations (objective, effective K, inner steps).
 
     Attributes
     ----------
@@ -387,14 +388,16 @@ class GEM:
         if gamma is None:  # the balance scale is fixed once (first initialization), then the objective is fixed
             gamma = self.balance * (evidence_margin(S) if self.balance_scale == "evidence" else 1.0)
         Q, v, info = balanced_e_step(S, gamma, None, max_steps=self.max_inner, tol=inner_tol)
+        rho = info["rho_hat"]
         terms, hard = _terms(Q, S, v, info["log_z"], info["rho_hat"], gamma, shift)
         history = [self._record(0, terms, hard, kappa, info, 0, time.perf_counter() - t0)]
         converged = False
+        bar = tqdm(total=self.max_iter, desc="GEM MM", unit="it", disable=not self.verbose, leave=False)
         for it in range(1, self.max_iter + 1):
             t0 = time.perf_counter()
             # M-step: R = Q^T X (GEMM), n = column sums
             R = (Q.T @ X).to(_F64)
-            n = Q.sum(0, dtype=_F64)
+            n = rho * N                                  # column sums of Q, from the E-step
             mu_new, kappa_new, n_empty = vmf_m_step(R, n, mu, kappa, d)
             # J(Q^t, Theta^{t+1}) without another pass over the data: sum_k n_k log C + kappa_k ||R_k||
             log_c = torch.as_tensor(vmf.log_normalizer(kappa_new.cpu().numpy(), d), dtype=_F64, device=X.device)
@@ -412,15 +415,15 @@ class GEM:
                 history[-1]["rejected_objective"] = min(terms_new["objective"], j_mid)
                 converged = True
                 break
-            mu, kappa, Q, v, S, terms = mu_new, kappa_new, Q_new, v_new, S_new, terms_new
+            mu, kappa, Q, v, S, terms, rho = mu_new, kappa_new, Q_new, v_new, S_new, terms_new, info["rho_hat"]
             history.append(self._record(it, terms, hard, kappa, info, n_empty, time.perf_counter() - t0))
-            if self.verbose:
-                h = history[-1]
-                print(f"[GEM] it {it:3d}  J={h['objective']:.6e}  H(rho)={h['balance_entropy']:.4f}  "
-                      f"effK={h['effective_k']:.2f}  inner={h['inner_steps']}  {h['seconds']:.3f}s")
+            h = history[-1]
+            bar.update(1)
+            bar.set_postfix(J=f"{h['objective']:.6g}", effK=f"{h['effective_k']:.1f}", inner=h["inner_steps"])
             if terms["objective"] - j_old <= self.tol * abs(terms["objective"]):
                 converged = True
                 break
+        bar.close()
         return {"mu": mu, "kappa": kappa, "Q": Q, "v": v, "gamma": gamma, "terms": terms,
                 "history": history, "converged": converged}
 
