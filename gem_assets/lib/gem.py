@@ -55,9 +55,13 @@ _EXP_FLOOR = {torch.float32: -80.0, torch.float64: -700.0}
 # the E-step, as a plain function (tested on its own for optimality)
 # --------------------------------------------------------------------------------------------
 def _row_chunks(S: torch.Tensor):
-    """Row ranges of ~1 MB of S on CPU, so that the passes of one chunk stay in cache; one range on GPU."""
+    """Row ranges of ~4 MB of S on CPU, so that the passes over one chunk run from cache; one range on GPU.
+
+    (1 MB chunks were 15% faster on a quiet machine but issue 4x more small parallel ops, each of
+    which stalls when another process competes for the cores.)
+    """
     N, K = S.shape
-    step = N if S.device.type != "cpu" else max(1, (1 << 20) // (K * S.element_size()))
+    step = N if S.device.type != "cpu" else max(1, (1 << 22) // (K * S.element_size()))
     return [(a, min(a + step, N)) for a in range(0, N, step)]
 
 
