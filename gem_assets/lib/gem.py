@@ -154,10 +154,32 @@ def balanced_e_step(S: torch.Tensor, gamma: float, v0=None, *, max_steps: int = 
         residual = float(((rho_hat - rho_v).abs() / rho_v).max())             # relative KKT residual
         return Q, log_z, rho_hat, D, residual
 
-    v = torch.full((K,), -gamma * (1.0 + math.log(1.0 / K)), dtype=_F64, device=dev) if v0 is None else v0.clone()
+    cold = torch.full((K,), -gamma * (1.0 + math.log(1.0 / K)), dtype=_F64, device=dev)  # rho = 1/K
+    if v0 is not None:
+        # warm start first; when the parameters moved far, the old potentials can sit where rows are
+        # nearly one-hot and Newton crawls: then restart from equal shares and keep the better answer
+        Q, v, info = _solve_dual(S, gamma, v0.clone(), max_steps, tol, evaluate, rho_of, give_up_after=8)
+        if info["residual"] <= tol:
+            return Q, v, info
+        Qc, vc, infoc = _solve_dual(S, gamma, cold, max_steps, tol, evaluate, rho_of)
+        infoc["steps"] += info["steps"]
+        return (Qc, vc, infoc) if infoc["residual"] < info["residual"] else (Q, v, info)
+    return _solve_dual(S, gamma, cold, max_steps, tol, evaluate, rho_of)
+
+
+def _solve_dual(S, gamma, v, max_steps, tol, evaluate, rho_of, give_up_after=None):
+    """Newton on the dual D(v) from ``v`` (Armijo backtracking), damped fixed point as the fallback.
+
+    With ``give_up_after`` (warm starts), stop early when that many steps have not cut the residual
+    tenfold: the caller then restarts from equal shares.
+    """
+    N = S.shape[0]
     Q, log_z, rho_hat, D, residual = evaluate(v)
-    method, steps = "newton", 0
+    method, steps, first = "newton", 0, residual
     while residual > tol and steps < max_steps:
+        if give_up_after is not None and steps >= give_up_after and residual > 0.1 * first:
+            return Q, v, {"steps": steps, "residual": residual, "method": "stalled", "log_z": log_z,
+                          "rho_hat": rho_hat}
         steps += 1
         rho_v = rho_of(v)
         g = N * (rho_hat - rho_v)                                # dD/dv
