@@ -38,6 +38,12 @@ Environment variables
     Per-shard embedding cap overriding the profile's (``0`` or ``none``: no cap).
 ``GEM_SAMPLE_SIZE``
     Teacher sample size overriding the profile's.
+``GEM_STUDENT_MIN_AGREEMENT``
+    The student's held-out top-1 agreement with the teacher below which its (warning) check
+    fails (default 0.85).
+``GEM_STUDENT_DRIFT_KL``
+    A shard whose student domain shares differ from the teacher's by more than this KL
+    divergence (nats) fails the (warning) drift check (default 0.1).
 ``GEM_MLFLOW_TRACKING_URI``
     MLflow tracking URI (default ``sqlite:///$GEM_HOME/mlflow.db``).
 ``GEM_MLFLOW``
@@ -89,6 +95,8 @@ class Profile:
         Number of GEM restarts (the best objective is kept).
     max_chars : int
         Texts longer than this many characters are quarantined.
+    student_dim, student_buckets, student_epochs : int
+        The distilled student's embedding dimension, hashed feature space and epochs.
     """
 
     name: str
@@ -98,6 +106,9 @@ class Profile:
     tol: float
     n_init: int
     max_chars: int
+    student_dim: int = 64
+    student_buckets: int = 1 << 18
+    student_epochs: int = 10
 
 
 #: The profiles selectable with ``GEM_PROFILE``. ``smoke`` keeps CI fast, ``default`` embeds
@@ -111,6 +122,9 @@ PROFILES: dict[str, Profile] = {
         tol=1e-6,
         n_init=1,
         max_chars=50_000,
+        student_dim=16,
+        student_buckets=1 << 16,
+        student_epochs=10,
     ),
     "default": Profile(
         name="default",
@@ -129,6 +143,9 @@ PROFILES: dict[str, Profile] = {
         tol=1e-7,
         n_init=3,
         max_chars=200_000,
+        student_dim=64,
+        student_buckets=1 << 21,
+        student_epochs=5,
     ),
 }
 
@@ -194,6 +211,9 @@ class Settings:
     embed_cap_per_shard: int | None | str = "profile"
     teacher_sample_size: int | None = None
     isotropy: bool = True
+    student_min_agreement: float = 0.85
+    student_drift_kl: float = 0.1
+    student_holdout: float = 0.2
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -239,6 +259,8 @@ class Settings:
             embed_cap_per_shard=cap,
             teacher_sample_size=_env_int(env, "GEM_SAMPLE_SIZE", None),
             isotropy=env.get("GEM_ISOTROPY", "1").strip().lower() not in _FALSE,
+            student_min_agreement=float(env.get("GEM_STUDENT_MIN_AGREEMENT", "").strip() or 0.85),
+            student_drift_kl=float(env.get("GEM_STUDENT_DRIFT_KL", "").strip() or 0.1),
         )
 
     # ------------------------------------------------------------------ derived values
@@ -310,6 +332,18 @@ class Settings:
             "isotropy": self.isotropy,
         }
 
+    def student_params(self) -> dict:
+        """Parameters that determine the student (with the teacher's inputs)."""
+        p = self.profile_def
+        return {
+            "dim": p.student_dim,
+            "buckets": p.student_buckets,
+            "epochs": p.student_epochs,
+            "word_ngrams": 2,
+            "holdout": self.student_holdout,
+            "seed": self.seed,
+        }
+
     def with_(self, **changes) -> "Settings":
         """A copy with some fields changed."""
         return replace(self, **changes)
@@ -378,6 +412,20 @@ class Layout:
     @property
     def teacher_model_dir(self) -> Path:
         return self.teacher_outputs_dir / "model"
+
+    @property
+    def student_outputs_dir(self) -> Path:
+        return self.outputs_dir / "student"
+
+    def assignments_path(self, key: str) -> Path:
+        return self.outputs_dir / "assignments" / f"{key}.parquet"
+
+    def assignments_meta_path(self, key: str) -> Path:
+        return self.outputs_dir / "assignments" / f"{key}.json"
+
+    @property
+    def domain_stats_dir(self) -> Path:
+        return self.outputs_dir / "domain_stats"
 
 
 def fingerprint(*parts) -> str:

@@ -7,7 +7,10 @@
 2. runs ``shard_job`` (documents + embeddings) for each shard that is new or whose bytes,
    parameters or embedder changed, one run per shard (a bad shard fails its own run only);
 3. runs ``teacher_job`` (teacher sample + GEM fit) when its inputs changed;
-4. prints where the outputs are.
+4. runs ``student_job`` (the distilled student) when the teacher or the student parameters
+   changed, ``assign_job`` (student labels) for each shard whose student or documents changed,
+   and ``stats_job`` (per-domain stats) when any assignment changed;
+5. prints where the outputs are.
 
 Runs are recorded in a persistent Dagster instance at ``$GEM_HOME/dagster``
 (``DAGSTER_HOME``), the one ``make ui`` opens, so everything done here shows up there.
@@ -141,12 +144,16 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
         teacher = "refit" if result.success else "failed"
         if not result.success:
             failed["teacher"] = _failure_message(result)
+    student, assigned, stats = _run_student_stages(defs, instance, settings, shards, status, failed, out)
     seconds = time.perf_counter() - t0
     summary = {
         "shards": status,
         "ran_shards": [k for k in stale if status[k] == "embedded"],
         "failed": failed,
         "teacher": teacher,
+        "student": student,
+        "assigned_shards": assigned,
+        "stats": stats,
         "embed_docs": embed_docs,
         "embed_seconds": embed_seconds,
         "outputs": str(layout.outputs_dir),
@@ -154,6 +161,50 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
     }
     _print_summary(summary, settings, defs, shards, out)
     return summary
+
+
+def _run_student_stages(defs, instance, settings, shards, status, failed, out) -> tuple[str, list[str], str]:
+    """Student, per-shard assignments and stats, each only when its inputs changed.
+
+    Returns ``(student, assigned_shards, stats)`` statuses; failures go into ``failed``.
+    """
+    from gem_assets.defs.student import stale_assignments, stats_state, student_state
+
+    tags = {"gem/launched_by": "gem_assets.run"}
+    state = student_state(instance, settings)
+    student = "up to date"
+    if state["fingerprint"] is None:
+        return "skipped (no teacher)", [], "skipped"
+    if state["stale"]:
+        print(f"student: {state['reason']} -> student_model", file=out, flush=True)
+        result = defs.resolve_job_def("student_job").execute_in_process(
+            instance=instance, raise_on_error=False, run_config=_QUIET_RUN_CONFIG, tags=tags)
+        student = "trained" if result.success else "failed"
+        if not result.success:
+            failed["student"] = _failure_message(result)
+            return student, [], "skipped"
+    keys = [k for k in shards if status.get(k) != "failed"]
+    stale = stale_assignments(instance, settings, keys)
+    assigned = []
+    for i, (key, reason) in enumerate(stale.items(), 1):
+        print(f"[{i}/{len(stale)}] shard {key}: {reason} -> domain_assignments", file=out, flush=True)
+        result = defs.resolve_job_def("assign_job").execute_in_process(
+            instance=instance, partition_key=key, raise_on_error=False, run_config=_QUIET_RUN_CONFIG, tags=tags)
+        if result.success:
+            assigned.append(key)
+        else:
+            failed[f"assign {key}"] = _failure_message(result)
+            print(f"    FAILED: {failed[f'assign {key}']}", file=out, flush=True)
+    sstate = stats_state(instance, settings, keys)
+    stats = "up to date" if sstate["fingerprint"] is not None else "skipped"
+    if sstate["stale"]:
+        print(f"stats: {sstate['reason']} -> domain_stats", file=out, flush=True)
+        result = defs.resolve_job_def("stats_job").execute_in_process(
+            instance=instance, raise_on_error=False, run_config=_QUIET_RUN_CONFIG, tags=tags)
+        stats = "computed" if result.success else "failed"
+        if not result.success:
+            failed["stats"] = _failure_message(result)
+    return student, assigned, stats
 
 
 def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
@@ -189,6 +240,12 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
           f"{s['dead_domains']} dead domain(s){nmi}")
     else:
         p(f"teacher     {summary['teacher']}")
+    student_path = layout.outputs_dir / "student" / "summary.json"
+    if student_path.is_file():
+        st = storage.read_json(student_path)
+        p(f"student     {summary.get('student')}: held-out agreement with the teacher {st['heldout_agreement']:.3f} "
+          f"({st['n_heldout']} documents); assignments {len(summary.get('assigned_shards', []))} shard(s) now; "
+          f"stats {summary.get('stats')}")
     for key, message in summary["failed"].items():
         p(f"FAILED      {key}: {message}")
     mlflow = defs.resources["mlflow"]
@@ -197,6 +254,7 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
     p(f"  teacher outputs  {layout.teacher_outputs_dir}/  (shares.png, objective.png, domains.csv, "
       "assignments.parquet, history.csv, summary.json, model/)")
     p(f"  quarantine       {layout.outputs_dir / 'quarantine'}/  (one Parquet per shard, a reason per row)")
+    p(f"  student          {layout.outputs_dir / 'student'}/, assignments/<shard>.parquet, domain_stats/")
     p(f"  MLflow           {mlflow.resolved_uri(layout)}  "
       f"(mlflow ui --backend-store-uri {mlflow.resolved_uri(layout)})")
     p(f"  Dagster UI       make ui  ->  http://127.0.0.1:3000  (DAGSTER_HOME={layout.dagster_home})")

@@ -4,9 +4,10 @@ from dagster import AssetSelection, define_asset_job
 
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
+from gem_assets.defs.student import domain_assignments, domain_stats, student_model
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
 
-__all__ = ["shard_job", "teacher_job"]
+__all__ = ["shard_job", "teacher_job", "student_job", "assign_job", "stats_job"]
 
 shard_job = define_asset_job(
     "shard_job",
@@ -18,4 +19,22 @@ teacher_job = define_asset_job(
     "teacher_job",
     selection=AssetSelection.assets(teacher_sample, teacher_clusters),
     description="Draw the stratified teacher sample and fit the GEM teacher on it.",
+)
+
+student_job = define_asset_job(
+    "student_job",
+    selection=AssetSelection.assets(student_model),
+    description="Distil the fastText-style student from the teacher on the teacher sample.",
+)
+
+assign_job = define_asset_job(
+    "assign_job",
+    selection=AssetSelection.assets(domain_assignments),
+    description="Label every kept document of one shard with the student (one run per shard partition).",
+)
+
+stats_job = define_asset_job(
+    "stats_job",
+    selection=AssetSelection.assets(domain_stats),
+    description="Documents, bytes and tokens per domain over all assigned shards.",
 )

@@ -61,7 +61,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["StudentClassifier", "Featurizer", "tokenize", "HASH_SCHEME"]
+__all__ = ["StudentClassifier", "Featurizer", "tokenize", "label_parquet", "confusion_matrix", "confusion_png",
+           "share_kl", "HASH_SCHEME"]
 
 #: Identifies the tokenizer and hashing; stored with a saved model and checked on load.
 HASH_SCHEME = "gem-student-v1: lower, \\w+, crc32(utf8) words, fasttext-combine + splitmix64 n-grams"
@@ -555,3 +556,111 @@ class StudentClassifier:
             model._linear.bias.copy_(torch.from_numpy(b))
         model.history_ = list(config.get("history", []))
         return model
+
+
+def label_parquet(model: StudentClassifier, src, dest, *, text_column: str = "text", id_column: str = "id",
+                  batch_rows: int = 8192) -> dict:
+    """Label every row of a Parquet file with the student, streaming it in batches.
+
+    Reads ``src`` one record batch at a time (only the id and text columns) and appends each
+    labelled batch to a Parquet file written beside ``dest`` and moved into place at the end, so
+    memory holds one batch, whatever the file's size, and a reader never sees half a file.
+
+    Output columns: ``id`` (str), ``domain`` (int64, the argmax class), ``confidence``
+    (float64, its probability), ``n_bytes`` (UTF-8 bytes of the text) and ``n_tokens``
+    (whitespace-separated words of the text: ``len(text.split())``).
+
+    Parameters
+    ----------
+    model : StudentClassifier
+        Fitted student.
+    src, dest : path
+        Input Parquet (with ``id_column`` and ``text_column``) and output Parquet.
+    text_column, id_column : str
+        Column names in ``src``.
+    batch_rows : int
+        Rows per batch.
+
+    Returns
+    -------
+    dict
+        ``n`` (rows labelled), ``counts`` (documents per domain), ``bytes`` and ``tokens`` per
+        domain, ``seconds`` and ``docs_per_s``.
+    """
+    import polars as pl
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gem_assets.lib import storage
+
+    k = model.n_classes
+    counts = np.zeros(k, dtype=np.int64)
+    nbytes = np.zeros(k, dtype=np.int64)
+    ntokens = np.zeros(k, dtype=np.int64)
+    schema = pa.schema([("id", pa.string()), ("domain", pa.int64()), ("confidence", pa.float64()),
+                        ("n_bytes", pa.int64()), ("n_tokens", pa.int64())])
+    t0 = time.perf_counter()
+    n = 0
+    with storage.atomic_path(dest) as tmp:
+        with pq.ParquetWriter(str(tmp), schema, compression="zstd") as writer:
+            pf = pq.ParquetFile(str(src))
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=[id_column, text_column]):
+                df = pl.from_arrow(batch)
+                texts = df[text_column].fill_null("").cast(pl.String).to_list()
+                labels, conf = model.predict_with_confidence(texts)
+                sizes = df.select(pl.col(text_column).fill_null("").str.len_bytes().cast(pl.Int64).alias("b"),
+                                  pl.col(text_column).fill_null("").str.count_matches(r"\S+").cast(pl.Int64).alias("t"))
+                b, tk = sizes["b"].to_numpy(), sizes["t"].to_numpy()
+                counts += np.bincount(labels, minlength=k)
+                nbytes += np.bincount(labels, weights=b, minlength=k).astype(np.int64)
+                ntokens += np.bincount(labels, weights=tk, minlength=k).astype(np.int64)
+                out = pa.table({"id": pa.array(df[id_column].cast(pl.String).to_list(), pa.string()),
+                                "domain": pa.array(labels, pa.int64()), "confidence": pa.array(conf, pa.float64()),
+                                "n_bytes": pa.array(b, pa.int64()), "n_tokens": pa.array(tk, pa.int64())},
+                               schema=schema)
+                writer.write_table(out)
+                n += len(texts)
+    seconds = time.perf_counter() - t0
+    return {"n": n, "counts": counts.tolist(), "bytes": nbytes.tolist(), "tokens": ntokens.tolist(),
+            "seconds": seconds, "docs_per_s": n / seconds if seconds > 0 else 0.0}
+
+
+def confusion_matrix(teacher: np.ndarray, student: np.ndarray, k: int) -> np.ndarray:
+    """(K, K) counts: row = teacher's domain, column = student's domain."""
+    m = np.zeros((k, k), dtype=np.int64)
+    np.add.at(m, (np.asarray(teacher, dtype=np.int64), np.asarray(student, dtype=np.int64)), 1)
+    return m
+
+
+def confusion_png(matrix: np.ndarray, title: str = "student vs teacher (held out)") -> bytes:
+    """The confusion matrix as a PNG heat map, rows normalized (each teacher domain sums to 1)."""
+    from gem_assets.lib.plots import _figure, _png
+
+    m = np.asarray(matrix, dtype=np.float64)
+    k = m.shape[0]
+    rows = m / np.maximum(m.sum(axis=1, keepdims=True), 1.0)
+    fig = _figure(max(3.5, 0.3 * k + 2.0), max(3.0, 0.3 * k + 1.5))
+    ax = fig.add_subplot()
+    im = ax.imshow(rows, vmin=0.0, vmax=1.0, cmap="Blues")
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xticklabels([str(i) for i in range(k)], fontsize=7)
+    ax.set_yticklabels([str(i) for i in range(k)], fontsize=7)
+    ax.set_xlabel("student domain")
+    ax.set_ylabel("teacher domain")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="share of the teacher's domain")
+    return _png(fig)
+
+
+def share_kl(counts, reference_shares, smoothing: float = 0.5) -> float:
+    """KL(observed shares || reference shares) in nats.
+
+    The observed shares are the counts smoothed with ``smoothing`` per domain (so a domain
+    with no document gives a finite value); reference shares are floored at 1e-6.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    p = (c + smoothing) / (c.sum() + smoothing * c.size)
+    q = np.clip(np.asarray(reference_shares, dtype=np.float64), 1e-6, None)
+    q = q / q.sum()
+    return float(np.sum(p * (np.log(p) - np.log(q))))

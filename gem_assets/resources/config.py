@@ -36,6 +36,8 @@ class GemConfig(ConfigurableResource):
     embed_cap: int = -1
     teacher_sample_size: int = -1
     isotropy: bool = True
+    student_min_agreement: float = 0.85
+    student_drift_kl: float = 0.1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "GemConfig":
@@ -55,6 +57,8 @@ class GemConfig(ConfigurableResource):
             embed_cap=-1 if cap == "profile" else (0 if cap is None else int(cap)),
             teacher_sample_size=-1 if settings.teacher_sample_size is None else int(settings.teacher_sample_size),
             isotropy=settings.isotropy,
+            student_min_agreement=settings.student_min_agreement,
+            student_drift_kl=settings.student_drift_kl,
         )
 
     @classmethod
@@ -79,6 +83,8 @@ class GemConfig(ConfigurableResource):
             embed_cap_per_shard=cap,
             teacher_sample_size=None if self.teacher_sample_size < 0 else self.teacher_sample_size,
             isotropy=self.isotropy,
+            student_min_agreement=self.student_min_agreement,
+            student_drift_kl=self.student_drift_kl,
         )
 
     @property

@@ -1,0 +1,189 @@
+"""student_model, domain_assignments and domain_stats with Dagster's API on the tiny corpus (hashing embedder)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import polars as pl
+import pytest
+from dagster import AssetKey, materialize
+
+from conftest import make_docs, make_resources, write_jsonl
+from gem_assets.config import Layout
+from gem_assets.definitions import build_definitions
+from gem_assets.defs.corpus import documents
+from gem_assets.defs.embeddings import embeddings
+from gem_assets.defs.partitions import SHARDS
+from gem_assets.defs.student import domain_assignments, domain_stats, student_model
+from gem_assets.defs.teacher import teacher_clusters, teacher_sample
+from gem_assets.lib import storage
+from gem_assets.lib.student import StudentClassifier, share_kl
+from gem_assets.run import run_pipeline
+
+KEYS = ["a.jsonl", "b.jsonl", "c.parquet"]
+
+
+def _md(result, asset: str) -> dict:
+    mats = list(result.asset_materializations_for_node(asset))
+    assert mats, f"no materialization of {asset}"
+    return {k: v.value for k, v in mats[-1].metadata.items()}
+
+
+def _checks(result) -> dict[str, tuple[bool, str]]:
+    return {e.check_name: (e.passed, e.severity.value) for e in result.get_asset_check_evaluations()}
+
+
+def _teacher(instance, res, keys=KEYS):
+    instance.add_dynamic_partitions(SHARDS, keys)
+    for key in keys:
+        assert materialize([documents, embeddings], partition_key=key, instance=instance, resources=res).success
+    assert materialize([teacher_sample, teacher_clusters], instance=instance, resources=res).success
+
+
+def _assign(instance, res, keys=KEYS):
+    return {key: materialize([domain_assignments], partition_key=key, instance=instance, resources=res)
+            for key in keys}
+
+
+def test_student_assignments_and_stats(tiny_corpus, gem_home, instance):
+    res = make_resources(gem_home, str(tiny_corpus / "*"), k=4, student_min_agreement=0.5)
+    _teacher(instance, res)
+    result = materialize([student_model], instance=instance, resources=res)
+    assert result.success
+    md = _md(result, "student_model")
+    assert md["K"] == 4 and md["n_train"] + md["n_heldout"] == 120 and md["n_heldout"] == 24
+    assert md["heldout_agreement"] >= 0.5
+    assert md["confusion"].startswith("![student vs teacher confusion](data:image/png;base64,")
+    assert "| domain | heldout_docs | agreement | student_docs |" in md["per_domain"]
+    assert md["mlflow_status"] == "disabled"
+    assert _checks(result) == {"heldout_agreement": (True, "WARN")}
+    layout = Layout(gem_home.resolve())
+    out = layout.student_outputs_dir
+    for name in ("model/model.safetensors", "model/config.json", "summary.json", "history.csv", "per_domain.csv",
+                 "heldout.parquet", "confusion.png"):
+        assert (out / name).is_file(), name
+    summary = storage.read_json(out / "summary.json")
+    assert summary["fingerprint"] == md["input_fingerprint"] and len(summary["confusion"]) == 4
+    assert np.sum(summary["confusion"]) == 24
+    heldout = pl.read_parquet(out / "heldout.parquet")
+    assert heldout.height == 24 and float((heldout["teacher"] == heldout["student"]).mean()) == md["heldout_agreement"]
+
+    runs = _assign(instance, res)
+    model = StudentClassifier.load(out / "model")
+    for key, run in runs.items():
+        assert run.success
+        checks = _checks(run)
+        assert checks["assigned_once"] == (True, "ERROR")
+        amd = _md(run, "domain_assignments")
+        assert amd["n_documents"] == 40 and amd["docs_per_s"] > 0
+        assign = pl.read_parquet(layout.assignments_path(key))
+        docs = pl.read_parquet(layout.documents_path(key))
+        assert assign.columns == ["id", "domain", "confidence", "n_bytes", "n_tokens"]
+        assert assign["id"].to_list() == docs["id"].to_list()
+        texts = docs["text"].to_list()
+        labels, conf = model.predict_with_confidence(texts)
+        assert assign["domain"].to_list() == labels.tolist()
+        np.testing.assert_allclose(assign["confidence"].to_numpy(), conf)
+        assert assign["n_tokens"].to_list() == [len(t.split()) for t in texts]
+        assert assign["n_bytes"].to_list() == [len(t.encode()) for t in texts]
+    assert instance.get_materialized_partitions(AssetKey("domain_assignments")) == set(KEYS)
+
+    stats = materialize([domain_stats], instance=instance, resources=res)
+    assert stats.success and _checks(stats) == {"documents_conserved": (True, "ERROR")}
+    smd = _md(stats, "domain_stats")
+    table = pl.read_csv(layout.domain_stats_dir / "domain_stats.csv")
+    all_texts = pl.concat([pl.read_parquet(layout.documents_path(k)) for k in KEYS])["text"].to_list()
+    assert smd["documents"] == table["documents"].sum() == 120
+    assert smd["tokens"] == sum(len(t.split()) for t in all_texts)
+    assert smd["bytes"] == sum(len(t.encode()) for t in all_texts)
+    assert table.height == 4 and abs(table["document_share"].sum() - 1) < 1e-9
+
+
+def test_agreement_check_warns_but_materializes(tiny_corpus, gem_home, instance):
+    res = make_resources(gem_home, str(tiny_corpus / "*"), k=4, student_min_agreement=1.01)
+    _teacher(instance, res, ["a.jsonl"])
+    result = materialize([student_model], instance=instance, resources=res)
+    assert result.success  # a warning check, not a failure
+    assert _checks(result) == {"heldout_agreement": (False, "WARN")}
+    assert instance.get_latest_materialization_event(AssetKey("student_model")) is not None
+
+
+def test_drift_check_flags_a_one_topic_shard(tiny_corpus, gem_home, instance):
+    one_topic = [r for r in make_docs(160, seed=11, prefix="s") if r["source"] == "sport"]
+    write_jsonl(tiny_corpus / "sport.jsonl", one_topic)
+    res = make_resources(gem_home, str(tiny_corpus / "*"), k=4, student_drift_kl=0.2)
+    _teacher(instance, res)
+    assert materialize([student_model], instance=instance, resources=res).success
+    instance.add_dynamic_partitions(SHARDS, ["sport.jsonl"])
+    assert materialize([documents], partition_key="sport.jsonl", instance=instance, resources=res).success
+    runs = _assign(instance, res, ["a.jsonl", "sport.jsonl"])
+    assert _checks(runs["a.jsonl"])["share_drift"] == (True, "WARN")
+    drift = runs["sport.jsonl"]
+    assert drift.success and _checks(drift)["share_drift"] == (False, "WARN")
+    assert _md(drift, "domain_assignments")["kl_vs_teacher"] > 0.2
+
+
+def test_share_kl():
+    assert share_kl([25, 25, 25, 25], [0.25] * 4) == pytest.approx(0.0)
+    assert share_kl([100, 0, 0, 0], [0.25] * 4) > 1.0
+    assert np.isfinite(share_kl([10, 0], [1.0, 0.0]))
+
+
+def test_assigned_once_fails_on_a_dropped_document(tiny_corpus, gem_home, instance, monkeypatch):
+    res = make_resources(gem_home, str(tiny_corpus / "*"), k=4)
+    _teacher(instance, res, ["a.jsonl"])
+    assert materialize([student_model], instance=instance, resources=res).success
+    from gem_assets.lib import student as lib
+
+    real = lib.label_parquet
+
+    def dropping(model, src, dest, **kw):  # a labeller that loses the last document
+        out = real(model, src, dest, **kw)
+        df = pl.read_parquet(dest)
+        df.head(df.height - 1).write_parquet(dest)
+        return out
+
+    monkeypatch.setattr(lib, "label_parquet", dropping)
+    run = _assign(instance, res, ["a.jsonl"])["a.jsonl"]
+    passed, severity = _checks(run)["assigned_once"]
+    assert not passed and severity == "ERROR"
+    ev = [e for e in run.get_asset_check_evaluations() if e.check_name == "assigned_once"][0]
+    assert ev.metadata["missing"].value == 1
+
+
+def test_stats_without_student_or_assignments_fail_clearly(tiny_corpus, gem_home, instance):
+    res = make_resources(gem_home, str(tiny_corpus / "*"), k=4)
+    result = materialize([domain_stats], instance=instance, resources=res, raise_on_error=False)
+    assert not result.success
+    desc = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0] \
+        .step_failure_data.user_failure_data.description
+    assert "materialize 'student_model' first" in desc
+
+
+def _counts(instance) -> dict[str, int]:
+    return {a: len(instance.fetch_materializations(AssetKey(a), limit=1000).records)
+            for a in ("student_model", "domain_assignments", "domain_stats")}
+
+
+def test_make_run_materializes_the_student_and_reruns_nothing(tiny_corpus, gem_home, instance):
+    defs = build_definitions(**make_resources(gem_home, str(tiny_corpus / "*"), k=4))
+    buf = io.StringIO()
+    first = run_pipeline(defs, instance, out=buf)
+    assert not first["failed"] and first["student"] == "trained" and first["stats"] == "computed"
+    assert first["assigned_shards"] == KEYS
+    assert "held-out agreement with the teacher" in buf.getvalue()
+    assert _counts(instance) == {"student_model": 1, "domain_assignments": 3, "domain_stats": 1}
+    mtime = (gem_home / "outputs" / "domain_stats" / "summary.json").stat().st_mtime_ns
+
+    second = run_pipeline(defs, instance, out=io.StringIO())
+    assert second["student"] == "up to date" and second["assigned_shards"] == [] and second["stats"] == "up to date"
+    assert _counts(instance) == {"student_model": 1, "domain_assignments": 3, "domain_stats": 1}
+    assert (gem_home / "outputs" / "domain_stats" / "summary.json").stat().st_mtime_ns == mtime
+
+    # a new shard: the teacher is refit, so the student is retrained and every shard relabelled
+    write_jsonl(tiny_corpus / "d.jsonl", make_docs(20, seed=5, prefix="d"))
+    third = run_pipeline(defs, instance, out=io.StringIO())
+    assert third["student"] == "trained" and sorted(third["assigned_shards"]) == sorted(KEYS + ["d.jsonl"])
+    stats = storage.read_json(gem_home / "outputs" / "domain_stats" / "summary.json")
+    assert stats["documents"] == stats["kept_documents"] == 140
