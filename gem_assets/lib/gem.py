@@ -500,7 +500,8 @@ class GEM:
         if not hasattr(self, "means_"):
             raise ValueError("this GEM instance is not fitted yet: call fit(X) first")
 
-    def _log_posterior(self, X) -> torch.Tensor:
+    def _logits(self, X) -> torch.Tensor:
+        """s_ik + log_weights_k (up to a per-row constant), shape (N, K)."""
         self._check_fitted()
         dev = resolve_device(self.device)
         X = as_matrix(X, dev)
@@ -509,8 +510,8 @@ class GEM:
         X = self._transform(X)
         mu = torch.as_tensor(self.means_, device=dev)
         kappa = torch.as_tensor(self.concentrations_, device=dev)
-        logits = vmf_scores(X, mu, kappa)[0] + torch.as_tensor(self.log_weights_, dtype=X.dtype, device=dev)
-        return logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        S, _ = vmf_scores(X, mu, kappa)
+        return S.add_(torch.as_tensor(self.log_weights_, dtype=X.dtype, device=dev)[None, :])
 
     def predict_proba(self, X) -> np.ndarray:
         """Balanced posterior Q_ik = softmax_k(s_ik + log_weights_k), shape (N, K).
@@ -518,11 +519,11 @@ class GEM:
         The balance enters through the fitted log prior, so new documents are assigned as the training
         documents were; training rows reproduce the fitted Q.
         """
-        return torch.exp(self._log_posterior(X)).cpu().numpy()
+        return torch.softmax(self._logits(X), dim=1).cpu().numpy()
 
     def predict(self, X) -> np.ndarray:
-        """Hard domain of each row of X, shape (N,)."""
-        return torch.argmax(self._log_posterior(X), dim=1).cpu().numpy().astype(np.int64)
+        """Hard domain of each row of X (the argmax of the balanced posterior), shape (N,)."""
+        return torch.argmax(self._logits(X), dim=1).cpu().numpy().astype(np.int64)
 
     def fit_predict(self, X, y=None) -> np.ndarray:
         return self.fit(X).labels_
