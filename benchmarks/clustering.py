@@ -138,6 +138,26 @@ def run_suite(X: np.ndarray, y: np.ndarray, K: int, seed: int = 0) -> list[dict]
     return rows
 
 
+def speed_ratio(X: np.ndarray, K: int, rounds: int = 7, iters: int = 6, seed: int = 0) -> tuple[float, float]:
+    """Fastest GEM (default) and faiss k-means iteration, interleaved in short bursts from the same seeds.
+
+    Interleaving makes the ratio robust to other load on a shared machine: each side's best
+    iteration comes from a quiet moment. Returns (GEM seconds, faiss seconds) per iteration.
+    """
+    import faiss
+
+    N, d = X.shape
+    C0 = kmeans_plusplus(torch.from_numpy(X), K, np.random.default_rng(seed), spherical=True).numpy()
+    g_best = f_best = float("inf")
+    for _ in range(rounds):
+        g = GEM(K, max_iter=iters, tol=0.0, init=C0, random_state=seed).fit(X)
+        g_best = min([g_best] + [h["seconds"] for h in g.history_[1:]])
+        km = faiss.Kmeans(d, K, niter=iters, seed=seed, max_points_per_centroid=N, min_points_per_centroid=1)
+        km.train(X, init_centroids=C0.astype(np.float32))
+        f_best = min([f_best] + list(np.diff([0.0] + [s["time"] for s in km.iteration_stats])))
+    return g_best, f_best
+
+
 def bbc_embeddings(cache_dir: Path):
     """The default corpus embedded by the default teacher, cached under $GEM_HOME/bench_cache/."""
     from gem_assets.lib.corpus import read_bbc_news
@@ -185,9 +205,11 @@ def main() -> None:
     for K in (64, 24):
         rows = run_suite(X, y, K)
         sections.append(markdown(f"(a) synthetic cone, N={args.n:,}, d=384, 24 Zipf clusters, K={K}", rows))
-        gem_s = next(r["s_per_iter"] for r in rows if r["method"].endswith("(default)"))
-        faiss_s = next(r["s_per_iter"] for r in rows if r["method"].startswith("faiss"))
-        sections.append(f"\nGEM (default) seconds per iteration / faiss k-means: **{gem_s / faiss_s:.2f}x**\n")
+        gem_s, faiss_s = speed_ratio(X, K)
+        sections.append(f"\nSpeed, interleaved (best iteration of 7 alternating bursts of 6): GEM (default) "
+                        f"{gem_s:.3f} s, faiss k-means {faiss_s:.3f} s per iteration: "
+                        f"**{gem_s / faiss_s:.2f}x**\n")
+        print(sections[-1], flush=True)
     if not args.skip_bbc:
         home = Path(os.environ.get("GEM_HOME", ROOT / "data"))
         Xb, yb, rate = bbc_embeddings(home / "bench_cache")
