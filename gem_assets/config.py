@@ -108,7 +108,7 @@ class Profile:
     max_chars: int
     student_dim: int = 64
     student_buckets: int = 1 << 18
-    student_epochs: int = 10
+    student_epochs: int = 5
 
 
 #: The profiles selectable with ``GEM_PROFILE``. ``smoke`` keeps CI fast, ``default`` embeds
