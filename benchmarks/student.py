@@ -11,7 +11,9 @@ One process, same teacher labels, same held-out split for every model:
 - split: a seeded 80/20 split of the 2,225 articles;
 - student: ``StudentClassifier`` with the default profile's parameters (KL on the posterior);
 - fastText (PyPI ``fasttext``; ``fasttext-numpy2-wheel`` under NumPy 2): supervised, word bigrams,
-  on the teacher's argmax, with its defaults (epoch 5, lr 0.1) and with epoch 25, lr 0.5;
+  on the teacher's argmax, with its defaults (epoch 5, lr 0.1), epoch 25/lr 0.5 and epoch 50/lr 1.0
+  (the better of the last two on the held-out set is the peer: a choice that favours fastText;
+  its autotune found nothing on this data: score nan, agreement 0.07);
   its input is the student's own tokenization joined by spaces (fastText splits on whitespace
   only, so raw text would glue punctuation to words), prepared outside the timed region;
 - throughput: labeling ``--n-throughput`` documents resampled from the articles, one process;
@@ -133,8 +135,13 @@ def main() -> None:
     ft_ho = [" ".join(tokenize(t)) for t in ho_texts]
     ft_default, ft_default_s = _fasttext_train(ft_tr, y[train])
     ft_default_agree = float(np.mean(_fasttext_predict(ft_default, ft_ho) == y[hold]))
-    ft_tuned, ft_tuned_s = _fasttext_train(ft_tr, y[train], epoch=25, lr=0.5)
-    ft_tuned_agree = float(np.mean(_fasttext_predict(ft_tuned, ft_ho) == y[hold]))
+    ft_mid, ft_mid_s = _fasttext_train(ft_tr, y[train], epoch=25, lr=0.5)
+    ft_mid_agree = float(np.mean(_fasttext_predict(ft_mid, ft_ho) == y[hold]))
+    ft_long, ft_long_s = _fasttext_train(ft_tr, y[train], epoch=50, lr=1.0)
+    ft_long_agree = float(np.mean(_fasttext_predict(ft_long, ft_ho) == y[hold]))
+    # the best fastText on the held-out set itself (a selection that favours fastText) is the peer
+    ft_tuned, ft_tuned_agree, ft_name = max(
+        [(ft_mid, ft_mid_agree, "epoch=25, lr=0.5"), (ft_long, ft_long_agree, "epoch=50, lr=1.0")], key=lambda r: r[1])
 
     # ---------------------------------------------------------------- throughput
     rng = np.random.default_rng(1)
@@ -187,7 +194,9 @@ def main() -> None:
         ("student (ours, KL on the teacher posterior)", st_agree, st_train, st_rate),
         ("student (ours, hard labels)", hard_agree, hard_train, None),
         ("fastText, defaults + wordNgrams=2", ft_default_agree, ft_default_s, None),
-        ("fastText, epoch=25, lr=0.5, wordNgrams=2", ft_tuned_agree, ft_tuned_s, ft_rate),
+        ("fastText, epoch=25, lr=0.5, wordNgrams=2", ft_mid_agree, ft_mid_s, ft_rate if ft_tuned is ft_mid else None),
+        ("fastText, epoch=50, lr=1.0, wordNgrams=2", ft_long_agree, ft_long_s,
+         ft_rate if ft_tuned is ft_long else None),
         ("teacher (MiniLM embedding, max 256 tokens)", None, None, teacher_rate),
     ]
     lines = ["| model | held-out agreement | training s | labeling docs/s |", "|---|---|---|---|"]
@@ -195,9 +204,9 @@ def main() -> None:
         lines.append(f"| {name} | {'' if agree is None else f'{agree:.4f}'} | "
                      f"{'' if secs is None else f'{secs:.1f}'} | {'' if rate is None else f'{rate:,.0f}'} |")
     targets = [
-        f"- agreement, student vs fastText (tuned): {st_agree:.4f} vs {ft_tuned_agree:.4f} "
+        f"- agreement, student vs the best fastText ({ft_name}): {st_agree:.4f} vs {ft_tuned_agree:.4f} "
         f"(target: at least fastText's) -> **{'met' if st_agree >= ft_tuned_agree else 'not met'}**",
-        f"- labeling throughput, student / fastText predict: **{st_rate / ft_rate:.2f}x** (target >= 0.5x) -> "
+        f"- labeling throughput, student / fastText predict ({ft_name}): **{st_rate / ft_rate:.2f}x** (target >= 0.5x) -> "
         f"**{'met' if st_rate >= 0.5 * ft_rate else 'not met'}**; the student's featurization alone: "
         f"{feat_rate:,.0f} docs/s",
         f"- student / teacher embedding throughput: **{st_rate / teacher_rate:,.0f}x** (target >= 100x) -> "

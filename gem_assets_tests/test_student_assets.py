@@ -187,3 +187,24 @@ def test_make_run_materializes_the_student_and_reruns_nothing(tiny_corpus, gem_h
     assert third["student"] == "trained" and sorted(third["assigned_shards"]) == sorted(KEYS + ["d.jsonl"])
     stats = storage.read_json(gem_home / "outputs" / "domain_stats" / "summary.json")
     assert stats["documents"] == stats["kept_documents"] == 140
+
+
+def test_student_training_curve_logged_to_mlflow(tiny_corpus, gem_home, instance):
+    res = make_resources(gem_home, str(tiny_corpus / "*"), k=4, mlflow=True)
+    _teacher(instance, res, ["a.jsonl", "b.jsonl"])
+    result = materialize([student_model], instance=instance, resources=res)
+    md = _md(result, "student_model")
+    assert md["mlflow_status"] == "logged" and md["mlflow_run_id"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{gem_home.resolve() / 'mlflow.db'}")
+    run = client.get_run(md["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "gem-student"
+    assert run.data.tags["dagster.asset_key"] == "student_model" and run.data.params["k"] == "4"
+    for key in ("loss", "train_agreement", "eval_agreement", "eval_loss"):
+        hist = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in sorted(hist, key=lambda m: m.step)] == list(range(1, 11)), key  # smoke: 10 epochs
+    assert run.data.metrics["final_heldout_agreement"] == pytest.approx(md["heldout_agreement"], abs=1e-4)
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"confusion.png", "history.csv", "per_domain.csv", "summary.json"} <= names
