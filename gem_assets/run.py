@@ -44,6 +44,17 @@ def _failure_message(result) -> str:
     return "run failed (see the run's logs in the UI)"
 
 
+def _execute(defs, job_name: str, instance, failed: dict, label: str, partition_key=None) -> bool:
+    """Run one job in process; on failure record its first step failure under ``failed[label]``."""
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=instance, partition_key=partition_key, raise_on_error=False,
+        run_config=_QUIET_RUN_CONFIG, tags={"gem/launched_by": "gem_assets.run"},
+    )
+    if not result.success:
+        failed[label] = _failure_message(result)
+    return result.success
+
+
 def open_instance(dagster_home: Path):
     """The persistent Dagster instance under ``dagster_home`` (sets ``DAGSTER_HOME``).
 
@@ -110,24 +121,18 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
 
     hashes, _ = hash_shards(shards)
     stale = stale_shards(instance, settings, embedder.model_id, hashes)
-    shard_job = defs.resolve_job_def("shard_job")
     status = {key: "up to date" for key in shards}
     failed: dict[str, str] = {}
     embed_docs, embed_seconds = 0, 0.0
     for i, (key, reason) in enumerate(stale.items(), 1):
         print(f"[{i}/{len(stale)}] shard {key}: {reason} -> documents, embeddings", file=out, flush=True)
-        result = shard_job.execute_in_process(
-            instance=instance, partition_key=key, raise_on_error=False,
-            run_config=_QUIET_RUN_CONFIG, tags={"gem/launched_by": "gem_assets.run"},
-        )
-        if result.success:
+        if _execute(defs, "shard_job", instance, failed, key, partition_key=key):
             status[key] = "embedded"
             meta = artifacts.read_embeddings_meta(layout, key) or {}
             embed_docs += int(meta.get("n_vectors", 0))
             embed_seconds += float(meta.get("seconds", 0.0))
         else:
             status[key] = "failed"
-            failed[key] = _failure_message(result)
             print(f"    FAILED: {failed[key]}", file=out, flush=True)
 
     state = teacher_state(instance, settings, hashes)
@@ -137,13 +142,7 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
         failed["teacher"] = "no shard could be embedded"
     elif state["stale"]:
         print(f"teacher: {state['reason']} -> teacher_sample, teacher_clusters", file=out, flush=True)
-        result = defs.resolve_job_def("teacher_job").execute_in_process(
-            instance=instance, raise_on_error=False, run_config=_QUIET_RUN_CONFIG,
-            tags={"gem/launched_by": "gem_assets.run"},
-        )
-        teacher = "refit" if result.success else "failed"
-        if not result.success:
-            failed["teacher"] = _failure_message(result)
+        teacher = "refit" if _execute(defs, "teacher_job", instance, failed, "teacher") else "failed"
     student, assigned, stats = _run_student_stages(defs, instance, settings, shards, status, failed, out)
     seconds = time.perf_counter() - t0
     summary = {
@@ -170,40 +169,29 @@ def _run_student_stages(defs, instance, settings, shards, status, failed, out) -
     """
     from gem_assets.defs.student import stale_assignments, stats_state, student_state
 
-    tags = {"gem/launched_by": "gem_assets.run"}
     state = student_state(instance, settings)
     student = "up to date"
     if state["fingerprint"] is None:
         return "skipped (no teacher)", [], "skipped"
     if state["stale"]:
         print(f"student: {state['reason']} -> student_model", file=out, flush=True)
-        result = defs.resolve_job_def("student_job").execute_in_process(
-            instance=instance, raise_on_error=False, run_config=_QUIET_RUN_CONFIG, tags=tags)
-        student = "trained" if result.success else "failed"
-        if not result.success:
-            failed["student"] = _failure_message(result)
-            return student, [], "skipped"
+        if not _execute(defs, "student_job", instance, failed, "student"):
+            return "failed", [], "skipped"
+        student = "trained"
     keys = [k for k in shards if status.get(k) != "failed"]
     stale = stale_assignments(instance, settings, keys)
     assigned = []
     for i, (key, reason) in enumerate(stale.items(), 1):
         print(f"[{i}/{len(stale)}] shard {key}: {reason} -> domain_assignments", file=out, flush=True)
-        result = defs.resolve_job_def("assign_job").execute_in_process(
-            instance=instance, partition_key=key, raise_on_error=False, run_config=_QUIET_RUN_CONFIG, tags=tags)
-        if result.success:
+        if _execute(defs, "assign_job", instance, failed, f"assign {key}", partition_key=key):
             assigned.append(key)
         else:
-            failed[f"assign {key}"] = _failure_message(result)
             print(f"    FAILED: {failed[f'assign {key}']}", file=out, flush=True)
     sstate = stats_state(instance, settings, keys)
     stats = "up to date" if sstate["fingerprint"] is not None else "skipped"
     if sstate["stale"]:
         print(f"stats: {sstate['reason']} -> domain_stats", file=out, flush=True)
-        result = defs.resolve_job_def("stats_job").execute_in_process(
-            instance=instance, raise_on_error=False, run_config=_QUIET_RUN_CONFIG, tags=tags)
-        stats = "computed" if result.success else "failed"
-        if not result.success:
-            failed["stats"] = _failure_message(result)
+        stats = "computed" if _execute(defs, "stats_job", instance, failed, "stats") else "failed"
     return student, assigned, stats
 
 

@@ -57,24 +57,23 @@ def stats_fingerprint(assignment_fps: dict[str, str]) -> str:
     return fingerprint("domain_stats", sorted(assignment_fps.items()))
 
 
-def _teacher_summary(layout) -> dict:
+def _read_summary(directory, asset_name: str) -> dict:
+    """``summary.json`` that ``asset_name`` wrote under ``directory``; a clear failure if it is missing."""
     from gem_assets.lib import storage
 
-    path = layout.teacher_outputs_dir / "summary.json"
+    path = directory / "summary.json"
     if not path.is_file():
-        raise Failure(description=f"no teacher under {layout.teacher_outputs_dir}: materialize 'teacher_clusters' "
-                      "first", allow_retries=False)
+        raise Failure(description=f"nothing under {directory}: materialize '{asset_name}' first",
+                      allow_retries=False)
     return storage.read_json(path)
+
+
+def _teacher_summary(layout) -> dict:
+    return _read_summary(layout.teacher_outputs_dir, "teacher_clusters")
 
 
 def _student_meta(layout) -> dict:
-    from gem_assets.lib import storage
-
-    path = layout.student_outputs_dir / "summary.json"
-    if not path.is_file():
-        raise Failure(description=f"no student under {layout.student_outputs_dir}: materialize 'student_model' "
-                      "first", allow_retries=False)
-    return storage.read_json(path)
+    return _read_summary(layout.student_outputs_dir, "student_model")
 
 
 @asset(
