@@ -240,6 +240,8 @@ def test_save_load_round_trip_without_pickle(tmp_path, zipf_data):
         (np.eye(3), {"max_iter": 0}, "max_iter must be >= 1"),
         (np.eye(3), {"balance_scale": "log"}, "balance_scale"),
         (np.array([["a", "b"], ["c", "d"]]), {}, "real numbers"),
+        (np.eye(3), {"memory_budget": 0}, "memory_budget must be >= 1"),
+        (np.eye(3), {"chunk_size": 0}, "chunk_size must be >= 1"),
     ],
 )
 def test_invalid_input_raises_a_clear_value_error(X, kwargs, message):
@@ -263,8 +265,8 @@ def test_fast_objective_terms_match_the_direct_formula():
     S = torch.from_numpy(rng.normal(scale=3.0, size=(300, 5)))
     for gamma in (0.0, 2.0):
         Q, v, info = balanced_e_step(S, gamma, tol=1e-12)
-        fast, labels = _terms(Q, S, v, info["log_z"], info["rho_hat"], gamma, 1.5)
-        np.testing.assert_array_equal(labels.numpy(), Q.argmax(1).numpy())
+        qs = float((Q * S).sum())
+        fast = _terms(qs, float(info["log_z"].sum()), v, info["rho_hat"], gamma, 1.5, S.shape[0])
         direct = objective_terms(Q, S, gamma, 1.5)
         for key in direct:
             assert fast[key] == pytest.approx(direct[key], rel=1e-10, abs=1e-8)
@@ -285,3 +287,65 @@ def test_device_auto_resolves_and_unavailable_cuda_is_a_clear_error():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             GEM(2, device="cuda").fit(X)
+
+
+# ------------------------------------------------------------------------------------- streamed fits
+@pytest.mark.parametrize("balance", [0.0, 3.0])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_streamed_fit_matches_the_resident_fit(zipf_data, balance, dtype):
+    X = zipf_data[0].astype(dtype)
+    resident = GEM(6, balance=balance, random_state=1).fit(X)
+    # 97 rows per chunk: the last chunk is ragged; nothing of size N x K is kept
+    streamed = GEM(6, balance=balance, random_state=1, chunk_size=97).fit(X)
+    assert not resident.streamed_ and streamed.streamed_
+    rtol = 1e-9 if dtype == np.float64 else 1e-5
+    assert streamed.objective_ == pytest.approx(resident.objective_, rel=rtol)
+    assert streamed.n_iter_ == resident.n_iter_ or dtype == np.float32
+    assert np.mean(streamed.labels_ == resident.labels_) > 0.999
+    np.testing.assert_allclose(streamed.shares_, resident.shares_, atol=1e-4)
+    objective = [h["objective"] for h in streamed.history_]
+    assert all(b >= a for a, b in zip(objective, objective[1:]))
+
+
+def test_memory_budget_selects_the_streamed_path(zipf_data):
+    X = zipf_data[0]
+    N, K = X.shape[0], 6
+    need = 4 * N * K * 8                      # float64 S and Q, old and new
+    assert not GEM(K, random_state=0, memory_budget=need).fit(X).streamed_
+    small = GEM(K, random_state=0, memory_budget=need - 1).fit(X)
+    assert small.streamed_
+    assert small.objective_ == pytest.approx(GEM(K, random_state=0).fit(X).objective_, rel=1e-9)
+
+
+def test_streamed_pass_statistics_match_the_resident_matrices():
+    from gem_assets.lib.gem import _Resident, _Streamed
+
+    rng = np.random.default_rng(4)
+    X = torch.from_numpy(rng.normal(size=(257, 5)))
+    X = X / X.norm(dim=1, keepdim=True)
+    mu = torch.from_numpy(rng.normal(size=(3, 5)))
+    mu = mu / mu.norm(dim=1, keepdim=True)
+    kappa = torch.tensor([2.0, 5.0, 11.0], dtype=torch.float64)
+    v = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
+    res, stream = _Resident(X), _Streamed(X, 50)
+    S = res.scores(mu, kappa)
+    logits = S["S"] + S["bias"] + v
+    Q = torch.softmax(logits, dim=1)
+    p = stream._pass(stream.scores(mu, kappa), v, gram=True, final=True)
+    torch.testing.assert_close(p["gram"], Q.T @ Q)
+    torch.testing.assert_close(p["col"], Q.sum(0))
+    torch.testing.assert_close(p["R"], Q.T @ X)
+    assert p["log_z"] == pytest.approx(float(torch.logsumexp(logits, dim=1).sum()), rel=1e-12)
+    assert p["qs"] == pytest.approx(float((Q * S["S"]).sum()), rel=1e-12)
+    np.testing.assert_array_equal(p["labels"].numpy(), Q.argmax(1).numpy())
+    np.testing.assert_array_equal(stream.nearest(mu).numpy(), (X @ mu.T).argmax(1).numpy())
+    assert stream.margin(stream.scores(mu, kappa)) == pytest.approx(res.margin(S), rel=1e-12)
+
+
+def test_predict_in_blocks_matches_predict_proba(zipf_data):
+    X = zipf_data[0]
+    model = GEM(6, random_state=0).fit(X)
+    P = model.predict_proba(X)
+    np.testing.assert_allclose(P.sum(1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(model.predict(X), P.argmax(1))
+    np.testing.assert_array_equal(model.predict(X), model.labels_)

@@ -65,8 +65,19 @@ def _row_chunks(S: torch.Tensor):
     return [(a, min(a + step, N)) for a in range(0, N, step)]
 
 
-def _softmax(S: torch.Tensor, v: torch.Tensor):
-    """Q = softmax(S + v) row-wise, log Z (N,) and rho_hat = mean_i Q_i (K,) float64.
+def _softmax_rows_(q: torch.Tensor) -> torch.Tensor:
+    """In place: logits q (n, K) -> softmax rows; returns log Z (n, 1) = max + log sum exp."""
+    m = q.amax(1, keepdim=True)
+    # clamp: exp of very negative arguments takes a slow path (4x slower here); below the floor a
+    # term is < 2e-35 of its row (float32) or < 1e-304 (float64) and cannot change any sum
+    q.sub_(m).clamp_(min=_EXP_FLOOR[q.dtype]).exp_()
+    z = q.sum(1, keepdim=True)
+    q.div_(z)                                                      # Q = exp(logit - max) / sum
+    return m + z.log()
+
+
+def _softmax(S: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None):
+    """Q = softmax(S + bias + v) row-wise, log Z (N,) and rho_hat = mean_i Q_i (K,) float64.
 
     Processed in row chunks: add, max, exp, sum and divide run on a cache-resident block.
     """
@@ -74,17 +85,11 @@ def _softmax(S: torch.Tensor, v: torch.Tensor):
     Q = torch.empty_like(S)                                        # (N, K)
     log_z = torch.empty(N, dtype=S.dtype, device=S.device)         # (N,)
     col = torch.zeros(K, dtype=_F64, device=S.device)              # (K,) column sums of Q
-    vv = v.to(S.dtype)
+    off = (v if bias is None else v + bias).to(S.dtype)            # (K,) per-domain offset
     for a, b in _row_chunks(S):
         q = Q[a:b]
-        torch.add(S[a:b], vv, out=q)                               # logits
-        m = q.amax(1, keepdim=True)
-        # clamp: exp of very negative arguments takes a slow path (4x slower here); below the floor a
-        # term is < 2e-35 of its row (float32) or < 1e-304 (float64) and cannot change any sum
-        q.sub_(m).clamp_(min=_EXP_FLOOR[S.dtype]).exp_()
-        z = q.sum(1, keepdim=True)
-        q.div_(z)                                                  # Q = exp(logit - max) / sum
-        log_z[a:b] = (m + z.log()).squeeze(1)                      # log Z = max + log sum
+        torch.add(S[a:b], off, out=q)                              # logits
+        log_z[a:b] = _softmax_rows_(q).squeeze(1)
         col += q.sum(0).to(_F64)
     return Q, log_z, col / N
 
@@ -100,23 +105,33 @@ def _final_pass(Q: torch.Tensor, S: torch.Tensor):
     return qs, labels
 
 
-def _terms(Q, S, v, log_z, rho_hat, gamma, shift):
-    """J and its terms from the E-step's by-products, plus the hard labels.
+def _terms(qs: float, log_z_sum: float, v: torch.Tensor, rho_hat: torch.Tensor, gamma: float, shift: float,
+           N: int) -> dict:
+    """J and its terms from the E-step's by-products (no pass over the data).
 
-    With log Q_ik = S_ik + v_k - log Z_i:  sum_i H(Q_i) = sum_i log Z_i - sum_ik Q_ik S_ik - N rho_hat.v
+    ``qs`` = sum_ik Q_ik s_ik of the shifted scores. With log Q_ik = s_ik + v_k - log Z_i:
+    sum_i H(Q_i) = sum_i log Z_i - sum_ik Q_ik s_ik - N rho_hat.v
     """
-    N = Q.shape[0]
-    qs, labels = _final_pass(Q, S)                                 # sum_ik Q_ik S_ik
     loglik = qs + N * shift
-    ent = float(log_z.sum(dtype=_F64)) - qs - N * float(rho_hat @ v)
+    ent = log_z_sum - qs - N * float(rho_hat @ v)
     h_rho = float(-torch.special.xlogy(rho_hat, rho_hat).sum())
     bal = gamma * N * h_rho
     return {"objective": loglik + ent + bal, "loglik": loglik, "assignment_entropy": ent,
-            "balance_term": bal, "balance_entropy": h_rho}, labels
+            "balance_term": bal, "balance_entropy": h_rho}
+
+
+def _dual_stats(log_z_sum: float, rho_hat: torch.Tensor, v: torch.Tensor, gamma: float, N: int):
+    """Dual value D(v), relative KKT residual and duality gap at the potentials v."""
+    rho_v = torch.exp(-1.0 - v / gamma)                                   # shares the potentials ask for
+    D = log_z_sum + gamma * N * float(rho_v.sum())
+    residual = float(((rho_hat - rho_v).abs() / rho_v).max())
+    # duality gap gamma N [sum rho_hat log(rho_hat / rho_v) - sum rho_hat + sum rho_v] >= 0
+    gap = gamma * N * float((torch.special.xlogy(rho_hat, rho_hat / rho_v) - rho_hat + rho_v).sum())
+    return D, residual, gap
 
 
 def balanced_e_step(S: torch.Tensor, gamma: float, v0=None, *, max_steps: int = 100, tol: float = 1e-8,
-                    gap_tol: float = 0.0):
+                    gap_tol: float = 0.0, bias: torch.Tensor | None = None):
     """Maximize sum_ik Q_ik S_ik + sum_i H(Q_i) + gamma N H(mean_i Q_i) over row-stochastic Q.
 
     Parameters
@@ -134,68 +149,77 @@ def balanced_e_step(S: torch.Tensor, gamma: float, v0=None, *, max_steps: int = 
     gap_tol : float, default 0
         Also stop when the duality gap D(v) - J(Q(v)) = gamma N KL(rho_hat || rho(v)) (generalized KL),
         which bounds how far J(Q) is below the E-step's optimum, is at most ``gap_tol`` (in nats).
+    bias : torch.Tensor of float64, shape (K,), optional
+        A per-domain term of the scores kept apart: the scores are S + bias (saves a pass over S).
 
     Returns
     -------
     Q : (N, K) tensor, dtype of S
-    v : (K,) float64 dual potentials; Q = softmax(S + v)
+    v : (K,) float64 dual potentials; Q = softmax(S + bias + v)
     info : dict with ``steps``, ``residual``, ``gap``, ``method``, ``log_z`` ((N,)) and ``rho_hat``
         ((K,) float64).
     """
     N, K = S.shape
-    dev = S.device
-    if gamma == 0.0:
-        v = torch.zeros(K, dtype=_F64, device=dev)
-        Q, log_z, rho_hat = _softmax(S, v)
-        return Q, v, {"steps": 0, "residual": 0.0, "gap": 0.0, "method": "softmax", "log_z": log_z,
-                      "rho_hat": rho_hat}
-
-    def rho_of(v):  # (K,) the shares the dual potentials ask for
-        return torch.exp(-1.0 - v / gamma)
 
     def evaluate(v):
-        Q, log_z, rho_hat = _softmax(S, v)
-        rho_v = rho_of(v)
-        D = float(log_z.sum(dtype=_F64)) + gamma * N * float(rho_v.sum())    # dual value D(v)
-        residual = float(((rho_hat - rho_v).abs() / rho_v).max())             # relative KKT residual
-        # duality gap gamma N [sum rho_hat log(rho_hat / rho_v) - sum rho_hat + sum rho_v] >= 0
-        gap = gamma * N * float((torch.special.xlogy(rho_hat, rho_hat / rho_v) - rho_hat + rho_v).sum())
-        return Q, log_z, rho_hat, D, residual, gap
+        Q, log_z, rho_hat = _softmax(S, v, bias)
+        return ((Q, log_z), rho_hat) + _dual_stats(float(log_z.sum(dtype=_F64)), rho_hat, v, gamma, N)
+
+    (Q, log_z), v, info = _solve_balance(evaluate, lambda p: (p[0].T @ p[0]).to(_F64), gamma, N, K, v0,
+                                         max_steps, tol, gap_tol, S.device)
+    info["log_z"] = log_z
+    return Q, v, info
+
+
+def _solve_balance(evaluate, gram, gamma, N, K, v0, max_steps, tol, gap_tol, device):
+    """The balanced E-step in the dual, for any way of evaluating it.
+
+    ``evaluate(v)`` returns ``(payload, rho_hat, D, residual, gap)`` at the potentials v, and
+    ``gram(payload)`` the (K, K) float64 matrix sum_i Q_i Q_i^T of that evaluation (Newton's Hessian).
+    Returns ``(payload, v, info)``.
+    """
+    if gamma == 0.0:
+        v = torch.zeros(K, dtype=_F64, device=device)
+        payload, rho_hat, *_ = evaluate(v)
+        return payload, v, {"steps": 0, "residual": 0.0, "gap": 0.0, "method": "softmax", "rho_hat": rho_hat}
 
     def done(residual, gap):
         return residual <= tol or gap <= gap_tol
 
-    cold = torch.full((K,), -gamma * (1.0 + math.log(1.0 / K)), dtype=_F64, device=dev)  # rho = 1/K
-    if v0 is not None:
-        # warm start first; when the parameters moved far, the old potentials can sit where rows are
-        # nearly one-hot and Newton crawls: then restart from equal shares and keep the better answer
-        Q, v, info = _solve_dual(S, gamma, v0.clone(), max_steps, done, evaluate, rho_of, give_up_after=8)
-        if done(info["residual"], info["gap"]):
-            return Q, v, info
-        Qc, vc, infoc = _solve_dual(S, gamma, cold, max_steps, done, evaluate, rho_of)
-        infoc["steps"] += info["steps"]
-        return (Qc, vc, infoc) if infoc["residual"] < info["residual"] else (Q, v, info)
-    return _solve_dual(S, gamma, cold, max_steps, done, evaluate, rho_of)
+    solve = lambda v, give_up: _solve_dual(evaluate, gram, gamma, N, v, max_steps, done, give_up)  # noqa: E731
+    cold = torch.full((K,), -gamma * (1.0 + math.log(1.0 / K)), dtype=_F64, device=device)  # rho = 1/K
+    if v0 is None:
+        return solve(cold, None)
+    # warm start first; when the parameters moved far, the old potentials can sit where rows are
+    # nearly one-hot and Newton crawls: then restart from equal shares and keep the better answer
+    warm = solve(v0.clone(), 8)
+    if done(warm[2]["residual"], warm[2]["gap"]):
+        return warm
+    restart = solve(cold, None)
+    restart[2]["steps"] += warm[2]["steps"]
+    return restart if restart[2]["residual"] < warm[2]["residual"] else warm
 
 
-def _solve_dual(S, gamma, v, max_steps, done, evaluate, rho_of, give_up_after=None):
+def _solve_dual(evaluate, gram, gamma, N, v, max_steps, done, give_up_after=None):
     """Newton on the dual D(v) from ``v`` (Armijo backtracking), damped fixed point as the fallback.
 
     With ``give_up_after`` (warm starts), stop early when that many steps have not cut the residual
     tenfold: the caller then restarts from equal shares.
     """
-    N = S.shape[0]
-    Q, log_z, rho_hat, D, residual, gap = evaluate(v)
+    payload, rho_hat, D, residual, gap = evaluate(v)
     method, steps, first = "newton", 0, residual
+
+    def result(m):
+        return payload, v, {"steps": steps, "residual": residual, "gap": gap, "method": m, "rho_hat": rho_hat}
+
     while not done(residual, gap) and steps < max_steps:
         if give_up_after is not None and steps >= give_up_after and residual > 0.1 * first:
-            return Q, v, {"steps": steps, "residual": residual, "gap": gap, "method": "stalled",
-                          "log_z": log_z, "rho_hat": rho_hat}
+            return result("stalled")
         steps += 1
-        rho_v = rho_of(v)
+        rho_v = torch.exp(-1.0 - v / gamma)
         g = N * (rho_hat - rho_v)                                # dD/dv
         # Hessian: sum_i (diag Q_i - Q_i Q_i^T) + (N / gamma) diag(rho_v), a (K, K) PD matrix
-        H = torch.diag(N * rho_hat + (N / gamma) * rho_v) - (Q.T @ Q).to(_F64)
+        H = torch.diag(N * rho_hat + (N / gamma) * rho_v) - gram(payload)
         try:
             step = -torch.linalg.solve(H, g)
         except RuntimeError:  # singular in floating point: fall back
@@ -210,7 +234,7 @@ def _solve_dual(S, gamma, v, max_steps, done, evaluate, rho_of, give_up_after=No
             # backtracking: accept a sufficient decrease of the convex dual (Armijo) or, where float32
             # round-off in D hides it near the optimum, a decrease of the KKT residual
             trial = evaluate(v + t * step)
-            if trial[3] <= D + 1e-4 * t * slope or trial[4] < residual:
+            if trial[2] <= D + 1e-4 * t * slope or trial[3] < residual:
                 accepted = True
                 break
             t *= 0.5
@@ -218,7 +242,7 @@ def _solve_dual(S, gamma, v, max_steps, done, evaluate, rho_of, give_up_after=No
             method = "fixed_point"
             break
         v = v + t * step
-        Q, log_z, rho_hat, D, residual, gap = trial
+        payload, rho_hat, D, residual, gap = trial
     if method == "fixed_point":
         # damped fixed point on u = log rho: u <- L(u) / (1 + gamma), L_k = log mean_i exp(s_ik - log Z_i)
         for _ in range(4 * max_steps):
@@ -228,9 +252,8 @@ def _solve_dual(S, gamma, v, max_steps, done, evaluate, rho_of, give_up_after=No
             u = -1.0 - v / gamma                                   # current log rho
             L = torch.log(rho_hat) + gamma * u
             v = -gamma * (1.0 + L / (1.0 + gamma))
-            Q, log_z, rho_hat, D, residual, gap = evaluate(v)
-    return Q, v, {"steps": steps, "residual": residual, "gap": gap, "method": method, "log_z": log_z,
-                  "rho_hat": rho_hat}
+            payload, rho_hat, D, residual, gap = evaluate(v)
+    return result(method)
 
 
 def objective_terms(Q: torch.Tensor, S: torch.Tensor, gamma: float, shift: float = 0.0) -> dict:
@@ -250,6 +273,21 @@ def objective_terms(Q: torch.Tensor, S: torch.Tensor, gamma: float, shift: float
             "balance_term": bal, "balance_entropy": h_rho}
 
 
+def _score_params(mu: torch.Tensor, kappa: torch.Tensor, dim: int, dtype: torch.dtype):
+    """The scores as one GEMM plus a per-domain bias: s_ik - shift = x_i . W_k + bias_k.
+
+    W_k = kappa_k mu_k (K, d) in ``dtype``; bias_k = log C_d(kappa_k) - shift (K,) float64; the shift
+    max_k log C_d(kappa_k) changes neither Q nor the E-step and is added back, in float64, to the
+    log-likelihood (so float32 scores keep their precision). Folding kappa into W saves a pass over
+    the (N, K) scores; the bias is added inside the softmax pass.
+    """
+    log_c = vmf.log_normalizer(kappa.cpu().numpy(), dim)                 # (K,) float64
+    shift = float(log_c.max())
+    W = (mu.to(_F64) * kappa.to(_F64)[:, None]).to(dtype)                # (K, d)
+    bias = torch.as_tensor(log_c - shift, dtype=_F64, device=mu.device)   # (K,)
+    return W, bias, shift
+
+
 def vmf_scores(X, mu, kappa):
     """Scores s_ik - shift, shape (N, K) in X's dtype, and the scalar shift (float64).
 
@@ -257,11 +295,14 @@ def vmf_scores(X, mu, kappa):
     neither Q nor the E-step; it is taken out so that float32 scores keep their precision and is
     added back, in float64, to the log-likelihood.
     """
-    log_c = vmf.log_normalizer(kappa.cpu().numpy(), X.shape[1])          # (K,) float64
-    shift = float(log_c.max())
-    cos = X @ mu.to(X.dtype).T                                            # (N, K) GEMM
-    bias = torch.as_tensor(log_c - shift, dtype=X.dtype, device=X.device)
-    return cos.mul_(kappa.to(X.dtype)[None, :]).add_(bias[None, :]), shift
+    W, bias, shift = _score_params(mu, kappa, X.shape[1], X.dtype)
+    return (X @ W.T).add_(bias.to(X.dtype)[None, :]), shift
+
+
+def _top2_margins(S: torch.Tensor) -> torch.Tensor:
+    """s_i(1) - s_i(2), the gap between each row's best and second-best score, (n,) float64."""
+    top2 = torch.topk(S, 2, dim=1).values.to(_F64)
+    return top2[:, 0] - top2[:, 1]
 
 
 def evidence_margin(S: torch.Tensor) -> float:
@@ -271,8 +312,11 @@ def evidence_margin(S: torch.Tensor) -> float:
     ``balance`` is expressed under ``balance_scale="evidence"``. The median ignores outlying domains
     (e.g. a near-singleton with a huge kappa); a degenerate zero margin falls back to 1.
     """
-    top2 = torch.topk(S, 2, dim=1).values.to(_F64)
-    margin = float(torch.median(top2[:, 0] - top2[:, 1]))
+    return _median_margin(_top2_margins(S))
+
+
+def _median_margin(margins: torch.Tensor) -> float:
+    margin = float(torch.median(margins))
     return margin if margin > 0 and math.isfinite(margin) else 1.0
 
 
@@ -291,6 +335,116 @@ def vmf_m_step(R: torch.Tensor, n: torch.Tensor, mu_old: torch.Tensor, kappa_old
     kappa_new = torch.as_tensor(vmf.kappa_mle(rbar.cpu().numpy(), dim), dtype=_F64, device=R.device)
     kappa = torch.where(alive, kappa_new, kappa_old)
     return mu, kappa, int((~alive).sum())
+
+
+# --------------------------------------------------------------------------------------------
+# two ways to run an MM iteration over the data: (N, K) matrices in memory, or streamed in chunks
+# --------------------------------------------------------------------------------------------
+class _Resident:
+    """Scores and Q held as (N, K) matrices: the two GEMMs of an MM iteration and nothing more."""
+
+    streamed = False
+
+    def __init__(self, X: torch.Tensor):
+        self.X = X
+
+    def nearest(self, mu: torch.Tensor) -> torch.Tensor:
+        return torch.argmax(self.X @ mu.to(self.X.dtype).T, dim=1)       # (N,)
+
+    def scores(self, mu, kappa) -> dict:
+        W, bias, shift = _score_params(mu, kappa, self.X.shape[1], self.X.dtype)
+        return {"S": self.X @ W.T, "bias": bias, "shift": shift}          # S: (N, K) GEMM, bias apart
+
+    def margin(self, h) -> float:
+        return evidence_margin(h["S"] + h["bias"].to(h["S"].dtype))
+
+    def e_step(self, h, gamma, v0, max_steps, tol, gap_tol) -> dict:
+        S, bias, N = h["S"], h["bias"], self.X.shape[0]
+        Q, v, info = balanced_e_step(S, gamma, v0, max_steps=max_steps, tol=tol, gap_tol=gap_tol, bias=bias)
+        qs, labels = _final_pass(Q, S)                                    # sum Q S without the bias
+        rho_hat = info["rho_hat"]
+        qs += N * float(rho_hat @ bias)
+        terms = _terms(qs, float(info.pop("log_z").sum(dtype=_F64)), v, rho_hat, gamma, h["shift"], N)
+        return {"Q": Q, "v": v, "info": info, "terms": terms, "labels": labels, "rho": rho_hat}
+
+    def moments(self, state) -> torch.Tensor:
+        return (state["Q"].T @ self.X).to(_F64)                           # R = Q^T X, (K, d) GEMM
+
+
+class _Streamed:
+    """Nothing of size N x K is kept: each pass recomputes the scores of one chunk of rows at a time.
+
+    Memory is X plus O(chunk_size * K); the cost is one scores GEMM per E-step evaluation (instead of
+    one per MM iteration) plus the Q^T X GEMM, fused with the final pass.
+    """
+
+    streamed = True
+
+    def __init__(self, X: torch.Tensor, chunk_size: int):
+        self.X, self.chunk = X, chunk_size
+
+    def _chunks(self):
+        N = self.X.shape[0]
+        return [(a, min(a + self.chunk, N)) for a in range(0, N, self.chunk)]
+
+    def nearest(self, mu: torch.Tensor) -> torch.Tensor:
+        M = mu.to(self.X.dtype).T
+        return torch.cat([torch.argmax(self.X[a:b] @ M, dim=1) for a, b in self._chunks()])
+
+    def scores(self, mu, kappa) -> dict:
+        W, bias, shift = _score_params(mu, kappa, self.X.shape[1], self.X.dtype)
+        return {"W": W, "bias": bias, "shift": shift}
+
+    def margin(self, h) -> float:
+        WT, b = h["W"].T, h["bias"].to(self.X.dtype)
+        return _median_margin(torch.cat([_top2_margins((self.X[a:c] @ WT).add_(b)) for a, c in self._chunks()]))
+
+    def _pass(self, h, v, *, gram: bool = False, final: bool = False) -> dict:
+        """Softmax statistics at potentials v: log Z sum, column sums, and optionally
+        sum_i Q_i Q_i^T (gram) or sum Q s, labels and R = Q^T X (final)."""
+        X, WT = self.X, h["W"].T
+        N, d = X.shape
+        K = WT.shape[1]
+        off = (v + h["bias"]).to(X.dtype)
+        out = {"log_z": 0.0, "col": torch.zeros(K, dtype=_F64, device=X.device)}
+        if gram:
+            out["gram"] = torch.zeros(K, K, dtype=_F64, device=X.device)
+        if final:
+            out.update(qs=0.0, labels=torch.empty(N, dtype=torch.int64, device=X.device),
+                       R=torch.zeros(K, d, dtype=_F64, device=X.device))
+        for a, b in self._chunks():
+            s = X[a:b] @ WT                                               # (n, K) scores of the chunk
+            q = torch.add(s, off)
+            out["log_z"] += float(_softmax_rows_(q).sum(dtype=_F64))
+            out["col"] += q.sum(0, dtype=_F64)
+            if gram:
+                out["gram"] += (q.T @ q).to(_F64)
+            if final:
+                out["qs"] += float((q * s).sum(dtype=_F64))
+                out["labels"][a:b] = q.argmax(1)
+                out["R"] += (q.T @ X[a:b]).to(_F64)
+        return out
+
+    def e_step(self, h, gamma, v0, max_steps, tol, gap_tol) -> dict:
+        N, K = self.X.shape[0], h["W"].shape[0]
+
+        def evaluate(v):
+            p = self._pass(h, v, gram=gamma > 0)
+            rho_hat = p["col"] / N
+            return (p.get("gram"), rho_hat) + (_dual_stats(p["log_z"], rho_hat, v, gamma, N) if gamma > 0
+                                               else (0.0, 0.0, 0.0))
+
+        _, v, info = _solve_balance(evaluate, lambda g: g, gamma, N, K, v0, max_steps, tol, gap_tol,
+                                    self.X.device)
+        fin = self._pass(h, v, final=True)
+        rho_hat = fin["col"] / N
+        qs = fin["qs"] + N * float(rho_hat @ h["bias"])
+        terms = _terms(qs, fin["log_z"], v, rho_hat, gamma, h["shift"], N)
+        info["rho_hat"] = rho_hat
+        return {"v": v, "info": info, "terms": terms, "labels": fin["labels"], "rho": rho_hat, "R": fin["R"]}
+
+    def moments(self, state) -> torch.Tensor:
+        return state["R"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,10 +482,17 @@ class GEM:
     inner_tol : float or None
         KKT tolerance of the E-step (relative error of the shares); default 1e-9 for float64
         input and 1e-4 for float32.
+    memory_budget : int, default 512 MiB
+        Bytes the (N, K) work matrices (scores and Q, old and new: 4 N K x itemsize) may take. Within
+        it they stay in memory (two GEMMs per MM iteration); beyond it the fit streams X in row
+        chunks and keeps nothing of size N x K (one more scores GEMM per E-step evaluation).
+    chunk_size : int or None, default None
+        Rows per chunk of the streamed path; setting it forces that path. None: the resident path
+        when it fits ``memory_budget``, else chunks of min(65,536, memory_budget / (8 K itemsize)) rows.
     random_state : None, int or numpy.random.Generator
         Seed of the k-means++ initialization.
-    device : str, default "cpu"
-        Torch device: "cpu", "cuda", "cuda:1" or "auto" (CUDA when present).
+    device : str, default "auto"
+        Torch device: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:1".
     verbose : bool, default False
         Show a progress bar over MM iterations (objective, effective K, inner steps).
 
@@ -348,12 +509,14 @@ class GEM:
     history_ : list of dict, one per MM iteration of the kept initialization.
     n_iter_ : int, MM iterations run by the kept initialization.
     converged_ : bool, whether the tolerance was reached before ``max_iter``.
+    streamed_ : bool, whether the fit streamed X in chunks (see ``memory_budget``).
     """
 
     def __init__(self, n_clusters: int, *, balance: float = DEFAULT_BALANCE, balance_scale: str = "evidence",
                  max_iter: int = 100, tol: float = 1e-6, n_init: int = 1, isotropy: bool = False,
-                 init="k-means++", max_inner: int = 50, inner_tol: float | None = None, random_state=None, device="cpu",
-                 verbose: bool = False):
+                 init="k-means++", max_inner: int = 50, inner_tol: float | None = None,
+                 memory_budget: int = 512 * 2**20, chunk_size: int | None = None, random_state=None,
+                 device="auto", verbose: bool = False):
         self.n_clusters = n_clusters
         self.balance = balance
         self.balance_scale = balance_scale
@@ -364,6 +527,8 @@ class GEM:
         self.init = init
         self.max_inner = max_inner
         self.inner_tol = inner_tol
+        self.memory_budget = memory_budget
+        self.chunk_size = chunk_size
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
@@ -391,6 +556,9 @@ class GEM:
                 raise ValueError("n_init must be 1 when init is an array of initial means")
         if self.inner_tol is not None:
             check_float(self.inner_tol, "inner_tol", low=0.0, strict=True)
+        check_int(self.memory_budget, "memory_budget", low=1)
+        if self.chunk_size is not None:
+            check_int(self.chunk_size, "chunk_size", low=1)
 
     def _transform(self, X: torch.Tensor) -> torch.Tensor:
         """Unit rows, then the stored isotropy correction (subtract centre, renormalize)."""
@@ -405,11 +573,21 @@ class GEM:
         return Xc
 
     # ---------------------------------------------------------------- MM pieces
+    def _engine(self, X):
+        """The resident path when its (N, K) work matrices fit ``memory_budget``, else the streamed one."""
+        N, K = X.shape[0], self.n_clusters
+        need = 4 * N * K * X.element_size()          # S and Q, and their successors during an iteration
+        if self.chunk_size is None and need <= self.memory_budget:
+            return _Resident(X)
+        chunk = self.chunk_size or int(min(1 << 16, max(256, self.memory_budget // (8 * K * X.element_size()))))
+        return _Streamed(X, chunk)
+
     def _fit_once(self, X, rng, gamma):
         """One initialization: k-means++ seeding, one hard M-step, then MM to convergence."""
         N, d = X.shape
         K = self.n_clusters
         inner_tol = self.inner_tol or (1e-9 if X.dtype == _F64 else 1e-4)
+        eng = self._engine(X)
         t0 = time.perf_counter()
         # init: spherical k-means++ centres, hard assignment, M-step
         if isinstance(self.init, str):
@@ -418,63 +596,60 @@ class GEM:
             mu0 = normalize_rows(as_matrix(self.init, X.device, name="init").to(_F64), name="init")
             if self.center_ is not None:
                 mu0 = self._transform(mu0)
-        hard = torch.argmax(X @ mu0.to(X.dtype).T, dim=1)
+        hard = eng.nearest(mu0)
         R = torch.zeros(K, d, dtype=X.dtype, device=X.device).index_add_(0, hard, X).to(_F64)
         n = torch.bincount(hard, minlength=K).to(_F64)
         mu, kappa, _ = vmf_m_step(R, n, mu0, torch.ones(K, dtype=_F64, device=X.device), d)
-        S, shift = vmf_scores(X, mu, kappa)
+        h = eng.scores(mu, kappa)
         if gamma is None:  # the balance scale is fixed once (first initialization), then the objective is fixed
-            gamma = self.balance * (evidence_margin(S) if self.balance_scale == "evidence" else 1.0)
-        Q, v, info = balanced_e_step(S, gamma, None, max_steps=self.max_inner, tol=inner_tol)
-        rho = info["rho_hat"]
-        terms, hard = _terms(Q, S, v, info["log_z"], info["rho_hat"], gamma, shift)
-        history = [self._record(0, terms, hard, kappa, info, 0, time.perf_counter() - t0)]
+            gamma = self.balance * (eng.margin(h) if self.balance_scale == "evidence" else 1.0)
+        st = eng.e_step(h, gamma, None, self.max_inner, inner_tol, 0.0)
+        history = [self._record(0, st, kappa, 0, time.perf_counter() - t0)]
         converged = False
         bar = tqdm(total=self.max_iter, desc="GEM MM", unit="it", disable=not self.verbose, leave=False)
         for it in range(1, self.max_iter + 1):
             t0 = time.perf_counter()
             # M-step: R = Q^T X (GEMM), n = column sums
-            R = (Q.T @ X).to(_F64)
-            n = rho * N                                  # column sums of Q, from the E-step
+            R = eng.moments(st)
+            n = st["rho"] * N                            # column sums of Q, from the E-step
             mu_new, kappa_new, n_empty = vmf_m_step(R, n, mu, kappa, d)
             # J(Q^t, Theta^{t+1}) without another pass over the data: sum_k n_k log C + kappa_k ||R_k||
             log_c = torch.as_tensor(vmf.log_normalizer(kappa_new.cpu().numpy(), d), dtype=_F64, device=X.device)
             loglik_mid = float((n * log_c + kappa_new * (mu_new * R).sum(1)).sum())
+            terms = st["terms"]
             j_mid = loglik_mid + terms["assignment_entropy"] + terms["balance_term"]
             # E-step at the new parameters, warm-started from the previous dual potentials
             # The E-step may stop once its duality gap (a bound on J's shortfall from the E-step optimum)
             # is under 1% of the MM tolerance: solving it further cannot change the stopping decision.
-            S_new, shift = vmf_scores(X, mu_new, kappa_new)
+            h = eng.scores(mu_new, kappa_new)
             gap_tol = 0.01 * self.tol * abs(terms["objective"])
-            Q_new, v_new, info = balanced_e_step(S_new, gamma, v, max_steps=self.max_inner, tol=inner_tol,
-                                                 gap_tol=gap_tol)
-            terms_new, hard = _terms(Q_new, S_new, v_new, info["log_z"], info["rho_hat"], gamma, shift)
-            j_old = terms["objective"]
-            if terms_new["objective"] < j_mid and gap_tol > 0:
+            new = eng.e_step(h, gamma, st["v"], self.max_inner, inner_tol, gap_tol)
+            if new["terms"]["objective"] < j_mid and gap_tol > 0:
                 # before the guard judges, solve the E-step to the strict tolerance
-                Q_new, v_new, info = balanced_e_step(S_new, gamma, v_new, max_steps=self.max_inner, tol=inner_tol)
-                terms_new, hard = _terms(Q_new, S_new, v_new, info["log_z"], info["rho_hat"], gamma, shift)
-            if terms_new["objective"] < j_old or j_mid < j_old - 1e-12 * abs(j_old):
+                new = eng.e_step(h, gamma, new["v"], self.max_inner, inner_tol, 0.0)
+            j_old, j_new = terms["objective"], new["terms"]["objective"]
+            if j_new < j_old or j_mid < j_old - 1e-12 * abs(j_old):
                 # guard: never record a decrease; keep the last accepted state and stop. The rejected
                 # value is kept so tests can tell round-off at convergence from a real decrease.
                 history[-1]["guard_stop"] = True
-                history[-1]["rejected_objective"] = min(terms_new["objective"], j_mid)
+                history[-1]["rejected_objective"] = min(j_new, j_mid)
                 converged = True
                 break
-            mu, kappa, Q, v, S, terms, rho = mu_new, kappa_new, Q_new, v_new, S_new, terms_new, info["rho_hat"]
-            history.append(self._record(it, terms, hard, kappa, info, n_empty, time.perf_counter() - t0))
-            h = history[-1]
+            mu, kappa, st = mu_new, kappa_new, new
+            history.append(self._record(it, st, kappa, n_empty, time.perf_counter() - t0))
+            rec = history[-1]
             bar.update(1)
-            bar.set_postfix(J=f"{h['objective']:.6g}", effK=f"{h['effective_k']:.1f}", inner=h["inner_steps"])
-            if terms["objective"] - j_old <= self.tol * abs(terms["objective"]):
+            bar.set_postfix(J=f"{rec['objective']:.6g}", effK=f"{rec['effective_k']:.1f}", inner=rec["inner_steps"])
+            if j_new - j_old <= self.tol * abs(j_new):
                 converged = True
                 break
         bar.close()
-        return {"mu": mu, "kappa": kappa, "Q": Q, "v": v, "gamma": gamma, "terms": terms,
-                "history": history, "converged": converged}
+        return {"mu": mu, "kappa": kappa, "state": st, "gamma": gamma, "history": history,
+                "converged": converged, "streamed": eng.streamed}
 
-    def _record(self, it, terms, hard, kappa, info, n_empty, seconds):
-        rec = {"iteration": it, **terms, **balance_stats(hard.cpu().numpy(), self.n_clusters),
+    def _record(self, it, state, kappa, n_empty, seconds):
+        info = state["info"]
+        rec = {"iteration": it, **state["terms"], **balance_stats(state["labels"].cpu().numpy(), self.n_clusters),
                "mean_kappa": float(kappa.mean()), "inner_steps": int(info["steps"]),
                "kkt_residual": float(info["residual"]), "duality_gap": float(info["gap"]), "n_empty": int(n_empty), "seconds": float(seconds)}
         return rec
@@ -500,38 +675,41 @@ class GEM:
         for _ in range(self.n_init):
             run = self._fit_once(X, np.random.default_rng(rng.integers(2**63)), gamma)
             gamma = run["gamma"]
-            if best is None or run["terms"]["objective"] > best["terms"]["objective"]:
+            if best is None or run["state"]["terms"]["objective"] > best["state"]["terms"]["objective"]:
                 best = run
+        st = best["state"]
         self.dim_ = int(X.shape[1])
         self.gamma_ = float(best["gamma"])
         self.means_ = best["mu"].cpu().numpy()
         self.concentrations_ = best["kappa"].cpu().numpy()
-        v = best["v"].cpu().numpy()
+        v = st["v"].cpu().numpy()
         self.log_weights_ = v - (np.log(np.exp(v - v.max()).sum()) + v.max())
-        self.shares_ = (best["Q"].sum(0, dtype=_F64) / X.shape[0]).cpu().numpy()
-        self.labels_ = torch.argmax(best["Q"], dim=1).cpu().numpy().astype(np.int64)
-        self.objective_ = float(best["terms"]["objective"])
+        self.shares_ = st["rho"].cpu().numpy()
+        self.labels_ = st["labels"].cpu().numpy().astype(np.int64)
+        self.objective_ = float(st["terms"]["objective"])
         self.history_ = best["history"]
         self.n_iter_ = len(best["history"]) - 1
         self.converged_ = bool(best["converged"])
+        self.streamed_ = bool(best["streamed"])
         return self
 
     def _check_fitted(self):
         if not hasattr(self, "means_"):
             raise ValueError("this GEM instance is not fitted yet: call fit(X) first")
 
-    def _logits(self, X) -> torch.Tensor:
-        """s_ik + log_weights_k (up to a per-row constant), shape (N, K)."""
+    def _logits(self, X):
+        """Yield s_ik + log_weights_k (up to a per-row constant) in row blocks of at most 65,536 rows."""
         self._check_fitted()
         dev = resolve_device(self.device)
         X = as_matrix(X, dev)
         if X.shape[1] != self.dim_:
             raise ValueError(f"X has dim {X.shape[1]} but the model was fitted on dim {self.dim_}")
-        X = self._transform(X)
         mu = torch.as_tensor(self.means_, device=dev)
         kappa = torch.as_tensor(self.concentrations_, device=dev)
-        S, _ = vmf_scores(X, mu, kappa)
-        return S.add_(torch.as_tensor(self.log_weights_, dtype=X.dtype, device=dev)[None, :])
+        W, bias, _ = _score_params(mu, kappa, self.dim_, X.dtype)
+        off = (bias + torch.as_tensor(self.log_weights_, device=dev)).to(X.dtype)
+        for a in range(0, X.shape[0], 1 << 16):
+            yield (self._transform(X[a:a + (1 << 16)]) @ W.T).add_(off)
 
     def predict_proba(self, X) -> np.ndarray:
         """Balanced posterior Q_ik = softmax_k(s_ik + log_weights_k), shape (N, K).
@@ -539,11 +717,14 @@ class GEM:
         The balance enters through the fitted log prior, so new documents are assigned as the training
         documents were; training rows reproduce the fitted Q.
         """
-        return torch.softmax(self._logits(X), dim=1).cpu().numpy()
+        return torch.cat([torch.softmax(s, dim=1) for s in self._logits(X)]).cpu().numpy()
 
     def predict(self, X) -> np.ndarray:
-        """Hard domain of each row of X (the argmax of the balanced posterior), shape (N,)."""
-        return torch.argmax(self._logits(X), dim=1).cpu().numpy().astype(np.int64)
+        """Hard domain of each row of X (the argmax of the balanced posterior), shape (N,).
+
+        Processed in row blocks: memory stays O(block x K) whatever N.
+        """
+        return torch.cat([torch.argmax(s, dim=1) for s in self._logits(X)]).cpu().numpy().astype(np.int64)
 
     def fit_predict(self, X, y=None) -> np.ndarray:
         return self.fit(X).labels_
@@ -551,7 +732,7 @@ class GEM:
     # ---------------------------------------------------------------- persistence (no pickle)
     _ARRAYS = ("means_", "concentrations_", "log_weights_", "shares_")
     _PARAMS = ("n_clusters", "balance", "balance_scale", "max_iter", "tol", "n_init", "isotropy",
-               "max_inner", "inner_tol", "random_state", "device")
+               "max_inner", "inner_tol", "memory_budget", "chunk_size", "random_state", "device")
 
     def save(self, directory) -> Path:
         """Write the fitted model as ``model.safetensors`` + ``model.json`` into ``directory`` (atomic)."""
@@ -569,6 +750,7 @@ class GEM:
             params["random_state"] = None
         meta = {"format": "gem-assets/GEM/1", "params": params, "dim_": self.dim_, "gamma_": self.gamma_,
                 "objective_": self.objective_, "n_iter_": self.n_iter_, "converged_": self.converged_,
+                "streamed_": getattr(self, "streamed_", False),
                 "history_": self.history_}
         for name, write in (("model.safetensors", lambda p: save_file(tensors, p)),
                             ("model.json", lambda p: Path(p).write_text(json.dumps(meta, indent=1)))):
@@ -594,4 +776,5 @@ class GEM:
         model.center_ = tensors.get("center_")
         for name in ("dim_", "gamma_", "objective_", "n_iter_", "converged_", "history_"):
             setattr(model, name, meta[name])
+        model.streamed_ = bool(meta.get("streamed_", False))
         return model
