@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade "pip>=24"
 	$(PY) -m pip install -qq "torch==2.13.0"
-	$(PY) -m pip install -qq -e ".[dev,bench]"
+	$(PY) -m pip install -qq -e ".[dev,bench,dist]"
 	touch $(STAMP)
 
 run: $(STAMP)
