@@ -97,6 +97,18 @@ class Profile:
         Texts longer than this many characters are quarantined.
     student_dim, student_buckets, student_epochs : int
         The distilled student's embedding dimension, hashed feature space and epochs.
+    eval_holdout, eval_select : float
+        Mixture evaluation: share of the corpus held out as the target set, and share of the
+        remaining documents set aside to choose RegMix's weights on.
+    eval_target_config, eval_proxy_config : tuple of (name, value) pairs
+        ``lib.lm.LMConfig`` fields of the evaluation's target models and of its DoReMi/RegMix
+        proxies (the target must be larger).
+    eval_steps, eval_batch_size, eval_seeds : int
+        Training steps, batch size and number of seeds of every target model.
+    eval_doremi_steps, eval_regmix_runs, eval_regmix_steps : int
+        DoReMi's reference/proxy steps; RegMix's proxy runs and steps per run.
+    eval_max_tokens : int or None
+        At most this many bytes of each evaluated held-out stream (``None``: all).
     """
 
     name: str
@@ -109,6 +121,19 @@ class Profile:
     student_dim: int = 64
     student_buckets: int = 1 << 18
     student_epochs: int = 5
+    # mixture evaluation (issue 7): target models larger than the proxies, the same token
+    # budget (eval_steps * eval_batch_size * context) for every bucketization and mixer
+    eval_holdout: float = 0.1
+    eval_select: float = 0.1
+    eval_target_config: tuple = (("n_layer", 3), ("n_head", 2), ("d_model", 64), ("context", 128))
+    eval_proxy_config: tuple = (("n_layer", 2), ("n_head", 2), ("d_model", 64), ("context", 128))
+    eval_steps: int = 150
+    eval_batch_size: int = 16
+    eval_seeds: int = 3
+    eval_doremi_steps: int = 100
+    eval_regmix_runs: int = 12
+    eval_regmix_steps: int = 50
+    eval_max_tokens: int | None = 65_536
 
 
 #: The profiles selectable with ``GEM_PROFILE``. ``smoke`` keeps CI fast, ``default`` embeds
@@ -125,6 +150,15 @@ PROFILES: dict[str, Profile] = {
         student_dim=16,
         student_buckets=1 << 16,
         student_epochs=10,
+        eval_target_config=(("n_layer", 2), ("n_head", 2), ("d_model", 16), ("context", 32)),
+        eval_proxy_config=(("n_layer", 1), ("n_head", 2), ("d_model", 16), ("context", 32)),
+        eval_steps=3,
+        eval_batch_size=4,
+        eval_seeds=3,
+        eval_doremi_steps=3,
+        eval_regmix_runs=4,
+        eval_regmix_steps=2,
+        eval_max_tokens=1_024,
     ),
     "default": Profile(
         name="default",
@@ -146,6 +180,15 @@ PROFILES: dict[str, Profile] = {
         student_dim=64,
         student_buckets=1 << 21,
         student_epochs=5,
+        eval_target_config=(("n_layer", 6), ("n_head", 8), ("d_model", 512), ("context", 512)),
+        eval_proxy_config=(("n_layer", 2), ("n_head", 4), ("d_model", 128), ("context", 512)),
+        eval_steps=5_000,
+        eval_batch_size=32,
+        eval_seeds=3,
+        eval_doremi_steps=2_000,
+        eval_regmix_runs=64,
+        eval_regmix_steps=500,
+        eval_max_tokens=2_000_000,
     ),
 }
 
@@ -344,6 +387,26 @@ class Settings:
             "seed": self.seed,
         }
 
+    def evaluation_params(self) -> dict:
+        """Parameters that determine the mixture evaluation (with its inputs' fingerprints)."""
+        p = self.profile_def
+        return {
+            "holdout": p.eval_holdout,
+            "select": p.eval_select,
+            "target_config": dict(p.eval_target_config),
+            "proxy_config": dict(p.eval_proxy_config),
+            "steps": p.eval_steps,
+            "batch_size": p.eval_batch_size,
+            "seeds": [self.seed + i for i in range(p.eval_seeds)],
+            "doremi_steps": p.eval_doremi_steps,
+            "regmix_runs": p.eval_regmix_runs,
+            "regmix_steps": p.eval_regmix_steps,
+            "max_eval_tokens": p.eval_max_tokens,
+            "kmeans": {"max_iter": p.max_iter, "tol": p.tol, "n_init": p.n_init},
+            "source_column": self.effective_source_column,
+            "seed": self.seed,
+        }
+
     def with_(self, **changes) -> "Settings":
         """A copy with some fields changed."""
         return replace(self, **changes)
@@ -426,6 +489,10 @@ class Layout:
     @property
     def domain_stats_dir(self) -> Path:
         return self.outputs_dir / "domain_stats"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.outputs_dir / "evaluation"
 
 
 def fingerprint(*parts) -> str:

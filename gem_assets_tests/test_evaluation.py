@@ -1,0 +1,382 @@
+"""The mixture evaluation as a library: splits, statistics, bucketizations, the experiment grid
+(with a fast, real but tiny stand-in language model: a smoothed byte-unigram model), tables and picture."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import make_docs
+from gem_assets.lib import evaluation as ev
+from gem_assets.lib.bucketize import MISSING_LABEL, Bucketization, from_domains, from_labels, kmeans_buckets
+from gem_assets.lib.metrics import nmi
+
+
+# --------------------------------------------------------------------------- a tiny stand-in LM
+@dataclass(frozen=True)
+class Cfg:
+    n_layer: int
+    d_model: int
+    n_head: int = 2
+    context: int = 16
+
+
+def _stream(texts) -> np.ndarray:
+    return np.frombuffer("\n".join(texts).encode("utf-8"), dtype=np.uint8).copy()
+
+
+class UnigramBackend:
+    """Byte-unigram "language model": counts bytes sampled from the mixture (add-one smoothed).
+
+    Records every stream it trains on or selects weights with, so a test can prove the
+    target set never reaches them.
+    """
+
+    def __init__(self):
+        self.trained_on: list[np.ndarray] = []
+        self.regmix_targets: list[np.ndarray] = []
+        self.calls = {"doremi": 0, "regmix": 0, "train": 0}
+
+    def streams(self, texts, keys):
+        groups: dict[str, list[str]] = {}
+        for t, k in zip(texts, keys):
+            groups.setdefault(k, []).append(t)
+        return {k: _stream(v) for k, v in groups.items()}
+
+    def train(self, streams, weights, config, steps, batch_size, lr, seed):
+        self.calls["train"] += 1
+        self.trained_on.extend(streams.values())
+        rng = np.random.default_rng(seed)
+        n = steps * batch_size * config.context
+        keys = sorted(streams)
+        p = np.asarray([weights[k] for k in keys], dtype=np.float64)
+        picks = rng.choice(len(keys), size=n, p=p / p.sum())
+        counts = np.ones(256)
+        for j, k in enumerate(keys):
+            m = int((picks == j).sum())
+            if m:
+                counts += np.bincount(rng.choice(streams[k], size=m), minlength=256)
+        return SimpleNamespace(model=counts / counts.sum(), tokens=n)
+
+    def bpb(self, model, streams, max_tokens):
+        return {k: float(-np.mean(np.log2(model[s[:max_tokens] if max_tokens else s]))) for k, s in streams.items()}
+
+    def doremi(self, streams, config, steps, batch_size, lr, seed):
+        self.calls["doremi"] += 1
+        self.trained_on.extend(streams.values())
+        inv = {k: 1.0 / v.size for k, v in streams.items()}
+        return {k: v / sum(inv.values()) for k, v in inv.items()}
+
+    def regmix(self, streams, target, config, n_runs, steps, batch_size, lr, seed):
+        self.calls["regmix"] += 1
+        self.trained_on.extend(streams.values())
+        self.regmix_targets.append(target)
+        t = np.bincount(target, minlength=256) + 1.0
+        t /= t.sum()
+        # the domain whose byte distribution is closest to the selection set gets most weight
+        dist = {k: np.abs(np.bincount(v, minlength=256) / v.size - t).sum() for k, v in streams.items()}
+        best = min(dist, key=dist.get)
+        return {k: (0.7 if k == best else 0.3 / (len(streams) - 1)) for k in streams}
+
+    def as_backend(self) -> ev.MixingBackend:
+        return ev.MixingBackend(streams=self.streams, train=self.train, bpb=self.bpb, doremi=self.doremi,
+                                regmix=self.regmix)
+
+
+def _config(**kw) -> ev.EvaluationConfig:
+    base = dict(target=Cfg(2, 16), proxy=Cfg(1, 16), steps=4, seeds=(0, 1, 2), batch_size=4, max_eval_tokens=4096)
+    base.update(kw)
+    return ev.EvaluationConfig(**base)
+
+
+def _corpus(n=160):
+    docs = make_docs(n, seed=5)
+    keys = [f"s/{d['id']}" for d in docs]
+    held = ev.holdout_split(keys, 0.2, seed=0)
+    pool = np.flatnonzero(~held)
+    select = ev.select_split([keys[i] for i in pool], 0.2, seed=0)
+    fit = pool[~select]
+    return docs, held, pool[select], fit
+
+
+# --------------------------------------------------------------------------- statistics
+def test_t_interval_hand_computed():
+    # n = 2: one degree of freedom, t_{0.975,1} = tan(0.475 pi) (Cauchy quantile)
+    ci = ev.t_interval([1.0, 3.0])
+    t1 = math.tan(0.475 * math.pi)
+    assert ci["mean"] == 2.0 and ci["n"] == 2
+    assert ci["std"] == pytest.approx(math.sqrt(2.0))
+    assert ci["half_width"] == pytest.approx(t1 * math.sqrt(2.0) / math.sqrt(2.0), rel=1e-10)  # 12.7062
+    assert ci["half_width"] == pytest.approx(12.706204736, rel=1e-9)
+    # n = 3: two degrees of freedom, t_p = (2p - 1) sqrt(2 / (4 p (1 - p))) at p = 0.975
+    ci = ev.t_interval([1.0, 2.0, 3.0])
+    t2 = 0.95 * math.sqrt(2.0 / (4 * 0.975 * 0.025))
+    assert ci["mean"] == pytest.approx(2.0) and ci["std"] == pytest.approx(1.0)
+    assert ci["half_width"] == pytest.approx(t2 / math.sqrt(3.0), rel=1e-10)   # 4.30265 / sqrt(3) = 2.4841
+    assert ci["low"] == pytest.approx(2.0 - t2 / math.sqrt(3.0)) and ci["high"] == pytest.approx(2.0 + t2 / math.sqrt(3.0))
+    # 90%: p = 0.95 with two degrees of freedom
+    ci90 = ev.t_interval([1.0, 2.0, 3.0], confidence=0.90)
+    assert ci90["half_width"] == pytest.approx(0.9 * math.sqrt(2.0 / (4 * 0.95 * 0.05)) / math.sqrt(3.0), rel=1e-10)
+    # equal values: a zero-width interval, no NaN
+    ci = ev.t_interval([0.5, 0.5, 0.5])
+    assert ci["half_width"] == 0.0 and ci["low"] == ci["high"] == 0.5
+
+
+@pytest.mark.parametrize("values, confidence, match", [
+    ([1.0], 0.95, "at least 2"),
+    ([], 0.95, "at least 2"),
+    ([1.0, float("nan")], 0.95, "finite"),
+    ([1.0, float("inf")], 0.95, "finite"),
+    ([1.0, 2.0], 1.0, "confidence"),
+    ([1.0, 2.0], 0.0, "confidence"),
+])
+def test_t_interval_rejects_bad_input(values, confidence, match):
+    with pytest.raises(ValueError, match=match):
+        ev.t_interval(values, confidence)
+
+
+# --------------------------------------------------------------------------- splits
+def test_holdout_split_is_seeded_order_free_and_sized():
+    keys = [f"shard/{i:04d}" for i in range(101)]
+    m = ev.holdout_split(keys, 0.1, seed=3)
+    assert m.dtype == bool and m.sum() == 10
+    assert np.array_equal(m, ev.holdout_split(keys, 0.1, seed=3))
+    perm = np.random.default_rng(0).permutation(101)
+    m2 = ev.holdout_split([keys[i] for i in perm], 0.1, seed=3)
+    assert set(np.asarray(keys)[m]) == set(np.asarray(keys)[perm][m2])      # the order of keys does not matter
+    assert not np.array_equal(m, ev.holdout_split(keys, 0.1, seed=4))
+    # the selection split is an independent draw
+    assert not np.array_equal(m, ev.select_split(keys, 0.1, seed=3))
+    # at least one held out, at least one kept
+    assert ev.holdout_split(["a", "b"], 0.01, 0).sum() == 1
+    assert ev.holdout_split(["a", "b"], 0.99, 0).sum() == 1
+
+
+@pytest.mark.parametrize("keys, fraction, match", [
+    (["a", "b", "c"], 0.0, "fraction"),
+    (["a", "b", "c"], 1.0, "fraction"),
+    (["a", "b", "c"], -0.5, "fraction"),
+    (["a"], 0.5, "at least 2"),
+    (["a", "a", "b"], 0.5, "unique"),
+])
+def test_holdout_split_rejects_bad_input(keys, fraction, match):
+    with pytest.raises(ValueError, match=match):
+        ev.holdout_split(keys, fraction, 0)
+
+
+def test_natural_and_uniform_weights():
+    streams = {"a": np.zeros(30, np.uint8), "b": np.zeros(10, np.uint8)}
+    assert ev.natural_weights(streams) == {"a": 0.75, "b": 0.25}
+    assert ev.uniform_weights(streams) == {"a": 0.5, "b": 0.5}
+    with pytest.raises(ValueError, match="no byte"):
+        ev.natural_weights({"a": np.zeros(0, np.uint8)})
+    with pytest.raises(ValueError, match="no domain"):
+        ev.uniform_weights({})
+
+
+# --------------------------------------------------------------------------- bucketizations
+def test_from_labels_sorted_names_and_missing():
+    b = from_labels("source", ["tech", "sport", None, "tech"])
+    assert b.names == (MISSING_LABEL, "sport", "tech")
+    assert b.labels.tolist() == [2, 1, 0, 2]
+    assert b.keys() == ["source:<missing>", "source:sport", "source:tech"]
+    assert b.counts().tolist() == [1, 1, 2]
+    assert b.counts(np.array([True, False, False, True])).tolist() == [0, 0, 2]
+    sub = b.subset(np.array([False, True, True, False]))
+    assert sub.labels.tolist() == [1, 0] and sub.names == b.names
+    with pytest.raises(ValueError, match="no document"):
+        from_labels("source", [])
+
+
+def test_from_domains_and_validation():
+    b = from_domains("gem", np.array([0, 3, 3]), 4)
+    assert b.k == 4 and b.names == ("0", "1", "2", "3") and b.counts().tolist() == [1, 0, 0, 2]
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        from_domains("gem", [0, 4], 4)
+    with pytest.raises(ValueError, match="integers"):
+        from_domains("gem", [0.5, 1.0], 4)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        from_domains("gem", [0], 0)
+    with pytest.raises(ValueError, match="without ':'"):
+        Bucketization("a:b", np.array([0]), ("x",))
+    with pytest.raises(ValueError, match="distinct"):
+        Bucketization("a", np.array([0]), ("x", "x"))
+    with pytest.raises(ValueError, match="1-D"):
+        Bucketization("a", np.zeros((2, 2), np.int64), ("x",))
+    with pytest.raises(ValueError, match="mask"):
+        b.subset(np.array([True]))
+
+
+def test_kmeans_buckets_recovers_separated_blobs_by_nearest_centroid():
+    rng = np.random.default_rng(0)
+    centers = np.array([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])
+    truth = rng.integers(0, 3, size=300)
+    X = centers[truth] + 0.1 * rng.standard_normal((300, 3))
+    sample = X[:120]
+    b, fitted = kmeans_buckets(sample, X, 3, seed=0)
+    assert b.name == "kmeans" and b.k == 3 and b.labels.shape == (300,) and fitted.shape == (3, 3)
+    assert nmi(b.labels, truth) == pytest.approx(1.0)          # documents outside the sample too
+    d = ((X[:, None, :] - fitted[None]) ** 2).sum(-1)
+    assert np.array_equal(b.labels, d.argmin(1))                 # nearest centroid, by definition
+    b2, _ = kmeans_buckets(sample, X, 3, seed=0)
+    assert np.array_equal(b.labels, b2.labels)                   # seeded
+    with pytest.raises(ValueError, match="same number of columns"):
+        kmeans_buckets(sample, X[:, :2], 3)
+    with pytest.raises(ValueError, match="exceeds"):
+        kmeans_buckets(sample[:2], X, 3)
+
+
+# --------------------------------------------------------------------------- configuration
+def test_evaluation_config_validation():
+    cfg = _config()
+    assert cfg.seeds == (0, 1, 2) and cfg.params()["target"]["n_layer"] == 2
+    assert cfg.mixer_params("regmix")["n_runs"] == cfg.regmix_runs and cfg.mixer_params("natural") == {}
+    with pytest.raises(ValueError, match="larger than the proxies"):
+        _config(target=Cfg(1, 16))
+    with pytest.raises(ValueError, match="larger than the proxies"):
+        _config(target=Cfg(3, 8))
+    with pytest.raises(ValueError, match="at least 2 distinct seeds"):
+        _config(seeds=(0,))
+    with pytest.raises(ValueError, match="at least 2 distinct seeds"):
+        _config(seeds=(1, 1))
+    with pytest.raises(ValueError, match="mixers"):
+        _config(mixers=("natural", "best"))
+    with pytest.raises(ValueError, match="steps"):
+        _config(steps=0)
+
+
+# --------------------------------------------------------------------------- the experiment
+def test_run_experiment_grid_budget_and_target_never_seen():
+    docs, held, select, fit = _corpus()
+    texts = [d["text"] for d in docs]
+    sources = [d["source"] for d in docs]
+    fit_texts = [texts[i] for i in fit]
+    bs = [from_labels("source", [sources[i] for i in fit]),
+          from_domains("rand", np.random.default_rng(1).integers(0, 3, size=fit.size), 3)]
+    fake = UnigramBackend()
+    cfg = _config()
+    target_texts = [texts[i] for i in np.flatnonzero(held)]
+    res = ev.run_experiment(fit_texts, bs, [texts[i] for i in select], target_texts, cfg,
+                            target_labels=[sources[i] for i in np.flatnonzero(held)], backend=fake.as_backend())
+    runs = res.runs
+    assert runs.height == 2 * 4 * 3
+    assert set(map(tuple, runs.select("bucketization", "mixer").unique().rows())) == \
+        {(b, m) for b in ("source", "rand") for m in ev.MIXERS}
+    assert runs["tokens"].unique().to_list() == [cfg.steps * cfg.batch_size * cfg.target.context]  # one budget
+    assert res.streams == ["target", "food", "money", "sport", "tech"]
+    assert {f"bpb_{s}" for s in res.streams} <= set(runs.columns)
+    assert all(np.isfinite(runs[c].to_numpy()).all() and (runs[c] > 0).all() for c in runs.columns if c.startswith("bpb_"))
+    assert fake.calls == {"doremi": 2, "regmix": 2, "train": 24}
+    # weights: natural = byte shares, uniform, all sum to one, every source bucket present
+    w = res.weights["source"]
+    assert w["natural"] == pytest.approx(ev.natural_weights(fake.streams(fit_texts, [bs[0].keys()[i] for i in bs[0].labels])))
+    assert set(w["uniform"].values()) == {0.25}
+    for by_mixer in res.weights.values():
+        for weights in by_mixer.values():
+            assert sum(weights.values()) == pytest.approx(1.0)
+    assert res.weight_sources["rand"] == {m: "computed" for m in ev.MIXERS}
+    # the target set never reached training or weight selection; RegMix selected on the selection set only
+    for t in target_texts:
+        b = t.encode()
+        assert not any(b in s.tobytes() for s in fake.trained_on + fake.regmix_targets)
+    assert all(np.array_equal(t, _stream([texts[i] for i in select])) for t in fake.regmix_targets)
+    # seeds reproduce: the same seed and mixture give the same model
+    again = ev.run_experiment(fit_texts, bs, [texts[i] for i in select], target_texts, cfg,
+                              target_labels=[sources[i] for i in np.flatnonzero(held)],
+                              backend=UnigramBackend().as_backend())
+    assert again.runs.drop("train_seconds").equals(runs.drop("train_seconds"))
+
+
+def test_run_experiment_reuses_given_weights_and_checks_their_domains():
+    docs, held, select, fit = _corpus(80)
+    texts = [d["text"] for d in docs]
+    b = from_labels("gem", [docs[i]["source"] for i in fit])
+    given = {k: float(i + 1) for i, k in enumerate(b.keys())}
+    fake = UnigramBackend()
+    res = ev.run_experiment([texts[i] for i in fit], [b], [texts[i] for i in select],
+                            [texts[i] for i in np.flatnonzero(held)], _config(mixers=("uniform", "doremi")),
+                            given_weights={"gem": {"doremi": given}}, backend=fake.as_backend())
+    assert fake.calls["doremi"] == 0 and res.weight_sources == {"gem": {"uniform": "computed", "doremi": "given"}}
+    assert res.weights["gem"]["doremi"] == pytest.approx({k: v / 10.0 for k, v in given.items()})
+    with pytest.raises(ValueError, match="given doremi weights"):
+        ev.run_experiment([texts[i] for i in fit], [b], [texts[i] for i in select],
+                          [texts[i] for i in np.flatnonzero(held)], _config(mixers=("doremi",)),
+                          given_weights={"gem": {"doremi": {"gem:other": 1.0}}}, backend=fake.as_backend())
+
+
+def test_run_experiment_rejects_bad_input():
+    fake = UnigramBackend().as_backend()
+    b = from_domains("a", [0, 1], 2)
+    with pytest.raises(ValueError, match="labels 2 documents but there are 3"):
+        ev.run_experiment(["x", "y", "z"], [b], ["s"], ["t"], _config(), backend=fake)
+    with pytest.raises(ValueError, match="target set is empty"):
+        ev.run_experiment(["x", "y"], [b], ["s"], [], _config(), backend=fake)
+    with pytest.raises(ValueError, match="distinct"):
+        ev.run_experiment(["x", "y"], [b, b], ["s"], ["t"], _config(), backend=fake)
+    with pytest.raises(ValueError, match="selection set"):
+        ev.run_experiment(["x", "y"], [b], [], ["t"], _config(), backend=fake)
+    with pytest.raises(ValueError, match="target_labels"):
+        ev.run_experiment(["x", "y"], [b], ["s"], ["t"], _config(), target_labels=["a", "b"], backend=fake)
+
+    def nan_bpb(model, streams, max_tokens):
+        return {k: float("nan") for k in streams}
+
+    broken = ev.MixingBackend(streams=fake.streams, train=fake.train, bpb=nan_bpb, doremi=fake.doremi,
+                              regmix=fake.regmix)
+    with pytest.raises(ValueError, match="finite and positive"):
+        ev.run_experiment(["x", "y"], [b], ["s"], ["t"], _config(mixers=("uniform",)), backend=broken)
+
+
+# --------------------------------------------------------------------------- tables and picture
+def _runs() -> pl.DataFrame:
+    rows = []
+    vals = {("gem", "natural"): [2.0, 2.2, 2.4], ("gem", "uniform"): [1.9, 2.0, 2.1],
+            ("kmeans", "natural"): [2.1, 2.3, 2.5], ("kmeans", "uniform"): [2.0, 2.0, 2.0]}
+    for (b, m), ys in vals.items():
+        for s, y in enumerate(ys):
+            rows.append({"bucketization": b, "mixer": m, "seed": s, "domains": 4, "tokens": 100,
+                         "train_seconds": 0.1, "bpb_target": y, "bpb_tech": y + 0.5})
+    return pl.DataFrame(rows)
+
+
+def test_summarize_and_paired_differences_hand_computed():
+    table = ev.summarize(_runs())
+    assert table.height == 4 and table["seeds"].to_list() == [3, 3, 3, 3]
+    t2 = 0.95 * math.sqrt(2.0 / (4 * 0.975 * 0.025))
+    row = table.row(0, named=True)
+    assert (row["bucketization"], row["mixer"]) == ("gem", "natural")
+    assert row["bpb_target"] == pytest.approx(2.2)
+    assert row["bpb_target_half_width"] == pytest.approx(t2 * 0.2 / math.sqrt(3))
+    assert row["bpb_tech"] == pytest.approx(2.7)
+    assert (table["bpb_target_low"] <= table["bpb_target"]).all()
+    assert (table["bpb_target"] <= table["bpb_target_high"]).all()
+    diff = ev.paired_differences(_runs(), "gem")
+    assert diff["versus"].to_list() == ["kmeans", "kmeans"]
+    nat = diff.filter(pl.col("mixer") == "natural").row(0, named=True)
+    assert nat["difference"] == pytest.approx(-0.1) and nat["low"] == pytest.approx(-0.1)   # constant gap
+    uni = diff.filter(pl.col("mixer") == "uniform").row(0, named=True)
+    assert uni["difference"] == pytest.approx(0.0)
+    assert uni["high"] - uni["difference"] == pytest.approx(t2 * 0.1 / math.sqrt(3))     # diffs -0.1, 0, 0.1
+    assert ev.paired_differences(_runs().filter(pl.col("bucketization") == "gem"), "gem").height == 0
+    with pytest.raises(ValueError, match="reference"):
+        ev.paired_differences(_runs(), "source")
+
+
+def test_results_markdown_and_chart():
+    table = ev.summarize(_runs())
+    md = ev.results_markdown(table)
+    lines = md.splitlines()
+    assert lines[0].startswith("| bucketization | mixer | domains | seeds | target bpb")
+    assert lines[0].endswith("| tech bpb |") and len(lines) == 2 + 4
+    assert "| gem | uniform | 4 | 3 | **2.0000** ±" in md          # best of its mixer in bold
+    assert "| gem | natural | 4 | 3 | **2.2000** ±" in md
+    assert "| kmeans | natural | 4 | 3 | 2.3000 ±" in md
+    png = ev.bpb_chart(table)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    with pytest.raises(ValueError, match="bpb_food"):
+        ev.bpb_chart(table, stream="food")
