@@ -95,12 +95,18 @@ def _softmax(S: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None)
 
 
 def _final_pass(Q: torch.Tensor, S: torch.Tensor):
-    """sum_ik Q_ik S_ik (float64) and the hard labels argmax_k Q_ik, in one chunked pass."""
+    """sum_ik Q_ik S_ik and the hard labels argmax_k Q_ik, in one chunked pass.
+
+    Each chunk is summed in the data's dtype (pairwise, ~1e-7 relative in float32) and the chunks in
+    float64: a float64 sum over float32 elements converts each one and is 10x slower here. This sum
+    only splits J between its log-likelihood and entropy terms; J itself does not depend on it
+    (see ``_terms``).
+    """
     qs = 0.0
     labels = torch.empty(Q.shape[0], dtype=torch.int64, device=Q.device)
     for a, b in _row_chunks(S):
         q = Q[a:b]
-        qs += float((q * S[a:b]).sum(dtype=_F64))
+        qs += float((q * S[a:b]).sum())
         labels[a:b] = q.argmax(1)
     return qs, labels
 
@@ -110,7 +116,8 @@ def _terms(qs: float, log_z_sum: float, v: torch.Tensor, rho_hat: torch.Tensor, 
     """J and its terms from the E-step's by-products (no pass over the data).
 
     ``qs`` = sum_ik Q_ik s_ik of the shifted scores. With log Q_ik = s_ik + v_k - log Z_i:
-    sum_i H(Q_i) = sum_i log Z_i - sum_ik Q_ik s_ik - N rho_hat.v
+    sum_i H(Q_i) = sum_i log Z_i - sum_ik Q_ik s_ik - N rho_hat.v, so qs cancels in
+    J = sum_i log Z_i + N shift - N rho_hat.v + gamma N H(rho_hat): only the split into terms uses it.
     """
     loglik = qs + N * shift
     ent = log_z_sum - qs - N * float(rho_hat @ v)
@@ -416,11 +423,11 @@ class _Streamed:
             s = X[a:b] @ WT                                               # (n, K) scores of the chunk
             q = torch.add(s, off)
             out["log_z"] += float(_softmax_rows_(q).sum(dtype=_F64))
-            out["col"] += q.sum(0, dtype=_F64)
+            out["col"] += q.sum(0).to(_F64)
             if gram:
                 out["gram"] += (q.T @ q).to(_F64)
             if final:
-                out["qs"] += float((q * s).sum(dtype=_F64))
+                out["qs"] += float((q * s).sum())                    # see _final_pass
                 out["labels"][a:b] = q.argmax(1)
                 out["R"] += (q.T @ X[a:b]).to(_F64)
         return out

@@ -1,0 +1,155 @@
+"""GEM fit time and peak memory against N (issue 8): does the cost grow linearly, is memory bounded?
+
+Data: the synthetic cone of benchmarks/clustering.py (24 Zipf clusters, d = 384, float32), generated
+once at the largest N and saved; each N fits its first N rows. Every fit runs in a fresh process (so
+its peak RSS is its own), with K = 64, the default balance, a fixed number of MM iterations (tol = 0)
+and the default memory budget (512 MiB for the (N, K) work matrices: the resident path up to
+N = 524,288 at K = 64, the streamed path beyond). The largest N is also fitted with the resident
+path forced (a 4 GiB budget) for comparison.
+
+Columns: N, path, MM iterations, seconds per iteration (median), microseconds per document and
+iteration (flat if the growth is linear), the initialization (k-means++ seeding, first M- and
+E-step), the whole fit, peak RSS of the process, the input's size (N x d float32) and the fit's own
+memory: peak RSS minus the input minus the process before the data was loaded (Python + torch). The line under the table gives the log-log slope of seconds per iteration against N.
+
+Usage:  python benchmarks/gem_scaling.py [--sizes 10000,30000,100000,300000,1000000] [--iters 8]
+                                         [--write docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+D, K, THREADS = 384, 64, 2
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM; unlike ru_maxrss it does not carry the parent's peak across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(path: str, n: int, iters: int, budget: int) -> dict:
+    """Fit GEM on the first n rows of the saved data; returns the measurements (run in a fresh process)."""
+    import torch
+
+    from gem_assets.lib.gem import GEM
+
+    torch.set_num_threads(THREADS)
+    base_mb = peak_rss_mb()   # interpreter + torch, before the data
+    X = np.ascontiguousarray(np.load(path, mmap_mode="r")[:n])       # (n, d) float32, the only copy kept
+    t0 = time.perf_counter()
+    model = GEM(K, max_iter=iters, tol=0.0, random_state=0, memory_budget=budget).fit(X)
+    fit_s = time.perf_counter() - t0
+    per_iter = [h["seconds"] for h in model.history_[1:]]
+    return {"n": n, "streamed": model.streamed_, "iters": model.n_iter_, "fit_s": fit_s,
+            "s_per_iter": float(np.median(per_iter)) if per_iter else float("nan"),
+            "init_s": model.history_[0]["seconds"],
+            "peak_rss_mb": peak_rss_mb(),
+            "data_mb": X.nbytes / 2**20, "base_mb": base_mb, "effective_k": model.history_[-1]["effective_k"]}
+
+
+def run_child(path: Path, n: int, iters: int, budget: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", str(path), "--n", str(n), "--iters", str(iters),
+                          "--budget", str(budget)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| N | path | iters | s/iter | us per doc-iter | init s | fit s | peak RSS MiB | input MiB | fit's own MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        path = ("streamed" if r["streamed"] else "resident") + (" (forced)" if r.get("forced") else "")
+        lines.append(f"| {r['n']:,} | {path} | {r['iters']} | {r['s_per_iter']:.3f} | "
+                     f"{1e6 * r['s_per_iter'] / r['n']:.2f} | {r['init_s']:.2f} | {r['fit_s']:.1f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['data_mb']:.0f} | {r['peak_rss_mb'] - r['data_mb'] - r['base_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def write_section(doc_path: Path, name: str, title: str, text: str) -> None:
+    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` (append a section if absent)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    doc = doc_path.read_text() if doc_path.exists() else "# Benchmarks\n"
+    block = f"{start}\n{text}\n{end}"
+    if start in doc:
+        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc += f"\n## {title}\n\n{block}\n"
+    doc_path.write_text(doc)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10000,30000,100000,300000,1000000")
+    ap.add_argument("--iters", type=int, default=8)
+    ap.add_argument("--budget", type=int, default=512 * 2**20)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--write", type=Path, default=None, help="replace the gem_scaling section of this Markdown file")
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.n, args.iters, args.budget)))
+        return
+
+    import torch
+
+    from clustering import gemm_peak
+    from gem_assets.lib.synthetic import make_cone_clusters
+
+    torch.set_num_threads(THREADS)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cone.npy"
+        t0 = time.perf_counter()
+        X, _, _ = make_cone_clusters(max(sizes), D, 24, exponent=1.1, random_state=0)
+        np.save(path, X.astype(np.float32))
+        del X
+        print(f"data: {max(sizes):,} x {D} in {time.perf_counter() - t0:.1f} s", flush=True)
+        peak_before = gemm_peak()
+        rows = []
+        for n in sizes:
+            rows.append(run_child(path, n, args.iters, args.budget))
+            print(json.dumps(rows[-1]), flush=True)
+        forced = run_child(path, max(sizes), args.iters, 4 * 2**30)
+        forced["forced"] = True
+        print(json.dumps(forced), flush=True)
+        peak_after = gemm_peak()
+    rows.append(forced)
+    plain = [r for r in rows if not r.get("forced")]
+    slope = float(np.polyfit(np.log([r["n"] for r in plain]), np.log([r["s_per_iter"] for r in plain]), 1)[0])
+    ratio = plain[-1]["s_per_iter"] / plain[0]["s_per_iter"]
+    text = "\n\n".join([
+        f"Command: `python benchmarks/gem_scaling.py --sizes {args.sizes} --iters {args.iters}` on "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{THREADS} threads; K = {K}, d = {D}, float32, default balance, memory budget "
+        f"{args.budget / 2**20:.0f} MiB. float32 GEMM peak before / after: {peak_before:.0f} / "
+        f"{peak_after:.0f} GFLOP/s. Date: {time.strftime('%Y-%m-%d %H:%M')}.",
+        table(rows),
+        f"Log-log slope of seconds per iteration against N ({plain[0]['n']:,} to {plain[-1]['n']:,}): "
+        f"**{slope:.2f}** (1.00 = linear); N grew {plain[-1]['n'] / plain[0]['n']:.0f}x, seconds per iteration "
+        f"{ratio:.1f}x.",
+    ])
+    print(text)
+    if args.write:
+        write_section(args.write, "gem_scaling", "GEM fit time and memory against N (`benchmarks/gem_scaling.py`)", text)
+
+
+if __name__ == "__main__":
+    main()
