@@ -11,7 +11,8 @@ from dagster import Definitions, in_process_executor
 from gem_assets.defs.automation import daily_backfill, shard_sensor, teacher_sensor
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
-from gem_assets.defs.jobs import assign_job, shard_job, stats_job, student_job, teacher_job
+from gem_assets.defs.evaluation import mixture_evaluation
+from gem_assets.defs.jobs import assign_job, evaluation_job, shard_job, stats_job, student_job, teacher_job
 from gem_assets.defs.student import domain_assignments, domain_stats, student_model
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
 from gem_assets.resources import GemConfig, MlflowTracker, SentenceTransformerEmbedder
@@ -19,7 +20,8 @@ from gem_assets.resources import GemConfig, MlflowTracker, SentenceTransformerEm
 __all__ = ["ASSETS", "build_definitions", "defs"]
 
 #: Every asset of this part of the graph, upstream first.
-ASSETS = [documents, embeddings, teacher_sample, teacher_clusters, student_model, domain_assignments, domain_stats]
+ASSETS = [documents, embeddings, teacher_sample, teacher_clusters, student_model, domain_assignments, domain_stats,
+          mixture_evaluation]
 
 
 def build_definitions(
@@ -44,7 +46,7 @@ def build_definitions(
     """
     return Definitions(
         assets=ASSETS,
-        jobs=[shard_job, teacher_job, student_job, assign_job, stats_job],
+        jobs=[shard_job, teacher_job, student_job, assign_job, stats_job, evaluation_job],
         sensors=[shard_sensor, teacher_sensor],
         schedules=[daily_backfill],
         resources={

@@ -4,10 +4,11 @@ from dagster import AssetSelection, define_asset_job
 
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
+from gem_assets.defs.evaluation import mixture_evaluation
 from gem_assets.defs.student import domain_assignments, domain_stats, student_model
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
 
-__all__ = ["shard_job", "teacher_job", "student_job", "assign_job", "stats_job"]
+__all__ = ["shard_job", "teacher_job", "student_job", "assign_job", "stats_job", "evaluation_job"]
 
 shard_job = define_asset_job(
     "shard_job",
@@ -37,4 +38,10 @@ stats_job = define_asset_job(
     "stats_job",
     selection=AssetSelection.assets(domain_stats),
     description="Documents, bytes and tokens per domain over all assigned shards.",
+)
+
+evaluation_job = define_asset_job(
+    "evaluation_job",
+    selection=AssetSelection.assets(mixture_evaluation),
+    description="Mixture evaluation: held-out bits per byte of target LMs on every bucketization x mixer mixture.",
 )

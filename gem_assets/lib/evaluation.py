@@ -57,6 +57,10 @@ __all__ = [
     "results_markdown",
     "bpb_chart",
     "weights_json",
+    "load_corpus",
+    "CorpusEvaluation",
+    "evaluate_corpus",
+    "report_markdown",
 ]
 
 #: The mixers compared, in table order.
@@ -673,3 +677,189 @@ def weights_json(result: ExperimentResult) -> str:
     """The weights of every bucketization and mixer, and where they came from, as JSON text."""
     return json.dumps({"weights": result.weights, "sources": result.weight_sources, "domain_bytes": result.domains},
                       indent=2, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- the corpus end to end
+def load_corpus(layout, keys: Sequence[str]) -> tuple[pl.DataFrame, np.ndarray]:
+    """Every kept document of the shards with its GEM domain and, when embedded, its embedding.
+
+    Parameters
+    ----------
+    layout : gem_assets.config.Layout
+        Where the pipeline's artifacts live.
+    keys : sequence of str
+        Shard keys.
+
+    Returns
+    -------
+    frame : polars.DataFrame
+        ``key`` (``<shard>/<id>``), ``shard``, ``id``, ``text``, ``source`` (null when the
+        shards have no source column), ``gem`` (the student's domain; null when the shard's
+        assignments lack the document) and ``vec`` (row of ``vectors``; null when the
+        document was not embedded).
+    vectors : ndarray (M, d) float32
+        The embeddings of the embedded documents.
+
+    Raises
+    ------
+    FileNotFoundError
+        When a shard's documents, embeddings or assignments are missing.
+    """
+    from . import artifacts
+
+    frames, blocks, offset = [], [], 0
+    for key in keys:
+        docs = artifacts.read_documents(layout, key)
+        apath = layout.assignments_path(key)
+        if not apath.is_file():
+            raise FileNotFoundError(f"no GEM assignments for shard {key!r} ({apath}): materialize "
+                                    "'domain_assignments' first")
+        assign = pl.read_parquet(apath, columns=["id", "domain"]).rename({"domain": "gem"})
+        vectors, index, _ = artifacts.read_embeddings(layout, key)
+        index = index.select("id").with_row_index("vec", offset=offset).with_columns(pl.col("vec").cast(pl.Int64))
+        offset += vectors.shape[0]
+        blocks.append(np.asarray(vectors, dtype=np.float32))
+        source = pl.col("source").cast(pl.String) if "source" in docs.columns else pl.lit(None, dtype=pl.String)
+        frame = (docs.select(pl.lit(key).alias("shard"), pl.col("id"), pl.col("text"), source.alias("source"))
+                 .join(assign.with_columns(pl.col("gem").cast(pl.Int64)), on="id", how="left")
+                 .join(index, on="id", how="left"))
+        frames.append(frame)
+    if not frames:
+        raise FileNotFoundError("no shard to evaluate")
+    frame = pl.concat(frames).with_columns((pl.col("shard") + "/" + pl.col("id")).alias("key"))
+    dim = blocks[0].shape[1] if blocks and blocks[0].ndim == 2 else 0
+    vectors = np.concatenate([b.reshape(-1, dim) for b in blocks]) if blocks else np.zeros((0, 0), np.float32)
+    return frame.select("key", "shard", "id", "text", "source", "gem", "vec"), vectors
+
+
+@dataclass
+class CorpusEvaluation:
+    """What :func:`evaluate_corpus` produced: the experiment, its tables and the split counts."""
+
+    result: ExperimentResult
+    table: pl.DataFrame
+    differences: pl.DataFrame
+    counts: dict
+    bucket_counts: dict
+
+
+def evaluate_corpus(
+    frame: pl.DataFrame,
+    vectors: np.ndarray,
+    sample_vectors: np.ndarray,
+    k: int,
+    config: EvaluationConfig,
+    *,
+    holdout: float,
+    select: float,
+    use_source: bool,
+    kmeans: Mapping[str, Any] | None = None,
+    given_weights: Mapping | None = None,
+    backend: MixingBackend | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> CorpusEvaluation:
+    """The whole evaluation on a corpus from :func:`load_corpus`.
+
+    1. Hold out ``holdout`` of *all* documents (seeded, by key) as the target set.
+    2. The training pool is every other document that has a GEM domain and an embedding
+       (k-means needs one); ``select`` of it is set aside for RegMix's weight choice, the
+       rest are the fit documents.
+    3. Bucketizations of the fit documents: the source labels (``use_source``), Euclidean
+       k-means with K clusters fitted on ``sample_vectors`` (the teacher sample, as GEM
+       was) with each document at its nearest centroid, and GEM's domains.
+    4. :func:`run_experiment`, :func:`summarize`, :func:`paired_differences` against GEM.
+
+    Parameters
+    ----------
+    frame, vectors
+        From :func:`load_corpus`.
+    sample_vectors : ndarray (n, d)
+        The teacher sample's embeddings.
+    k : int
+        GEM's number of domains (k-means gets the same).
+    config : EvaluationConfig
+        Models, budgets, seeds.
+    holdout, select : float
+        Fractions of the two splits.
+    use_source : bool
+        Whether the source labels are a bucketization (and the target set is scored per label).
+    kmeans : mapping, optional
+        ``max_iter``, ``tol``, ``n_init`` of k-means.
+    given_weights, backend, progress, log
+        See :func:`run_experiment`.
+
+    Returns
+    -------
+    CorpusEvaluation
+    """
+    from .bucketize import from_domains, from_labels, kmeans_buckets
+
+    k = check_int(k, "k", low=2)
+    keys = frame["key"].to_list()
+    held = holdout_split(keys, holdout, config.seed)
+    usable = (frame["gem"].is_not_null() & frame["vec"].is_not_null()).to_numpy()
+    pool = np.flatnonzero(~held & usable)
+    if pool.size < 2:
+        raise ValueError(f"only {pool.size} training document(s) have both a GEM domain and an embedding; the "
+                         "evaluation needs at least 2 (embed more documents: GEM_EMBED_CAP)")
+    sel = select_split([keys[i] for i in pool], select, config.seed)
+    fit, chosen = pool[~sel], pool[sel]
+    if use_source and frame["source"].is_null().all():
+        raise ValueError("use_source is set but no document has a source label")
+    texts = frame["text"].to_list()
+    fit_texts = [texts[i] for i in fit]
+    buckets = []
+    if use_source:
+        buckets.append(from_labels("source", frame["source"].gather(fit).to_list()))
+    km = dict(kmeans or {})
+    kb, _ = kmeans_buckets(sample_vectors, vectors[frame["vec"].gather(fit).to_numpy()], k, seed=config.seed,
+                           max_iter=int(km.get("max_iter", 100)), tol=float(km.get("tol", 1e-6)),
+                           n_init=int(km.get("n_init", 1)), device=config.device)
+    buckets.append(kb)
+    buckets.append(from_domains("gem", frame["gem"].gather(fit).to_numpy(), k))
+    target_idx = np.flatnonzero(held)
+    target_labels = frame["source"].gather(target_idx).to_list() if use_source else None
+    result = run_experiment(fit_texts, buckets, [texts[i] for i in chosen], [texts[i] for i in target_idx], config,
+                            target_labels=target_labels, given_weights=given_weights, backend=backend,
+                            progress=progress, log=log)
+    table = summarize(result.runs, config.confidence)
+    differences = paired_differences(result.runs, "gem", confidence=config.confidence)
+    counts = {"documents": len(keys), "target": int(held.sum()), "select": int(chosen.size), "fit": int(fit.size),
+              "unusable": int((~held & ~usable).sum())}
+    bucket_counts = {b.name: dict(zip(b.keys(), b.counts().tolist())) for b in buckets}
+    return CorpusEvaluation(result=result, table=table, differences=differences, counts=counts,
+                            bucket_counts=bucket_counts)
+
+
+def report_markdown(ev: CorpusEvaluation, config: EvaluationConfig, *, title: str = "Mixture evaluation") -> str:
+    """``results.md``: the table, the paired differences against GEM, and what was run."""
+    res, c = ev.result, ev.counts
+    pct = f"{config.confidence:.0%}"
+    tokens = int(res.runs["tokens"].max())
+    lines = [f"# {title}", "",
+             f"Held-out bits per byte (lower is better) of target models trained on each mixture; mean and {pct} "
+             f"Student-t interval over {len(config.seeds)} seeds. Bold: the best bucketization of each mixer.", "",
+             results_markdown(ev.table, confidence=config.confidence), ""]
+    if ev.differences.height:
+        lines += [f"GEM minus the other bucketization, same mixer, paired by seed (negative: GEM better), {pct} "
+                  "interval:", "",
+                  "| mixer | versus | seeds | GEM − other (bpb) | interval |", "|---|---|---|---|---|"]
+        for r in ev.differences.iter_rows(named=True):
+            lines.append(f"| {r['mixer']} | {r['versus']} | {r['seeds']} | {r['difference']:+.4f} | "
+                         f"[{r['low']:+.4f}, {r['high']:+.4f}] |")
+        lines.append("")
+    lines += ["Setup:", "",
+              f"- documents: {c['documents']} = {c['target']} held-out target + {c['select']} weight-selection + "
+              f"{c['fit']} training + {c['unusable']} without an embedding or GEM domain (not used)",
+              "- evaluated streams (bytes): " + ", ".join(f"{k} {v}" for k, v in res.stream_bytes.items())
+              + (f"; at most {config.max_eval_tokens} bytes of each" if config.max_eval_tokens else ""),
+              f"- target models: {config.params()['target']}, {config.steps} steps x batch {config.batch_size} "
+              f"= {tokens} training bytes each, seeds {list(config.seeds)}",
+              f"- proxies (DoReMi, RegMix): {config.params()['proxy']}; DoReMi {config.doremi_steps} steps; "
+              f"RegMix {config.regmix_runs} runs x {config.regmix_steps} steps",
+              "- weights: " + "; ".join(f"{b}: " + ", ".join(f"{m} {s}" for m, s in by.items())
+                                       for b, by in res.weight_sources.items()),
+              f"- wall time: weights {res.seconds.get('weights', 0.0):.1f} s, target models "
+              f"{res.seconds.get('target_models', 0.0):.1f} s"]
+    return "\n".join(lines) + "\n"

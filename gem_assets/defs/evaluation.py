@@ -1,0 +1,237 @@
+"""``mixture_evaluation``: do GEM domains make better mixtures than other bucketizations?
+
+Holds out a seeded target set of the whole corpus, buckets the remaining documents three
+ways (source labels, Euclidean k-means with GEM's K, GEM's student domains), computes the
+weights of four mixers (natural shares, uniform, DoReMi, RegMix) on each, trains target
+language models larger than the proxies on every mixture with several seeds at one token
+budget, and reports held-out bits per byte with Student-t intervals
+(``lib/evaluation.py``). Written to ``outputs/evaluation/``.
+
+Fingerprint (recorded in metadata and ``summary.json``, used by ``make run``): the
+documents, embeddings and assignments fingerprints of every shard, the teacher sample's,
+the student's, the evaluation parameters, and the GEM weights reused from the mixing
+assets (if any).
+"""
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from gem_assets.config import Settings, fingerprint
+from gem_assets.defs._format import markdown_table
+from gem_assets.defs.student import domain_assignments
+from gem_assets.defs.teacher import teacher_sample
+from gem_assets.resources.config import GemConfig
+from gem_assets.resources.mlflow import MlflowTracker
+
+__all__ = ["mixture_evaluation", "evaluation_fingerprint", "evaluation_state", "EVALUATION_EXPERIMENT",
+           "EVALUATION_CHECKS"]
+
+#: MLflow experiment of the evaluation runs.
+EVALUATION_EXPERIMENT = "gem-evaluation"
+
+EVALUATION_CHECKS = {
+    "table_complete": "Every (bucketization, mixer) pair has a row with the profile's number of seeds, finite "
+                      "positive bits per byte, and an interval that contains its mean.",
+    "same_budget": "Every target model was trained on the same number of tokens.",
+    "target_held_out": "The held-out target set, the weight-selection set and the training documents are disjoint "
+                       "and together make up the corpus.",
+}
+
+
+def _inputs(settings: Settings, keys) -> dict:
+    """The fingerprints of what the evaluation reads; raises ``FileNotFoundError`` when one is missing."""
+    from gem_assets.lib import artifacts, storage
+
+    layout = settings.layout
+    shards = {}
+    for key in sorted(keys):
+        docs = artifacts.read_documents_meta(layout, key)
+        emb = artifacts.read_embeddings_meta(layout, key)
+        apath = layout.assignments_meta_path(key)
+        if docs is None or emb is None or not apath.is_file():
+            raise FileNotFoundError(f"shard {key!r} lacks documents, embeddings or assignments: run the pipeline "
+                                    "up to 'domain_assignments' first")
+        shards[key] = [docs["fingerprint"], emb.get("fingerprint"), storage.read_json(apath)["fingerprint"]]
+    sample_meta = layout.teacher_sample_dir / "meta.json"
+    student = layout.student_outputs_dir / "summary.json"
+    if not sample_meta.is_file() or not student.is_file():
+        raise FileNotFoundError("no teacher sample or student: materialize 'teacher_sample' and 'student_model' first")
+    return {"shards": shards, "teacher_sample": storage.read_json(sample_meta)["fingerprint"],
+            "student": storage.read_json(student)["fingerprint"]}
+
+
+def evaluation_fingerprint(settings: Settings, inputs: dict, reused: dict | None = None) -> str:
+    """What determines the evaluation: its inputs, its parameters and any reused GEM weights."""
+    return fingerprint("mixture_evaluation", inputs, settings.evaluation_params(), reused or {})
+
+
+def _config(settings: Settings):
+    from gem_assets.lib.evaluation import EvaluationConfig
+    from gem_assets.lib.lm import LMConfig
+
+    p = settings.evaluation_params()
+    return EvaluationConfig(
+        target=LMConfig(**p["target_config"]), proxy=LMConfig(**p["proxy_config"]), steps=p["steps"],
+        seeds=tuple(p["seeds"]), batch_size=p["batch_size"], doremi_steps=p["doremi_steps"],
+        regmix_runs=p["regmix_runs"], regmix_steps=p["regmix_steps"], proxy_batch_size=p["batch_size"],
+        max_eval_tokens=p["max_eval_tokens"], seed=p["seed"], device="auto",
+    )
+
+
+@asset(
+    deps=[domain_assignments, teacher_sample],
+    group_name="evaluation",
+    kinds={"pytorch", "mlflow", "csv"},
+    check_specs=[AssetCheckSpec(name, asset="mixture_evaluation", description=d)
+                 for name, d in EVALUATION_CHECKS.items()],
+)
+def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTracker) -> MaterializeResult:
+    """Held-out bits per byte of target LMs trained on each bucketization x mixer mixture.
+
+    Written to ``outputs/evaluation/``: ``results.csv`` (mean and interval per pair, per
+    evaluated stream), ``runs.csv`` (one row per seed), ``results.md`` (table, paired
+    differences against GEM, setup), ``bpb.png``, ``weights.json`` and ``summary.json``.
+    """
+    import numpy as np
+    import polars as pl
+
+    from gem_assets.lib import artifacts, plots, storage
+    from gem_assets.lib import evaluation as lib
+
+    settings = gem.settings()
+    layout = settings.layout
+    keys = sorted(gem.shards())
+    try:
+        inputs = _inputs(settings, keys)
+        frame, vectors = lib.load_corpus(layout, keys)
+        sample_vectors, _, _ = artifacts.read_teacher_sample(layout)
+    except FileNotFoundError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from exc
+    student = storage.read_json(layout.student_outputs_dir / "summary.json")
+    params = settings.evaluation_params()
+    try:
+        config = _config(settings)
+    except ValueError as exc:
+        raise Failure(description=f"evaluation profile {settings.profile!r}: {exc}", allow_retries=False) from exc
+    fp = evaluation_fingerprint(settings, inputs)
+    use_source = params["source_column"] is not None and frame["source"].is_not_null().any()
+    try:
+        evaluation = lib.evaluate_corpus(
+            frame, vectors, sample_vectors, int(student["k"]), config, holdout=params["holdout"],
+            select=params["select"], use_source=use_source, kmeans=params["kmeans"], progress=True,
+            log=context.log.info,
+        )
+    except ValueError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from exc
+    res, table = evaluation.result, evaluation.table
+    report = lib.report_markdown(evaluation, config)
+    png = lib.bpb_chart(table, confidence=config.confidence)
+    out = layout.evaluation_dir
+    record = {"fingerprint": fp, "params": params, "counts": evaluation.counts, "buckets": evaluation.bucket_counts,
+              "streams": res.stream_bytes, "weight_sources": res.weight_sources, "seconds": res.seconds,
+              "student_fingerprint": inputs["student"], "profile": settings.profile}
+    with storage.atomic_dir(out) as tmp:
+        table.write_csv(tmp / "results.csv")
+        res.runs.write_csv(tmp / "runs.csv")
+        evaluation.differences.write_csv(tmp / "differences.csv")
+        (tmp / "results.md").write_text(report, encoding="utf-8")
+        (tmp / "bpb.png").write_bytes(png)
+        (tmp / "weights.json").write_text(lib.weights_json(res), encoding="utf-8")
+        storage.write_json(tmp / "summary.json", record)  # last: its presence means a complete evaluation
+
+    tracker = MlflowTracker(tracking_uri=mlflow.tracking_uri, experiment=EVALUATION_EXPERIMENT,
+                            enabled=mlflow.enabled, on_error=mlflow.on_error, probe_timeout_s=mlflow.probe_timeout_s)
+    final = {f"bpb_target/{r['bucketization']}/{r['mixer']}": r["bpb_target"] for r in table.iter_rows(named=True)}
+    outcome = tracker.log_fit(
+        layout, run_name=f"evaluation-{context.run.run_id[:8]}",
+        params={**{k: v for k, v in params.items() if k != "kmeans"}, **evaluation.counts, "fingerprint": fp},
+        tags={"dagster.run_id": context.run.run_id, "dagster.asset_key": "mixture_evaluation",
+              "gem.profile": settings.profile},
+        history=[], metric_keys=(), final_metrics={**final, **{f"seconds_{k}": v for k, v in res.seconds.items()}},
+        artifacts=[out / n for n in ("results.csv", "runs.csv", "differences.csv", "results.md", "bpb.png",
+                                     "weights.json", "summary.json")],
+        log=context.log,
+    )
+
+    checks = _checks(res.runs, table, evaluation.counts, len(config.seeds), config.mixers)
+    best = table.sort("bpb_target").row(0, named=True)
+    md_table = table.select("bucketization", "mixer", "seeds", *[pl.col(c).round(4) for c in (
+        "bpb_target", "bpb_target_low", "bpb_target_high")])
+    return MaterializeResult(
+        metadata={
+            "results": MetadataValue.md(report),
+            "table": MetadataValue.md(markdown_table(md_table)),
+            "bpb_chart": MetadataValue.md(plots.markdown_image(png, "held-out bits per byte")),
+            "best_pair": f"{best['bucketization']}/{best['mixer']} ({best['bpb_target']:.4f} bpb)",
+            "n_target_models": res.runs.height,
+            "tokens_per_model": int(res.runs["tokens"].max()),
+            "documents": MetadataValue.json(evaluation.counts),
+            "weights": MetadataValue.json(res.weights),
+            "weights_seconds": round(res.seconds["weights"], 2),
+            "target_models_seconds": round(res.seconds["target_models"], 2),
+            "input_fingerprint": fp,
+            "outputs": MetadataValue.path(str(out)),
+            "mlflow_status": outcome.status, "mlflow_run_id": outcome.run_id or "", "mlflow_message": outcome.message,
+        },
+        check_results=checks,
+    )
+
+
+def _checks(runs, table, counts: dict, n_seeds: int, mixers) -> list[AssetCheckResult]:
+    import numpy as np
+
+    pairs = {(b, m) for b in runs["bucketization"].unique().to_list() for m in mixers}
+    seen = dict(zip(zip(table["bucketization"].to_list(), table["mixer"].to_list()), table["seeds"].to_list()))
+    bpb = [c for c in runs.columns if c.startswith("bpb_")]
+    values = runs.select(bpb).to_numpy()
+    contains = bool(((table["bpb_target_low"] <= table["bpb_target"]) & (table["bpb_target"] <= table["bpb_target_high"])).all())
+    complete = set(seen) == pairs and all(v == n_seeds for v in seen.values()) and bool(
+        np.all(np.isfinite(values)) and np.all(values > 0)) and contains
+    tokens = runs["tokens"].unique().to_list()
+    parts = counts["target"] + counts["select"] + counts["fit"] + counts["unusable"]
+    return [
+        AssetCheckResult(check_name="table_complete", passed=complete,
+                         metadata={"pairs": len(seen), "expected_pairs": len(pairs), "seeds": n_seeds},
+                         description=f"{len(seen)} of {len(pairs)} pairs, {n_seeds} seeds each expected"),
+        AssetCheckResult(check_name="same_budget", passed=len(tokens) == 1,
+                         metadata={"tokens": MetadataValue.json(sorted(tokens))},
+                         description=f"tokens per target model: {sorted(tokens)}"),
+        AssetCheckResult(check_name="target_held_out", passed=parts == counts["documents"] and counts["target"] > 0,
+                         metadata={k: int(v) for k, v in counts.items()},
+                         description=f"{counts['target']} target + {counts['select']} selection + {counts['fit']} "
+                         f"training + {counts['unusable']} unused = {parts} of {counts['documents']} documents"),
+    ]
+
+
+def evaluation_state(instance, settings: Settings, keys) -> dict:
+    """Whether ``mixture_evaluation`` is up to date with its inputs now on disk.
+
+    Returns
+    -------
+    dict
+        ``stale`` (bool), ``reason`` and ``fingerprint`` (``None`` when an input is missing).
+    """
+    from gem_assets.defs.state import latest_metadata
+    from gem_assets.lib import storage
+
+    try:
+        inputs = _inputs(settings, keys)
+    except FileNotFoundError as exc:
+        return {"stale": False, "reason": f"inputs missing ({exc})", "fingerprint": None}
+    fp = evaluation_fingerprint(settings, inputs)
+    recorded = latest_metadata(instance, "mixture_evaluation")
+    if recorded is None:
+        return {"stale": True, "reason": "never materialized", "fingerprint": fp}
+    if recorded.get("input_fingerprint") != fp:
+        return {"stale": True, "reason": "inputs or parameters changed", "fingerprint": fp}
+    summary = settings.layout.evaluation_dir / "summary.json"
+    if not summary.is_file() or storage.read_json(summary).get("fingerprint") != fp:
+        return {"stale": True, "reason": "outputs missing or stale", "fingerprint": fp}
+    return {"stale": False, "reason": "up to date", "fingerprint": fp}
