@@ -380,3 +380,59 @@ def test_results_markdown_and_chart():
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     with pytest.raises(ValueError, match="bpb_food"):
         ev.bpb_chart(table, stream="food")
+
+
+# --------------------------------------------------------------------------- the corpus end to end
+def _frame(n=120, embedded_every=1):
+    docs = make_docs(n, seed=9)
+    rng = np.random.default_rng(0)
+    topics = sorted({d["source"] for d in docs})
+    centers = np.eye(8)[: len(topics)] * 3.0
+    vecs = np.stack([centers[topics.index(d["source"])] + 0.1 * rng.standard_normal(8) for d in docs])
+    emb = np.arange(n) % embedded_every == 0
+    vec = np.where(emb, np.cumsum(emb) - 1, -1)
+    frame = pl.DataFrame({
+        "key": [f"s/{d['id']}" for d in docs], "shard": ["s"] * n, "id": [d["id"] for d in docs],
+        "text": [d["text"] for d in docs], "source": [d["source"] for d in docs],
+        "gem": [topics.index(d["source"]) for d in docs],
+        "vec": [int(v) if v >= 0 else None for v in vec],
+    }, schema_overrides={"gem": pl.Int64, "vec": pl.Int64})
+    return frame, vecs[emb].astype(np.float32), vecs[::3].astype(np.float32)
+
+
+def test_evaluate_corpus_splits_buckets_and_reports():
+    frame, vectors, sample = _frame()
+    fake = UnigramBackend()
+    out = ev.evaluate_corpus(frame, vectors, sample, 4, _config(), holdout=0.1, select=0.1, use_source=True,
+                             backend=fake.as_backend())
+    c = out.counts
+    assert c == {"documents": 120, "target": 12, "select": 11, "fit": 97, "unusable": 0}
+    assert list(out.bucket_counts) == ["source", "kmeans", "gem"]
+    assert all(sum(v.values()) == 97 for v in out.bucket_counts.values())
+    # well-separated embeddings: k-means finds the topics, so its buckets have the topics' sizes
+    assert sorted(out.bucket_counts["kmeans"].values()) == sorted(out.bucket_counts["source"].values())
+    assert out.table.height == 12 and set(out.differences["versus"]) == {"source", "kmeans"}
+    md = ev.report_markdown(out, _config())
+    assert "12 held-out target + 11 weight-selection + 97 training + 0 without" in md
+    assert "| gem | regmix | 4 | 3 |" in md and "GEM minus the other bucketization" in md
+    # the held-out target set is the same whatever else changes (it is drawn first, from all keys)
+    held = ev.holdout_split(frame["key"].to_list(), 0.1, 0)
+    target_texts = set(frame["text"].filter(pl.Series(held)).to_list())
+    assert not any(t.encode() in s.tobytes() for t in target_texts for s in fake.trained_on)
+
+
+def test_evaluate_corpus_without_source_and_with_unembedded_documents():
+    frame, vectors, sample = _frame(embedded_every=2)        # half the documents have no embedding
+    fake = UnigramBackend()
+    out = ev.evaluate_corpus(frame, vectors, sample, 4, _config(mixers=("natural", "uniform")), holdout=0.1,
+                             select=0.1, use_source=False, backend=fake.as_backend())
+    c = out.counts
+    assert c["target"] == 12 and c["fit"] + c["select"] + c["unusable"] == 108 and c["unusable"] >= 50
+    assert list(out.bucket_counts) == ["kmeans", "gem"]
+    assert out.result.streams == ["target"]                      # no per-label streams without labels
+    with pytest.raises(ValueError, match="no document has a source label"):
+        ev.evaluate_corpus(frame.with_columns(pl.lit(None, dtype=pl.String).alias("source")), vectors, sample, 4,
+                           _config(), holdout=0.1, select=0.1, use_source=True, backend=fake.as_backend())
+    with pytest.raises(ValueError, match="at least 2"):
+        ev.evaluate_corpus(frame.with_columns(pl.lit(None, dtype=pl.Int64).alias("gem")), vectors, sample, 4,
+                           _config(), holdout=0.1, select=0.1, use_source=False, backend=fake.as_backend())
