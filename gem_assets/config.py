@@ -109,6 +109,11 @@ class Profile:
         DoReMi's reference/proxy steps; RegMix's proxy runs and steps per run.
     eval_max_tokens : int or None
         At most this many bytes of each evaluated held-out stream (``None``: all).
+    taxonomy_min_df, taxonomy_max_terms : int
+        GIS taxonomy vocabulary: terms in at least ``taxonomy_min_df`` documents, at most
+        ``taxonomy_max_terms`` of them (most frequent first).
+    taxonomy_top_terms, taxonomy_exemplars : int
+        Top terms and exemplar documents kept per domain.
     """
 
     name: str
@@ -134,6 +139,11 @@ class Profile:
     eval_regmix_runs: int = 12
     eval_regmix_steps: int = 50
     eval_max_tokens: int | None = 65_536
+    # GIS taxonomy (issue 5): vocabulary of domain names, top terms and exemplars per domain
+    taxonomy_min_df: int = 5
+    taxonomy_max_terms: int = 50_000
+    taxonomy_top_terms: int = 10
+    taxonomy_exemplars: int = 5
 
 
 #: The profiles selectable with ``GEM_PROFILE``. ``smoke`` keeps CI fast, ``default`` embeds
@@ -407,6 +417,19 @@ class Settings:
             "seed": self.seed,
         }
 
+    def taxonomy_params(self) -> dict:
+        """Parameters that determine the GIS taxonomy (with its inputs' fingerprints)."""
+        p = self.profile_def
+        return {
+            "min_df": p.taxonomy_min_df,
+            "max_terms": p.taxonomy_max_terms,
+            "top_terms": p.taxonomy_top_terms,
+            "exemplars": p.taxonomy_exemplars,
+            "direction": "mean",
+            "bigrams": True,
+            "name_terms": 3,
+        }
+
     def with_(self, **changes) -> "Settings":
         """A copy with some fields changed."""
         return replace(self, **changes)
@@ -493,6 +516,15 @@ class Layout:
     @property
     def evaluation_dir(self) -> Path:
         return self.outputs_dir / "evaluation"
+
+    @property
+    def taxonomy_path(self) -> Path:
+        return self.outputs_dir / "taxonomy.json"
+
+    @property
+    def taxonomy_dir(self) -> Path:
+        """Pictures and the Markdown rendering of the taxonomy."""
+        return self.outputs_dir / "taxonomy"
 
 
 def fingerprint(*parts) -> str:

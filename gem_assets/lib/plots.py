@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["share_bar_chart", "objective_curve", "markdown_image"]
+__all__ = ["share_bar_chart", "objective_curve", "markdown_image", "taxonomy_dendrogram", "domain_map"]
 
 
 def _figure(width: float, height: float):
@@ -104,3 +104,72 @@ def objective_curve(history: Sequence[Mapping[str, float]], title: str = "MM obj
 def markdown_image(png: bytes, alt: str) -> str:
     """A Markdown image with the PNG inlined as a base64 data URI."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
+def taxonomy_dendrogram(linkage, labels: Sequence[str], title: str = "GEM domain tree") -> bytes:
+    """The taxonomy tree as a dendrogram (leaves: domains, labelled; heights: node dispersion).
+
+    Parameters
+    ----------
+    linkage : array (K-1, 4)
+        scipy linkage convention (``gem_assets.lib.taxonomy.agglomerate``).
+    labels : sequence of str
+        One label per domain.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    bytes
+        PNG image.
+    """
+    from scipy.cluster.hierarchy import dendrogram
+
+    Z = np.asarray(linkage, dtype=float)
+    k = Z.shape[0] + 1
+    fig = _figure(7.5, max(3.0, 0.32 * k + 1.0))
+    ax = fig.add_subplot()
+    dendrogram(Z, labels=list(labels), orientation="right", ax=ax, color_threshold=0, above_threshold_color="#4C72B0",
+               leaf_font_size=7)
+    ax.set_xlabel("dispersion D (share-weighted cosine distance to the node direction)", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def domain_map(means, shares: Sequence[float], labels: Sequence[str], title: str = "GEM domains, 2-D map") -> bytes:
+    """Domain mean directions in 2-D (classical MDS of the unit means = their first two principal
+    axes), one disc per domain with area proportional to its share.
+
+    Parameters
+    ----------
+    means : array (K, d)
+        Unit mean directions.
+    shares : sequence of float
+        Share of each domain.
+    labels : sequence of str
+        One label per domain.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    bytes
+        PNG image; the axis labels give the share of the means' variance each axis keeps.
+    """
+    M = np.asarray(means, dtype=float)
+    s = np.asarray(shares, dtype=float)
+    C = M - M.mean(axis=0)
+    U, sv, _ = np.linalg.svd(C, full_matrices=False)
+    xy = U[:, :2] * sv[:2] if sv.size >= 2 else np.column_stack([U[:, 0] * sv[0], np.zeros(len(M))])
+    var = sv ** 2 / max(float((sv ** 2).sum()), 1e-300)
+    fig = _figure(6.5, 5.0)
+    ax = fig.add_subplot()
+    area = 3000.0 * s / max(float(s.max()), 1e-300)
+    ax.scatter(xy[:, 0], xy[:, 1], s=area, alpha=0.45, color="#4C72B0", edgecolors="#1f3b63")
+    for (x, y), lab in zip(xy, labels):
+        ax.annotate(lab, (x, y), fontsize=7, ha="center", va="center")
+    ax.set_xlabel(f"axis 1 ({var[0]:.0%} of variance)")
+    ax.set_ylabel(f"axis 2 ({var[1]:.0%} of variance)" if var.size > 1 else "axis 2")
+    ax.set_title(title + " (disc area ∝ share)", fontsize=10)
+    ax.margins(0.15)
+    return _png(fig)
