@@ -34,15 +34,16 @@ __all__ = ["documents"]
 def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResult:
     """One shard, validated and normalized.
 
-    Kept rows (NFC, newlines normalized, stripped; ids from the id column or from the
-    content) go to ``work/documents/<shard>.parquet``; null, empty or whitespace-only
+    The shard is streamed in batches (``lib/corpus.validate_shard_to``): memory holds one
+    batch, whatever the shard's size. Kept rows (NFC, newlines normalized, stripped; ids from
+    the id column or from the content) go to ``work/documents/<shard>.parquet``; null, empty or whitespace-only
     texts, invalid UTF-8, over-long texts, missing and duplicate ids go to
     ``outputs/quarantine/<shard>.parquet`` with a reason per row. A shard that cannot be
     read, or lacks the text column, fails this partition only.
     """
     import polars as pl
 
-    from gem_assets.lib import artifacts, corpus
+    from gem_assets.lib import artifacts, corpus, storage
 
     key = context.partition_key
     settings = gem.settings()
@@ -53,8 +54,13 @@ def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResu
         raise Failure(description=str(exc), allow_retries=False) from exc
     sha = corpus.file_sha256(path)
     params = settings.documents_params()
-    try:
-        result = corpus.validate_shard(path, **params)
+    paths = {
+        "documents": layout.documents_path(key),
+        "quarantine": layout.quarantine_path(key),
+        "meta": layout.documents_meta_path(key),
+    }
+    try:  # streamed: one batch of the shard in memory at a time, written batch by batch
+        result = corpus.validate_shard_to(path, paths["documents"], paths["quarantine"], **params)
     except corpus.ShardError as exc:
         raise Failure(description=str(exc), metadata={"shard": key, "file": str(path)},
                       allow_retries=False) from exc
@@ -70,8 +76,9 @@ def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResu
         "quarantined": result.n_quarantined,
         "reasons": result.reasons,
         "ids_from_content": result.ids_from_content,
+        "batches": result.batches,
     }
-    paths = artifacts.write_documents(layout, key, result.kept, result.quarantine, meta)
+    storage.write_json(paths["meta"], meta)  # last: its presence means the shard is complete
 
     kept_on_disk = pl.scan_parquet(paths["documents"]).select(pl.len()).collect().item()
     quarantined_on_disk = pl.scan_parquet(paths["quarantine"]).select(pl.len()).collect().item()
@@ -89,13 +96,14 @@ def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResu
         "quarantined": result.n_quarantined,
         **{f"quarantined_{r}": n for r, n in result.reasons.items()},
         "ids_from_content": result.ids_from_content,
-        "mean_chars": float(result.kept["n_chars"].mean() or 0.0) if result.n_kept else 0.0,
+        "batches": result.batches,
+        "mean_chars": float(result.mean_chars),
         "documents_path": MetadataValue.path(str(paths["documents"])),
         "quarantine_path": MetadataValue.path(str(paths["quarantine"])),
         "dagster/row_count": result.n_kept,
     }
     if result.n_quarantined:
-        preview = result.quarantine.head(10).select("row", "id", "reason", "detail")
+        preview = pl.scan_parquet(paths["quarantine"]).head(10).select("row", "id", "reason", "detail").collect()
         metadata["quarantine_preview"] = MetadataValue.md(markdown_table(preview))
     check = AssetCheckResult(
         check_name="document_conservation",

@@ -40,31 +40,32 @@ def embeddings(context: AssetExecutionContext, gem: GemConfig, embedder: Sentenc
     """Teacher embeddings of one shard: (n, d) float32 unit-norm vectors with their ids.
 
     Embeds the shard's kept documents, or, when the profile caps embeddings per shard, a
-    seeded sample of them (same sample on every run). Written to
+    seeded sample of them (same sample on every run), streaming the documents file in
+    batches (``lib/streaming.embed_selected``). Written to
     ``work/embeddings/<shard>/`` (``vectors.safetensors``, ``index.parquet``, ``meta.json``).
     """
-    from gem_assets.lib import artifacts, embed, sampling
+    from gem_assets.lib import artifacts, embed, sampling, streaming
 
     key = context.partition_key
     settings = gem.settings()
     layout = settings.layout
-    try:
-        docs = artifacts.read_documents(layout, key)
-    except FileNotFoundError as exc:
-        raise Failure(description=str(exc), allow_retries=False) from exc
-    doc_meta = artifacts.read_documents_meta(layout, key) or {}
+    doc_meta = artifacts.read_documents_meta(layout, key)
+    docs_path = layout.documents_path(key)
+    if doc_meta is None or not docs_path.is_file():
+        raise Failure(description=f"no documents for shard {key!r} under {docs_path.parent}: "
+                      "materialize the 'documents' partition first", allow_retries=False)
+    n_docs = streaming.parquet_num_rows(docs_path)
     cap = settings.effective_embed_cap
-    picks = sampling.cap_sample(docs.height, cap, settings.seed, "embed", key)
-    chosen = docs[picks.tolist()] if picks.size < docs.height else docs
-    texts = chosen["text"].to_list()
+    picks = sampling.cap_sample(n_docs, cap, settings.seed, "embed", key)
 
+    # streamed: the chosen texts are read and embedded one batch at a time
     t0 = time.perf_counter()
-    vectors = embedder.encode(texts, desc=f"embedding {key}")
+    vectors, index = streaming.embed_selected(embedder.encode, docs_path, picks if picks.size < n_docs else None,
+                                              index_columns=("row", "id", "source"), desc=f"embedding {key}")
     seconds = time.perf_counter() - t0
-    docs_per_s = len(texts) / seconds if seconds > 0 and texts else 0.0
-    context.log.info(f"shard {key}: embedded {len(texts)} documents in {seconds:.1f} s ({docs_per_s:.1f} docs/s)")
+    docs_per_s = index.height / seconds if seconds > 0 and index.height else 0.0
+    context.log.info(f"shard {key}: embedded {index.height} documents in {seconds:.1f} s ({docs_per_s:.1f} docs/s)")
 
-    index = chosen.select([c for c in ("row", "id", "source") if c in chosen.columns])
     model_id = embedder.model_id
     fp = artifacts.embeddings_fingerprint(doc_meta.get("fingerprint", ""), settings.embedding_params(), model_id)
     dim = int(vectors.shape[1]) if vectors.ndim == 2 else 0
@@ -74,7 +75,7 @@ def embeddings(context: AssetExecutionContext, gem: GemConfig, embedder: Sentenc
         "documents_fingerprint": doc_meta.get("fingerprint"),
         "fingerprint": fp,
         "model_id": model_id,
-        "n_documents": docs.height,
+        "n_documents": n_docs,
         "n_vectors": int(vectors.shape[0]),
         "cap": cap,
         "dim": dim,
@@ -85,7 +86,8 @@ def embeddings(context: AssetExecutionContext, gem: GemConfig, embedder: Sentenc
 
     # checks read back what was written and compare it with the documents that were due
     written, written_index, _ = artifacts.read_embeddings(layout, key)
-    results = embed.check_embeddings(written, written_index["id"].to_list(), chosen["id"].to_list())
+    due = [i for part in streaming.iter_selected_rows(docs_path, picks, columns=["id"]) for i in part["id"].to_list()]
+    results = embed.check_embeddings(written, written_index["id"].to_list(), due)
     checks = [
         AssetCheckResult(check_name=r.name, passed=r.passed, description=r.detail, metadata={"value": r.value})
         for r in results
@@ -94,9 +96,9 @@ def embeddings(context: AssetExecutionContext, gem: GemConfig, embedder: Sentenc
         "shard": key,
         "shard_sha256": doc_meta.get("shard_sha256") or "",
         "fingerprint": fp,
-        "n_documents": docs.height,
+        "n_documents": n_docs,
         "n_vectors": int(vectors.shape[0]),
-        "sampled": bool(picks.size < docs.height),
+        "sampled": bool(picks.size < n_docs),
         "embed_cap": -1 if cap is None else int(cap),
         "dim": dim,
         "model": model_id,

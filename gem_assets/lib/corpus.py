@@ -22,6 +22,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import polars as pl
@@ -37,8 +38,13 @@ __all__ = [
     "shard_key",
     "file_sha256",
     "content_id",
+    "DEFAULT_BATCH_ROWS",
+    "iter_shard_batches",
     "read_shard",
+    "ValidationSummary",
+    "kept_schema",
     "validate_shard",
+    "validate_shard_to",
     "bbc_news_dir",
     "read_bbc_news",
     "ensure_default_corpus",
@@ -137,27 +143,36 @@ def content_id(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- reading
-def _read_jsonl(path: Path) -> tuple[pl.DataFrame, list[dict]]:
-    """Read a JSONL shard; lines that are not valid UTF-8 are returned apart.
+#: Records per batch when a shard is streamed (JSONL lines or Parquet rows): memory holds one
+#: batch of a shard at a time, whatever the shard's size.
+DEFAULT_BATCH_ROWS = 65_536
+
+
+def _parse_jsonl_lines(path: Path, rows: list[int], lines: list[bytes]) -> tuple[pl.DataFrame, list[dict]]:
+    """Parse a batch of non-blank JSONL lines; lines that are not valid UTF-8 are returned apart.
+
+    Parameters
+    ----------
+    path : Path
+        The shard (for messages).
+    rows : list of int
+        Record index in the file of each line.
+    lines : list of bytes
+        The lines, without their line ending.
 
     Returns
     -------
     df : DataFrame
         The records from valid lines, with a ``__row`` column (record index in the file).
     bad : list of dict
-        ``{"row", "id", "detail"}`` for each record that is not valid UTF-8.
+        ``{"row", "obj", "detail"}`` for each record that is not valid UTF-8.
     """
-    raw = path.read_bytes()
-    lines = [ln.rstrip(b"\r") for ln in raw.split(b"\n")]
-    lines = [ln for ln in lines if ln.strip()]
     try:
-        raw.decode("utf-8")
-        good_rows = list(range(len(lines)))
-        good_lines = lines
-        bad: list[dict] = []
+        b"\n".join(lines).decode("utf-8")
+        good_rows, good_lines, bad = rows, lines, []
     except UnicodeDecodeError:
         good_rows, good_lines, bad = [], [], []
-        for i, ln in enumerate(lines):
+        for i, ln in zip(rows, lines):
             try:
                 ln.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -193,28 +208,78 @@ def _read_jsonl(path: Path) -> tuple[pl.DataFrame, list[dict]]:
     return df.with_columns(pl.Series("__row", good_rows, dtype=pl.Int64)), bad
 
 
-def read_shard(path: str | os.PathLike) -> tuple[pl.DataFrame, list[dict]]:
-    """Read one shard.
+def _iter_jsonl(path: Path, batch_rows: int) -> Iterator[tuple[pl.DataFrame, list[dict]]]:
+    """Batches of at most ``batch_rows`` records of a JSONL shard (blank lines are not records)."""
+    rows: list[int] = []
+    lines: list[bytes] = []
+    n = 0
+    with storage.open_binary(path) as f:
+        for raw in f:
+            ln = raw.rstrip(b"\n").rstrip(b"\r")
+            if not ln.strip():
+                continue
+            rows.append(n)
+            lines.append(ln)
+            n += 1
+            if len(lines) >= batch_rows:
+                yield _parse_jsonl_lines(path, rows, lines)
+                rows, lines = [], []
+    if lines:
+        yield _parse_jsonl_lines(path, rows, lines)
+
+
+def _iter_parquet(path: Path, batch_rows: int) -> Iterator[tuple[pl.DataFrame, list[dict]]]:
+    """Batches of at most ``batch_rows`` rows of a Parquet shard (pyarrow record batches)."""
+    import pyarrow.parquet as pq
+
+    with storage.open_binary(path) as f:
+        try:
+            batches = pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
+        except Exception as exc:
+            raise ShardError(f"corrupt shard {path}: cannot read it as Parquet ({exc})") from exc
+        offset = 0
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except Exception as exc:
+                raise ShardError(f"corrupt shard {path}: cannot read it as Parquet ({exc})") from exc
+            df = pl.from_arrow(batch)
+            df = df.with_row_index("__row", offset=offset).with_columns(pl.col("__row").cast(pl.Int64))
+            offset += df.height
+            yield df, []
+
+
+def iter_shard_batches(path, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[tuple[pl.DataFrame, list[dict]]]:
+    """Read one shard in batches of records, never whole.
 
     Parameters
     ----------
-    path : path
-        A ``.jsonl``/``.ndjson``/``.json`` or ``.parquet`` file.
+    path : path or URL
+        A ``.jsonl``/``.ndjson``/``.json`` or ``.parquet`` file; a local path, a ``file://`` URL
+        or any fsspec URL / :class:`upath.UPath` (``s3://``, ``gs://``, ``memory://`` ...).
+    batch_rows : int
+        Records per batch (JSONL lines or Parquet rows).
 
-    Returns
-    -------
+    Yields
+    ------
     df : DataFrame
-        The readable records, with an ``__row`` column (record index in the file).
+        The batch's readable records, with an ``__row`` column (record index in the file).
     bad : list of dict
-        Records that are not valid UTF-8 (JSONL only; Parquet binary text columns are
-        checked in :func:`validate_shard`): ``{"row", "obj", "detail"}``.
+        Records of the batch that are not valid UTF-8 (JSONL only; Parquet binary text
+        columns are checked in :func:`validate_shard`): ``{"row", "obj", "detail"}``.
 
     Raises
     ------
     ShardError
         If the file is missing, has an unknown suffix or cannot be parsed.
+    ValueError
+        If ``batch_rows`` < 1.
     """
-    path = Path(path)
+    if int(batch_rows) < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    path = storage.as_path(path)
     if not path.is_file():
         raise ShardError(f"shard {path} does not exist")
     fmt = SHARD_SUFFIXES.get(path.suffix.lower())
@@ -222,13 +287,37 @@ def read_shard(path: str | os.PathLike) -> tuple[pl.DataFrame, list[dict]]:
         raise ShardError(
             f"shard {path}: unknown suffix {path.suffix!r}; expected one of {sorted(SHARD_SUFFIXES)}"
         )
-    if fmt == "jsonl":
-        return _read_jsonl(path)
-    try:
-        df = pl.read_parquet(path)
-    except Exception as exc:
-        raise ShardError(f"corrupt shard {path}: cannot read it as Parquet ({exc})") from exc
-    return df.with_row_index("__row").with_columns(pl.col("__row").cast(pl.Int64)), []
+    reader = _iter_jsonl if fmt == "jsonl" else _iter_parquet
+    yield from reader(path, int(batch_rows))
+
+
+def read_shard(path) -> tuple[pl.DataFrame, list[dict]]:
+    """Read one shard whole (the batches of :func:`iter_shard_batches`, concatenated).
+
+    Parameters
+    ----------
+    path : path or URL
+        A ``.jsonl``/``.ndjson``/``.json`` or ``.parquet`` file.
+
+    Returns
+    -------
+    df : DataFrame
+        The readable records, with an ``__row`` column (record index in the file).
+    bad : list of dict
+        Records that are not valid UTF-8: ``{"row", "obj", "detail"}``.
+
+    Raises
+    ------
+    ShardError
+        If the file is missing, has an unknown suffix or cannot be parsed.
+    """
+    frames, bad = [], []
+    for df, b in iter_shard_batches(path):
+        frames.append(df)
+        bad.extend(b)
+    if not frames:
+        return pl.DataFrame({"__row": pl.Series([], dtype=pl.Int64)}), bad
+    return pl.concat(frames, how="diagonal_relaxed"), bad
 
 
 # --------------------------------------------------------------------------- validation
@@ -264,6 +353,38 @@ class ValidationResult:
         return self.quarantine.height
 
 
+@dataclass
+class ValidationSummary:
+    """Counts of a shard validated by :func:`validate_shard_to` (the rows are on disk).
+
+    Attributes
+    ----------
+    rows_in, n_kept, n_quarantined : int
+        Records read, kept and quarantined (``rows_in == n_kept + n_quarantined``).
+    ids_from_content : bool
+        Whether ids were derived from the text.
+    reasons : dict of str to int
+        Quarantined rows per reason of :data:`QUARANTINE_REASONS`.
+    kept_chars : int
+        Characters of the kept texts, summed.
+    batches : int
+        Batches the shard was read in.
+    """
+
+    rows_in: int
+    n_kept: int
+    n_quarantined: int
+    ids_from_content: bool
+    reasons: dict[str, int]
+    kept_chars: int
+    batches: int
+
+    @property
+    def mean_chars(self) -> float:
+        """Mean characters of a kept text (0 when none was kept)."""
+        return self.kept_chars / self.n_kept if self.n_kept else 0.0
+
+
 _QUARANTINE_SCHEMA = {
     "row": pl.Int64,
     "id": pl.String,
@@ -273,13 +394,21 @@ _QUARANTINE_SCHEMA = {
 }
 
 
+def kept_schema(with_source: bool) -> dict:
+    """Column types of the kept documents (``source`` only when a source column is configured)."""
+    schema = {"row": pl.Int64, "id": pl.String, "text": pl.String, "n_chars": pl.Int64}
+    if with_source:
+        schema["source"] = pl.String
+    return schema
+
+
 def _as_text(series: pl.Series, column: str, path: Path) -> tuple[pl.Series, pl.Series]:
     """Cast a column to strings; returns (texts, utf8_error_detail)."""
     n = series.len()
     no_err = pl.Series("utf8_error", [None] * n, dtype=pl.String)
     if series.dtype == pl.String:
         return series, no_err
-    if series.dtype == pl.Null:
+    if series.dtype in (pl.Null, pl.Categorical) or isinstance(series.dtype, (pl.Categorical, pl.Enum)):
         return series.cast(pl.String), no_err
     if series.dtype == pl.Binary:
         texts: list[str | None] = []
@@ -303,73 +432,74 @@ def _as_text(series: pl.Series, column: str, path: Path) -> tuple[pl.Series, pl.
     )
 
 
-def validate_shard(
-    path: str | os.PathLike,
-    text_column: str = "text",
-    id_column: str = "id",
-    source_column: str | None = None,
-    max_chars: int = 100_000,
-) -> ValidationResult:
-    """Read, validate and normalize one shard.
+@dataclass
+class _StreamState:
+    """What validation carries from one batch of a shard to the next."""
 
-    Normalization: Unicode NFC, ``\\r\\n`` and ``\\r`` to ``\\n``, leading and trailing
-    whitespace stripped. Rows are quarantined, with the first reason that applies of
-    :data:`QUARANTINE_REASONS`: text not valid UTF-8, null text, empty or whitespace-only
-    text, text longer than ``max_chars`` characters, null or empty id, or an id already seen
-    earlier in the shard (the first occurrence among otherwise valid rows is kept).
+    path: Path
+    text_column: str
+    id_column: str
+    source_column: str | None
+    max_chars: int
+    rows_in: int = 0
+    rows_parsed: int = 0
+    n_kept: int = 0
+    n_quarantined: int = 0
+    kept_chars: int = 0
+    batches: int = 0
+    ids_from_content: bool | None = None  # None until a batch with records decides (empty shard: True)
+    text_seen: bool = False
+    source_seen: bool = False
+    columns: dict = field(default_factory=dict)  # every column seen, in order (an ordered set)
+    first_row: dict = field(default_factory=dict)  # id -> row of its first valid occurrence
+    reasons: dict = field(default_factory=lambda: {r: 0 for r in QUARANTINE_REASONS})
 
-    Parameters
-    ----------
-    path : path
-        The shard.
-    text_column, id_column : str
-        Column names. Without ``id_column`` in the file, ids are :func:`content_id` of the
-        normalized text (so exact duplicate texts are quarantined as duplicate ids).
-    source_column : str, optional
-        A source/label column to keep as ``source``; required in the file when given.
-    max_chars : int
-        Longest text kept, in characters.
+    def finish(self) -> None:
+        """Raise for a text or source column that no record of the shard had."""
+        columns = list(self.columns)
+        if self.rows_parsed and not self.text_seen:
+            raise ShardError(
+                f"shard {self.path}: text column {self.text_column!r} not found (columns: {columns}); "
+                "set GEM_TEXT_COLUMN to the column that holds the text"
+            )
+        if self.rows_parsed and self.source_column and not self.source_seen:
+            raise ShardError(
+                f"shard {self.path}: source column {self.source_column!r} not found (columns: {columns}); "
+                "set GEM_SOURCE_COLUMN to an existing column or unset it"
+            )
+        if self.n_kept + self.n_quarantined != self.rows_in:  # pragma: no cover - invariant
+            raise AssertionError(f"shard {self.path}: {self.rows_in} rows in but {self.n_kept} kept + "
+                                 f"{self.n_quarantined} quarantined")
 
-    Returns
-    -------
-    ValidationResult
 
-    Raises
-    ------
-    ShardError
-        The file cannot be read, or lacks the text column or the configured source column
-        (the message names the column and the file).
-    """
-    path = Path(path)
-    df, bad = read_shard(path)
-    n_bad = len(bad)
-    columns = [c for c in df.columns if c != "__row"]
-    if df.height and text_column not in df.columns:
-        raise ShardError(
-            f"shard {path}: text column {text_column!r} not found (columns: {columns}); "
-            "set GEM_TEXT_COLUMN to the column that holds the text"
-        )
-    if df.height and source_column and source_column not in df.columns:
-        raise ShardError(
-            f"shard {path}: source column {source_column!r} not found (columns: {columns}); "
-            "set GEM_SOURCE_COLUMN to an existing column or unset it"
-        )
+def _column_or_null(df: pl.DataFrame, column: str, path: Path) -> pl.Series:
+    """The column as strings, or all nulls when this batch lacks it (JSONL records may omit a key)."""
+    if column in df.columns:
+        return _as_text(df[column], column, path)[0]
+    return pl.Series(column, [None] * df.height, dtype=pl.String)
+
+
+def _validate_batch(df: pl.DataFrame, bad: list[dict], st: _StreamState) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Validate one batch of a shard; returns its (kept, quarantine) rows and updates ``st``."""
+    st.batches += 1
+    for c in df.columns:
+        if c != "__row":
+            st.columns.setdefault(c, None)
     if df.height:
-        texts, utf8_err = _as_text(df[text_column], text_column, path)
-        ids = _as_text(df[id_column], id_column, path)[0] if id_column in df.columns else None
-        sources = _as_text(df[source_column], source_column, path)[0] if source_column else None
+        if st.ids_from_content is None:  # decided by the first batch that has records
+            st.ids_from_content = st.id_column not in df.columns
+        st.text_seen |= st.text_column in df.columns
+        st.source_seen |= bool(st.source_column) and st.source_column in df.columns
+    if st.text_column in df.columns:
+        texts, utf8_err = _as_text(df[st.text_column], st.text_column, st.path)
     else:
-        texts = pl.Series(text_column, [], dtype=pl.String)
-        utf8_err = pl.Series("utf8_error", [], dtype=pl.String)
-        ids, sources = None, None
+        texts = pl.Series(st.text_column, [None] * df.height, dtype=pl.String)
+        utf8_err = pl.Series("utf8_error", [None] * df.height, dtype=pl.String)
+    from_content = st.ids_from_content is not False
+    ids = None if from_content else _column_or_null(df, st.id_column, st.path)
+    sources = _column_or_null(df, st.source_column, st.path) if st.source_column else None
 
-    frame = pl.DataFrame(
-        {
-            "row": df["__row"].cast(pl.Int64),
-            "raw_text": texts,
-            "utf8_error": utf8_err,
-        }
-    )
+    frame = pl.DataFrame({"row": df["__row"].cast(pl.Int64), "raw_text": texts, "utf8_error": utf8_err})
     norm = (
         pl.col("raw_text")
         .str.replace_all("\r\n", "\n", literal=True)
@@ -389,6 +519,7 @@ def validate_shard(
         frame = frame.with_columns(sources.alias("source"))
     frame = frame.with_columns(pl.col("text").str.len_chars().cast(pl.Int64).alias("n_chars"))
 
+    max_chars = st.max_chars
     reason = (
         pl.when(pl.col("utf8_error").is_not_null()).then(pl.lit("invalid_utf8"))
         .when(pl.col("raw_text").is_null()).then(pl.lit("null_text"))
@@ -405,32 +536,35 @@ def validate_shard(
     )
     frame = frame.with_columns(reason.alias("reason"), detail.alias("detail"))
 
-    # duplicate ids among otherwise valid rows: the first occurrence is kept
-    ok = pl.col("reason").is_null()
-    first_row = frame.filter(ok).group_by("id").agg(pl.col("row").min().alias("first_row"))
-    frame = frame.join(first_row, on="id", how="left").sort("row")
-    dup = ok & (pl.col("row") != pl.col("first_row"))
+    # duplicate ids among otherwise valid rows, across the whole shard: the first occurrence is kept
+    first: list[int | None] = [None] * frame.height
+    for j, (row, doc_id, why) in enumerate(zip(frame["row"].to_list(), frame["id"].to_list(),
+                                               frame["reason"].to_list())):
+        if why is None:
+            first[j] = st.first_row.setdefault(doc_id, row)
+    frame = frame.with_columns(pl.Series("first_row", first, dtype=pl.Int64))
+    dup = pl.col("reason").is_null() & (pl.col("row") != pl.col("first_row"))
     frame = frame.with_columns(
         pl.when(dup).then(pl.lit("duplicate_id")).otherwise(pl.col("reason")).alias("reason"),
         pl.when(dup).then(pl.format("id first seen at row {}", pl.col("first_row")))
         .otherwise(pl.col("detail")).alias("detail"),
     )
 
-    kept_cols = ["row", "id", "text", "n_chars"] + (["source"] if sources is not None else [])
-    kept = frame.filter(pl.col("reason").is_null()).select(kept_cols)
+    schema = kept_schema(st.source_column is not None)
+    kept = frame.filter(pl.col("reason").is_null()).select(list(schema)).cast(schema)
     quarantine = frame.filter(pl.col("reason").is_not_null()).select(
         "row",
         "id",
         "reason",
         "detail",
         pl.coalesce(pl.col("text"), pl.col("raw_text")).str.slice(0, _PREVIEW_CHARS).alias("text_preview"),
-    )
+    ).cast(_QUARANTINE_SCHEMA)
     if bad:
         bad_rows = []
         for b in bad:
             obj = b.get("obj") if isinstance(b.get("obj"), dict) else {}
-            rid = obj.get(id_column)
-            text = obj.get(text_column)
+            rid = obj.get(st.id_column)
+            text = obj.get(st.text_column)
             bad_rows.append(
                 {
                     "row": b["row"],
@@ -440,24 +574,136 @@ def validate_shard(
                     "text_preview": None if text is None else str(text)[:_PREVIEW_CHARS],
                 }
             )
-        quarantine = pl.concat(
-            [quarantine.cast(_QUARANTINE_SCHEMA), pl.DataFrame(bad_rows, schema=_QUARANTINE_SCHEMA)]
-        ).sort("row")
-    quarantine = quarantine.cast(_QUARANTINE_SCHEMA)
-    rows_in = frame.height + n_bad
-    reasons = {r: 0 for r in QUARANTINE_REASONS}
+        quarantine = pl.concat([quarantine, pl.DataFrame(bad_rows, schema=_QUARANTINE_SCHEMA)]).sort("row")
+    st.rows_in += frame.height + len(bad)
+    st.rows_parsed += df.height
+    st.n_kept += kept.height
+    st.n_quarantined += quarantine.height
+    st.kept_chars += int(kept["n_chars"].sum() or 0)
     for r, n in quarantine.group_by("reason").len().iter_rows():
-        reasons[r] = int(n)
-    if kept.height + quarantine.height != rows_in:  # pragma: no cover - invariant
-        raise AssertionError(
-            f"shard {path}: {rows_in} rows in but {kept.height} kept + {quarantine.height} quarantined"
-        )
+        st.reasons[r] += int(n)
+    return kept, quarantine
+
+
+def _validated_batches(path, text_column: str, id_column: str, source_column: str | None, max_chars: int,
+                       batch_rows: int) -> tuple[_StreamState, Iterator[tuple[pl.DataFrame, pl.DataFrame]]]:
+    """The stream state and a generator of validated (kept, quarantine) batches of a shard."""
+    if int(max_chars) < 1:
+        raise ValueError(f"max_chars must be >= 1, got {max_chars} (GEM_MAX_CHARS)")
+    st = _StreamState(storage.as_path(path), text_column, id_column, source_column, int(max_chars))
+
+    def gen():
+        for df, bad in iter_shard_batches(path, batch_rows):
+            yield _validate_batch(df, bad, st)
+        st.finish()
+
+    return st, gen()
+
+
+def validate_shard(
+    path,
+    text_column: str = "text",
+    id_column: str = "id",
+    source_column: str | None = None,
+    max_chars: int = 100_000,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> ValidationResult:
+    """Read, validate and normalize one shard, returning its rows in memory.
+
+    Normalization: Unicode NFC, ``\\r\\n`` and ``\\r`` to ``\\n``, leading and trailing
+    whitespace stripped. Rows are quarantined, with the first reason that applies of
+    :data:`QUARANTINE_REASONS`: text not valid UTF-8, null text, empty or whitespace-only
+    text, text longer than ``max_chars`` characters, null or empty id, or an id already seen
+    earlier in the shard (the first occurrence among otherwise valid rows is kept). The
+    shard is read in batches (:func:`iter_shard_batches`); :func:`validate_shard_to` does the
+    same without holding the rows, writing them to Parquet batch by batch.
+
+    Parameters
+    ----------
+    path : path or URL
+        The shard.
+    text_column, id_column : str
+        Column names. Without ``id_column`` in the file (in its first batch of records), ids
+        are :func:`content_id` of the normalized text (so exact duplicate texts are
+        quarantined as duplicate ids).
+    source_column : str, optional
+        A source/label column to keep as ``source``; required in the file when given.
+    max_chars : int
+        Longest text kept, in characters.
+    batch_rows : int
+        Records per batch read.
+
+    Returns
+    -------
+    ValidationResult
+
+    Raises
+    ------
+    ShardError
+        The file cannot be read, or lacks the text column or the configured source column
+        (the message names the column and the file).
+    """
+    st, batches = _validated_batches(path, text_column, id_column, source_column, max_chars, batch_rows)
+    kept_parts, quarantine_parts = [], []
+    for kept, quarantine in batches:
+        kept_parts.append(kept)
+        quarantine_parts.append(quarantine)
+    schema = kept_schema(source_column is not None)
+    kept = pl.concat(kept_parts) if kept_parts else pl.DataFrame(schema=schema)
+    quarantine = pl.concat(quarantine_parts) if quarantine_parts else pl.DataFrame(schema=_QUARANTINE_SCHEMA)
     return ValidationResult(
         kept=kept,
         quarantine=quarantine,
-        rows_in=rows_in,
-        ids_from_content=ids is None,
-        reasons=reasons,
+        rows_in=st.rows_in,
+        ids_from_content=st.ids_from_content is not False,
+        reasons=dict(st.reasons),
+    )
+
+
+def validate_shard_to(
+    path,
+    documents_dest,
+    quarantine_dest,
+    text_column: str = "text",
+    id_column: str = "id",
+    source_column: str | None = None,
+    max_chars: int = 100_000,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> ValidationSummary:
+    """Validate one shard as :func:`validate_shard` does, streaming it to two Parquet files.
+
+    Memory holds one batch of ``batch_rows`` records (plus the shard's ids seen so far, for
+    duplicates), whatever the shard's size. Both files are written atomically: on an error
+    neither is replaced.
+
+    Parameters
+    ----------
+    path : path or URL
+        The shard.
+    documents_dest, quarantine_dest : path or URL
+        Where the kept rows (``row, id, text, n_chars[, source]``) and the quarantined rows
+        (``row, id, reason, detail, text_preview``) go.
+    text_column, id_column, source_column, max_chars, batch_rows
+        As in :func:`validate_shard`.
+
+    Returns
+    -------
+    ValidationSummary
+    """
+    st, batches = _validated_batches(path, text_column, id_column, source_column, max_chars, batch_rows)
+    with storage.ParquetBatchWriter(documents_dest, kept_schema(source_column is not None)) as kept_out, \
+            storage.ParquetBatchWriter(quarantine_dest, _QUARANTINE_SCHEMA) as quarantine_out:
+        for kept, quarantine in batches:
+            kept_out.write(kept)
+            quarantine_out.write(quarantine)
+    return ValidationSummary(
+        rows_in=st.rows_in,
+        n_kept=st.n_kept,
+        n_quarantined=st.n_quarantined,
+        ids_from_content=st.ids_from_content is not False,
+        reasons=dict(st.reasons),
+        kept_chars=st.kept_chars,
+        batches=st.batches,
     )
 
 

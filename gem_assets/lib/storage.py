@@ -1,8 +1,21 @@
-"""Atomic file writes in plain formats (Parquet, JSON, CSV, NumPy, safetensors, PNG).
+"""Atomic file writes in plain formats (Parquet, JSON, CSV, NumPy, safetensors, PNG), on local
+paths and on object stores.
 
-Every writer writes into a temporary file in the destination's folder and moves it into
-place with :func:`os.replace`, so a reader never sees a half-written file and a crash
-leaves the previous version intact.
+Every writer writes into a temporary file and moves it into place, so a reader never sees a
+half-written file and a crash leaves the previous version intact:
+
+- local paths (``str``, :class:`pathlib.Path`, ``file://`` URLs, local :class:`upath.UPath`):
+  a temporary file in the destination's folder, moved with :func:`os.replace`;
+- fsspec URLs and :class:`upath.UPath` objects on any other filesystem (``s3://``, ``gs://``,
+  ``az://``, ``memory://`` ...): a local temporary file, uploaded with one ``put`` once it is
+  complete. Object stores make an object visible whole or not at all, which is the atomicity
+  that matters to readers. A folder (:func:`atomic_dir`) cannot be renamed on an object store:
+  its files are uploaded one by one after the old ones are removed, ``meta.json`` and
+  ``manifest.json`` last, and the artifacts of this project treat ``meta.json`` as the
+  marker of a complete folder.
+
+Readers (:func:`read_json`, :func:`read_parquet`, :func:`read_safetensors`, :func:`open_binary`)
+accept the same kinds of location.
 """
 
 from __future__ import annotations
@@ -25,8 +38,13 @@ def _umask() -> int:
 
 
 __all__ = [
+    "LOCAL_PROTOCOLS",
+    "is_remote",
+    "as_path",
+    "open_binary",
     "atomic_path",
     "atomic_dir",
+    "ParquetBatchWriter",
     "write_bytes",
     "write_text",
     "write_json",
@@ -34,25 +52,112 @@ __all__ = [
     "write_npy",
     "write_safetensors",
     "read_json",
+    "read_parquet",
     "read_safetensors",
 ]
 
+#: fsspec protocols that name the local filesystem (written to with :func:`os.replace`).
+LOCAL_PROTOCOLS = ("", "file", "local")
 
-@contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; on success move it onto ``dest``.
+#: Files of a folder uploaded last by :func:`atomic_dir` on an object store (completion markers).
+_MARKERS = ("manifest.json", "meta.json")
+
+
+def _protocol(location) -> str | None:
+    """The fsspec protocol of a URL string or UPath; ``None`` for a plain local path."""
+    try:
+        from upath import UPath
+    except ImportError:  # pragma: no cover - universal_pathlib is a dependency
+        UPath = None
+    if UPath is not None and isinstance(location, UPath):
+        return location.protocol or ""
+    if isinstance(location, str) and "://" in location:
+        return location.split("://", 1)[0].lower()
+    return None
+
+
+def is_remote(location) -> bool:
+    """Whether ``location`` is on a filesystem other than the local one (an fsspec URL or UPath).
 
     Parameters
     ----------
-    dest : path
-        Final location. Its parent folder is created.
+    location : str, os.PathLike or UPath
+
+    Returns
+    -------
+    bool
+        ``False`` for plain paths, ``file://`` URLs and local UPaths.
+    """
+    protocol = _protocol(location)
+    return protocol is not None and protocol not in LOCAL_PROTOCOLS
+
+
+def as_path(location):
+    """A path object for a location: :class:`pathlib.Path` when local, :class:`upath.UPath` otherwise.
+
+    Parameters
+    ----------
+    location : str, os.PathLike or UPath
+        ``data/x.json``, ``file:///tmp/x.json``, ``s3://bucket/x.json``, ``memory://x.json``,
+        ``UPath(...)``.
+
+    Returns
+    -------
+    Path or UPath
+        Both support ``/``, ``name``, ``suffix``, ``parent``, ``is_file``, ``exists``,
+        ``read_bytes``, ``open`` and ``mkdir``.
+
+    Raises
+    ------
+    ValueError
+        If ``location`` is empty.
+    """
+    if location is None or (isinstance(location, str) and not location.strip()):
+        raise ValueError("a location must be a non-empty path or URL")
+    protocol = _protocol(location)
+    if protocol is None:
+        return Path(location)
+    from upath import UPath
+
+    p = location if isinstance(location, UPath) else UPath(location)
+    if protocol in LOCAL_PROTOCOLS:
+        return Path(p.path)
+    return p
+
+
+def open_binary(location):
+    """Open a local or remote file for binary reading (a context manager; seekable)."""
+    p = as_path(location)
+    return open(p, "rb") if isinstance(p, Path) else p.open("rb")
+
+
+@contextlib.contextmanager
+def atomic_path(dest) -> Iterator[Path]:
+    """Yield a local temporary path; on success it becomes ``dest``.
+
+    Parameters
+    ----------
+    dest : path, URL or UPath
+        Final location. Its parent folder is created (local paths; object stores need none).
 
     Yields
     ------
     Path
-        Where the caller writes. Removed if the block raises.
+        Where the caller writes (always a local file). Removed if the block raises.
     """
-    dest = Path(dest)
+    dest = as_path(dest)
+    if not isinstance(dest, Path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            yield tmp_path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.fs.put_file(str(tmp_path), dest.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp_path.unlink()
+        return
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
@@ -67,24 +172,48 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-@contextlib.contextmanager
-def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``dest``; on success it replaces ``dest``.
+def _upload_dir(src: Path, dest) -> None:
+    """Replace the remote folder ``dest`` by the local folder ``src`` (markers last)."""
+    fs, root = dest.fs, dest.path.rstrip("/")
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+    files = sorted((p for p in src.rglob("*") if p.is_file()),
+                   key=lambda p: (p.name in _MARKERS, _MARKERS.index(p.name) if p.name in _MARKERS else 0,
+                                  str(p)))
+    for f in files:
+        target = f"{root}/{f.relative_to(src).as_posix()}"
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(f), target)
 
-    An existing ``dest`` is moved aside first and removed once the new folder is in
-    place (two renames: a reader sees either the old or the new folder, or briefly none).
+
+@contextlib.contextmanager
+def atomic_dir(dest) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces ``dest``.
+
+    Locally, an existing ``dest`` is moved aside first and removed once the new folder is in
+    place (two renames: a reader sees either the old or the new folder, or briefly none). On
+    an object store the folder's files are uploaded after the old ones are removed, the
+    completion markers (``meta.json``, ``manifest.json``) last.
 
     Parameters
     ----------
-    dest : path
+    dest : path, URL or UPath
         Final folder.
 
     Yields
     ------
     Path
-        The temporary folder to fill. Removed if the block raises.
+        The (local) temporary folder to fill. Removed if the block raises.
     """
-    dest = Path(dest)
+    dest = as_path(dest)
+    if not isinstance(dest, Path):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp"))
+        try:
+            yield tmp
+            _upload_dir(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
@@ -103,11 +232,65 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+class ParquetBatchWriter:
+    """Write a Parquet file (zstd) batch by batch, atomically: memory holds one batch.
+
+    Use as a context manager; the file appears at ``dest`` when the block ends without an
+    error (with no rows written it holds the schema and no row).
+
+    Parameters
+    ----------
+    dest : path, URL or UPath
+        Target file.
+    schema : mapping of str to polars data type
+        Columns and types; every batch is cast to it.
+
+    Examples
+    --------
+    >>> with ParquetBatchWriter(path, {"id": pl.String, "n": pl.Int64}) as out:  # doctest: +SKIP
+    ...     for df in batches:
+    ...         out.write(df)
+    """
+
+    def __init__(self, dest, schema) -> None:
+        if not schema:
+            raise ValueError("a Parquet schema needs at least one column")
+        self.dest = dest
+        self.schema = dict(schema)
+        self.rows = 0
+        self._stack: contextlib.ExitStack | None = None
+        self._writer = None
+
+    def __enter__(self) -> "ParquetBatchWriter":
+        import polars as pl
+        import pyarrow.parquet as pq
+
+        self._arrow_schema = pl.DataFrame(schema=self.schema).to_arrow().schema
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(atomic_path(self.dest))
+        self._writer = self._stack.enter_context(pq.ParquetWriter(str(tmp), self._arrow_schema, compression="zstd"))
+        return self
+
+    def write(self, df) -> None:
+        """Append a polars DataFrame (its columns are selected and cast to the schema)."""
+        if self._writer is None:
+            raise RuntimeError("ParquetBatchWriter.write outside its with-block")
+        if df.height == 0:
+            return
+        table = df.select(list(self.schema)).cast(self.schema).to_arrow().cast(self._arrow_schema)
+        self._writer.write_table(table)
+        self.rows += df.height
+
+    def __exit__(self, *exc) -> bool:
+        stack, self._stack, self._writer = self._stack, None, None
+        return bool(stack.__exit__(*exc))
+
+
 def write_bytes(dest: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``dest`` atomically and return ``dest``."""
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)
-    return Path(dest)
+    return as_path(dest)
 
 
 def write_text(dest: str | os.PathLike, text: str) -> Path:
@@ -125,21 +308,32 @@ def _json_default(o):
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
-    if isinstance(o, Path):
+    if isinstance(o, os.PathLike) or type(o).__module__.startswith("upath"):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def read_json(path: str | os.PathLike):
-    """Read a JSON file."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def read_json(path):
+    """Read a JSON file (local path, URL or UPath)."""
+    return json.loads(as_path(path).read_bytes().decode("utf-8"))
+
+
+def read_parquet(path, columns: list[str] | None = None):
+    """Read a Parquet file (local path, URL or UPath) into a polars DataFrame."""
+    import polars as pl
+
+    p = as_path(path)
+    if isinstance(p, Path):
+        return pl.read_parquet(p, columns=columns)
+    with p.open("rb") as f:
+        return pl.read_parquet(f, columns=columns)
 
 
 def write_parquet(dest: str | os.PathLike, df) -> Path:
     """Write a polars DataFrame to Parquet (zstd) atomically and return ``dest``."""
     with atomic_path(dest) as tmp:
         df.write_parquet(tmp, compression="zstd")
-    return Path(dest)
+    return as_path(dest)
 
 
 def write_npy(dest: str | os.PathLike, array: np.ndarray) -> Path:
@@ -168,8 +362,11 @@ def write_safetensors(dest: str | os.PathLike, tensors: dict[str, np.ndarray], m
     return write_bytes(dest, data)
 
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read every array of a safetensors file."""
-    from safetensors.numpy import load_file
+def read_safetensors(path) -> dict[str, np.ndarray]:
+    """Read every array of a safetensors file (local path, URL or UPath)."""
+    from safetensors.numpy import load, load_file
 
-    return load_file(str(path))
+    p = as_path(path)
+    if isinstance(p, Path):
+        return load_file(str(p))
+    return load(p.read_bytes())

@@ -1,0 +1,153 @@
+"""Storage on local paths, ``file://`` URLs and an fsspec object store (the in-memory filesystem):
+atomic writes, readers, streamed Parquet, and shards read from a URL."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import polars as pl
+import pytest
+from upath import UPath
+
+from conftest import make_docs
+from gem_assets.lib import corpus, storage, streaming
+
+
+@pytest.fixture
+def mem_root():
+    """A fresh folder of fsspec's in-memory filesystem, removed afterwards."""
+    root = f"memory://gem-test-{uuid.uuid4().hex[:8]}"
+    yield root
+    fs = fsspec.filesystem("memory")
+    if fs.exists(root.split("://", 1)[1]):
+        fs.rm(root.split("://", 1)[1], recursive=True)
+
+
+@pytest.fixture(params=["local", "file_url", "memory_url", "memory_upath"])
+def root(request, tmp_path, mem_root):
+    """One folder per kind of location."""
+    return {
+        "local": str(tmp_path / "store"),
+        "file_url": f"file://{tmp_path / 'store'}",
+        "memory_url": mem_root,
+        "memory_upath": UPath(mem_root),
+    }[request.param]
+
+
+def _join(root, *parts):
+    return root / "/".join(parts) if isinstance(root, UPath) else f"{root}/{'/'.join(parts)}"
+
+
+def test_location_kinds(tmp_path):
+    assert storage.as_path(str(tmp_path)) == tmp_path
+    assert storage.as_path(f"file://{tmp_path}/x.json") == tmp_path / "x.json"
+    assert isinstance(storage.as_path(UPath(f"file://{tmp_path}")), Path)
+    mem = storage.as_path("memory://bucket/x.json")
+    assert isinstance(mem, UPath) and mem.protocol == "memory" and mem.name == "x.json"
+    assert storage.is_remote("s3://bucket/key") and storage.is_remote(UPath("memory://a"))
+    assert not storage.is_remote("data/x") and not storage.is_remote(f"file://{tmp_path}")
+    with pytest.raises(ValueError, match="non-empty path or URL"):
+        storage.as_path("  ")
+
+
+def test_writers_and_readers_round_trip(root):
+    df = pl.DataFrame({"id": ["a", "b"], "n": [1, 2]})
+    storage.write_json(_join(root, "j", "meta.json"), {"x": np.int64(3), "p": Path("/a")})
+    storage.write_parquet(_join(root, "t.parquet"), df)
+    storage.write_safetensors(_join(root, "v.safetensors"), {"v": np.eye(3, dtype=np.float32)}, {"k": 1})
+    storage.write_text(_join(root, "a.txt"), "héllo")
+    assert storage.read_json(_join(root, "j", "meta.json")) == {"x": 3, "p": "/a"}
+    assert storage.read_parquet(_join(root, "t.parquet")).equals(df)
+    assert storage.read_parquet(_join(root, "t.parquet"), columns=["n"])["n"].to_list() == [1, 2]
+    np.testing.assert_array_equal(storage.read_safetensors(_join(root, "v.safetensors"))["v"], np.eye(3))
+    assert storage.as_path(_join(root, "a.txt")).read_bytes() == "héllo".encode()
+
+
+def test_failed_write_keeps_the_previous_version(root):
+    dest = _join(root, "keep.json")
+    storage.write_json(dest, {"version": 1})
+    with pytest.raises(RuntimeError, match="boom"):
+        with storage.atomic_path(dest) as tmp:
+            tmp.write_text('{"version": 2, "half": ')
+            raise RuntimeError("boom")
+    assert storage.read_json(dest) == {"version": 1}
+    assert sorted(p.name for p in storage.as_path(root).iterdir()) == ["keep.json"]  # no temporary left
+
+
+def test_atomic_dir_replaces_a_folder_markers_last(root, monkeypatch):
+    dest = _join(root, "emb", "shard-1")
+    with storage.atomic_dir(dest) as tmp:
+        (tmp / "old.bin").write_bytes(b"old")
+        (tmp / "meta.json").write_text("{}")
+    uploaded: list[str] = []
+    if storage.is_remote(dest):  # record the upload order on the object store
+        fs = storage.as_path(dest).fs
+        real_put = fs.put_file
+        monkeypatch.setattr(fs, "put_file", lambda lp, rp, **kw: (uploaded.append(rp.rsplit("/", 1)[-1]),
+                                                                   real_put(lp, rp, **kw)))
+    with storage.atomic_dir(dest) as tmp:
+        (tmp / "meta.json").write_text('{"n": 2}')
+        (tmp / "vectors.safetensors").write_bytes(b"v")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "index.parquet").write_bytes(b"i")
+    d = storage.as_path(dest)
+    names = sorted(p.name for p in d.iterdir())
+    assert names == ["meta.json", "sub", "vectors.safetensors"]  # the old file is gone
+    assert storage.read_json(d / "meta.json") == {"n": 2}
+    assert (d / "sub" / "index.parquet").read_bytes() == b"i"
+    if storage.is_remote(dest):
+        assert uploaded[-1] == "meta.json" and sorted(uploaded) == ["index.parquet", "meta.json",
+                                                                    "vectors.safetensors"]
+    with pytest.raises(KeyError):
+        with storage.atomic_dir(dest) as tmp:
+            (tmp / "meta.json").write_text('{"n": 3}')
+            raise KeyError("fail")
+    assert storage.read_json(d / "meta.json") == {"n": 2}
+
+
+def test_parquet_batch_writer(root):
+    schema = {"id": pl.String, "n": pl.Int64}
+    dest = _join(root, "b.parquet")
+    with storage.ParquetBatchWriter(dest, schema) as out:
+        out.write(pl.DataFrame({"n": [1, 2], "id": ["a", "b"], "extra": [0, 0]}))  # reordered, extra dropped
+        out.write(pl.DataFrame(schema=schema))
+        out.write(pl.DataFrame({"id": ["c"], "n": [3]}, schema={"id": pl.String, "n": pl.Int32}))  # cast
+    assert out.rows == 3
+    got = storage.read_parquet(dest)
+    assert got.schema == pl.Schema(schema) and got.rows() == [("a", 1), ("b", 2), ("c", 3)]
+    with storage.ParquetBatchWriter(_join(root, "empty.parquet"), schema):
+        pass
+    assert storage.read_parquet(_join(root, "empty.parquet")).schema == pl.Schema(schema)
+    with pytest.raises(ValueError, match="at least one column"):
+        storage.ParquetBatchWriter(dest, {})
+    with pytest.raises(RuntimeError, match="outside its with-block"):
+        storage.ParquetBatchWriter(dest, schema).write(pl.DataFrame({"id": ["x"], "n": [1]}))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_shards_stream_from_an_object_store(mem_root, tmp_path, suffix):
+    rows = make_docs(30, seed=4)
+    rows[3]["text"] = ""
+    frame = pl.DataFrame(rows)
+    src = storage.as_path(f"{mem_root}/corpus/s{suffix}")
+    if suffix == ".jsonl":
+        storage.write_bytes(src, frame.write_ndjson().encode())
+    else:
+        storage.write_parquet(src, frame)
+    local = tmp_path / f"s{suffix}"
+    local.write_bytes(src.read_bytes())
+    expected = corpus.validate_shard(local, source_column="source")
+    docs, quar = f"{mem_root}/work/docs.parquet", f"{mem_root}/outputs/q.parquet"
+    summary = corpus.validate_shard_to(str(src), docs, quar, source_column="source", batch_rows=7)
+    assert (summary.rows_in, summary.n_kept, summary.n_quarantined) == (30, 29, 1)
+    assert storage.read_parquet(docs).equals(expected.kept)
+    assert storage.read_parquet(quar).equals(expected.quarantine)
+    assert streaming.parquet_num_rows(docs) == 29
+    vecs, index = streaming.embed_selected(lambda t, desc="": np.ones((len(t), 4), np.float32), docs, [0, 5, 28],
+                                           batch_rows=4)
+    assert vecs.shape == (3, 4) and index["row"].to_list() == [0, 6, 29]  # row 3 was quarantined
+    with pytest.raises(corpus.ShardError, match="does not exist"):
+        corpus.validate_shard(f"{mem_root}/corpus/missing.jsonl")
