@@ -425,7 +425,7 @@ class Settings:
             "max_terms": p.taxonomy_max_terms,
             "top_terms": p.taxonomy_top_terms,
             "exemplars": p.taxonomy_exemplars,
-            "direction": "mean",
+            "posterior": "doc_posterior",
             "bigrams": True,
             "name_terms": 3,
         }

@@ -9,7 +9,8 @@
 3. runs ``teacher_job`` (teacher sample + GEM fit) when its inputs changed;
 4. runs ``student_job`` (the distilled student) when the teacher or the student parameters
    changed, ``assign_job`` (student labels) for each shard whose student or documents changed,
-   and ``stats_job`` (per-domain stats) when any assignment changed;
+   and ``stats_job`` (per-domain stats) when any assignment changed; then ``taxonomy_job`` (GIS
+   names, tree, exemplars) when the teacher or any assignment changed;
 5. prints where the outputs are.
 
 Runs are recorded in a persistent Dagster instance at ``$GEM_HOME/dagster``
@@ -144,6 +145,8 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
         print(f"teacher: {state['reason']} -> teacher_sample, teacher_clusters", file=out, flush=True)
         teacher = "refit" if _execute(defs, "teacher_job", instance, failed, "teacher") else "failed"
     student, assigned, stats = _run_student_stages(defs, instance, settings, shards, status, failed, out)
+    taxonomy = _run_taxonomy_stage(defs, instance, settings, [k for k in shards if status.get(k) != "failed"],
+                                   failed, out)
     seconds = time.perf_counter() - t0
     summary = {
         "shards": status,
@@ -153,6 +156,7 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
         "student": student,
         "assigned_shards": assigned,
         "stats": stats,
+        "taxonomy": taxonomy,
         "embed_docs": embed_docs,
         "embed_seconds": embed_seconds,
         "outputs": str(layout.outputs_dir),
@@ -195,6 +199,19 @@ def _run_student_stages(defs, instance, settings, shards, status, failed, out) -
     return student, assigned, stats
 
 
+def _run_taxonomy_stage(defs, instance, settings, keys, failed, out) -> str:
+    """The GIS taxonomy, only when the teacher, the assignments or its parameters changed."""
+    from gem_assets.defs.taxonomy import taxonomy_state
+
+    state = taxonomy_state(instance, settings, keys)
+    if state["fingerprint"] is None:
+        return "skipped"
+    if not state["stale"]:
+        return "up to date"
+    print(f"taxonomy: {state['reason']} -> taxonomy", file=out, flush=True)
+    return "computed" if _execute(defs, "taxonomy_job", instance, failed, "taxonomy") else "failed"
+
+
 def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
     from gem_assets.lib import artifacts, storage
 
@@ -234,6 +251,13 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
         p(f"student     {summary.get('student')}: held-out agreement with the teacher {st['heldout_agreement']:.3f} "
           f"({st['n_heldout']} documents); assignments {len(summary.get('assigned_shards', []))} shard(s) now; "
           f"stats {summary.get('stats')}")
+    tax_path = layout.outputs_dir / "taxonomy.json"
+    if tax_path.is_file():
+        tax = storage.read_json(tax_path)
+        q = tax.get("quality", {}).get("gis")
+        qual = f", names' mean NPMI {q['npmi']:.3f}, distinctiveness {q['distinctiveness']:.2f}" if q else ""
+        p(f"taxonomy    {summary.get('taxonomy')}: {tax['k']} named domains in a tree of {2 * tax['k'] - 1} nodes, "
+          f"{tax['vocabulary_size']} terms{qual} -> {tax_path}")
     for key, message in summary["failed"].items():
         p(f"FAILED      {key}: {message}")
     mlflow = defs.resources["mlflow"]
@@ -243,6 +267,8 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
       "assignments.parquet, history.csv, summary.json, model/)")
     p(f"  quarantine       {layout.outputs_dir / 'quarantine'}/  (one Parquet per shard, a reason per row)")
     p(f"  student          {layout.outputs_dir / 'student'}/, assignments/<shard>.parquet, domain_stats/")
+    p(f"  taxonomy         {layout.outputs_dir / 'taxonomy.json'}, taxonomy/ (taxonomy.md, dendrogram.png, "
+      "domain_map.png)")
     p(f"  MLflow           {mlflow.resolved_uri(layout)}  "
       f"(mlflow ui --backend-store-uri {mlflow.resolved_uri(layout)})")
     p(f"  Dagster UI       make ui  ->  http://127.0.0.1:3000  (DAGSTER_HOME={layout.dagster_home})")

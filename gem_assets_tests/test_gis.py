@@ -76,15 +76,15 @@ def test_term_matrix_counts_occurrences():
 
 
 # --------------------------------------------------------------------------- GIS
-@pytest.mark.parametrize("direction", ["mean", "lift", "unit"])
-def test_gis_names_the_planted_vocabularies(direction):
+@pytest.mark.parametrize("method", gis.POSTERIORS)
+def test_gis_names_the_planted_vocabularies(method):
     geo = _geometry()
     st = gis.collect_term_stats(_batches(), geo, min_df=2, n_exemplars=2)
     assert st.n_documents == st.n_embedded == 12
     assert set(st.vocabulary) == {"goal", "striker", "goal striker", "chip", "software", "chip software", "garlic",
                                   "oven", "garlic oven", "report", "today"}
     np.testing.assert_array_equal(st.n_docs, [4, 4, 4])
-    post = gis.term_posteriors(st, geo, direction)
+    post = gis.term_posteriors(st, geo, method)
     S = gis.gis_scores(st, post)
     tops = gis.top_terms(S, st.vocabulary, 3)
     for k, words in PLANTED.items():
@@ -101,8 +101,10 @@ def test_gis_names_the_planted_vocabularies(direction):
     np.testing.assert_allclose(S[:, r], [1 / 3] * 3, atol=1e-12)
 
 
-def test_gis_mean_direction_is_the_mean_log_density():
-    """'mean': post_k(w) = softmax_k(mean of log f_k(x_i) over w's documents), checked by hand."""
+def test_gis_posteriors_against_hand_computed_values():
+    """Each term posterior of GIS by hand: 'doc_posterior' (mean of the documents' posteriors),
+    'mean_log_density' (softmax of their mean log density), 'lift' (the same minus the corpus mean),
+    'unit_direction' (the posterior at the normalized sum)."""
     geo = TeacherGeometry(means=np.eye(3), concentrations=np.array([5.0, 10.0, 20.0]))
     X = np.array([[1.0, 0, 0], [0, 1.0, 0], [0.6, 0.8, 0]])
     b = TermBatch(ids=["a", "b", "c"], texts=["alpha beta", "alpha gamma", "alpha"], domains=np.array([0, 1, 0]),
@@ -112,13 +114,28 @@ def test_gis_mean_direction_is_the_mean_log_density():
     L = (X @ (np.eye(3) * [5.0, 10.0, 20.0]).T + logc).mean(axis=0)
     expected = np.exp(L - L.max()) / np.exp(L - L.max()).sum()
     j = st.vocabulary.index("alpha")
-    np.testing.assert_allclose(gis.term_posteriors(st, geo, "mean")[j], expected, rtol=1e-12)
+    np.testing.assert_allclose(gis.term_posteriors(st, geo, "mean_log_density")[j], expected, rtol=1e-12)
     # GIS = p(w | k) * post: alpha is in 2/2 documents of domain 0 and 1/1 of domain 1
-    np.testing.assert_allclose(gis.gis_scores(st, gis.term_posteriors(st, geo))[:, j], expected * [1, 1, 0])
-    # 'unit' (DESIGN.md as written): posterior at normalize(sum of the raw embeddings)
+    mld = gis.term_posteriors(st, geo, "mean_log_density")
+    np.testing.assert_allclose(gis.gis_scores(st, mld)[:, j], expected * [1, 1, 0])
+    # 'doc_posterior' (default): the mean of the documents' posteriors softmax_k log f_k(x_i)
+    Q = np.exp(X @ (np.eye(3) * [5.0, 10.0, 20.0]).T + logc)
+    Q /= Q.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(gis.term_posteriors(st, geo)[j], Q.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(gis.term_posteriors(st, geo)[st.vocabulary.index("beta")], Q[0], rtol=1e-12)
+    # 'lift': the mean log density minus the corpus mean of log f_k: softmax_k(kappa_k mu_k . (xbar_w - xbar));
+    # alpha is in every document, so xbar_w = xbar and the posterior is flat
+    np.testing.assert_allclose(gis.term_posteriors(st, geo, "lift")[j], [1 / 3] * 3, atol=1e-12)
+    jb = st.vocabulary.index("beta")
+    Lb = (X[0] - X.mean(axis=0)) * [5.0, 10.0, 20.0]
+    np.testing.assert_allclose(gis.term_posteriors(st, geo, "lift")[jb], np.exp(Lb) / np.exp(Lb).sum(), rtol=1e-12)
+    # ... whereas 'mean_log_density' pulls the term found everywhere to one domain (the log-normalizers differ)
+    assert gis.term_posteriors(st, geo, "mean_log_density")[j].max() > 0.5
+    # 'unit_direction' (DESIGN.md as written): posterior at normalize(sum of the raw embeddings)
     e = X.sum(axis=0) / np.linalg.norm(X.sum(axis=0))
     Lu = e @ (np.eye(3) * [5.0, 10.0, 20.0]).T + logc
-    np.testing.assert_allclose(gis.term_posteriors(st, geo, "unit")[j], np.exp(Lu) / np.exp(Lu).sum(), rtol=1e-12)
+    np.testing.assert_allclose(gis.term_posteriors(st, geo, "unit_direction")[j], np.exp(Lu) / np.exp(Lu).sum(),
+                               rtol=1e-12)
 
 
 def test_gis_applies_the_teacher_isotropy_transform():
@@ -130,8 +147,9 @@ def test_gis_applies_the_teacher_isotropy_transform():
     st = gis.collect_term_stats(_batches(), geo, min_df=2, n_exemplars=0)
     j = st.vocabulary.index("goal")
     expected = geo.posterior(geo.transform(np.eye(3)[[0]]))[0]
-    np.testing.assert_allclose(gis.term_posteriors(st, geo, "mean")[j], expected, rtol=1e-12)
-    np.testing.assert_allclose(gis.term_posteriors(st, geo, "unit")[j], expected, rtol=1e-12)
+    np.testing.assert_allclose(gis.term_posteriors(st, geo, "mean_log_density")[j], expected, rtol=1e-12)
+    np.testing.assert_allclose(gis.term_posteriors(st, geo, "unit_direction")[j], expected, rtol=1e-12)
+    np.testing.assert_allclose(gis.term_posteriors(st, geo, "doc_posterior")[j], expected, rtol=1e-12)
 
 
 def test_streaming_over_shards_gives_the_same_statistics():
@@ -209,7 +227,7 @@ def test_gis_rejects_bad_inputs():
     with pytest.raises(ValueError, match="two passes"):
         gis.collect_term_stats(shrinking, geo, min_df=2)
     st = gis.collect_term_stats(_batches(), geo, min_df=2)
-    with pytest.raises(ValueError, match="direction"):
+    with pytest.raises(ValueError, match="method"):
         gis.term_posteriors(st, geo, "sideways")
     with pytest.raises(ValueError, match="posterior"):
         gis.gis_scores(st, np.zeros((2, 2)))

@@ -6,9 +6,10 @@ from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
 from gem_assets.defs.evaluation import mixture_evaluation
 from gem_assets.defs.student import domain_assignments, domain_stats, student_model
+from gem_assets.defs.taxonomy import taxonomy
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
 
-__all__ = ["shard_job", "teacher_job", "student_job", "assign_job", "stats_job", "evaluation_job"]
+__all__ = ["shard_job", "teacher_job", "student_job", "assign_job", "stats_job", "taxonomy_job", "evaluation_job"]
 
 shard_job = define_asset_job(
     "shard_job",
@@ -44,4 +45,10 @@ evaluation_job = define_asset_job(
     "evaluation_job",
     selection=AssetSelection.assets(mixture_evaluation),
     description="Mixture evaluation: held-out bits per byte of target LMs on every bucketization x mixer mixture.",
+)
+
+taxonomy_job = define_asset_job(
+    "taxonomy_job",
+    selection=AssetSelection.assets(taxonomy),
+    description="GIS taxonomy: named, hierarchical domains with exemplars, dendrogram and 2-D map.",
 )

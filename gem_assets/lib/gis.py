@@ -9,25 +9,39 @@ For a term w (word or bigram, :mod:`gem_assets.lib.terms`) and a domain k (DESIG
 - ``post_k(w)``: the teacher's posterior for the term's own position on the sphere, with the
   uniform (decoupled) prior of the GEM objective: softmax over domains j of ``log f_j``.
 
-Two definitions of the term's position are implemented (``direction``):
+Four definitions of the term's posterior are implemented (``method``); all use the embedded
+documents D_w containing w and the teacher's isotropy transform (derivations in docs/method.md,
+section "GIS"):
 
-``"unit"`` (DESIGN.md as written)
+``"doc_posterior"`` (default)
+    ``post_k(w) = mean_{i in D_w} Q_ik`` with ``Q_ik = softmax_k log f_k(x_i)`` the teacher's posterior
+    of document i (uniform prior): the average of the documents' posteriors instead of the posterior
+    of their average direction. Then ``GIS(w, k) = p(w | k) p(k | w)``: frequent in k, and found
+    (by the teacher's geometry) mostly in k. A term spread over the corpus gets ``p(k | w)`` near the
+    domain shares, so it scores low; averaging posteriors never credits a domain that none of the
+    term's documents belongs to, which averaging directions does (the mean of documents from two
+    domains can land nearest a third).
+``"unit_direction"`` (DESIGN.md as written)
     ``e_w = normalize(sum of the raw embeddings of the embedded documents containing w)``, moved into
     the teacher's space by the teacher's own isotropy transform, then ``post_k(e_w)``.
-``"mean"`` (default; derived in docs/method.md, section "GIS")
-    ``post_k(w) = softmax_k( mean over the embedded documents i containing w of log f_k(x_i) )``
-    with ``x_i`` the transformed embedding. Because ``log f_k(x) = log C_d(kappa_k) + kappa_k mu_k^T x``
-    is linear in x, this is the posterior at the *mean resultant* ``xbar_w`` (not renormalized): the
-    posterior that the term's documents share one domain, tempered by their number. A term spread over
-    all domains has a short resultant and gets a flat-ish posterior instead of the confident one that
-    renormalizing a short, noisy resultant produces.
+``"mean_log_density"``
+    ``post_k(w) = softmax_k( mean_{i in D_w} log f_k(x_i) )``: the posterior that the term's documents
+    share one domain, tempered by their number (= the posterior at the mean resultant, not
+    renormalized, because ``log f_k(x) = log C_d(kappa_k) + kappa_k mu_k^T x`` is linear in x). The
+    log-normalizers do not cancel: a term spread over every domain is pulled to the broadest domain
+    (smallest kappa), which then gets named by common words.
+``"lift"``
+    ``post_k(w) = softmax_k( mean_{i in D_w} log f_k(x_i) - mean_{all embedded j} log f_k(x_j) )``: the
+    same against the corpus average, ``softmax_k(kappa_k mu_k^T (xbar_w - xbar))``; a term whose
+    documents look like the corpus on average gets exactly 1/K, but domains near the corpus mean
+    are penalized.
 
 Streaming: :func:`collect_term_stats` makes two passes over the shards (a callable returning an
 iterator of :class:`TermBatch`): pass 1 counts document frequencies to choose the vocabulary
 (``min_df``, ``max_terms``); pass 2 accumulates, per term, its document and token counts per domain,
-the sum of the raw embeddings and the sum of the per-domain log densities of the embedded documents
-containing it, and keeps the highest-posterior exemplars of each domain. Memory is
-O(V (d + 2K)) whatever the corpus size; one shard is held at a time.
+the sums of the raw embeddings, of the per-domain log densities and of the posteriors of the embedded
+documents containing it, and keeps the highest-posterior exemplars of each domain. Memory is
+O(V (d + 4K)) whatever the corpus size; one shard is held at a time.
 """
 
 from __future__ import annotations
@@ -41,9 +55,9 @@ import numpy as np
 from gem_assets.lib import terms as T
 
 __all__ = ["TeacherGeometry", "TermBatch", "TermStats", "collect_term_stats", "term_posteriors", "gis_scores",
-           "top_terms", "name_from_terms", "DIRECTIONS"]
+           "top_terms", "name_from_terms", "POSTERIORS"]
 
-DIRECTIONS = ("lift", "mean", "unit")
+POSTERIORS = ("doc_posterior", "unit_direction", "mean_log_density", "lift")
 
 
 def _softmax_rows(L: np.ndarray) -> np.ndarray:
@@ -199,6 +213,10 @@ class TermStats:
         Sum of the raw unit embeddings of the embedded documents containing each term.
     log_density_sum : ndarray (V, K) float64
         Sum over the same documents of log f_k(transformed embedding).
+    log_density_total : ndarray (K,) float64
+        Sum of log f_k over every embedded document.
+    posterior_sum : ndarray (V, K) float64
+        Sum over the same documents of the teacher's posterior Q_ik (uniform prior).
     exemplars : list of list of dict
         Per domain, up to ``n_exemplars`` documents of highest (balanced) posterior for it:
         ``id``, ``posterior``, ``snippet``.
@@ -214,6 +232,7 @@ class TermStats:
     raw_sum: np.ndarray
     log_density_sum: np.ndarray
     log_density_total: np.ndarray | None = None
+    posterior_sum: np.ndarray | None = None
     exemplars: list[list[dict]] = field(default_factory=list)
     n_documents: int = 0
     n_embedded: int = 0
@@ -315,6 +334,7 @@ def collect_term_stats(batches: Callable[[], Iterable[TermBatch]], geometry: Tea
     raw_sum = np.zeros((V, d), dtype=np.float64)
     ld_sum = np.zeros((V, K), dtype=np.float64)
     ld_total = np.zeros(K, dtype=np.float64)
+    q_sum = np.zeros((V, K), dtype=np.float64)
     best: list[list[tuple]] = [[] for _ in range(K)]
     n_pass2 = n_emb = 0
     for b in tqdm(batches(), desc="GIS pass 2/2 (statistics)", unit="shard", disable=not progress):
@@ -342,6 +362,7 @@ def collect_term_stats(batches: Callable[[], Iterable[TermBatch]], geometry: Tea
         L = geometry.log_densities(X)
         ld_sum += np.asarray(Be.T @ L)
         ld_total += L.sum(axis=0)
+        q_sum += np.asarray(Be.T @ _softmax_rows(L))
         n_emb += rows.size
         if n_exemplars:
             ids = [b.ids[i] for i in rows]
@@ -352,34 +373,37 @@ def collect_term_stats(batches: Callable[[], Iterable[TermBatch]], geometry: Tea
                          "same documents each time it is called")
     exemplars = [[{"id": i, "posterior": p, "snippet": s} for p, i, s in top] for top in best]
     return TermStats(vocabulary=vocab, doc_freq=doc_freq, term_freq=term_freq, n_docs=n_docs, emb_doc_freq=emb_df,
-                     raw_sum=raw_sum, log_density_sum=ld_sum, log_density_total=ld_total, exemplars=exemplars, n_documents=n_pass2,
+                     raw_sum=raw_sum, log_density_sum=ld_sum, log_density_total=ld_total, posterior_sum=q_sum, exemplars=exemplars, n_documents=n_pass2,
                      n_embedded=n_emb)
 
 
-def term_posteriors(stats: TermStats, geometry: TeacherGeometry, direction: str = "mean") -> np.ndarray:
+def term_posteriors(stats: TermStats, geometry: TeacherGeometry, method: str = "doc_posterior") -> np.ndarray:
     """post_k(w) for every term, shape (V, K); rows of terms in no embedded document are 0.
 
     Parameters
     ----------
     stats : TermStats
     geometry : TeacherGeometry
-    direction : {"mean", "unit"}
+    method : {"doc_posterior", "unit_direction", "mean_log_density", "lift"}
         See the module docstring.
     """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if method not in POSTERIORS:
+        raise ValueError(f"method must be one of {POSTERIORS}, got {method!r}")
     has = stats.emb_doc_freq > 0
     out = np.zeros((len(stats.vocabulary), geometry.k), dtype=np.float64)
     if not has.any():
         return out
-    if direction in ("mean", "lift"):
-        L = stats.log_density_sum[has] / stats.emb_doc_freq[has][:, None]
-        if direction == "lift":
-            L = L - stats.log_density_total[None, :] / max(stats.n_embedded, 1)
-        out[has] = _softmax_rows(L)
-    else:
+    n_w = stats.emb_doc_freq[has][:, None]
+    if method == "doc_posterior":
+        out[has] = stats.posterior_sum[has] / n_w
+    elif method == "unit_direction":
         e = stats.raw_sum[has]
         out[has] = geometry.posterior(geometry.transform(e / np.linalg.norm(e, axis=1, keepdims=True)))
+    else:
+        L = stats.log_density_sum[has] / n_w
+        if method == "lift":
+            L = L - stats.log_density_total[None, :] / max(stats.n_embedded, 1)
+        out[has] = _softmax_rows(L)
     return out
 
 

@@ -134,7 +134,7 @@ def agglomerate(means, shares) -> Tree:
     return Tree(linkage=Z, members=members, parent=parent, shares=node_share, resultants=vec, merge_costs=costs)
 
 
-def build_taxonomy(stats: G.TermStats, geometry: G.TeacherGeometry, *, direction: str = "mean", n_top: int = 10,
+def build_taxonomy(stats: G.TermStats, geometry: G.TeacherGeometry, *, posterior: str = "doc_posterior", n_top: int = 10,
                    name_terms: int = 3, params: dict | None = None) -> dict:
     """The taxonomy as a JSON-serialisable dict.
 
@@ -144,8 +144,8 @@ def build_taxonomy(stats: G.TermStats, geometry: G.TeacherGeometry, *, direction
         From :func:`gem_assets.lib.gis.collect_term_stats`.
     geometry : TeacherGeometry
         The teacher.
-    direction : {"mean", "lift", "unit"}
-        Term position used by GIS (:func:`gem_assets.lib.gis.term_posteriors`).
+    posterior : str
+        The term posterior of GIS (:func:`gem_assets.lib.gis.term_posteriors`).
     n_top : int
         Top terms kept per node.
     name_terms : int
@@ -160,7 +160,7 @@ def build_taxonomy(stats: G.TermStats, geometry: G.TeacherGeometry, *, direction
         ``n_documents``, ``concentration``, ``exemplars`` [{id, posterior, snippet}], ``parent``);
         ``tree``: ``root``, ``nodes`` (internal nodes: ``id``, ``name``, ``top_terms``, ``share``,
         ``n_documents``, ``children``, ``domains``, ``height``, ``resultant_length``, ``parent``),
-        ``linkage`` (scipy convention); counts, ``direction`` and ``params``.
+        ``linkage`` (scipy convention); counts, ``posterior`` and ``params``.
     """
     K = stats.k
     if geometry.k != K:
@@ -170,7 +170,7 @@ def build_taxonomy(stats: G.TermStats, geometry: G.TeacherGeometry, *, direction
         raise ValueError("no labelled document: nothing to name")
     shares = stats.n_docs / n_total
     tree = agglomerate(geometry.means, np.maximum(shares, 0.0) if shares.sum() > 0 else np.ones(K))
-    post = G.term_posteriors(stats, geometry, direction)
+    post = G.term_posteriors(stats, geometry, posterior)
     scores = G.gis_scores(stats, post, groups=tree.members)
     tops = G.top_terms(scores, stats.vocabulary, n_top)
 
@@ -206,7 +206,7 @@ def build_taxonomy(stats: G.TermStats, geometry: G.TeacherGeometry, *, direction
         "n_documents": int(stats.n_documents),
         "n_embedded": int(stats.n_embedded),
         "vocabulary_size": len(stats.vocabulary),
-        "direction": direction,
+        "posterior": posterior,
         "params": dict(params or {}),
         "domains": domains,
         "tree": {"root": tree.root, "nodes": internal, "linkage": tree.linkage.tolist()},
