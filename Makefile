@@ -31,6 +31,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/clustering.py --write docs/benchmarks.md
 	$(PY) benchmarks/student.py --write docs/benchmarks.md
+	$(PY) benchmarks/taxonomy.py --write docs/benchmarks.md
 
 ui: $(STAMP)
 	mkdir -p $(GEM_HOME)/dagster
