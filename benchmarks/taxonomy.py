@@ -32,8 +32,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-START, END = "<!-- taxonomy:start -->", "<!-- taxonomy:end -->"
 MIN_DF = 5
 N_TOP = 10
 
@@ -144,14 +144,9 @@ def main() -> None:
                         f"Top terms at K={k_show} (first 6 of 10):\n\n" + "\n".join(ex)])
     print(text)
     if args.write:
-        doc = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
-        block = f"{START}\n{text}\n{END}"
-        if START in doc:
-            doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END):]
-        else:
-            doc = doc.rstrip("\n") + f"\n\n## Taxonomy (`benchmarks/taxonomy.py`)\n\n{block}\n"
-        args.write.write_text(doc)
+        from gem_scaling import write_section  # the benchmarks' one Markdown-section writer
 
+        write_section(args.write, "taxonomy", "Taxonomy (`benchmarks/taxonomy.py`)", text)
 
 if __name__ == "__main__":
     main()
