@@ -1,0 +1,294 @@
+"""Domain byte streams for proxy models and the curated mixture itself (DESIGN.md section 5).
+
+Streams
+-------
+A domain's stream is the UTF-8 bytes of its documents, each followed by :data:`SEPARATOR` (the
+NUL byte, which plain text does not contain: it plays the end-of-document token). Tokens are
+bytes throughout this module (the proxy models' vocabulary), so a token budget is a byte budget.
+
+:func:`domain_streams` splits each domain's documents (not bytes inside a document) into train and
+validation parts with a seeded permutation, so the same seed gives the same split.
+
+The curated mixture
+-------------------
+:func:`sample_curated_mixture` turns domain weights into a document sample of about
+``budget_tokens`` tokens:
+
+1. Targets: domain k gets ``T_k = w_k * budget`` tokens, capped at ``max_epochs * n_k`` (``n_k`` its
+   tokens). Budget that a capped domain cannot take is handed to the uncapped domains in
+   proportion to their weights, repeatedly, until none is over its cap (water-filling); when
+   every domain is capped the sample is smaller than the budget (the manifest says so).
+2. Documents: domain k takes ``floor(T_k / n_k)`` full passes over its documents, then the
+   longest prefix of a seeded permutation of its documents whose tokens fit the remainder. A
+   domain therefore never exceeds ``T_k`` tokens, hence never its epoch cap, and a document
+   repeats at most ``ceil(max_epochs)`` times.
+3. The selected (document, repeat) pairs are shuffled with the seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ._checks import check_float, check_int
+
+__all__ = ["SEPARATOR", "texts_to_streams", "split_documents", "domain_streams", "document_tokens",
+           "allocate_tokens", "CuratedSample", "sample_curated_mixture"]
+
+#: Byte that ends every document in a stream.
+SEPARATOR = 0
+
+
+def _encode(texts: Sequence[str]) -> list[bytes]:
+    out = []
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"texts[{i}] is {type(t).__name__}, not str: pass document texts")
+        out.append(t.encode("utf-8", errors="replace").replace(b"\x00", b" "))
+    return out
+
+
+def _join(encoded: Sequence[bytes], cap: int | None = None) -> np.ndarray:
+    sep = bytes([SEPARATOR])
+    blob = sep.join(encoded) + sep if encoded else b""
+    a = np.frombuffer(blob, dtype=np.uint8)
+    return (a[:cap] if cap is not None else a).copy()
+
+
+def document_tokens(texts: Sequence[str]) -> np.ndarray:
+    """Tokens (UTF-8 bytes + 1 separator) of each document, int64 (N,)."""
+    return np.fromiter((len(b) + 1 for b in _encode(texts)), dtype=np.int64, count=len(texts))
+
+
+def texts_to_streams(texts: Sequence[str], keys: Sequence) -> dict[str, np.ndarray]:
+    """``{str(key): uint8 stream}`` of the documents of each key, in document order.
+
+    Parameters
+    ----------
+    texts : sequence of str
+    keys : sequence
+        One domain key per text (any hashable; converted with ``str``).
+
+    Returns
+    -------
+    dict
+        Keys sorted; each stream is the key's documents joined and ended by :data:`SEPARATOR`.
+    """
+    if len(texts) != len(keys):
+        raise ValueError(f"{len(texts)} texts but {len(keys)} keys: pass one key per text")
+    enc = _encode(texts)
+    groups: dict[str, list[bytes]] = {}
+    for b, key in zip(enc, keys):
+        groups.setdefault(str(key), []).append(b)
+    return {key: _join(groups[key]) for key in sorted(groups)}
+
+
+def split_documents(labels: np.ndarray, valid_fraction: float, seed: int) -> np.ndarray:
+    """Seeded per-domain document split: True for validation documents.
+
+    In each domain with n documents, ``round(valid_fraction * n)`` of them (at least one when
+    ``valid_fraction > 0`` and n >= 2, never all of them) go to validation.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D (one bucket id per document), got shape {labels.shape}")
+    f = check_float(valid_fraction, "valid_fraction", low=0.0)
+    if f >= 1.0:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {f}")
+    rng = np.random.default_rng(check_int(seed, "seed", low=0))
+    valid = np.zeros(labels.size, dtype=bool)
+    for lab in np.unique(labels):
+        idx = np.flatnonzero(labels == lab)
+        n = idx.size
+        m = 0 if f == 0 or n < 2 else min(n - 1, max(1, int(round(f * n))))
+        valid[idx[rng.permutation(n)[:m]]] = True
+    return valid
+
+
+def domain_streams(texts: Sequence[str], labels: np.ndarray, n_domains_or_names, valid_fraction: float, seed: int,
+                   max_bytes_per_domain: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Train and validation byte streams per domain.
+
+    Parameters
+    ----------
+    texts : sequence of str
+    labels : numpy.ndarray of int, shape (N,)
+        Bucket id of each document in [0, K).
+    n_domains_or_names : int or sequence of str
+        K (names become ``"0" .. "K-1"``) or the K names.
+    valid_fraction : float
+        Share of each domain's documents held out (by document, seeded).
+    seed : int
+    max_bytes_per_domain : int, optional
+        Cap on each stream's length (documents in a seeded order, the stream cut at the cap).
+
+    Returns
+    -------
+    train, valid : dict of str to numpy.ndarray
+        Domains with no document (or fewer than 2 bytes) are left out.
+    """
+    labels = np.asarray(labels)
+    if len(texts) != labels.size:
+        raise ValueError(f"{len(texts)} texts but {labels.size} labels: pass one label per text")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integer bucket ids, got dtype {labels.dtype}")
+    if isinstance(n_domains_or_names, (int, np.integer)) and not isinstance(n_domains_or_names, bool):
+        names = [str(k) for k in range(check_int(int(n_domains_or_names), "n_domains", low=1))]
+    else:
+        names = [str(n) for n in n_domains_or_names]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"domain names must be non-empty and distinct, got {names[:10]}")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+        raise ValueError(f"labels must lie in [0, {len(names)}), got range [{labels.min()}, {labels.max()}]")
+    cap = None if max_bytes_per_domain is None else check_int(max_bytes_per_domain, "max_bytes_per_domain", low=2)
+    valid = split_documents(labels, valid_fraction, seed)
+    enc = _encode(texts)
+    order = np.random.default_rng(seed + 1).permutation(labels.size)
+    train_out, valid_out = {}, {}
+    for k, name in enumerate(names):
+        for mask, out in ((~valid, train_out), (valid, valid_out)):
+            idx = order[(labels[order] == k) & mask[order]]
+            stream = _join([enc[i] for i in idx], cap)
+            if stream.size >= 2:
+                out[name] = stream
+    return train_out, valid_out
+
+
+def _check_weights(weights, k: int) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (k,):
+        raise ValueError(f"weights must have one value per domain ({k}), got shape {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"weights must be finite, >= 0 and not all 0, got {w.tolist()}")
+    return w / w.sum()
+
+
+def allocate_tokens(weights, domain_tokens, budget_tokens: float, max_epochs: float) -> np.ndarray:
+    """Token target per domain: ``w * budget`` capped at ``max_epochs * tokens``, by water-filling.
+
+    Returns float64 (K,) targets; their sum is ``min(budget, sum of caps)``.
+    """
+    n = np.asarray(domain_tokens, dtype=np.float64)
+    w = _check_weights(weights, n.size)
+    if np.any(n < 0) or not np.all(np.isfinite(n)):
+        raise ValueError("domain_tokens must be finite and >= 0")
+    budget = check_float(budget_tokens, "budget_tokens", low=0.0, strict=True)
+    epochs = check_float(max_epochs, "max_epochs", low=0.0, strict=True)
+    caps = epochs * n
+    target = np.zeros_like(w)
+    free = (w > 0) & (caps > 0)
+    remaining = budget
+    while remaining > 1e-9 * budget and free.any():
+        share = w * free / (w * free).sum()
+        want = target + remaining * share
+        over = free & (want >= caps)
+        if not over.any():
+            target = want
+            break
+        # give every capped domain its cap, take that out of the budget and start again
+        remaining -= float((caps[over] - target[over]).sum())
+        target[over] = caps[over]
+        free &= ~over
+    return target
+
+
+@dataclass
+class CuratedSample:
+    """A curated mixture drawn by :func:`sample_curated_mixture`.
+
+    Attributes
+    ----------
+    indices : numpy.ndarray of int64, shape (M,)
+        Document positions, shuffled; a document appears once per pass it is drawn in.
+    repeats : numpy.ndarray of int64, shape (M,)
+        The pass (0-based epoch) of each entry.
+    domains : numpy.ndarray of int64, shape (M,)
+        Domain of each entry.
+    per_domain : list of dict
+        Per domain: ``domain``, ``weight`` (asked), ``target_tokens``, ``tokens``, ``documents``
+        (entries), ``unique_documents``, ``available_tokens``, ``epochs`` (tokens / available),
+        ``realized_weight``.
+    tokens : int
+        Total tokens of the sample.
+    budget_tokens : float
+    max_epochs : float
+    """
+
+    indices: np.ndarray
+    repeats: np.ndarray
+    domains: np.ndarray
+    per_domain: list[dict] = field(default_factory=list)
+    tokens: int = 0
+    budget_tokens: float = 0.0
+    max_epochs: float = 0.0
+
+
+def sample_curated_mixture(doc_tokens: np.ndarray, labels: np.ndarray, weights, budget_tokens: float,
+                           max_epochs: float, seed: int) -> CuratedSample:
+    """Sample documents per domain weights to a token budget, never beyond an epoch cap.
+
+    Parameters
+    ----------
+    doc_tokens : numpy.ndarray of int, shape (N,)
+        Tokens of each document (> 0; see :func:`document_tokens`).
+    labels : numpy.ndarray of int, shape (N,)
+        Domain of each document in [0, K), K = ``len(weights)``.
+    weights : array-like, shape (K,)
+        Domain weights (normalized here).
+    budget_tokens : float
+        Tokens wanted in total.
+    max_epochs : float
+        No domain contributes more than this many times its tokens.
+    seed : int
+
+    Returns
+    -------
+    CuratedSample
+    """
+    tok = np.asarray(doc_tokens)
+    labels = np.asarray(labels)
+    if tok.ndim != 1 or labels.shape != tok.shape:
+        raise ValueError(f"doc_tokens {tok.shape} and labels {labels.shape} must be 1-D of the same length")
+    if tok.size and (not np.issubdtype(tok.dtype, np.integer) or tok.min() <= 0):
+        raise ValueError("doc_tokens must be positive integers (every document has at least its separator)")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integer domain ids, got dtype {labels.dtype}")
+    w = np.asarray(weights, dtype=np.float64)
+    k = w.size
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"labels must lie in [0, {k}) (one weight per domain), got [{labels.min()}, {labels.max()}]")
+    seed = check_int(seed, "seed", low=0)
+    tok = tok.astype(np.int64)
+    labels = labels.astype(np.int64)
+    avail = np.bincount(labels, weights=tok, minlength=k).astype(np.int64)
+    target = allocate_tokens(w, avail, budget_tokens, max_epochs)
+    wn = w / w.sum()
+    rng = np.random.default_rng(seed)
+    idx_parts, rep_parts, rows = [], [], []
+    for d in range(k):
+        docs = np.flatnonzero(labels == d)
+        full = int(math.floor(target[d] / avail[d])) if avail[d] > 0 else 0
+        rest = target[d] - full * avail[d]
+        perm = docs[rng.permutation(docs.size)]
+        take = perm[: int(np.searchsorted(np.cumsum(tok[perm]), rest, side="right"))]
+        chosen = [docs] * full + [take]
+        idx = np.concatenate(chosen) if chosen else np.empty(0, np.int64)
+        rep = np.concatenate([np.full(len(c), e, np.int64) for e, c in enumerate(chosen)]) if chosen else idx
+        idx_parts.append(idx)
+        rep_parts.append(rep)
+        got = int(tok[idx].sum())
+        rows.append({"domain": d, "weight": float(wn[d]), "target_tokens": float(target[d]), "tokens": got,
+                     "documents": int(idx.size), "unique_documents": int(np.unique(idx).size),
+                     "available_tokens": int(avail[d]), "epochs": got / avail[d] if avail[d] else 0.0})
+    indices = np.concatenate(idx_parts).astype(np.int64)
+    repeats = np.concatenate(rep_parts).astype(np.int64)
+    order = rng.permutation(indices.size)
+    indices, repeats = indices[order], repeats[order]
+    total = int(tok[indices].sum())
+    for r in rows:
+        r["realized_weight"] = r["tokens"] / total if total else 0.0
+    return CuratedSample(indices=indices, repeats=repeats, domains=labels[indices], per_domain=rows, tokens=total,
+                         budget_tokens=float(budget_tokens), max_epochs=float(max_epochs))

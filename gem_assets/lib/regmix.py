@@ -1,0 +1,370 @@
+"""RegMix: domain weights by regression on small proxy runs (DESIGN.md section 5).
+
+Liu et al., "RegMix: Data Mixture as Regression for Language Model Pre-training" (ICLR 2025).
+
+Procedure
+---------
+1. Draw M mixtures (:func:`sample_mixtures`): prior p = shares^temperature / sum (temperature 0.5
+   by default), a strength s log-uniform in ``strength_range`` (default [0.1, 5]) per mixture, and
+   w ~ Dirichlet(p * s). With token counts n_k and the proxy run's token budget B, a mixture is
+   rejected when some domain would be read more than ``max_epochs`` times (w_k B > max_epochs n_k).
+2. Train one proxy model per mixture (same seed, same steps: only the mixture changes) and record
+   its loss (bits per byte) on the target stream.
+3. Fit a regressor from mixture to loss (:class:`MixtureRegressor`).
+4. Score ``n_simulations`` further mixtures drawn the same way (so within the same epoch cap),
+   keep the ``top_k`` with the *lowest* predicted loss and output their mean. The mean of
+   mixtures that respect the cap respects it too (the cap is a convex constraint).
+
+Regressor choice
+----------------
+``benchmarks/regmix.py`` compares regressors on RegMix's released runs (fit on the 512 1M-parameter
+runs, Spearman on the 1M/60M/1B test sets; table in docs/benchmarks.md). scikit-learn's
+``HistGradientBoostingRegressor`` is the default (``kind="hgb"``). Gradient-boosted trees need
+samples to split (``min_samples_leaf`` 20 by default), so with few proxy runs (``kind="auto"``, fewer
+than :data:`AUTO_MIN_RUNS`) a ridge regression on the mixture is used instead.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ._checks import check_float, check_int
+from .lm import LMConfig, _check_training, check_streams, evaluate_bpb, train_lm
+
+__all__ = ["sample_mixtures", "MixtureRegressor", "propose_mixture", "cv_spearman", "RegmixResult", "run_regmix",
+           "AUTO_MIN_RUNS"]
+
+#: With ``kind="auto"``, fewer training runs than this use ridge regression instead of boosted trees.
+AUTO_MIN_RUNS = 64
+
+
+def _check_prior(prior) -> np.ndarray:
+    p = np.asarray(prior, dtype=np.float64)
+    if p.ndim != 1 or p.size < 2:
+        raise ValueError(f"prior must be 1-D with at least 2 domains, got shape {p.shape}")
+    if not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
+        raise ValueError(f"prior must be finite, >= 0 and not all 0 (token shares or counts), got {p.tolist()}")
+    return p / p.sum()
+
+
+def sample_mixtures(prior: np.ndarray, n: int, rng: np.random.Generator, temperature: float = 0.5,
+                    strength_range=(0.1, 5.0), tokens_per_domain: np.ndarray | None = None,
+                    budget_tokens: float | None = None, max_epochs: float = 4.0, max_tries: int = 1000) -> np.ndarray:
+    """Draw mixtures from Dirichlet(prior^temperature * s), s log-uniform, within an epoch cap.
+
+    Parameters
+    ----------
+    prior : numpy.ndarray, shape (K,)
+        Token shares (or counts) of the domains; domains with 0 get weight 0.
+    n : int
+        Mixtures wanted.
+    rng : numpy.random.Generator
+    temperature : float
+        Exponent on the shares (> 0; 0.5 flattens them towards uniform).
+    strength_range : (float, float)
+        Bounds of the log-uniform Dirichlet strength s (0 < low <= high).
+    tokens_per_domain : numpy.ndarray, shape (K,), optional
+        Tokens available per domain; with ``budget_tokens`` enables the epoch cap.
+    budget_tokens : float, optional
+        Tokens a run trains on.
+    max_epochs : float
+        Cap on w_k * budget / tokens_k.
+    max_tries : int
+        Rounds of rejection sampling (each draws ``2 n`` candidates) before giving up.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, K)
+        Rows on the simplex.
+    """
+    p = _check_prior(prior)
+    n = check_int(n, "n", low=1)
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy Generator, got {type(rng).__name__}")
+    t = check_float(temperature, "temperature", low=0.0, strict=True)
+    try:
+        lo, hi = (float(v) for v in strength_range)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"strength_range must be two numbers (low, high), got {strength_range!r}") from err
+    if not (0 < lo <= hi < np.inf):
+        raise ValueError(f"strength_range must satisfy 0 < low <= high, got {strength_range!r}")
+    max_tries = check_int(max_tries, "max_tries", low=1)
+    cap = None
+    if (tokens_per_domain is None) != (budget_tokens is None):
+        raise ValueError("pass both tokens_per_domain and budget_tokens for the epoch cap, or neither")
+    if tokens_per_domain is not None:
+        tok = np.asarray(tokens_per_domain, dtype=np.float64)
+        if tok.shape != p.shape or not np.all(np.isfinite(tok)) or np.any(tok < 0):
+            raise ValueError(f"tokens_per_domain must be {p.size} finite values >= 0, got {tok.tolist()}")
+        budget = check_float(budget_tokens, "budget_tokens", low=0.0, strict=True)
+        cap = check_float(max_epochs, "max_epochs", low=0.0, strict=True) * tok / budget  # max weight per domain
+        if cap.sum() < 1.0:
+            raise ValueError(f"the epoch cap admits no mixture: max_epochs * tokens = {float(cap.sum() * budget):.0f} "
+                             f"< budget {budget:.0f}; raise max_epochs or lower the budget")
+    alpha = np.where(p > 0, p ** t, 0.0)
+    alpha /= alpha.sum()
+    support = alpha > 0
+    out = np.empty((0, p.size))
+    for _ in range(max_tries):
+        m = 2 * n
+        s = np.exp(rng.uniform(np.log(lo), np.log(hi), size=m))
+        w = np.zeros((m, p.size))
+        w[:, support] = _dirichlet(alpha[support][None, :] * s[:, None], rng)
+        ok = np.isfinite(w).all(1) & (w.sum(1) > 0)
+        if cap is not None:
+            ok &= (w <= cap[None, :] + 1e-12).all(1)
+        out = np.vstack([out, w[ok]])
+        if out.shape[0] >= n:
+            return out[:n] / out[:n].sum(1, keepdims=True)
+    raise ValueError(f"only {out.shape[0]} of {n} mixtures passed the epoch cap in {max_tries} rounds: "
+                     "raise max_epochs, lower the budget or merge tiny domains")
+
+
+def _dirichlet(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rows ~ Dirichlet(alpha_row), via gamma variates in log space (stable for tiny alpha).
+
+    For a < 1, Gamma(a) = Gamma(a + 1) * U^(1/a), so log G = log Gamma(a + 1) + log(U) / a; the
+    rows are normalized with a log-sum-exp, so no row underflows to all zeros.
+    """
+    g = rng.standard_gamma(alpha + 1.0)
+    u = rng.random(alpha.shape)
+    logg = np.log(g) + np.log(u) / alpha
+    logg -= logg.max(1, keepdims=True)
+    w = np.exp(logg)
+    return w / w.sum(1, keepdims=True)
+
+
+class MixtureRegressor:
+    """Predict a proxy run's target loss from its mixture (lower is better).
+
+    Parameters
+    ----------
+    kind : {"auto", "hgb", "linear"}
+        ``"hgb"``: scikit-learn HistGradientBoostingRegressor (defaults; the benchmark winner);
+        ``"linear"``: ridge regression (alpha 1e-6 on the standardized mixture; OLS in effect);
+        ``"auto"``: ``"hgb"`` with at least :data:`AUTO_MIN_RUNS` training runs, else ``"linear"``.
+    random_state : int
+        Seed of the boosted trees.
+    """
+
+    def __init__(self, kind: str = "auto", random_state: int = 0):
+        if kind not in ("auto", "hgb", "linear"):
+            raise ValueError(f"kind must be 'auto', 'hgb' or 'linear', got {kind!r}")
+        self.kind = kind
+        self.random_state = check_int(random_state, "random_state", low=0)
+        self.model_ = None
+        self.kind_ = None
+        self.n_domains_ = None
+
+    def _check_w(self, W, name: str = "W") -> np.ndarray:
+        W = np.asarray(W, dtype=np.float64)
+        if W.ndim != 2 or W.shape[0] == 0 or W.shape[1] < 2:
+            raise ValueError(f"{name} must be (runs, domains) with at least 2 domains, got shape {W.shape}")
+        if not np.all(np.isfinite(W)):
+            raise ValueError(f"{name} holds NaN or inf")
+        if self.n_domains_ is not None and W.shape[1] != self.n_domains_:
+            raise ValueError(f"{name} has {W.shape[1]} domains but the regressor was fit on {self.n_domains_}")
+        return W
+
+    def fit(self, W, y) -> "MixtureRegressor":
+        """Fit on mixtures W (M, K) and target losses y (M,)."""
+        self.n_domains_ = None
+        W = self._check_w(W)
+        y = np.asarray(y, dtype=np.float64)
+        if y.shape != (W.shape[0],):
+            raise ValueError(f"y must have one loss per mixture ({W.shape[0]}), got shape {y.shape}")
+        if not np.all(np.isfinite(y)):
+            raise ValueError("y holds NaN or inf losses: drop the failed runs")
+        if W.shape[0] < 2:
+            raise ValueError("fit needs at least 2 runs")
+        kind = self.kind
+        if kind == "auto":
+            kind = "hgb" if W.shape[0] >= AUTO_MIN_RUNS else "linear"
+        if kind == "hgb":
+            from sklearn.ensemble import HistGradientBoostingRegressor
+
+            model = HistGradientBoostingRegressor(random_state=self.random_state)
+        else:
+            from sklearn.linear_model import Ridge
+            from sklearn.pipeline import make_pipeline
+            from sklearn.preprocessing import StandardScaler
+
+            model = make_pipeline(StandardScaler(), Ridge(alpha=1e-6))
+        self.model_ = model.fit(W, y)
+        self.kind_ = kind
+        self.n_domains_ = W.shape[1]
+        return self
+
+    def predict(self, W) -> np.ndarray:
+        """Predicted target loss of each mixture, (n,)."""
+        if self.model_ is None:
+            raise ValueError("call fit(W, y) before predict")
+        return np.asarray(self.model_.predict(self._check_w(W)), dtype=np.float64)
+
+
+def propose_mixture(regressor, prior, n_simulations: int = 100_000, top_k: int = 128,
+                    rng: np.random.Generator | None = None, tokens_per_domain=None, budget_tokens=None,
+                    max_epochs: float = 4.0, **sample_kwargs) -> np.ndarray:
+    """Mean of the ``top_k`` simulated mixtures with the lowest predicted loss.
+
+    Parameters
+    ----------
+    regressor : object with ``predict(W) -> (n,)`` predicted losses (lower is better)
+    prior : numpy.ndarray, shape (K,)
+        Token shares for :func:`sample_mixtures`.
+    n_simulations, top_k : int
+        Candidates scored and candidates averaged (top_k <= n_simulations).
+    rng : numpy.random.Generator, optional
+        Default: ``default_rng(0)``.
+    tokens_per_domain, budget_tokens, max_epochs :
+        The epoch cap, as in :func:`sample_mixtures`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (K,)
+        Sums to 1.
+    """
+    n_simulations = check_int(n_simulations, "n_simulations", low=1)
+    top_k = check_int(top_k, "top_k", low=1, high=n_simulations)
+    rng = np.random.default_rng(0) if rng is None else rng
+    sims = sample_mixtures(prior, n_simulations, rng, tokens_per_domain=tokens_per_domain,
+                           budget_tokens=budget_tokens, max_epochs=max_epochs, **sample_kwargs)
+    pred = np.asarray(regressor.predict(sims), dtype=np.float64)
+    if pred.shape != (n_simulations,) or not np.all(np.isfinite(pred)):
+        raise ValueError("regressor.predict must return one finite loss per mixture")
+    best = np.argsort(pred, kind="stable")[:top_k]  # lowest predicted loss first
+    w = sims[best].mean(0)
+    return w / w.sum()
+
+
+def cv_spearman(W: np.ndarray, y: np.ndarray, kind: str = "auto", folds: int = 5, seed: int = 0) -> float:
+    """Spearman correlation of out-of-fold predictions with the losses (k-fold, seeded)."""
+    from scipy.stats import spearmanr
+
+    W = np.asarray(W, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    m = y.size
+    folds = min(check_int(folds, "folds", low=2), m)
+    if m < 4:
+        return float("nan")
+    assign = np.random.default_rng(seed).permutation(m) % folds
+    pred = np.empty(m)
+    for f in range(folds):
+        test = assign == f
+        reg = MixtureRegressor(kind if kind != "auto" else ("hgb" if (~test).sum() >= AUTO_MIN_RUNS else "linear"),
+                               random_state=seed).fit(W[~test], y[~test])
+        pred[test] = reg.predict(W[test])
+    rho = spearmanr(pred, y).statistic
+    return float(rho) if np.isfinite(rho) else float("nan")
+
+
+@dataclass
+class RegmixResult:
+    """What :func:`run_regmix` produced.
+
+    Attributes
+    ----------
+    weights : dict
+        ``{domain: proposed weight}`` (sums to 1).
+    mixtures : numpy.ndarray, shape (M, K)
+        The proxy runs' mixtures.
+    losses : numpy.ndarray, shape (M,)
+        Target bits per byte of each run.
+    domains : list of str
+    fit : dict
+        ``kind``, ``spearman_cv`` (out-of-fold), ``spearman_train``, ``seconds`` (regressor fit).
+    seconds : float
+        Wall time of the whole procedure.
+    run_seconds : list of float
+    budget_tokens : int
+        Tokens each proxy run trained on.
+    """
+
+    weights: dict[str, float]
+    mixtures: np.ndarray
+    losses: np.ndarray
+    domains: list[str]
+    fit: dict
+    seconds: float
+    run_seconds: list = field(default_factory=list)
+    budget_tokens: int = 0
+
+
+def run_regmix(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, config: LMConfig, n_runs: int,
+               steps: int, batch_size: int = 16, lr: float = 3e-3, seed: int = 0, max_epochs: float = 4.0,
+               top_k: int = 128, n_simulations: int = 100_000, device: str = "auto", progress: bool = False,
+               on_run: Callable[[int, np.ndarray, float], None] | None = None, kind: str = "auto",
+               eval_max_tokens: int | None = 65536) -> RegmixResult:
+    """Domain weights by RegMix.
+
+    Parameters
+    ----------
+    streams : mapping of str to numpy.ndarray
+        ``{domain: uint8 byte stream}`` (training split).
+    target_stream : numpy.ndarray
+        uint8 stream whose bits per byte the mixture should minimize.
+    config : LMConfig
+    n_runs : int
+        Proxy runs M (>= 2).
+    steps, batch_size, lr, seed :
+        Each proxy run (all runs share the seed: only the mixture differs).
+    max_epochs : float
+        Epoch cap of the sampled and proposed mixtures (budget = steps * batch_size * context).
+    top_k, n_simulations : int
+        See :func:`propose_mixture` (top_k is lowered to n_simulations if larger).
+    device : str
+    progress : bool
+    on_run : callable, optional
+        ``on_run(i, mixture, loss)`` after each proxy run.
+    kind : str
+        :class:`MixtureRegressor` kind.
+    eval_max_tokens : int, optional
+        Cap on the target bytes evaluated per run.
+
+    Returns
+    -------
+    RegmixResult
+    """
+    from scipy.stats import spearmanr
+
+    t0 = time.perf_counter()
+    streams = check_streams(streams)
+    (target_stream,) = check_streams({"target": target_stream}, name="target_stream").values()
+    steps, batch_size, lr, seed = _check_training(config, steps, batch_size, lr, seed)
+    n_runs = check_int(n_runs, "n_runs", low=2)
+    n_simulations = check_int(n_simulations, "n_simulations", low=1)
+    top_k = min(check_int(top_k, "top_k", low=1), n_simulations)
+    keys = list(streams)
+    if len(keys) < 2:
+        raise ValueError("RegMix needs at least 2 domains with data")
+    tokens = np.array([streams[k].size for k in keys], dtype=np.float64)
+    budget = steps * batch_size * config.context
+    rng = np.random.default_rng(seed)
+    mixtures = sample_mixtures(tokens, n_runs, rng, tokens_per_domain=tokens, budget_tokens=budget,
+                               max_epochs=max_epochs)
+    from tqdm.auto import tqdm
+
+    losses = np.empty(n_runs)
+    run_seconds = []
+    for i in tqdm(range(n_runs), desc="RegMix proxy runs", unit="run", disable=not progress):
+        t1 = time.perf_counter()
+        res = train_lm(streams, dict(zip(keys, mixtures[i].tolist())), config, steps, batch_size=batch_size, lr=lr,
+                       seed=seed, device=device)
+        losses[i] = evaluate_bpb(res.model, target_stream, max_tokens=eval_max_tokens, device=device)
+        run_seconds.append(time.perf_counter() - t1)
+        if on_run is not None:
+            on_run(i, mixtures[i], float(losses[i]))
+    t2 = time.perf_counter()
+    reg = MixtureRegressor(kind, random_state=seed).fit(mixtures, losses)
+    fit_seconds = time.perf_counter() - t2
+    rho_train = spearmanr(reg.predict(mixtures), losses).statistic
+    fit = {"kind": reg.kind_, "seconds": fit_seconds, "spearman_cv": cv_spearman(mixtures, losses, kind, seed=seed),
+           "spearman_train": float(rho_train) if np.isfinite(rho_train) else float("nan"), "runs": n_runs}
+    w = propose_mixture(reg, tokens, n_simulations=n_simulations, top_k=top_k, rng=np.random.default_rng(seed + 1),
+                        tokens_per_domain=tokens, budget_tokens=budget, max_epochs=max_epochs)
+    return RegmixResult(weights=dict(zip(keys, w.tolist())), mixtures=mixtures, losses=losses, domains=keys, fit=fit,
+                        seconds=time.perf_counter() - t0, run_seconds=run_seconds, budget_tokens=int(budget))

@@ -1,0 +1,128 @@
+"""RegMix: mixture sampling within caps, regressor direction, proposal, the procedure end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gem_assets.lib.lm import LMConfig
+from gem_assets.lib.mixture import texts_to_streams
+from gem_assets.lib.regmix import AUTO_MIN_RUNS, MixtureRegressor, cv_spearman, propose_mixture, run_regmix, \
+    sample_mixtures
+
+
+def test_mixtures_on_the_simplex_with_the_prior_mean():
+    prior = np.array([0.64, 0.25, 0.09, 0.02])
+    w = sample_mixtures(prior, 20000, np.random.default_rng(0))
+    assert w.shape == (20000, 4) and (w >= 0).all()
+    np.testing.assert_allclose(w.sum(1), 1.0)
+    # E[Dirichlet(a * s)] = a / sum(a) whatever s: here sqrt of the shares, normalized
+    want = np.array([0.8, 0.5, 0.3, 0.02 ** 0.5])
+    np.testing.assert_allclose(w.mean(0), want / want.sum(), atol=0.01)
+    np.testing.assert_array_equal(w[:5], sample_mixtures(prior, 20000, np.random.default_rng(0))[:5])
+
+
+def test_zero_share_domains_get_no_weight_and_temperature_one_keeps_shares():
+    w = sample_mixtures(np.array([3.0, 0.0, 1.0]), 5000, np.random.default_rng(1), temperature=1.0)
+    assert (w[:, 1] == 0).all()
+    np.testing.assert_allclose(w.mean(0), [0.75, 0.0, 0.25], atol=0.02)
+
+
+def test_epoch_cap_is_respected():
+    tokens = np.array([1000.0, 1000.0, 50.0])
+    w = sample_mixtures(tokens, 500, np.random.default_rng(2), tokens_per_domain=tokens, budget_tokens=400.0,
+                        max_epochs=2.0)
+    assert (w * 400.0 <= 2.0 * tokens + 1e-9).all()   # domain 2: at most 100 of 400 tokens
+    assert w[:, 2].max() <= 0.25 + 1e-12 and w[:, 2].max() > 0.1
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(prior=[1.0]), "at least 2"),
+    (dict(prior=[1.0, -1.0]), ">= 0"),
+    (dict(n=0), "n must be"),
+    (dict(temperature=0.0), "temperature"),
+    (dict(strength_range=(5.0, 0.1)), "strength_range"),
+    (dict(tokens_per_domain=[1.0, 1.0]), "both"),
+    (dict(tokens_per_domain=[1.0, 1.0], budget_tokens=100.0, max_epochs=1.0), "admits no mixture"),
+    (dict(tokens_per_domain=[1.0, 1.0, 1.0], budget_tokens=1.0), "tokens_per_domain"),
+])
+def test_sample_mixtures_rejects_bad_arguments(kwargs, match):
+    args = dict(prior=[1.0, 1.0], n=3, rng=np.random.default_rng(0))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        sample_mixtures(**args)
+
+
+def _linear_runs(m=200, seed=0):
+    # loss = sum_k c_k w_k: domain 0 is the best (lowest cost), domain 3 the worst
+    rng = np.random.default_rng(seed)
+    W = sample_mixtures(np.ones(4), m, rng)
+    c = np.array([1.0, 2.0, 3.0, 4.0])
+    return W, W @ c + 0.01 * rng.standard_normal(m), c
+
+
+@pytest.mark.parametrize("kind", ["linear", "hgb"])
+def test_regressor_direction_lower_loss_is_better(kind):
+    W, y, _ = _linear_runs()
+    reg = MixtureRegressor(kind).fit(W, y)
+    assert reg.kind_ == kind
+    w = propose_mixture(reg, np.ones(4), n_simulations=5000, top_k=32, rng=np.random.default_rng(1))
+    assert w.sum() == pytest.approx(1.0)
+    # the proposal must favour the cheap domain; reversing the ranking would favour domain 3
+    assert w[0] > 0.5 and w[0] == w.max() and w[3] < 0.1
+    assert reg.predict(np.eye(4)[[0]])[0] < reg.predict(np.eye(4)[[3]])[0]
+
+
+def test_proposal_respects_the_epoch_cap():
+    W, y, _ = _linear_runs()
+    reg = MixtureRegressor("linear").fit(W, y)
+    tokens = np.array([10.0, 1000.0, 1000.0, 1000.0])  # the best domain is tiny
+    w = propose_mixture(reg, tokens, n_simulations=4000, top_k=32, rng=np.random.default_rng(0),
+                        tokens_per_domain=tokens, budget_tokens=100.0, max_epochs=4.0)
+    assert w[0] <= 0.4 + 1e-12   # 4 epochs x 10 tokens out of 100
+    assert w[1] == w.max()       # the next best domain takes the rest
+
+
+def test_regressor_auto_kind_and_bad_input():
+    W, y, _ = _linear_runs(m=AUTO_MIN_RUNS - 1)
+    assert MixtureRegressor().fit(W, y).kind_ == "linear"
+    W, y, _ = _linear_runs(m=AUTO_MIN_RUNS)
+    reg = MixtureRegressor().fit(W, y)
+    assert reg.kind_ == "hgb"
+    with pytest.raises(ValueError, match="domains"):
+        reg.predict(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="fit"):
+        MixtureRegressor().predict(W)
+    with pytest.raises(ValueError, match="one loss per mixture"):
+        MixtureRegressor().fit(W, y[:-1])
+    with pytest.raises(ValueError, match="NaN"):
+        MixtureRegressor().fit(W, np.where(np.arange(y.size) == 0, np.nan, y))
+    with pytest.raises(ValueError, match="kind"):
+        MixtureRegressor("forest")
+
+
+def test_cv_spearman_high_on_a_linear_signal_and_low_on_noise():
+    W, y, _ = _linear_runs(m=80)
+    assert cv_spearman(W, y, "linear") > 0.95
+    noise = np.random.default_rng(3).standard_normal(80)
+    assert abs(cv_spearman(W, noise, "linear")) < 0.4
+
+
+def test_run_regmix_end_to_end():
+    rng = np.random.default_rng(0)
+    texts = ["the cat sat on the mat. " * 4] * 10 + ["".join(chr(c) for c in rng.integers(97, 123, 80))
+                                                     for _ in range(10)]
+    streams = texts_to_streams(texts, ["cat"] * 10 + ["noise"] * 10)
+    target = texts_to_streams(["the cat sat on the mat. " * 3], ["t"])["t"]
+    seen = []
+    cfg = LMConfig(n_layer=1, n_head=2, d_model=16, context=16)
+    r = run_regmix(streams, target, cfg, n_runs=5, steps=6, batch_size=4, lr=1e-2, seed=0, n_simulations=500,
+                   top_k=16, device="cpu", on_run=lambda i, w, loss: seen.append((i, w.copy(), loss)))
+    assert r.domains == ["cat", "noise"] and r.mixtures.shape == (5, 2) and r.losses.shape == (5,)
+    assert [s[0] for s in seen] == list(range(5))
+    np.testing.assert_allclose([s[2] for s in seen], r.losses)
+    assert np.isfinite(r.losses).all() and r.fit["kind"] == "linear" and r.fit["seconds"] >= 0
+    assert sum(r.weights.values()) == pytest.approx(1.0)
+    assert r.budget_tokens == 6 * 4 * 16
+    tokens = np.array([streams[k].size for k in r.domains])
+    assert (r.mixtures * r.budget_tokens <= 4.0 * tokens + 1e-9).all()
