@@ -133,3 +133,13 @@ def test_evaluate_bpb_equals_manual_cross_entropy_on_every_byte():
     assert np.isfinite(capped)
     with pytest.raises(ValueError, match="ByteLM"):
         evaluate_bpb("model", s)
+
+
+def test_cpu_threads_and_determinism_flags_are_restored():
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    s = {"a": _stream("hello world ", 20)}
+    r = train_lm(s, None, TINY, steps=2, batch_size=2, device="cpu", cpu_threads=1)
+    evaluate_bpb(r.model, s, device="cpu", cpu_threads=1)
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
+    with pytest.raises(ValueError, match="cpu_threads"):
+        train_lm(s, None, TINY, steps=2, device="cpu", cpu_threads=0)

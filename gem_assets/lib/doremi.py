@@ -124,7 +124,7 @@ def run_doremi(streams: Mapping[str, np.ndarray], reference_weights: Mapping[str
                steps: int, batch_size: int = 16, lr: float = 3e-3, seed: int = 0, step_size: float = 1.0,
                smoothing: float = 1e-3, device: str = "auto", progress: bool = False,
                valid_streams: Mapping[str, np.ndarray] | None = None,
-               eval_max_tokens: int | None = 65536) -> DoremiResult:
+               eval_max_tokens: int | None = 65536, cpu_threads: int | None = 1) -> DoremiResult:
     """Domain weights by DoReMi (reference model, then a Group DRO proxy).
 
     Parameters
@@ -146,6 +146,8 @@ def run_doremi(streams: Mapping[str, np.ndarray], reference_weights: Mapping[str
         Streams to report the two models' bits per byte on (default: ``streams``).
     eval_max_tokens : int, optional
         Cap on predicted bytes per evaluated stream.
+    cpu_threads : int, optional
+        torch threads on CPU (see ``lm.train_lm``).
 
     Returns
     -------
@@ -164,7 +166,7 @@ def run_doremi(streams: Mapping[str, np.ndarray], reference_weights: Mapping[str
     dev = resolve_device(device)
 
     ref = train_lm(streams, ref_w, config, steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                   progress=progress)
+                   progress=progress, cpu_threads=cpu_threads)
     ref_model = ref.model.eval()
     for p in ref_model.parameters():
         p.requires_grad_(False)
@@ -178,7 +180,7 @@ def run_doremi(streams: Mapping[str, np.ndarray], reference_weights: Mapping[str
     excess_all = np.empty((steps, k))
     history: list[dict] = []
     log_every = max(1, steps // 50)
-    with _Deterministic(dev):
+    with _Deterministic(dev, cpu_threads):
         proxy, opt = new_model(config, seed, dev)
         proxy.train()
         t1 = time.perf_counter()
@@ -202,8 +204,8 @@ def run_doremi(streams: Mapping[str, np.ndarray], reference_weights: Mapping[str
                                 "weights": dict(zip(keys, alpha.tolist()))})
     proxy.eval()
     evals = check_streams(valid_streams, name="valid_streams") if valid_streams is not None else streams
-    ref_bpb = evaluate_bpb(ref_model, evals, max_tokens=eval_max_tokens, device=device)
-    proxy_bpb = evaluate_bpb(proxy, evals, max_tokens=eval_max_tokens, device=device)
+    ref_bpb = evaluate_bpb(ref_model, evals, max_tokens=eval_max_tokens, device=device, cpu_threads=cpu_threads)
+    proxy_bpb = evaluate_bpb(proxy, evals, max_tokens=eval_max_tokens, device=device, cpu_threads=cpu_threads)
     mean = trajectory.mean(0)
     mean = mean / mean.sum()
     return DoremiResult(weights=dict(zip(keys, mean.tolist())), trajectory=trajectory, domains=keys,

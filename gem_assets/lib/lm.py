@@ -301,20 +301,32 @@ def token_losses(model: ByteLM, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 
 
 class _Deterministic:
-    """Switch on torch's deterministic algorithms on CPU for a block; restore the previous setting."""
+    """On CPU, for a block: torch's deterministic algorithms on, ``threads`` intra-op threads.
 
-    def __init__(self, device: torch.device):
+    Both settings are restored on exit. Proxy models are small (d_model <= a few hundred), so
+    their GEMMs gain little from intra-op threads and lose a lot when another process holds a
+    core: on the shared 2-core machine the default proxy trained at 34k bytes/s on 1 thread
+    and 1.8k-4.5k on 2 (benchmarks/proxy.py). ``threads=None`` leaves torch's setting.
+    """
+
+    def __init__(self, device: torch.device, threads: int | None = None):
         self.on = device.type == "cpu"
+        self.threads = threads
 
     def __enter__(self):
         self.prev = torch.are_deterministic_algorithms_enabled()
+        self.prev_threads = torch.get_num_threads()
         if self.on:
             torch.use_deterministic_algorithms(True)
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)
         return self
 
     def __exit__(self, *exc):
         if self.on:
             torch.use_deterministic_algorithms(self.prev)
+            if self.threads is not None:
+                torch.set_num_threads(self.prev_threads)
         return False
 
 
@@ -352,7 +364,7 @@ def domain_means(values: torch.Tensor, dom: torch.Tensor, k: int) -> tuple[torch
 
 def train_lm(streams: Mapping[str, np.ndarray], weights: Mapping[str, float] | None, config: LMConfig, steps: int,
              batch_size: int = 16, lr: float = 3e-3, seed: int = 0, device: str = "auto",
-             progress: bool = False, log_every: int | None = None) -> TrainResult:
+             progress: bool = False, log_every: int | None = None, cpu_threads: int | None = 1) -> TrainResult:
     """Train a :class:`ByteLM` on a weighted mixture of domain byte streams.
 
     Parameters
@@ -375,6 +387,9 @@ def train_lm(streams: Mapping[str, np.ndarray], weights: Mapping[str, float] | N
         Show a tqdm bar over the steps.
     log_every : int, optional
         Record the history every this many steps (default: about 50 records) and at the last step.
+    cpu_threads : int, optional
+        torch intra-op threads while training on CPU (default 1, see ``_Deterministic``; None:
+        leave torch's setting). Restored afterwards.
 
     Returns
     -------
@@ -387,11 +402,13 @@ def train_lm(streams: Mapping[str, np.ndarray], weights: Mapping[str, float] | N
     wmap = dict(zip(keys, p.tolist()))
     log_every = max(1, steps // 50) if log_every is None else check_int(log_every, "log_every", low=1)
     dev = resolve_device(device)
+    if cpu_threads is not None:
+        cpu_threads = check_int(cpu_threads, "cpu_threads", low=1)
     rng = np.random.default_rng(seed)
     from tqdm.auto import tqdm
 
     history: list[dict] = []
-    with _Deterministic(dev):
+    with _Deterministic(dev, cpu_threads):
         model, opt = new_model(config, seed, dev)
         model.train()
         t0 = time.perf_counter()
@@ -455,7 +472,7 @@ def _stream_bpb(model: ByteLM, stream: np.ndarray, batch_size: int, max_tokens: 
 
 
 def evaluate_bpb(model: ByteLM, stream_or_streams, batch_size: int = 32, max_tokens: int | None = None,
-                 device: str = "auto") -> float | dict[str, float]:
+                 device: str = "auto", cpu_threads: int | None = 1) -> float | dict[str, float]:
     """Bits per byte of ``model`` on one stream or on each of ``{name: stream}``.
 
     Parameters
@@ -468,6 +485,8 @@ def evaluate_bpb(model: ByteLM, stream_or_streams, batch_size: int = 32, max_tok
     max_tokens : int, optional
         At most about this many predicted bytes per stream (evenly spaced windows); None: all.
     device : str
+    cpu_threads : int, optional
+        torch intra-op threads on CPU during the evaluation (None: leave torch's setting).
 
     Returns
     -------
@@ -486,7 +505,8 @@ def evaluate_bpb(model: ByteLM, stream_or_streams, batch_size: int = 32, max_tok
     model.eval()
     model.to(dev)
     try:
-        out = {k: _stream_bpb(model, s, batch_size, max_tokens, dev) for k, s in streams.items()}
+        with _Deterministic(dev, cpu_threads):
+            out = {k: _stream_bpb(model, s, batch_size, max_tokens, dev) for k, s in streams.items()}
     finally:
         model.train(was_training)
     return out["stream"] if single else out

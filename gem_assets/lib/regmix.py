@@ -35,8 +35,8 @@ import numpy as np
 from ._checks import check_float, check_int
 from .lm import LMConfig, _check_training, check_streams, evaluate_bpb, train_lm
 
-__all__ = ["sample_mixtures", "MixtureRegressor", "propose_mixture", "cv_spearman", "RegmixResult", "run_regmix",
-           "AUTO_MIN_RUNS"]
+__all__ = ["sample_mixtures", "MixtureRegressor", "propose_mixture", "cv_spearman", "RegmixResult", "proxy_runs",
+           "fit_and_propose", "run_regmix", "AUTO_MIN_RUNS"]
 
 #: With ``kind="auto"``, fewer training runs than this use ridge regression instead of boosted trees.
 AUTO_MIN_RUNS = 64
@@ -294,12 +294,81 @@ class RegmixResult:
     budget_tokens: int = 0
 
 
+def proxy_runs(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, config: LMConfig, n_runs: int,
+               steps: int, batch_size: int = 16, lr: float = 3e-3, seed: int = 0, max_epochs: float = 4.0,
+               device: str = "auto", progress: bool = False,
+               on_run: Callable[[int, np.ndarray, float], None] | None = None, eval_max_tokens: int | None = 65536,
+               cpu_threads: int | None = 1) -> dict:
+    """RegMix steps 1-2: draw ``n_runs`` mixtures within the epoch cap and train a proxy on each.
+
+    Returns
+    -------
+    dict
+        ``domains`` (list), ``mixtures`` (M, K), ``losses`` (M,) target bits per byte,
+        ``run_seconds`` (M,), ``tokens`` (K,) stream lengths, ``budget_tokens`` (per run).
+    """
+    streams = check_streams(streams)
+    (target_stream,) = check_streams({"target": target_stream}, name="target_stream").values()
+    steps, batch_size, lr, seed = _check_training(config, steps, batch_size, lr, seed)
+    n_runs = check_int(n_runs, "n_runs", low=2)
+    keys = list(streams)
+    if len(keys) < 2:
+        raise ValueError("RegMix needs at least 2 domains with data")
+    tokens = np.array([streams[k].size for k in keys], dtype=np.float64)
+    budget = steps * batch_size * config.context
+    mixtures = sample_mixtures(tokens, n_runs, np.random.default_rng(seed), tokens_per_domain=tokens,
+                               budget_tokens=budget, max_epochs=max_epochs)
+    from tqdm.auto import tqdm
+
+    losses = np.empty(n_runs)
+    run_seconds = np.empty(n_runs)
+    for i in tqdm(range(n_runs), desc="RegMix proxy runs", unit="run", disable=not progress):
+        t1 = time.perf_counter()
+        res = train_lm(streams, dict(zip(keys, mixtures[i].tolist())), config, steps, batch_size=batch_size, lr=lr,
+                       seed=seed, device=device, cpu_threads=cpu_threads)
+        losses[i] = evaluate_bpb(res.model, target_stream, max_tokens=eval_max_tokens, device=device,
+                                 cpu_threads=cpu_threads)
+        run_seconds[i] = time.perf_counter() - t1
+        if on_run is not None:
+            on_run(i, mixtures[i], float(losses[i]))
+    return {"domains": keys, "mixtures": mixtures, "losses": losses, "run_seconds": run_seconds, "tokens": tokens,
+            "budget_tokens": int(budget)}
+
+
+def fit_and_propose(mixtures: np.ndarray, losses: np.ndarray, tokens: np.ndarray, budget_tokens: float,
+                    max_epochs: float = 4.0, top_k: int = 128, n_simulations: int = 100_000, seed: int = 0,
+                    kind: str = "auto") -> tuple[np.ndarray, dict]:
+    """RegMix steps 3-4: fit the regressor on the runs and propose the mixture.
+
+    Returns
+    -------
+    weights : numpy.ndarray, shape (K,)
+    fit : dict
+        ``kind``, ``seconds`` (fit time), ``spearman_cv`` (5-fold out-of-fold), ``spearman_train``,
+        ``runs``, ``predicted_loss`` (of the proposed mixture), ``best_run_loss``.
+    """
+    from scipy.stats import spearmanr
+
+    n_simulations = check_int(n_simulations, "n_simulations", low=1)
+    top_k = min(check_int(top_k, "top_k", low=1), n_simulations)
+    t2 = time.perf_counter()
+    reg = MixtureRegressor(kind, random_state=seed).fit(mixtures, losses)
+    fit_seconds = time.perf_counter() - t2
+    rho_train = spearmanr(reg.predict(mixtures), losses).statistic
+    w = propose_mixture(reg, tokens, n_simulations=n_simulations, top_k=top_k, rng=np.random.default_rng(seed + 1),
+                        tokens_per_domain=tokens, budget_tokens=budget_tokens, max_epochs=max_epochs)
+    fit = {"kind": reg.kind_, "seconds": fit_seconds, "spearman_cv": cv_spearman(mixtures, losses, kind, seed=seed),
+           "spearman_train": float(rho_train) if np.isfinite(rho_train) else float("nan"), "runs": int(len(losses)),
+           "predicted_loss": float(reg.predict(w[None, :])[0]), "best_run_loss": float(np.min(losses))}
+    return w, fit
+
+
 def run_regmix(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, config: LMConfig, n_runs: int,
                steps: int, batch_size: int = 16, lr: float = 3e-3, seed: int = 0, max_epochs: float = 4.0,
                top_k: int = 128, n_simulations: int = 100_000, device: str = "auto", progress: bool = False,
                on_run: Callable[[int, np.ndarray, float], None] | None = None, kind: str = "auto",
-               eval_max_tokens: int | None = 65536) -> RegmixResult:
-    """Domain weights by RegMix.
+               eval_max_tokens: int | None = 65536, cpu_threads: int | None = 1) -> RegmixResult:
+    """Domain weights by RegMix (:func:`proxy_runs`, then :func:`fit_and_propose`).
 
     Parameters
     ----------
@@ -324,47 +393,19 @@ def run_regmix(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, con
         :class:`MixtureRegressor` kind.
     eval_max_tokens : int, optional
         Cap on the target bytes evaluated per run.
+    cpu_threads : int, optional
+        torch threads on CPU (see ``lm.train_lm``).
 
     Returns
     -------
     RegmixResult
     """
-    from scipy.stats import spearmanr
-
     t0 = time.perf_counter()
-    streams = check_streams(streams)
-    (target_stream,) = check_streams({"target": target_stream}, name="target_stream").values()
-    steps, batch_size, lr, seed = _check_training(config, steps, batch_size, lr, seed)
-    n_runs = check_int(n_runs, "n_runs", low=2)
-    n_simulations = check_int(n_simulations, "n_simulations", low=1)
-    top_k = min(check_int(top_k, "top_k", low=1), n_simulations)
-    keys = list(streams)
-    if len(keys) < 2:
-        raise ValueError("RegMix needs at least 2 domains with data")
-    tokens = np.array([streams[k].size for k in keys], dtype=np.float64)
-    budget = steps * batch_size * config.context
-    rng = np.random.default_rng(seed)
-    mixtures = sample_mixtures(tokens, n_runs, rng, tokens_per_domain=tokens, budget_tokens=budget,
-                               max_epochs=max_epochs)
-    from tqdm.auto import tqdm
-
-    losses = np.empty(n_runs)
-    run_seconds = []
-    for i in tqdm(range(n_runs), desc="RegMix proxy runs", unit="run", disable=not progress):
-        t1 = time.perf_counter()
-        res = train_lm(streams, dict(zip(keys, mixtures[i].tolist())), config, steps, batch_size=batch_size, lr=lr,
-                       seed=seed, device=device)
-        losses[i] = evaluate_bpb(res.model, target_stream, max_tokens=eval_max_tokens, device=device)
-        run_seconds.append(time.perf_counter() - t1)
-        if on_run is not None:
-            on_run(i, mixtures[i], float(losses[i]))
-    t2 = time.perf_counter()
-    reg = MixtureRegressor(kind, random_state=seed).fit(mixtures, losses)
-    fit_seconds = time.perf_counter() - t2
-    rho_train = spearmanr(reg.predict(mixtures), losses).statistic
-    fit = {"kind": reg.kind_, "seconds": fit_seconds, "spearman_cv": cv_spearman(mixtures, losses, kind, seed=seed),
-           "spearman_train": float(rho_train) if np.isfinite(rho_train) else float("nan"), "runs": n_runs}
-    w = propose_mixture(reg, tokens, n_simulations=n_simulations, top_k=top_k, rng=np.random.default_rng(seed + 1),
-                        tokens_per_domain=tokens, budget_tokens=budget, max_epochs=max_epochs)
-    return RegmixResult(weights=dict(zip(keys, w.tolist())), mixtures=mixtures, losses=losses, domains=keys, fit=fit,
-                        seconds=time.perf_counter() - t0, run_seconds=run_seconds, budget_tokens=int(budget))
+    runs = proxy_runs(streams, target_stream, config, n_runs, steps, batch_size=batch_size, lr=lr, seed=seed,
+                      max_epochs=max_epochs, device=device, progress=progress, on_run=on_run,
+                      eval_max_tokens=eval_max_tokens, cpu_threads=cpu_threads)
+    w, fit = fit_and_propose(runs["mixtures"], runs["losses"], runs["tokens"], runs["budget_tokens"],
+                             max_epochs=max_epochs, top_k=top_k, n_simulations=n_simulations, seed=seed, kind=kind)
+    return RegmixResult(weights=dict(zip(runs["domains"], w.tolist())), mixtures=runs["mixtures"],
+                        losses=runs["losses"], domains=runs["domains"], fit=fit, seconds=time.perf_counter() - t0,
+                        run_seconds=runs["run_seconds"].tolist(), budget_tokens=runs["budget_tokens"])
