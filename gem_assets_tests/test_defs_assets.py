@@ -232,10 +232,12 @@ def test_mlflow_unreachable_fails_when_asked(tiny_corpus, gem_home, instance):
 
 def test_asset_graph_lineage():
     keys = {a.key.to_user_string(): a for a in ASSETS}
-    assert set(keys) == {"documents", "embeddings", "teacher_sample", "teacher_clusters", "student_model",
-                         "domain_assignments", "domain_stats"}
+    assert set(keys) >= {"documents", "embeddings", "teacher_sample", "teacher_clusters", "student_model",
+                         "domain_assignments", "domain_stats", "taxonomy"}
     assert AssetKey("documents") in keys["embeddings"].dependency_keys
     assert AssetKey("embeddings") in keys["teacher_sample"].dependency_keys
     assert AssetKey("teacher_sample") in keys["teacher_clusters"].dependency_keys
     assert keys["documents"].partitions_def.name == SHARDS
     assert keys["teacher_sample"].partitions_def is None
+    assert {AssetKey(a) for a in ("teacher_clusters", "domain_assignments", "embeddings", "documents")} <= \
+        set(keys["taxonomy"].dependency_keys) and keys["taxonomy"].partitions_def is None
