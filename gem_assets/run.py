@@ -11,7 +11,8 @@
    changed, ``assign_job`` (student labels) for each shard whose student or documents changed,
    and ``stats_job`` (per-domain stats) when any assignment changed; then ``taxonomy_job`` (GIS
    names, tree, exemplars) when the teacher or any assignment changed;
-5. prints where the outputs are.
+5. runs ``evaluation_job`` (the mixture evaluation) when its inputs or parameters changed;
+6. prints where the outputs are.
 
 Runs are recorded in a persistent Dagster instance at ``$GEM_HOME/dagster``
 (``DAGSTER_HOME``), the one ``make ui`` opens, so everything done here shows up there.
@@ -45,8 +46,44 @@ def _failure_message(result) -> str:
     return "run failed (see the run's logs in the UI)"
 
 
+#: How runs are launched (set by :func:`run_pipeline` on every call): ``recon`` is the code
+#: pointer runs are launched from when ``GEM_EXECUTOR`` is not ``in_process`` (else ``None``),
+#: ``parallel`` how many shard runs go at once (see gem_assets/defs/executors.py).
+_DISPATCH: dict = {"recon": None, "parallel": 1}
+
+
+def _set_dispatch(defs_given: bool, recon_repo, out: TextIO) -> None:
+    from gem_assets.defs.executors import ExecutionSettings
+
+    execution = ExecutionSettings.from_env()
+    recon = None
+    if execution.needs_reconstructable:
+        if recon_repo is None and not defs_given:
+            from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+            recon_repo = ReconstructableRepository.for_module("gem_assets.definitions", "defs",
+                                                              working_directory=os.getcwd())
+        if recon_repo is None:
+            print(f"GEM_EXECUTOR={execution.executor} needs a code pointer to the definitions; "
+                  "running in process", file=out, flush=True)
+        recon = recon_repo
+    _DISPATCH.update(recon=recon, parallel=execution.parallel_runs if recon is not None else 1)
+
+
 def _execute(defs, job_name: str, instance, failed: dict, label: str, partition_key=None) -> bool:
-    """Run one job in process; on failure record its first step failure under ``failed[label]``."""
+    """Run one job; on failure record its first step failure under ``failed[label]``.
+
+    In process, or (``GEM_EXECUTOR`` other than ``in_process``) launched from the code pointer
+    with the job's own executor.
+    """
+    if _DISPATCH["recon"] is not None:
+        from gem_assets.defs.executors import JobRequest, run_jobs
+
+        message = run_jobs(_DISPATCH["recon"], instance, [JobRequest(job_name, label, partition_key)],
+                           run_config=_QUIET_RUN_CONFIG, tags={"gem/launched_by": "gem_assets.run"})[label]
+        if message is not None:
+            failed[label] = message
+        return message is None
     result = defs.resolve_job_def(job_name).execute_in_process(
         instance=instance, partition_key=partition_key, raise_on_error=False,
         run_config=_QUIET_RUN_CONFIG, tags={"gem/launched_by": "gem_assets.run"},
@@ -54,6 +91,37 @@ def _execute(defs, job_name: str, instance, failed: dict, label: str, partition_
     if not result.success:
         failed[label] = _failure_message(result)
     return result.success
+
+
+def _execute_shards(defs, job_name: str, instance, failed: dict, stale: dict, what: str, label, out: TextIO) -> dict:
+    """Run ``job_name`` for each stale shard (``stale``: key to reason), ``_DISPATCH["parallel"]``
+    at a time; failures go into ``failed`` under ``label(key)``. Returns key to success."""
+    parallel = _DISPATCH["parallel"]
+    for i, (key, reason) in enumerate(stale.items(), 1):
+        if parallel > 1:  # all at once: announce them all first
+            print(f"[{i}/{len(stale)}] shard {key}: {reason} -> {what}", file=out, flush=True)
+    ok: dict = {}
+    if parallel > 1 and len(stale) > 1:
+        from gem_assets.defs.executors import JobRequest, run_jobs
+
+        print(f"    {len(stale)} runs, {parallel} at a time ({job_name}, GEM_EXECUTOR=multiprocess)", file=out, flush=True)
+        labels = {label(key): key for key in stale}
+        results = run_jobs(_DISPATCH["recon"], instance, [JobRequest(job_name, lb, k) for lb, k in labels.items()],
+                           parallel=parallel, run_config=_QUIET_RUN_CONFIG,
+                           tags={"gem/launched_by": "gem_assets.run"})
+        for lb, message in results.items():
+            ok[labels[lb]] = message is None
+            if message is not None:
+                failed[lb] = message
+                print(f"    FAILED {labels[lb]}: {message}", file=out, flush=True)
+        return {key: ok[key] for key in stale}
+    for i, (key, reason) in enumerate(stale.items(), 1):
+        if parallel <= 1:
+            print(f"[{i}/{len(stale)}] shard {key}: {reason} -> {what}", file=out, flush=True)
+        ok[key] = _execute(defs, job_name, instance, failed, label(key), partition_key=key)
+        if not ok[key]:
+            print(f"    FAILED: {failed[label(key)]}", file=out, flush=True)
+    return ok
 
 
 def open_instance(dagster_home: Path):
@@ -72,7 +140,7 @@ def open_instance(dagster_home: Path):
     return DagsterInstance.get()
 
 
-def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
+def run_pipeline(defs=None, instance=None, out: TextIO | None = None, recon_repo=None) -> dict:
     """Bring every asset of the graph up to date and return a summary.
 
     Parameters
@@ -83,6 +151,10 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
         Default: the persistent instance at ``$GEM_HOME/dagster``.
     out : text stream, optional
         Where the summary is printed (default stdout; ``None`` from tests prints to stdout).
+    recon_repo : ReconstructableRepository, optional
+        Code pointer to ``defs`` for ``GEM_EXECUTOR`` other than ``in_process`` (runs are then
+        launched from it, shard runs ``GEM_MAX_CONCURRENT`` at a time with ``multiprocess``);
+        default: ``gem_assets.definitions:defs`` when ``defs`` is not given.
 
     Returns
     -------
@@ -97,6 +169,7 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
 
     out = out or sys.stdout
     t0 = time.perf_counter()
+    _set_dispatch(defs is not None, recon_repo, out)
     if defs is None:
         from gem_assets.definitions import defs
     gem = defs.resources["gem"]
@@ -125,16 +198,15 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
     status = {key: "up to date" for key in shards}
     failed: dict[str, str] = {}
     embed_docs, embed_seconds = 0, 0.0
-    for i, (key, reason) in enumerate(stale.items(), 1):
-        print(f"[{i}/{len(stale)}] shard {key}: {reason} -> documents, embeddings", file=out, flush=True)
-        if _execute(defs, "shard_job", instance, failed, key, partition_key=key):
+    ran = _execute_shards(defs, "shard_job", instance, failed, stale, "documents, embeddings", lambda k: k, out)
+    for key, success in ran.items():
+        if success:
             status[key] = "embedded"
             meta = artifacts.read_embeddings_meta(layout, key) or {}
             embed_docs += int(meta.get("n_vectors", 0))
             embed_seconds += float(meta.get("seconds", 0.0))
         else:
             status[key] = "failed"
-            print(f"    FAILED: {failed[key]}", file=out, flush=True)
 
     state = teacher_state(instance, settings, hashes)
     teacher = "up to date"
@@ -147,6 +219,7 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
     student, assigned, stats = _run_student_stages(defs, instance, settings, shards, status, failed, out)
     taxonomy = _run_taxonomy_stage(defs, instance, settings, [k for k in shards if status.get(k) != "failed"],
                                    failed, out)
+    evaluation = _run_evaluation_stage(defs, instance, settings, shards, status, failed, out)
     seconds = time.perf_counter() - t0
     summary = {
         "shards": status,
@@ -157,6 +230,7 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
         "assigned_shards": assigned,
         "stats": stats,
         "taxonomy": taxonomy,
+        "evaluation": evaluation,
         "embed_docs": embed_docs,
         "embed_seconds": embed_seconds,
         "outputs": str(layout.outputs_dir),
@@ -184,13 +258,8 @@ def _run_student_stages(defs, instance, settings, shards, status, failed, out) -
         student = "trained"
     keys = [k for k in shards if status.get(k) != "failed"]
     stale = stale_assignments(instance, settings, keys)
-    assigned = []
-    for i, (key, reason) in enumerate(stale.items(), 1):
-        print(f"[{i}/{len(stale)}] shard {key}: {reason} -> domain_assignments", file=out, flush=True)
-        if _execute(defs, "assign_job", instance, failed, f"assign {key}", partition_key=key):
-            assigned.append(key)
-        else:
-            print(f"    FAILED: {failed[f'assign {key}']}", file=out, flush=True)
+    ran = _execute_shards(defs, "assign_job", instance, failed, stale, "domain_assignments", lambda k: f"assign {k}", out)
+    assigned = [key for key, success in ran.items() if success]
     sstate = stats_state(instance, settings, keys)
     stats = "up to date" if sstate["fingerprint"] is not None else "skipped"
     if sstate["stale"]:
@@ -210,6 +279,22 @@ def _run_taxonomy_stage(defs, instance, settings, keys, failed, out) -> str:
         return "up to date"
     print(f"taxonomy: {state['reason']} -> taxonomy", file=out, flush=True)
     return "computed" if _execute(defs, "taxonomy_job", instance, failed, "taxonomy") else "failed"
+
+
+def _run_evaluation_stage(defs, instance, settings, shards, status, failed, out) -> str:
+    """``mixture_evaluation`` when its inputs or parameters changed (it needs every shard assigned)."""
+    from gem_assets.defs.evaluation import evaluation_state
+
+    if any(k in failed for k in ("teacher", "student")) or any(k.startswith("assign ") for k in failed):
+        return "skipped (an upstream stage failed)"
+    keys = [k for k in shards if status.get(k) != "failed"]
+    state = evaluation_state(instance, settings, keys)
+    if state["fingerprint"] is None:
+        return f"skipped ({state['reason']})"
+    if not state["stale"]:
+        return "up to date"
+    print(f"evaluation: {state['reason']} -> mixture_evaluation", file=out, flush=True)
+    return "computed" if _execute(defs, "evaluation_job", instance, failed, "evaluation") else "failed"
 
 
 def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
@@ -258,6 +343,19 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
         qual = f", names' mean NPMI {q['npmi']:.3f}, distinctiveness {q['distinctiveness']:.2f}" if q else ""
         p(f"taxonomy    {summary.get('taxonomy')}: {tax['k']} named domains in a tree of {2 * tax['k'] - 1} nodes, "
           f"{tax['vocabulary_size']} terms{qual} -> {tax_path}")
+    eval_path = layout.evaluation_dir / "summary.json"
+    if eval_path.is_file() and (layout.evaluation_dir / "results.csv").is_file():
+        import polars as pl
+
+        table = pl.read_csv(layout.evaluation_dir / "results.csv")
+        best = table.sort("bpb_target").row(0, named=True)
+        gem = table.filter(pl.col("bucketization") == "gem").sort("bpb_target")
+        gem_best = f"; best GEM pair gem/{gem['mixer'][0]} {gem['bpb_target'][0]:.4f}" if gem.height else ""
+        p(f"evaluation  {summary.get('evaluation')}: {table.height} bucketization x mixer pairs, best "
+          f"{best['bucketization']}/{best['mixer']} {best['bpb_target']:.4f} held-out bits per byte{gem_best} "
+          f"({layout.evaluation_dir / 'results.md'})")
+    elif summary.get("evaluation"):
+        p(f"evaluation  {summary['evaluation']}")
     for key, message in summary["failed"].items():
         p(f"FAILED      {key}: {message}")
     mlflow = defs.resources["mlflow"]
@@ -269,6 +367,7 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
     p(f"  student          {layout.outputs_dir / 'student'}/, assignments/<shard>.parquet, domain_stats/")
     p(f"  taxonomy         {layout.outputs_dir / 'taxonomy.json'}, taxonomy/ (taxonomy.md, dendrogram.png, "
       "domain_map.png)")
+    p(f"  evaluation       {layout.evaluation_dir}/  (results.md, results.csv, runs.csv, bpb.png, weights.json)")
     p(f"  MLflow           {mlflow.resolved_uri(layout)}  "
       f"(mlflow ui --backend-store-uri {mlflow.resolved_uri(layout)})")
     p(f"  Dagster UI       make ui  ->  http://127.0.0.1:3000  (DAGSTER_HOME={layout.dagster_home})")

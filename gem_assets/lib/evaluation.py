@@ -307,8 +307,12 @@ class MixingBackend:
     regmix: Callable[..., dict[str, float]]
 
     @classmethod
-    def default(cls, device: str = "auto") -> "MixingBackend":
-        """The project's proxy LM, DoReMi, RegMix and stream builder."""
+    def default(cls, device: str = "auto", eval_max_tokens: int | None = 65536) -> "MixingBackend":
+        """The project's proxy LM, DoReMi, RegMix and stream builder.
+
+        ``eval_max_tokens`` caps the bytes DoReMi reports its models on and RegMix scores each
+        proxy run on.
+        """
         from . import doremi as _doremi
         from . import lm as _lm
         from . import mixture as _mixture
@@ -326,11 +330,11 @@ class MixingBackend:
 
         def doremi(streams, config, steps, batch_size, lr, seed):
             return dict(_doremi.run_doremi(streams, None, config, steps, batch_size=batch_size, lr=lr, seed=seed,
-                                           device=device).weights)
+                                           device=device, eval_max_tokens=eval_max_tokens).weights)
 
         def regmix(streams, target, config, n_runs, steps, batch_size, lr, seed):
             return dict(_regmix.run_regmix(streams, target, config, n_runs, steps, batch_size=batch_size, lr=lr,
-                                           seed=seed, device=device).weights)
+                                           seed=seed, device=device, eval_max_tokens=eval_max_tokens).weights)
 
         return cls(streams=streams, train=train, bpb=bpb, doremi=doremi, regmix=regmix)
 
@@ -448,7 +452,7 @@ def run_experiment(
     _check_inputs(fit_texts, bucketizations, target_texts, target_labels)
     if not select_texts and "regmix" in config.mixers:
         raise ValueError("RegMix needs a non-empty selection set (select_texts) to choose weights on")
-    backend = backend or MixingBackend.default(config.device)
+    backend = backend or MixingBackend.default(config.device, config.max_eval_tokens)
     say = log or (lambda _msg: None)
     given_weights = given_weights or {}
     fit_texts = list(fit_texts)

@@ -1,0 +1,115 @@
+"""mixture_evaluation end to end at the smoke profile: real (tiny) byte-level LMs, DoReMi and RegMix
+on the tiny corpus, through Dagster's API; then make run's evaluation stage decides from fingerprints."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+from dagster import materialize
+
+from conftest import make_resources
+from gem_assets.config import PROFILES, Layout, Settings
+from gem_assets.defs.evaluation import evaluation_state, mixture_evaluation
+from gem_assets.defs.student import student_model
+from gem_assets.lib import storage
+from test_student_assets import KEYS, _assign, _checks, _md, _teacher
+
+MIXERS = ["natural", "uniform", "doremi", "regmix"]
+BUCKETIZATIONS = ["source", "kmeans", "gem"]
+
+
+def test_mixture_evaluation_smoke_end_to_end(tiny_corpus, gem_home, instance):
+    res = make_resources(gem_home, str(tiny_corpus / "*"), k=4, mlflow=True,
+                         tracking_uri=f"sqlite:///{gem_home / 'mlflow.db'}")
+    _teacher(instance, res)
+    assert materialize([student_model], instance=instance, resources=res).success
+    assert all(r.success for r in _assign(instance, res).values())
+    settings = res["gem"].settings()
+    assert evaluation_state(instance, settings, KEYS)["reason"] == "never materialized"
+
+    result = materialize([mixture_evaluation], instance=instance, resources=res)
+    assert result.success
+    assert _checks(result) == {"table_complete": (True, "ERROR"), "same_budget": (True, "ERROR"),
+                               "target_held_out": (True, "ERROR")}
+    prof = PROFILES["smoke"]
+    n_seeds = prof.eval_seeds
+    layout = Layout(gem_home.resolve())
+    out = layout.evaluation_dir
+    for name in ("results.csv", "runs.csv", "differences.csv", "results.md", "bpb.png", "weights.json", "summary.json"):
+        assert (out / name).is_file(), name
+
+    # the table: every pair, n seeds, finite bits per byte, intervals around the mean
+    table = pl.read_csv(out / "results.csv")
+    assert table.height == len(BUCKETIZATIONS) * len(MIXERS)
+    assert set(table.select("bucketization", "mixer").rows()) == {(b, m) for b in BUCKETIZATIONS for m in MIXERS}
+    assert table["seeds"].to_list() == [n_seeds] * table.height
+    streams = ["target", "food", "money", "sport", "tech"]   # the whole target set, then each source label
+    for s in streams:
+        mean, low, high = (table[f"bpb_{s}{x}"].to_numpy() for x in ("", "_low", "_high"))
+        assert np.all(np.isfinite(mean)) and np.all(mean > 0) and np.all(np.isfinite([low, high]))
+        assert np.all(low <= mean) and np.all(mean <= high)
+        # an untrained byte model is near log2(256) = 8 bits; a few steps cannot be far from it
+        assert np.all(mean < 9.0)
+    assert table.filter(pl.col("bucketization") == "source")["domains"].unique().to_list() == [4]
+
+    runs = pl.read_csv(out / "runs.csv")
+    assert runs.height == table.height * n_seeds
+    target_cfg = dict(prof.eval_target_config)
+    assert runs["tokens"].unique().to_list() == [prof.eval_steps * prof.eval_batch_size * target_cfg["context"]]
+    # the table's means and intervals are those of the seeds
+    for r in table.iter_rows(named=True):
+        ys = runs.filter((pl.col("bucketization") == r["bucketization"]) & (pl.col("mixer") == r["mixer"]))["bpb_target"]
+        assert sorted(runs.filter(pl.col("bucketization") == r["bucketization"])["seed"].unique().to_list()) == \
+            list(range(n_seeds))
+        assert math.isclose(r["bpb_target"], ys.mean(), rel_tol=1e-12)
+
+    weights = storage.read_json(out / "weights.json")
+    for b in BUCKETIZATIONS:
+        for m in MIXERS:
+            assert math.isclose(sum(weights["weights"][b][m].values()), 1.0, rel_tol=1e-9)
+    summary = storage.read_json(out / "summary.json")
+    c = summary["counts"]
+    assert c["documents"] == 120 and c["target"] == 12 and c["target"] + c["select"] + c["fit"] + c["unusable"] == 120
+
+    md = _md(result, "mixture_evaluation")
+    assert md["n_target_models"] == runs.height
+    assert md["bpb_chart"].startswith("![held-out bits per byte](data:image/png;base64,")
+    assert "| source | natural | 4 | " in md["results"] and "GEM minus the other bucketization" in md["results"]
+    assert md["mlflow_status"] == "logged"
+    assert md["input_fingerprint"] == summary["fingerprint"]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{gem_home / 'mlflow.db'}")
+    run = client.get_run(md["mlflow_run_id"])
+    assert math.isclose(run.data.metrics["final_bpb_target/gem/uniform"],
+                        table.filter((pl.col("bucketization") == "gem") & (pl.col("mixer") == "uniform"))["bpb_target"][0],
+                        rel_tol=1e-9)
+    assert {a.path for a in client.list_artifacts(md["mlflow_run_id"])} >= {"results.csv", "results.md", "bpb.png"}
+
+    # make run's view: up to date now; stale when an evaluation parameter changes
+    assert evaluation_state(instance, settings, KEYS) == {"stale": False, "reason": "up to date",
+                                                          "fingerprint": summary["fingerprint"]}
+    other = Settings(**{**settings.as_dict(), "seed": 1})
+    assert evaluation_state(instance, other, KEYS)["stale"]
+
+
+def test_make_run_ends_with_the_evaluation_and_reruns_nothing(tiny_corpus, gem_home, instance):
+    import io
+
+    from gem_assets.definitions import build_definitions
+    from gem_assets.run import run_pipeline
+
+    defs = build_definitions(**make_resources(gem_home, str(tiny_corpus / "*"), k=4))
+    buf = io.StringIO()
+    first = run_pipeline(defs, instance, out=buf)
+    assert not first["failed"] and first["evaluation"] == "computed"
+    text = buf.getvalue()
+    assert "evaluation: never materialized -> mixture_evaluation" in text
+    assert "evaluation  computed: 12 bucketization x mixer pairs, best " in text and "best GEM pair gem/" in text
+    summary = gem_home / "outputs" / "evaluation" / "summary.json"
+    mtime = summary.stat().st_mtime_ns
+    second = run_pipeline(defs, instance, out=io.StringIO())
+    assert second["evaluation"] == "up to date" and summary.stat().st_mtime_ns == mtime
