@@ -12,8 +12,9 @@ from gem_assets.defs.automation import daily_backfill, shard_sensor, teacher_sen
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
 from gem_assets.defs.evaluation import mixture_evaluation
-from gem_assets.defs.jobs import (assign_job, evaluation_job, shard_job, stats_job, student_job, taxonomy_job,
-                                  teacher_job)
+from gem_assets.defs.jobs import (assign_job, evaluation_job, mixing_job, shard_job, stats_job, student_job,
+                                  taxonomy_job, teacher_job)
+from gem_assets.defs.mixing import MIXING_ASSETS
 from gem_assets.defs.student import domain_assignments, domain_stats, student_model
 from gem_assets.defs.taxonomy import taxonomy
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
@@ -23,7 +24,7 @@ __all__ = ["ASSETS", "build_definitions", "defs"]
 
 #: Every asset of this part of the graph, upstream first.
 ASSETS = [documents, embeddings, teacher_sample, teacher_clusters, student_model, domain_assignments, domain_stats,
-          taxonomy, mixture_evaluation]
+          taxonomy, mixture_evaluation, *MIXING_ASSETS]
 
 
 def build_definitions(
@@ -48,7 +49,8 @@ def build_definitions(
     """
     return Definitions(
         assets=ASSETS,
-        jobs=[shard_job, teacher_job, student_job, assign_job, stats_job, taxonomy_job, evaluation_job],
+        jobs=[shard_job, teacher_job, student_job, assign_job, stats_job, taxonomy_job, evaluation_job,
+              mixing_job],
         sensors=[shard_sensor, teacher_sensor],
         schedules=[daily_backfill],
         resources={

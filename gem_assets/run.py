@@ -10,7 +10,8 @@
 4. runs ``student_job`` (the distilled student) when the teacher or the student parameters
    changed, ``assign_job`` (student labels) for each shard whose student or documents changed,
    and ``stats_job`` (per-domain stats) when any assignment changed; then ``taxonomy_job`` (GIS
-   names, tree, exemplars) when the teacher or any assignment changed;
+   names, tree, exemplars) when the teacher or any assignment changed; then ``mixing_job`` (proxy
+   corpus, DoReMi and RegMix weights, curated mixture) when the stats or the mixing parameters changed;
 5. runs ``evaluation_job`` (the mixture evaluation) when its inputs or parameters changed;
 6. prints where the outputs are.
 
@@ -148,6 +149,7 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
     student, assigned, stats = _run_student_stages(defs, instance, settings, shards, status, failed, out)
     taxonomy = _run_taxonomy_stage(defs, instance, settings, [k for k in shards if status.get(k) != "failed"],
                                    failed, out)
+    mixing = _run_mixing_stage(defs, instance, settings, stats, failed, out)
     evaluation = _run_evaluation_stage(defs, instance, settings, shards, status, failed, out)
     seconds = time.perf_counter() - t0
     summary = {
@@ -159,6 +161,7 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
         "assigned_shards": assigned,
         "stats": stats,
         "taxonomy": taxonomy,
+        "mixing": mixing,
         "evaluation": evaluation,
         "embed_docs": embed_docs,
         "embed_seconds": embed_seconds,
@@ -213,6 +216,20 @@ def _run_taxonomy_stage(defs, instance, settings, keys, failed, out) -> str:
         return "up to date"
     print(f"taxonomy: {state['reason']} -> taxonomy", file=out, flush=True)
     return "computed" if _execute(defs, "taxonomy_job", instance, failed, "taxonomy") else "failed"
+
+
+def _run_mixing_stage(defs, instance, settings, stats: str, failed, out) -> str:
+    """Proxy corpus, DoReMi, RegMix and the curated mixture, when ``domain_stats`` or the mixing
+    parameters changed (the whole ``mixing_job`` runs when any of its assets is stale)."""
+    from gem_assets.defs.mixing import mixing_state
+
+    if stats in ("failed", "skipped"):
+        return f"skipped (stats {stats})"
+    state = mixing_state(instance, settings)
+    if not state["stale"]:
+        return "up to date" if state["reason"] == "up to date" else f"skipped ({state['reason']})"
+    print(f"mixing: {state['reason']} -> mixing_job", file=out, flush=True)
+    return "computed" if _execute(defs, "mixing_job", instance, failed, "mixing") else "failed"
 
 
 def _run_evaluation_stage(defs, instance, settings, shards, status, failed, out) -> str:
@@ -277,6 +294,15 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
         qual = f", names' mean NPMI {q['npmi']:.3f}, distinctiveness {q['distinctiveness']:.2f}" if q else ""
         p(f"taxonomy    {summary.get('taxonomy')}: {tax['k']} named domains in a tree of {2 * tax['k'] - 1} nodes, "
           f"{tax['vocabulary_size']} terms{qual} -> {tax_path}")
+    manifest_path = layout.mixture_dir / "manifest.json"
+    if manifest_path.is_file():
+        man = storage.read_json(manifest_path)
+        top = sorted(man["weights"].items(), key=lambda kv: -kv[1])[:3]
+        p(f"mixing      {summary.get('mixing')}: {man['mixer']} weights (top: "
+          f"{', '.join(f'{d} {w:.3f}' for d, w in top)}); curated mixture {man['documents']:,} documents, "
+          f"{man['tokens']:,} tokens of a {man['budget_tokens']:,} budget -> {layout.mixture_dir}")
+    elif summary.get("mixing"):
+        p(f"mixing      {summary['mixing']}")
     eval_path = layout.evaluation_dir / "summary.json"
     if eval_path.is_file() and (layout.evaluation_dir / "results.csv").is_file():
         import polars as pl
@@ -301,6 +327,8 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
     p(f"  student          {layout.outputs_dir / 'student'}/, assignments/<shard>.parquet, domain_stats/")
     p(f"  taxonomy         {layout.outputs_dir / 'taxonomy.json'}, taxonomy/ (taxonomy.md, dendrogram.png, "
       "domain_map.png)")
+    p(f"  mixing           {layout.weights_dir}/ (doremi.json, regmix.json, pictures), {layout.mixture_dir}/ "
+      "(part-*.parquet, manifest.json)")
     p(f"  evaluation       {layout.evaluation_dir}/  (results.md, results.csv, runs.csv, bpb.png, weights.json)")
     p(f"  MLflow           {mlflow.resolved_uri(layout)}  "
       f"(mlflow ui --backend-store-uri {mlflow.resolved_uri(layout)})")

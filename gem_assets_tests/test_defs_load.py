@@ -19,16 +19,19 @@ def test_definitions_validate_loadable():
     Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
     assert keys == {"documents", "embeddings", "teacher_sample", "teacher_clusters", "student_model",
-                    "domain_assignments", "domain_stats", "mixture_evaluation", "taxonomy"}
+                    "domain_assignments", "domain_stats", "mixture_evaluation", "taxonomy", "proxy_corpus",
+                    "doremi_weights", "regmix_runs", "regmix_weights", "curated_mixture"}
     assert {j.name for j in defs.resolve_all_job_defs()} >= {"shard_job", "teacher_job", "student_job", "assign_job",
-                                                             "stats_job", "evaluation_job", "taxonomy_job"}
+                                                             "stats_job", "evaluation_job", "taxonomy_job",
+                                                             "mixing_job"}
     assert defs.resolve_sensor_def("shard_sensor") and defs.resolve_sensor_def("teacher_sensor")
     assert defs.resolve_schedule_def("daily_backfill").cron_schedule == "0 3 * * *"
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
     assert checks == {"document_conservation", "finite", "unit_norm", "one_per_document", "no_dead_domain",
                       "objective_non_decreasing", "heldout_agreement", "assigned_once", "share_drift",
                       "documents_conserved", "table_complete", "same_budget", "target_held_out",
-                      "named_domains", "no_stop_words", "exemplars"}
+                      "named_domains", "no_stop_words", "exemplars", "weights_valid", "runs_complete",
+                      "regressor_ranks_runs", "counts_match_manifest", "epoch_cap"}
 
 
 def test_loading_imports_no_model_and_writes_nothing(tmp_path):

@@ -121,3 +121,24 @@ def test_bad_mixer_is_rejected():
     with pytest.raises(ValueError, match="GEM_MIXTURE_TOKENS"):
         Settings.from_env({"GEM_MIXTURE_TOKENS": "0"})
     assert Settings.from_env({"GEM_MIX_TARGET": "tech"}).mixture_params()["target"] == "tech"
+
+
+def test_make_run_runs_the_mixing_stage_once(tiny_corpus, gem_home, instance):
+    import io
+
+    from dagster import AssetKey
+
+    from gem_assets.definitions import build_definitions
+    from gem_assets.run import run_pipeline
+
+    defs = build_definitions(**make_resources(gem_home, str(tiny_corpus / "*"), k=4))
+    buf = io.StringIO()
+    first = run_pipeline(defs, instance, out=buf)
+    assert first["mixing"] == "computed" and "mixing" not in first["failed"]
+    assert "curated mixture" in buf.getvalue() and "mixing_job" in buf.getvalue()
+    manifest = Layout(gem_home.resolve()).mixture_dir / "manifest.json"
+    mtime = manifest.stat().st_mtime_ns
+    second = run_pipeline(defs, instance, out=io.StringIO())
+    assert second["mixing"] == "up to date"
+    assert manifest.stat().st_mtime_ns == mtime
+    assert len(instance.fetch_materializations(AssetKey("curated_mixture"), limit=10).records) == 1

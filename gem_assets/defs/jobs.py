@@ -5,11 +5,13 @@ from dagster import AssetSelection, define_asset_job
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
 from gem_assets.defs.evaluation import mixture_evaluation
+from gem_assets.defs.mixing import MIXING_ASSETS
 from gem_assets.defs.student import domain_assignments, domain_stats, student_model
 from gem_assets.defs.taxonomy import taxonomy
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
 
-__all__ = ["shard_job", "teacher_job", "student_job", "assign_job", "stats_job", "taxonomy_job", "evaluation_job"]
+__all__ = ["shard_job", "teacher_job", "student_job", "assign_job", "stats_job", "taxonomy_job", "evaluation_job",
+           "mixing_job"]
 
 shard_job = define_asset_job(
     "shard_job",
@@ -51,4 +53,10 @@ taxonomy_job = define_asset_job(
     "taxonomy_job",
     selection=AssetSelection.assets(taxonomy),
     description="GIS taxonomy: named, hierarchical domains with exemplars, dendrogram and 2-D map.",
+)
+
+mixing_job = define_asset_job(
+    "mixing_job",
+    selection=AssetSelection.assets(*MIXING_ASSETS),
+    description="Mixture optimization: proxy corpus, DoReMi and RegMix weights, and the curated mixture.",
 )
