@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/clustering.py --write docs/benchmarks.md
 	$(PY) benchmarks/student.py --write docs/benchmarks.md
 	$(PY) benchmarks/taxonomy.py --write docs/benchmarks.md
+	$(PY) benchmarks/regmix.py --write docs/benchmarks.md
+	$(PY) benchmarks/proxy.py --write docs/benchmarks.md
 
 ui: $(STAMP)
 	mkdir -p $(GEM_HOME)/dagster
