@@ -161,3 +161,10 @@ def test_empty_and_all_bad_shards_are_accounted(tmp_path):
     res = corpus.validate_shard(allbad)
     assert (res.rows_in, res.n_kept, res.n_quarantined) == (2, 0, 2)
     assert res.quarantine["id"].to_list() == ["a", "b"] and set(res.quarantine["reason"]) == {"invalid_utf8"}
+
+
+def test_bbc_news_is_decoded_as_utf8_with_a_latin1_fallback():
+    from gem_assets.lib.corpus import read_bbc_news
+
+    text = " ".join(read_bbc_news()["text"].to_list())
+    assert "£" in text and "Â£" not in text   # 646 files hold a UTF-8 pound sign
