@@ -163,13 +163,13 @@ class Profile:
     eval_select: float = 0.1
     eval_target_config: tuple = (("n_layer", 3), ("n_head", 2), ("d_model", 64), ("context", 128))
     eval_proxy_config: tuple = (("n_layer", 2), ("n_head", 2), ("d_model", 64), ("context", 128))
-    eval_steps: int = 150
+    eval_steps: int = 120
     eval_batch_size: int = 16
     eval_seeds: int = 3
-    eval_doremi_steps: int = 100
-    eval_regmix_runs: int = 12
-    eval_regmix_steps: int = 50
-    eval_max_tokens: int | None = 65_536
+    eval_doremi_steps: int = 80
+    eval_regmix_runs: int = 10
+    eval_regmix_steps: int = 40
+    eval_max_tokens: int | None = 16_384
     # GIS taxonomy (issue 5): vocabulary of domain names, top terms and exemplars per domain
     taxonomy_min_df: int = 5
     taxonomy_max_terms: int = 50_000

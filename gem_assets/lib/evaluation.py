@@ -307,11 +307,13 @@ class MixingBackend:
     regmix: Callable[..., dict[str, float]]
 
     @classmethod
-    def default(cls, device: str = "auto", eval_max_tokens: int | None = 65536) -> "MixingBackend":
+    def default(cls, device: str = "auto", eval_max_tokens: int | None = 65536,
+                report_max_tokens: int = 4096) -> "MixingBackend":
         """The project's proxy LM, DoReMi, RegMix and stream builder.
 
-        ``eval_max_tokens`` caps the bytes DoReMi reports its models on and RegMix scores each
-        proxy run on.
+        ``eval_max_tokens`` caps the bytes RegMix scores each proxy run on;
+        ``report_max_tokens`` the bytes per domain DoReMi reports its two models' bits per byte
+        on (a by-product the weights do not depend on).
         """
         from . import doremi as _doremi
         from . import lm as _lm
@@ -330,7 +332,7 @@ class MixingBackend:
 
         def doremi(streams, config, steps, batch_size, lr, seed):
             return dict(_doremi.run_doremi(streams, None, config, steps, batch_size=batch_size, lr=lr, seed=seed,
-                                           device=device, eval_max_tokens=eval_max_tokens).weights)
+                                           device=device, eval_max_tokens=report_max_tokens).weights)
 
         def regmix(streams, target, config, n_runs, steps, batch_size, lr, seed):
             return dict(_regmix.run_regmix(streams, target, config, n_runs, steps, batch_size=batch_size, lr=lr,
