@@ -61,6 +61,10 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance):
     assert np.allclose(runs.select(pl.col("^w_.*$")).to_numpy().sum(1), 1.0)
     regmix = storage.read_json(layout.weights_dir / "regmix.json")
     assert regmix["fit"]["kind"] == "linear" and regmix["runs"] == prof.mix_regmix_runs
+    # the proposal's epoch cap is taken at the curated mixture's budget (3,000 tokens here)
+    assert regmix["proposal_budget_tokens"] == 3000
+    for j, n in enumerate(meta["domains"]):
+        assert regmix["weights"][n] * 3000 <= prof.mix_max_epochs * meta["domain_tokens"][j] + 1e-6
 
     # the curated mixture: default mixer regmix, 3,000-token budget, counts equal to the manifest
     manifest = storage.read_json(layout.mixture_dir / "manifest.json")

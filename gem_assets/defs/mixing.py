@@ -60,7 +60,7 @@ def mixing_fingerprints(settings: Settings, stats_fp: str) -> dict[str, str]:
     fps["regmix_runs"] = fingerprint("regmix_runs", fps["proxy_corpus"], train, {k: p[k] for k in (
         "regmix_runs", "regmix_steps", "max_epochs")})
     fps["regmix_weights"] = fingerprint("regmix_weights", fps["regmix_runs"], {k: p[k] for k in (
-        "top_k", "n_simulations", "max_epochs", "seed")})
+        "top_k", "n_simulations", "max_epochs", "mixture_tokens", "seed")})
     fps["curated_mixture"] = fingerprint("curated_mixture", stats_fp, fps[f"{p['mixer']}_weights"], {k: p[k] for k in (
         "mixer", "mixture_tokens", "max_epochs", "rows_per_shard", "seed")})
     return fps
@@ -434,7 +434,7 @@ def regmix_runs(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTr
     kinds={"scikitlearn", "mlflow", "json"},
     check_specs=[
         AssetCheckSpec("weights_valid", asset="regmix_weights",
-                       description="Finite weights summing to 1 within the epoch cap of the proxy runs' budget."),
+                       description="Finite weights summing to 1 within the epoch cap at the curated mixture's budget."),
         AssetCheckSpec("regressor_ranks_runs", asset="regmix_weights", blocking=False,
                        description="The regressor's out-of-fold Spearman correlation with the run losses is at least "
                        "0.5 (a warning: below it the proposal is close to a guess)."),
@@ -464,13 +464,17 @@ def regmix_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
     domains = run_meta["domains"]
     W = frame.select([f"w_{n}" for n in domains]).to_numpy()
     y = frame["loss"].to_numpy()
-    tokens = np.asarray(run_meta["tokens"], dtype=np.float64)
-    w, fit = fit_and_propose(W, y, tokens, run_meta["budget_tokens"], max_epochs=p["max_epochs"], top_k=p["top_k"],
+    # the proposal is capped against the curated mixture's budget and every document of each domain
+    # (the mixture it is for), not against a proxy run's budget
+    tokens = np.asarray([proxy_meta["domain_tokens"][proxy_meta["domains"].index(n)] for n in domains], dtype=np.float64)
+    budget = p["mixture_tokens"] or proxy_meta["tokens"]
+    w, fit = fit_and_propose(W, y, tokens, budget, max_epochs=p["max_epochs"], top_k=p["top_k"],
                              n_simulations=p["n_simulations"], seed=p["seed"])
     weights = _full_weights(proxy_meta, dict(zip(domains, w.tolist())))
     fp = fps["regmix_weights"]
     record = {"method": "regmix", "fingerprint": fp, "weights": weights, "natural_shares": proxy_meta["natural_shares"],
-              "fit": fit, "runs": int(y.size), "budget_tokens": run_meta["budget_tokens"], "params": p,
+              "fit": fit, "runs": int(y.size), "budget_tokens": run_meta["budget_tokens"],
+              "proposal_budget_tokens": budget, "params": p,
               "regmix_runs_fingerprint": fps["regmix_runs"]}
     png = _weights_outputs(settings, "regmix", proxy_meta, weights, record, "RegMix weights vs natural shares")
     outcome = _tracker(mlflow).log_fit(
@@ -484,7 +488,7 @@ def regmix_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
         artifacts=[settings.layout.weights_dir / "regmix.json", settings.layout.weights_dir / "regmix.png"],
         log=context.log,
     )
-    cap_ok = bool(np.all(w * run_meta["budget_tokens"] <= p["max_epochs"] * tokens + 1e-6))
+    cap_ok = bool(np.all(w * budget <= p["max_epochs"] * tokens + 1e-6))
     ok = bool(np.all(np.isfinite(w)) and abs(w.sum() - 1.0) < 1e-9 and cap_ok)
     rho = fit["spearman_cv"]
     checks = [

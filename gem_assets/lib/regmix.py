@@ -340,6 +340,10 @@ def fit_and_propose(mixtures: np.ndarray, losses: np.ndarray, tokens: np.ndarray
                     kind: str = "auto") -> tuple[np.ndarray, dict]:
     """RegMix steps 3-4: fit the regressor on the runs and propose the mixture.
 
+    ``tokens`` (per domain) and ``budget_tokens`` set the proposal's prior (token shares) and epoch
+    cap, ``w_k * budget_tokens <= max_epochs * tokens_k``: pass the budget of the model the mixture
+    is for (the curated mixture's), which is what keeps a regressor's optimum off tiny domains.
+
     Returns
     -------
     weights : numpy.ndarray, shape (K,)
@@ -367,7 +371,8 @@ def run_regmix(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, con
                steps: int, batch_size: int = 16, lr: float = 3e-3, seed: int = 0, max_epochs: float = 4.0,
                top_k: int = 128, n_simulations: int = 100_000, device: str = "auto", progress: bool = False,
                on_run: Callable[[int, np.ndarray, float], None] | None = None, kind: str = "auto",
-               eval_max_tokens: int | None = 65536, cpu_threads: int | None = 1) -> RegmixResult:
+               eval_max_tokens: int | None = 65536, cpu_threads: int | None = 1,
+               proposal_budget_tokens: float | None = None) -> RegmixResult:
     """Domain weights by RegMix (:func:`proxy_runs`, then :func:`fit_and_propose`).
 
     Parameters
@@ -395,6 +400,9 @@ def run_regmix(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, con
         Cap on the target bytes evaluated per run.
     cpu_threads : int, optional
         torch threads on CPU (see ``lm.train_lm``).
+    proposal_budget_tokens : float, optional
+        Token budget of the model the proposed mixture is for: the proposal's epoch cap is
+        ``w_k * proposal_budget_tokens <= max_epochs * tokens_k``. Default: a proxy run's budget.
 
     Returns
     -------
@@ -404,7 +412,8 @@ def run_regmix(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, con
     runs = proxy_runs(streams, target_stream, config, n_runs, steps, batch_size=batch_size, lr=lr, seed=seed,
                       max_epochs=max_epochs, device=device, progress=progress, on_run=on_run,
                       eval_max_tokens=eval_max_tokens, cpu_threads=cpu_threads)
-    w, fit = fit_and_propose(runs["mixtures"], runs["losses"], runs["tokens"], runs["budget_tokens"],
+    budget = runs["budget_tokens"] if proposal_budget_tokens is None else proposal_budget_tokens
+    w, fit = fit_and_propose(runs["mixtures"], runs["losses"], runs["tokens"], budget,
                              max_epochs=max_epochs, top_k=top_k, n_simulations=n_simulations, seed=seed, kind=kind)
     return RegmixResult(weights=dict(zip(runs["domains"], w.tolist())), mixtures=runs["mixtures"],
                         losses=runs["losses"], domains=runs["domains"], fit=fit, seconds=time.perf_counter() - t0,
