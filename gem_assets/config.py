@@ -403,8 +403,18 @@ class Settings:
 
     @property
     def layout(self) -> "Layout":
-        """Where things are written under :attr:`home`."""
-        return Layout(Path(self.home).expanduser().resolve())
+        """Where things are written under :attr:`home`.
+
+        ``home`` may be an fsspec URL (``s3://bucket/gem``, ``memory://gem``): the layout's
+        paths are then :class:`upath.UPath` objects, which the shard-level assets (``documents``,
+        ``embeddings``) read and write through ``gem_assets.lib.storage`` (docs/scaling.md says
+        which stages need a local home).
+        """
+        from gem_assets.lib.storage import as_path, is_remote
+
+        if is_remote(self.home):
+            return Layout(as_path(self.home))
+        return Layout(as_path(self.home).expanduser().resolve())
 
     @property
     def uses_default_corpus(self) -> bool:

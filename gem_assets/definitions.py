@@ -6,12 +6,13 @@ default corpus is written and the teacher model loaded only when a run needs the
 
 from __future__ import annotations
 
-from dagster import Definitions, in_process_executor
+from dagster import Definitions, ExecutorDefinition
 
 from gem_assets.defs.automation import daily_backfill, shard_sensor, teacher_sensor
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
 from gem_assets.defs.evaluation import mixture_evaluation
+from gem_assets.defs.executors import executor_from_env
 from gem_assets.defs.jobs import (assign_job, evaluation_job, mixing_job, shard_job, stats_job, student_job,
                                   taxonomy_job, teacher_job)
 from gem_assets.defs.mixing import MIXING_ASSETS
@@ -31,6 +32,7 @@ def build_definitions(
     gem: GemConfig | None = None,
     embedder: SentenceTransformerEmbedder | None = None,
     mlflow: MlflowTracker | None = None,
+    executor: ExecutorDefinition | None = None,
 ) -> Definitions:
     """The code location's definitions with the given resources (default: from the environment).
 
@@ -42,6 +44,9 @@ def build_definitions(
         Teacher embedder; default :meth:`SentenceTransformerEmbedder.from_env`.
     mlflow : MlflowTracker, optional
         MLflow logging; default :meth:`MlflowTracker.from_env`.
+    executor : ExecutorDefinition, optional
+        How steps execute; default from ``GEM_EXECUTOR`` / ``GEM_MAX_CONCURRENT``
+        (``in_process`` unless set: see ``gem_assets/defs/executors.py`` and docs/scaling.md).
 
     Returns
     -------
@@ -58,8 +63,9 @@ def build_definitions(
             "embedder": embedder or SentenceTransformerEmbedder.from_env(),
             "mlflow": mlflow or MlflowTracker.from_env(),
         },
-        # steps of these jobs run one after another; one process keeps the model loaded once
-        executor=in_process_executor,
+        # default in_process: steps run one after another in one process, the model loads once per
+        # run; GEM_EXECUTOR=multiprocess|dask|k8s runs steps in processes, on Dask or as k8s Jobs
+        executor=executor or executor_from_env(),
     )
 
 

@@ -47,8 +47,44 @@ def _failure_message(result) -> str:
     return "run failed (see the run's logs in the UI)"
 
 
+#: How runs are launched (set by :func:`run_pipeline` on every call): ``recon`` is the code
+#: pointer runs are launched from when ``GEM_EXECUTOR`` is not ``in_process`` (else ``None``),
+#: ``parallel`` how many shard runs go at once (see gem_assets/defs/executors.py).
+_DISPATCH: dict = {"recon": None, "parallel": 1}
+
+
+def _set_dispatch(defs_given: bool, recon_repo, out: TextIO) -> None:
+    from gem_assets.defs.executors import ExecutionSettings
+
+    execution = ExecutionSettings.from_env()
+    recon = None
+    if execution.needs_reconstructable:
+        if recon_repo is None and not defs_given:
+            from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+            recon_repo = ReconstructableRepository.for_module("gem_assets.definitions", "defs",
+                                                              working_directory=os.getcwd())
+        if recon_repo is None:
+            print(f"GEM_EXECUTOR={execution.executor} needs a code pointer to the definitions; "
+                  "running in process", file=out, flush=True)
+        recon = recon_repo
+    _DISPATCH.update(recon=recon, parallel=execution.parallel_runs if recon is not None else 1)
+
+
 def _execute(defs, job_name: str, instance, failed: dict, label: str, partition_key=None) -> bool:
-    """Run one job in process; on failure record its first step failure under ``failed[label]``."""
+    """Run one job; on failure record its first step failure under ``failed[label]``.
+
+    In process, or (``GEM_EXECUTOR`` other than ``in_process``) launched from the code pointer
+    with the job's own executor.
+    """
+    if _DISPATCH["recon"] is not None:
+        from gem_assets.defs.executors import JobRequest, run_jobs
+
+        message = run_jobs(_DISPATCH["recon"], instance, [JobRequest(job_name, label, partition_key)],
+                           run_config=_QUIET_RUN_CONFIG, tags={"gem/launched_by": "gem_assets.run"})[label]
+        if message is not None:
+            failed[label] = message
+        return message is None
     result = defs.resolve_job_def(job_name).execute_in_process(
         instance=instance, partition_key=partition_key, raise_on_error=False,
         run_config=_QUIET_RUN_CONFIG, tags={"gem/launched_by": "gem_assets.run"},
@@ -56,6 +92,37 @@ def _execute(defs, job_name: str, instance, failed: dict, label: str, partition_
     if not result.success:
         failed[label] = _failure_message(result)
     return result.success
+
+
+def _execute_shards(defs, job_name: str, instance, failed: dict, stale: dict, what: str, label, out: TextIO) -> dict:
+    """Run ``job_name`` for each stale shard (``stale``: key to reason), ``_DISPATCH["parallel"]``
+    at a time; failures go into ``failed`` under ``label(key)``. Returns key to success."""
+    parallel = _DISPATCH["parallel"]
+    for i, (key, reason) in enumerate(stale.items(), 1):
+        if parallel > 1:  # all at once: announce them all first
+            print(f"[{i}/{len(stale)}] shard {key}: {reason} -> {what}", file=out, flush=True)
+    ok: dict = {}
+    if parallel > 1 and len(stale) > 1:
+        from gem_assets.defs.executors import JobRequest, run_jobs
+
+        print(f"    {len(stale)} runs, {parallel} at a time ({job_name}, GEM_EXECUTOR=multiprocess)", file=out, flush=True)
+        labels = {label(key): key for key in stale}
+        results = run_jobs(_DISPATCH["recon"], instance, [JobRequest(job_name, lb, k) for lb, k in labels.items()],
+                           parallel=parallel, run_config=_QUIET_RUN_CONFIG,
+                           tags={"gem/launched_by": "gem_assets.run"})
+        for lb, message in results.items():
+            ok[labels[lb]] = message is None
+            if message is not None:
+                failed[lb] = message
+                print(f"    FAILED {labels[lb]}: {message}", file=out, flush=True)
+        return {key: ok[key] for key in stale}
+    for i, (key, reason) in enumerate(stale.items(), 1):
+        if parallel <= 1:
+            print(f"[{i}/{len(stale)}] shard {key}: {reason} -> {what}", file=out, flush=True)
+        ok[key] = _execute(defs, job_name, instance, failed, label(key), partition_key=key)
+        if not ok[key]:
+            print(f"    FAILED: {failed[label(key)]}", file=out, flush=True)
+    return ok
 
 
 def open_instance(dagster_home: Path):
@@ -74,7 +141,7 @@ def open_instance(dagster_home: Path):
     return DagsterInstance.get()
 
 
-def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
+def run_pipeline(defs=None, instance=None, out: TextIO | None = None, recon_repo=None) -> dict:
     """Bring every asset of the graph up to date and return a summary.
 
     Parameters
@@ -85,6 +152,10 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
         Default: the persistent instance at ``$GEM_HOME/dagster``.
     out : text stream, optional
         Where the summary is printed (default stdout; ``None`` from tests prints to stdout).
+    recon_repo : ReconstructableRepository, optional
+        Code pointer to ``defs`` for ``GEM_EXECUTOR`` other than ``in_process`` (runs are then
+        launched from it, shard runs ``GEM_MAX_CONCURRENT`` at a time with ``multiprocess``);
+        default: ``gem_assets.definitions:defs`` when ``defs`` is not given.
 
     Returns
     -------
@@ -99,11 +170,16 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
 
     out = out or sys.stdout
     t0 = time.perf_counter()
+    _set_dispatch(defs is not None, recon_repo, out)
     if defs is None:
         from gem_assets.definitions import defs
     gem = defs.resources["gem"]
     embedder = defs.resources["embedder"]
     settings = gem.settings()
+    if "://" in settings.home and not settings.home.startswith("file://"):
+        raise SystemExit(f"GEM_HOME={settings.home} is an object-store URL: make run needs a local GEM_HOME (its Dagster "
+                         "instance, MLflow store and the teacher/student stages write local files); the shard-level "
+                         "assets and gem_assets.lib.storage accept URLs (docs/scaling.md)")
     layout = settings.layout
     layout.home.mkdir(parents=True, exist_ok=True)
     if instance is None:
@@ -127,16 +203,15 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None) -> dict:
     status = {key: "up to date" for key in shards}
     failed: dict[str, str] = {}
     embed_docs, embed_seconds = 0, 0.0
-    for i, (key, reason) in enumerate(stale.items(), 1):
-        print(f"[{i}/{len(stale)}] shard {key}: {reason} -> documents, embeddings", file=out, flush=True)
-        if _execute(defs, "shard_job", instance, failed, key, partition_key=key):
+    ran = _execute_shards(defs, "shard_job", instance, failed, stale, "documents, embeddings", lambda k: k, out)
+    for key, success in ran.items():
+        if success:
             status[key] = "embedded"
             meta = artifacts.read_embeddings_meta(layout, key) or {}
             embed_docs += int(meta.get("n_vectors", 0))
             embed_seconds += float(meta.get("seconds", 0.0))
         else:
             status[key] = "failed"
-            print(f"    FAILED: {failed[key]}", file=out, flush=True)
 
     state = teacher_state(instance, settings, hashes)
     teacher = "up to date"
@@ -190,13 +265,8 @@ def _run_student_stages(defs, instance, settings, shards, status, failed, out) -
         student = "trained"
     keys = [k for k in shards if status.get(k) != "failed"]
     stale = stale_assignments(instance, settings, keys)
-    assigned = []
-    for i, (key, reason) in enumerate(stale.items(), 1):
-        print(f"[{i}/{len(stale)}] shard {key}: {reason} -> domain_assignments", file=out, flush=True)
-        if _execute(defs, "assign_job", instance, failed, f"assign {key}", partition_key=key):
-            assigned.append(key)
-        else:
-            print(f"    FAILED: {failed[f'assign {key}']}", file=out, flush=True)
+    ran = _execute_shards(defs, "assign_job", instance, failed, stale, "domain_assignments", lambda k: f"assign {k}", out)
+    assigned = [key for key, success in ran.items() if success]
     sstate = stats_state(instance, settings, keys)
     stats = "up to date" if sstate["fingerprint"] is not None else "skipped"
     if sstate["stale"]:

@@ -151,3 +151,33 @@ def test_shards_stream_from_an_object_store(mem_root, tmp_path, suffix):
     assert vecs.shape == (3, 4) and index["row"].to_list() == [0, 6, 29]  # row 3 was quarantined
     with pytest.raises(corpus.ShardError, match="does not exist"):
         corpus.validate_shard(f"{mem_root}/corpus/missing.jsonl")
+
+
+def test_shard_assets_write_to_an_object_store_home(mem_root, tiny_corpus, instance):
+    """GEM_HOME as an fsspec URL: documents and embeddings materialize into the object store."""
+    from dagster import materialize
+
+    from conftest import make_resources
+    from gem_assets.definitions import ASSETS
+    from gem_assets.defs.partitions import SHARDS
+    from gem_assets.lib import artifacts
+
+    res = make_resources(f"{mem_root}/home", str(tiny_corpus / "*"))
+    layout = res["gem"].settings().layout
+    assert isinstance(layout.home, UPath) and str(layout.home) == f"{mem_root}/home"
+    keys = sorted(res["gem"].shards())
+    instance.add_dynamic_partitions(SHARDS, keys)
+    for key in keys:
+        result = materialize(ASSETS[:2], resources=res, instance=instance, partition_key=key)
+        assert result.success
+        assert all(c.passed for c in result.get_asset_check_evaluations())
+    for key in keys:
+        docs = artifacts.read_documents(layout, key)
+        vectors, index, meta = artifacts.read_embeddings(layout, key)
+        assert docs.height == 40 and meta["n_documents"] == 40
+        assert index["id"].to_list() == docs["id"].to_list()  # smoke cap 48 > 40: every document, in order
+        assert vectors.shape == (40, 32)
+        assert storage.read_json(layout.documents_meta_path(key))["rows_in"] == 40
+    fs = fsspec.filesystem("memory")
+    assert fs.exists(f"{mem_root.split('://')[1]}/home/outputs/quarantine/{keys[0]}.parquet")
+    assert not Path("memory:").exists()  # nothing went to a local folder named after the URL

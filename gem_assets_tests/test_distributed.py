@@ -1,0 +1,198 @@
+"""Executors (issue 8): the choice and its validation, shard runs in parallel with Dagster's
+multiprocess executor, the whole smoke pipeline end to end on a local Dask cluster (dagster-dask,
+the one-machine stand-in for a cluster), and the shipped Kubernetes run config validated against
+dagster-k8s's executor."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+from dagster import in_process_executor, instance_for_test, validate_run_config
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+from conftest import make_docs, make_resources, write_jsonl, write_parquet
+from gem_assets.defs.executors import EXECUTORS, ExecutionSettings, JobRequest, build_executor, run_jobs
+from gem_assets.lib import artifacts
+
+HERE = Path(__file__).resolve().parent
+DEFS_FILE = HERE / "distributed_defs.py"
+DEPLOY = HERE.parent / "deploy"
+
+
+# --------------------------------------------------------------------------- settings
+def test_execution_settings_from_env():
+    s = ExecutionSettings.from_env({})
+    assert s.executor == "in_process" and s.max_concurrent == max(1, os.cpu_count() or 1)
+    assert s.parallel_runs == 1 and not s.needs_reconstructable
+    s = ExecutionSettings.from_env({"GEM_EXECUTOR": "Multiprocess", "GEM_MAX_CONCURRENT": "3"})
+    assert (s.executor, s.max_concurrent, s.parallel_runs, s.needs_reconstructable) == ("multiprocess", 3, 3, True)
+    s = ExecutionSettings.from_env({"GEM_EXECUTOR": "dask", "GEM_DASK_ADDRESS": "tcp://h:8786", "GEM_MAX_CONCURRENT": "4"})
+    assert s.dask_address == "tcp://h:8786" and s.parallel_runs == 1  # dask: one run at a time
+    assert ExecutionSettings.from_env({"GEM_EXECUTOR": "in-process"}).executor == "in_process"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"GEM_EXECUTOR": "spark"}, "GEM_EXECUTOR='spark' is not one of"),
+    ({"GEM_MAX_CONCURRENT": "0"}, "GEM_MAX_CONCURRENT must be an integer >= 1"),
+    ({"GEM_MAX_CONCURRENT": "two"}, "GEM_MAX_CONCURRENT must be an integer >= 1, got 'two'"),
+])
+def test_bad_execution_settings_are_refused(env, message):
+    with pytest.raises(ValueError, match=message):
+        ExecutionSettings.from_env(env)
+
+
+def test_build_executor_for_each_choice():
+    assert set(EXECUTORS) == {"in_process", "multiprocess", "dask", "k8s"}
+    assert build_executor(ExecutionSettings()) is in_process_executor
+    mp = build_executor(ExecutionSettings("multiprocess", 3))
+    assert mp.name == "gem_multiprocess"
+    dask_local = build_executor(ExecutionSettings("dask", 2))
+    dask_existing = build_executor(ExecutionSettings("dask", 2, "tcp://scheduler:8786"))
+    assert dask_local.name == dask_existing.name == "gem_dask"
+    assert build_executor(ExecutionSettings("k8s", 2)).name == "k8s"
+
+
+def test_run_jobs_refuses_an_ephemeral_instance(instance):
+    with pytest.raises(ValueError, match="persistent Dagster instance"):
+        run_jobs(None, instance, [JobRequest("shard_job", "x", "x")])
+    with pytest.raises(ValueError, match="parallel must be >= 1"):
+        run_jobs(None, instance, [], parallel=0)
+
+
+# --------------------------------------------------------------------------- helpers
+def _corpus(root: Path, n_shards: int, n_docs: int = 40) -> str:
+    for i in range(n_shards):
+        rows = make_docs(n_docs, seed=10 + i, prefix=f"s{i}-")
+        (write_jsonl if i % 2 == 0 else write_parquet)(root / f"part-{i}.{'jsonl' if i % 2 == 0 else 'parquet'}", rows)
+    return str(root / "*")
+
+
+def _set_env(monkeypatch, home: Path, corpus_glob: str, executor: str, **extra) -> None:
+    env = {"GEM_HOME": str(home), "GEM_CORPUS": corpus_glob, "GEM_PROFILE": "smoke", "GEM_K": "4",
+           "GEM_SOURCE_COLUMN": "source", "GEM_MLFLOW": "0", "GEM_EXECUTOR": executor, **extra}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+
+def _load_defs():
+    """A fresh copy of distributed_defs (built from the current environment)."""
+    spec = importlib.util.spec_from_file_location(f"distributed_defs_{os.getpid()}", DEFS_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.defs
+
+
+def _recon():
+    return ReconstructableRepository.for_file(str(DEFS_FILE), "defs", working_directory=str(HERE))
+
+
+def _step_pids(instance, run_id: str) -> set[int]:
+    return {rec.dagster_event.pid for rec in instance.all_logs(run_id)
+            if rec.dagster_event is not None and rec.dagster_event.event_type_value == "STEP_START"}
+
+
+# --------------------------------------------------------------------------- multiprocess
+def test_shard_runs_in_parallel_with_the_multiprocess_executor(tmp_path, monkeypatch):
+    from gem_assets.defs.partitions import SHARDS
+
+    glob = _corpus(tmp_path / "corpus", 2)
+    _set_env(monkeypatch, tmp_path / "home", glob, "multiprocess", GEM_MAX_CONCURRENT="2")
+    defs = _load_defs()
+    keys = sorted(defs.resources["gem"].shards())
+    with instance_for_test() as inst:
+        inst.add_dynamic_partitions(SHARDS, keys)
+        done = []
+        results = run_jobs(_recon(), inst, [JobRequest("shard_job", k, k) for k in keys], parallel=2,
+                           on_done=lambda label, ok, msg: done.append((label, ok)))
+        assert results == {k: None for k in keys} and sorted(done) == [(k, True) for k in keys]
+        runs = inst.get_run_records()
+        assert len(runs) == 2 and {r.dagster_run.tags["dagster/partition"] for r in runs} == set(keys)
+        pids = set()
+        for r in runs:
+            step_pids = _step_pids(inst, r.dagster_run.run_id)
+            assert len(step_pids) == 2  # documents and embeddings, each in a process of its own
+            pids |= step_pids
+        assert os.getpid() not in pids and len(pids) == 4
+        (s0, e0), (s1, e1) = sorted((r.start_time, r.end_time) for r in runs)
+        assert s1 < e0  # the two runs overlapped in time
+    # same outputs as in process
+    layout = defs.resources["gem"].settings().layout
+    ref = make_resources(tmp_path / "ref", glob)
+    from dagster import materialize
+
+    with instance_for_test() as inst:
+        inst.add_dynamic_partitions(SHARDS, keys)
+        from gem_assets.definitions import ASSETS
+
+        for k in keys:
+            assert materialize(ASSETS[:2], resources=ref, instance=inst, partition_key=k).success
+    ref_layout = ref["gem"].settings().layout
+    for k in keys:
+        assert artifacts.read_documents(layout, k).equals(artifacts.read_documents(ref_layout, k))
+        v, idx, _ = artifacts.read_embeddings(layout, k)
+        rv, ridx, _ = artifacts.read_embeddings(ref_layout, k)
+        np.testing.assert_array_equal(v, rv)
+        assert idx.equals(ridx)
+
+
+# --------------------------------------------------------------------------- dask
+def test_smoke_pipeline_end_to_end_on_a_local_dask_cluster(tmp_path, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    from gem_assets.run import run_pipeline
+
+    glob = _corpus(tmp_path / "corpus", 2)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster:
+        _set_env(monkeypatch, tmp_path / "home", glob, "dask", GEM_DASK_ADDRESS=cluster.scheduler_address)
+        # the workers were started before the variables were set: hand them the environment
+        with distributed.Client(cluster) as client:
+            env = {k: v for k, v in os.environ.items() if k.startswith("GEM_")}
+            client.run(lambda e: os.environ.update(e), env)
+            worker_pids = set(client.run(os.getpid).values())
+        defs = _load_defs()
+        with instance_for_test() as inst:
+            out = io.StringIO()
+            summary = run_pipeline(defs=defs, instance=inst, out=out, recon_repo=_recon())
+            assert summary["failed"] == {}, out.getvalue()
+            assert set(summary["shards"].values()) == {"embedded"}
+            assert summary["teacher"] == "refit" and summary["student"] == "trained"
+            assert sorted(summary["assigned_shards"]) == sorted(summary["shards"]) and summary["stats"] == "computed"
+            step_pids = set()
+            for r in inst.get_run_records():
+                step_pids |= _step_pids(inst, r.dagster_run.run_id)
+            assert step_pids and step_pids <= worker_pids  # every step ran on a Dask worker
+    layout = defs.resources["gem"].settings().layout
+    stats = pl.read_csv(layout.domain_stats_dir / "domain_stats.csv")
+    assert int(stats["documents"].sum()) == 80  # every document of both shards counted once
+    for key in summary["shards"]:
+        assign = pl.read_parquet(layout.assignments_path(key))
+        assert assign.height == 40 and assign["id"].n_unique() == 40
+
+
+# --------------------------------------------------------------------------- kubernetes
+def test_shipped_k8s_run_config_is_valid_for_the_k8s_job_executor():
+    pytest.importorskip("dagster_k8s")
+    from gem_assets.definitions import build_definitions
+
+    config = yaml.safe_load((DEPLOY / "k8s" / "run_config.yaml").read_text())
+    res = make_resources(Path("/tmp/unused"), None)
+    defs = build_definitions(gem=res["gem"], embedder=res["embedder"], mlflow=res["mlflow"],
+                             executor=build_executor(ExecutionSettings("k8s", 4)))
+    for job in ("shard_job", "teacher_job", "assign_job"):
+        validated = validate_run_config(defs.resolve_job_def(job), config)
+        execution = validated["execution"]["k8s"]  # normalized to the executor's name
+        assert execution["max_concurrent"] == config["execution"]["config"]["max_concurrent"]
+        assert execution["job_namespace"] == "gem-assets"
+    bad = {"execution": {"config": {"max_concurrent": "many"}}}
+    with pytest.raises(Exception, match="max_concurrent"):
+        validate_run_config(defs.resolve_job_def("shard_job"), bad)
+    values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    env = {e["name"]: e["value"] for e in values["dagster-user-deployments"]["deployments"][0]["env"]}
+    assert env["GEM_EXECUTOR"] == "k8s" and env["GEM_HOME"] == "/data"
