@@ -4,7 +4,8 @@
 
 For each shard count, a fresh process runs ``python -m gem_assets.run`` (what ``make run`` runs:
 every stage of the graph, in process) on synthetic JSONL shards in a temporary ``GEM_HOME`` and
-reports its own peak RSS (``VmHWM``: the high-water mark of the process, model and all). Every
+reports its own peak RSS (``VmHWM``: the high-water mark of the process, model and all) and the peak
+RSS sampled every 0.1 s during each stage (stages named by the lines ``gem_assets.run`` prints). Every
 configuration uses shards of the same size, so a pipeline that streams its shards has the same
 peak for 1 and for 20 shards; one that reads all shards at once grows with their number.
 
@@ -65,16 +66,80 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(result_path: str) -> None:
-    """Run the whole pipeline in this process (configured by the environment), then record its peak."""
+def _rss_mib() -> float:
+    """This process's current resident set (VmRSS), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
+
+def _stage(line: str) -> str | None:
+    """The stage a line of ``gem_assets.run``'s output starts (None: not a stage line)."""
+    line = line.strip()
+    if line.startswith("[") and "->" in line:
+        return line.split("->", 1)[1].strip()
+    head = line.split(":", 1)[0]
+    if "->" in line and head.isidentifier():
+        return head
+    if line.startswith("== gem-assets summary"):
+        return "summary"
+    return None
+
+
+class _StageTrace:
+    """Peak RSS per pipeline stage: stdout lines name the stage, a thread samples VmRSS every 0.1 s."""
+
+    def __init__(self, out) -> None:
+        import threading
+
+        self.out, self.stage, self.peaks = out, "start (imports, corpus, partitions)", {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _note(self) -> None:
+        self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), _rss_mib())
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            self._note()
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            stage = _stage(line)
+            if stage is not None:
+                self._note()
+                self.stage = stage
+        return self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def close(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        self._note()
+        return self.peaks
+
+
+def child(result_path: str) -> None:
+    """Run the whole pipeline in this process (configured by the environment), then record its peak
+    and the peak RSS sampled during each stage."""
     from gem_assets.run import main as run_main
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    trace = _StageTrace(sys.stdout)
+    sys.stdout = trace
     t0 = time.perf_counter()
-    rc = run_main([])
+    try:
+        rc = run_main([])
+    finally:
+        sys.stdout = trace.out
+        peaks = trace.close()
     seconds = time.perf_counter() - t0
-    Path(result_path).write_text(json.dumps({"rc": rc, "seconds": seconds, "peak_rss_mib": _peak_rss_mib()}))
+    Path(result_path).write_text(json.dumps({"rc": rc, "seconds": seconds, "peak_rss_mib": _peak_rss_mib(),
+                                             "stage_peaks": peaks}))
 
 
 def measure(n_shards: int, docs_per_shard: int, max_seq_length: int, keep: bool = False) -> dict:
@@ -118,6 +183,15 @@ def table(rows: list[dict], args) -> str:
     for r in rows:
         lines.append(f"| {r['shards']} | {r['docs']:,} | {r['corpus_mib']:.1f} | {r['peak_rss_mib']:.0f} | "
                      f"{r['peak_rss_mib'] / base:.2f}x | {r['seconds']:.0f} |")
+    stages = list(dict.fromkeys(st for r in rows for st in r.get("stage_peaks", {})))
+    if stages:
+        lines += ["", "Peak RSS (MiB) sampled every 0.1 s during each stage (a stage's peak includes what earlier "
+                  "stages left in the process):", "",
+                  "| stage | " + " | ".join(f"{r['shards']} shard(s)" for r in rows) + " |",
+                  "|---|" + "---:|" * len(rows)]
+        for st in stages:
+            cells = [f"{r['stage_peaks'][st]:.0f}" if st in r.get("stage_peaks", {}) else "" for r in rows]
+            lines.append(f"| {st} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
