@@ -113,3 +113,28 @@ def test_make_run_ends_with_the_evaluation_and_reruns_nothing(tiny_corpus, gem_h
     mtime = summary.stat().st_mtime_ns
     second = run_pipeline(defs, instance, out=io.StringIO())
     assert second["evaluation"] == "up to date" and summary.stat().st_mtime_ns == mtime
+
+
+def test_checks_fail_on_a_missing_pair_a_short_seed_a_budget_mismatch_or_lost_documents():
+    from gem_assets.defs.evaluation import _checks
+    from gem_assets.lib.evaluation import summarize
+
+    rows = [{"bucketization": b, "mixer": m, "seed": s, "domains": 2, "tokens": 100, "train_seconds": 0.1,
+             "bpb_target": 3.0 + 0.01 * s} for b in ("kmeans", "gem") for m in ("natural", "uniform") for s in range(3)]
+    runs = pl.DataFrame(rows)
+    counts = {"documents": 10, "target": 2, "select": 1, "fit": 7, "unusable": 0}
+    ok = {c.check_name: c.passed for c in _checks(runs, summarize(runs), counts, 3, ("natural", "uniform"))}
+    assert ok == {"table_complete": True, "same_budget": True, "target_held_out": True}
+
+    missing = runs.filter(~((pl.col("bucketization") == "gem") & (pl.col("mixer") == "uniform")))
+    res = {c.check_name: c.passed for c in _checks(missing, summarize(missing), counts, 3, ("natural", "uniform"))}
+    assert res["table_complete"] is False
+    short = runs.filter(~((pl.col("bucketization") == "gem") & (pl.col("seed") == 2)))
+    assert {c.check_name: c.passed for c in _checks(short, summarize(short), counts, 3, ("natural", "uniform"))}[
+        "table_complete"] is False
+    budget = runs.with_columns(pl.when(pl.col("seed") == 1).then(200).otherwise(pl.col("tokens")).alias("tokens"))
+    assert {c.check_name: c.passed for c in _checks(budget, summarize(budget), counts, 3, ("natural", "uniform"))}[
+        "same_budget"] is False
+    lost = {**counts, "fit": 6}
+    assert {c.check_name: c.passed for c in _checks(runs, summarize(runs), lost, 3, ("natural", "uniform"))}[
+        "target_held_out"] is False

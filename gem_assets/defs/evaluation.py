@@ -99,7 +99,6 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
     evaluated stream), ``runs.csv`` (one row per seed), ``results.md`` (table, paired
     differences against GEM, setup), ``bpb.png``, ``weights.json`` and ``summary.json``.
     """
-    import numpy as np
     import polars as pl
 
     from gem_assets.lib import artifacts, plots, storage

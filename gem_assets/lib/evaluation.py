@@ -37,7 +37,7 @@ import numpy as np
 import polars as pl
 
 from ._checks import check_float, check_int
-from .bucketize import Bucketization
+from .bucketize import MISSING_LABEL, Bucketization
 from .sampling import rng_for
 
 __all__ = [
@@ -395,7 +395,7 @@ def _eval_streams(backend: MixingBackend, target_texts, target_labels) -> dict[s
     """The target set as one stream, and one stream per source label of it."""
     out = dict(backend.streams(list(target_texts), [TARGET] * len(target_texts)))
     if target_labels is not None:
-        keys = ["<missing>" if v is None else str(v) for v in target_labels]
+        keys = [MISSING_LABEL if v is None else str(v) for v in target_labels]
         per = backend.streams(list(target_texts), keys)
         for label in sorted(per):
             if label == TARGET:
