@@ -181,3 +181,32 @@ def test_shard_assets_write_to_an_object_store_home(mem_root, tiny_corpus, insta
     fs = fsspec.filesystem("memory")
     assert fs.exists(f"{mem_root.split('://')[1]}/home/outputs/quarantine/{keys[0]}.parquet")
     assert not Path("memory:").exists()  # nothing went to a local folder named after the URL
+
+
+def test_corpus_on_an_object_store(mem_root, gem_home, instance):
+    """GEM_CORPUS as an fsspec URL glob: discovery, hashing (with its cache) and the shard assets."""
+    from dagster import materialize
+
+    from conftest import make_resources
+    from gem_assets.definitions import ASSETS
+    from gem_assets.defs.partitions import SHARDS
+    from gem_assets.defs.state import hash_shards
+    from gem_assets.lib import artifacts
+
+    rows = make_docs(30, seed=6)
+    storage.write_bytes(f"{mem_root}/corpus/2024/a.jsonl", pl.DataFrame(rows).write_ndjson().encode())
+    storage.write_parquet(f"{mem_root}/corpus/b.parquet", pl.DataFrame(make_docs(20, seed=7, prefix="b")))
+    storage.write_bytes(f"{mem_root}/corpus/notes.txt", b"not a shard")
+    glob = f"{mem_root}/corpus/**"
+    shards = corpus.discover_shards(glob)
+    assert list(shards) == ["2024__a.jsonl", "b.parquet"] and all(isinstance(p, UPath) for p in shards.values())
+    hashes, cache = hash_shards(shards)
+    assert hashes["b.parquet"] == corpus.file_sha256(shards["b.parquet"])
+    again, cache2 = hash_shards(shards, cache)
+    assert again == hashes and cache2 == cache  # unchanged objects: same signature, not re-hashed
+    res = make_resources(gem_home, glob)
+    instance.add_dynamic_partitions(SHARDS, list(shards))
+    for key, n in (("2024__a.jsonl", 30), ("b.parquet", 20)):
+        assert materialize(ASSETS[:2], resources=res, instance=instance, partition_key=key).success
+        assert artifacts.read_documents(res["gem"].settings().layout, key).height == n
+        assert artifacts.read_documents_meta(res["gem"].settings().layout, key)["shard_sha256"] == hashes[key]

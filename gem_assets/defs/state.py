@@ -43,7 +43,8 @@ def hash_shards(shards: Mapping[str, Path], cache: Mapping[str, list] | None = N
     shards : mapping of str to Path
         Partition key to file.
     cache : mapping, optional
-        ``{key: [size, mtime_ns, sha256]}`` from a previous call (e.g. a sensor cursor).
+        ``{key: [size, version, sha256]}`` from a previous call (e.g. a sensor cursor); ``version``
+        is the modification time in ns (local files) or the object store's mtime or ETag.
 
     Returns
     -------
@@ -52,18 +53,19 @@ def hash_shards(shards: Mapping[str, Path], cache: Mapping[str, list] | None = N
         The updated cache.
     """
     from gem_assets.lib.corpus import file_sha256
+    from gem_assets.lib.storage import file_signature
 
     cache = dict(cache or {})
     hashes, new_cache = {}, {}
     for key, path in shards.items():
-        st = os.stat(path)
+        size, version = file_signature(path)  # local: size and mtime_ns; object stores: size and mtime/ETag
         old = cache.get(key)
-        if old and old[0] == st.st_size and old[1] == st.st_mtime_ns:
+        if old and old[0] == size and str(old[1]) == version:
             sha = old[2]
         else:
             sha = file_sha256(path)
         hashes[key] = sha
-        new_cache[key] = [st.st_size, st.st_mtime_ns, sha]
+        new_cache[key] = [size, version, sha]
     return hashes, new_cache
 
 

@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import numpy as np
@@ -111,12 +111,16 @@ def discover_shards(pattern: str) -> dict[str, Path]:
     ----------
     pattern : str
         Glob (``**`` allowed). Files whose suffix is not in :data:`SHARD_SUFFIXES` are ignored.
+        An fsspec URL (``s3://bucket/corpus/*.parquet``, ``memory://...``) is globbed on its
+        filesystem.
 
     Returns
     -------
     dict of str to Path
-        Partition key to absolute file path, sorted by key.
+        Partition key to absolute file path (a :class:`upath.UPath` for a URL), sorted by key.
     """
+    if storage.is_remote(pattern):
+        return _discover_remote(pattern)
     pattern = os.path.expanduser(pattern)
     root = _glob_root(pattern)
     found: dict[str, Path] = {}
@@ -128,10 +132,33 @@ def discover_shards(pattern: str) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file's bytes."""
+def _discover_remote(pattern: str) -> dict:
+    """:func:`discover_shards` for an fsspec URL: keys relative to the glob's fixed leading folder."""
+    import fsspec
+
+    protocol = pattern.split("://", 1)[0]
+    fs = fsspec.filesystem(protocol)
+    bare = fs._strip_protocol(pattern)
+    parts = bare.split("/")
+    fixed: list[str] = []
+    for part in parts[:-1]:
+        if _GLOB_CHARS.search(part):
+            break
+        fixed.append(part)
+    root = "/".join(fixed).rstrip("/")
+    found = {}
+    for p in sorted(fs.glob(bare)):
+        if PurePosixPath(p).suffix.lower() not in SHARD_SUFFIXES or not fs.isfile(p):
+            continue
+        rel = p[len(root):].lstrip("/") if root and p.startswith(root) else p.lstrip("/")
+        found[rel.replace("/", "__")] = storage.as_path(fs.unstrip_protocol(p))
+    return dict(sorted(found.items()))
+
+
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file's bytes (local path, URL or UPath)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_binary(path) as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()

@@ -41,6 +41,7 @@ __all__ = [
     "LOCAL_PROTOCOLS",
     "is_remote",
     "as_path",
+    "file_signature",
     "open_binary",
     "atomic_path",
     "atomic_dir",
@@ -123,6 +124,23 @@ def as_path(location):
     if protocol in LOCAL_PROTOCOLS:
         return Path(p.path)
     return p
+
+
+def file_signature(location) -> tuple[int, str]:
+    """``(size, version token)`` of a file: what changes when its bytes change, without reading them.
+
+    Locally the size and the modification time in nanoseconds; on an object store the size and
+    the first of the store's ``mtime`` / ``LastModified`` / ``last_modified`` / ``created`` /
+    ``ETag`` / ``etag`` it reports.
+    """
+    p = as_path(location)
+    if isinstance(p, Path):
+        st = os.stat(p)
+        return int(st.st_size), str(st.st_mtime_ns)
+    info = p.fs.info(p.path)
+    token = next((info[k] for k in ("mtime", "LastModified", "last_modified", "created", "ETag", "etag")
+                  if info.get(k) is not None), "")
+    return int(info.get("size") or 0), str(token)
 
 
 def open_binary(location):
