@@ -500,6 +500,7 @@ class Settings:
             "doremi_steps": p.eval_doremi_steps,
             "regmix_runs": p.eval_regmix_runs,
             "regmix_steps": p.eval_regmix_steps,
+            "regmix_proposal_budget": "target models' training bytes",   # sets the proposal's epoch cap
             "max_eval_tokens": p.eval_max_tokens,
             "kmeans": {"max_iter": p.max_iter, "tol": p.tol, "n_init": p.n_init},
             "source_column": self.effective_source_column,

@@ -40,6 +40,7 @@ class UnigramBackend:
     def __init__(self):
         self.trained_on: list[np.ndarray] = []
         self.regmix_targets: list[np.ndarray] = []
+        self.regmix_budgets: list[int] = []
         self.calls = {"doremi": 0, "regmix": 0, "train": 0}
 
     def streams(self, texts, keys):
@@ -72,8 +73,9 @@ class UnigramBackend:
         inv = {k: 1.0 / v.size for k, v in streams.items()}
         return {k: v / sum(inv.values()) for k, v in inv.items()}
 
-    def regmix(self, streams, target, config, n_runs, steps, batch_size, lr, seed):
+    def regmix(self, streams, target, config, n_runs, steps, batch_size, lr, seed, budget):
         self.calls["regmix"] += 1
+        self.regmix_budgets.append(budget)
         self.trained_on.extend(streams.values())
         self.regmix_targets.append(target)
         t = np.bincount(target, minlength=256) + 1.0
@@ -272,6 +274,7 @@ def test_run_experiment_grid_budget_and_target_never_seen():
     assert {f"bpb_{s}" for s in res.streams} <= set(runs.columns)
     assert all(np.isfinite(runs[c].to_numpy()).all() and (runs[c] > 0).all() for c in runs.columns if c.startswith("bpb_"))
     assert fake.calls == {"doremi": 2, "regmix": 2, "train": 24}
+    assert fake.regmix_budgets == [cfg.steps * cfg.batch_size * cfg.target.context] * 2   # the target models' budget
     # weights: natural = byte shares, uniform, all sum to one, every source bucket present
     w = res.weights["source"]
     assert w["natural"] == pytest.approx(ev.natural_weights(fake.streams(fit_texts, [bs[0].keys()[i] for i in bs[0].labels])))

@@ -296,8 +296,9 @@ class MixingBackend:
     domain keys; ``train(streams, weights, config, steps, batch_size, lr, seed)`` returns an
     object with ``model`` and ``tokens``; ``bpb(model, {name: stream}, max_tokens)`` returns
     ``{name: bits per byte}``; ``doremi(streams, config, steps, batch_size, lr, seed)`` and
-    ``regmix(streams, target_stream, config, n_runs, steps, batch_size, lr, seed)`` return
-    ``{key: weight}``.
+    ``regmix(streams, target_stream, config, n_runs, steps, batch_size, lr, seed, budget)`` return
+    ``{key: weight}`` (``budget``: the bytes the target models train on, which sets the epoch
+    cap of RegMix's proposal).
     """
 
     streams: Callable[..., dict[str, np.ndarray]]
@@ -334,9 +335,10 @@ class MixingBackend:
             return dict(_doremi.run_doremi(streams, None, config, steps, batch_size=batch_size, lr=lr, seed=seed,
                                            device=device, eval_max_tokens=report_max_tokens).weights)
 
-        def regmix(streams, target, config, n_runs, steps, batch_size, lr, seed):
+        def regmix(streams, target, config, n_runs, steps, batch_size, lr, seed, budget):
             return dict(_regmix.run_regmix(streams, target, config, n_runs, steps, batch_size=batch_size, lr=lr,
-                                           seed=seed, device=device, eval_max_tokens=eval_max_tokens).weights)
+                                           seed=seed, device=device, eval_max_tokens=eval_max_tokens,
+                                           proposal_budget_tokens=budget).weights)
 
         return cls(streams=streams, train=train, bpb=bpb, doremi=doremi, regmix=regmix)
 
@@ -529,8 +531,9 @@ def _mixer_weights(mixer: str, streams, select_stream, config: EvaluationConfig,
     if mixer == "doremi":
         return backend.doremi(streams, config.proxy, config.doremi_steps, config.proxy_batch_size, config.proxy_lr,
                               config.seed)
+    budget = config.steps * config.batch_size * int(config.target.context)   # what each target model trains on
     return backend.regmix(streams, select_stream, config.proxy, config.regmix_runs, config.regmix_steps,
-                          config.proxy_batch_size, config.proxy_lr, config.seed)
+                          config.proxy_batch_size, config.proxy_lr, config.seed, budget)
 
 
 def _normalized(w: Mapping[str, float], what: str) -> dict[str, float]:
