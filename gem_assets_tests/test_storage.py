@@ -183,15 +183,17 @@ def test_shard_assets_write_to_an_object_store_home(mem_root, tiny_corpus, insta
     assert not Path("memory:").exists()  # nothing went to a local folder named after the URL
 
 
-def test_corpus_on_an_object_store(mem_root, gem_home, instance):
-    """GEM_CORPUS as an fsspec URL glob: discovery, hashing (with its cache) and the shard assets."""
-    from dagster import materialize
+def test_corpus_on_an_object_store(mem_root, gem_home):
+    """GEM_CORPUS as an fsspec URL glob: discovery, hashing (with its cache), the whole pipeline."""
+    import io
+
+    from dagster import instance_for_test
 
     from conftest import make_resources
-    from gem_assets.definitions import ASSETS
-    from gem_assets.defs.partitions import SHARDS
+    from gem_assets.definitions import build_definitions
     from gem_assets.defs.state import hash_shards
     from gem_assets.lib import artifacts
+    from gem_assets.run import run_pipeline
 
     rows = make_docs(30, seed=6)
     storage.write_bytes(f"{mem_root}/corpus/2024/a.jsonl", pl.DataFrame(rows).write_ndjson().encode())
@@ -204,9 +206,17 @@ def test_corpus_on_an_object_store(mem_root, gem_home, instance):
     assert hashes["b.parquet"] == corpus.file_sha256(shards["b.parquet"])
     again, cache2 = hash_shards(shards, cache)
     assert again == hashes and cache2 == cache  # unchanged objects: same signature, not re-hashed
+    # the whole pipeline (make run's entry point, in process) on the object-store corpus, then a no-op re-run
     res = make_resources(gem_home, glob)
-    instance.add_dynamic_partitions(SHARDS, list(shards))
-    for key, n in (("2024__a.jsonl", 30), ("b.parquet", 20)):
-        assert materialize(ASSETS[:2], resources=res, instance=instance, partition_key=key).success
-        assert artifacts.read_documents(res["gem"].settings().layout, key).height == n
-        assert artifacts.read_documents_meta(res["gem"].settings().layout, key)["shard_sha256"] == hashes[key]
+    out = io.StringIO()
+    with instance_for_test() as inst:
+        summary = run_pipeline(defs=build_definitions(**res), instance=inst, out=out)
+        assert summary["failed"] == {}, out.getvalue()
+        assert set(summary["shards"].values()) == {"embedded"} and summary["teacher"] == "refit"
+        layout = res["gem"].settings().layout
+        for key, n in (("2024__a.jsonl", 30), ("b.parquet", 20)):
+            assert artifacts.read_documents(layout, key).height == n
+            assert artifacts.read_documents_meta(layout, key)["shard_sha256"] == hashes[key]
+            assert storage.read_parquet(layout.assignments_path(key)).height == n
+        again = run_pipeline(defs=build_definitions(**res), instance=inst, out=io.StringIO())
+        assert again["ran_shards"] == [] and again["teacher"] == "up to date"
