@@ -14,7 +14,7 @@
     dagster-dask's executor: every step a task on a Dask cluster, the one at
     ``GEM_DASK_ADDRESS`` (``tcp://host:8786``) or, without it, a local cluster of
     ``GEM_MAX_CONCURRENT`` single-threaded worker processes started per run. dagster-dask
-    0.29.27 as released fails every partitioned run with dask >= 2024.12 (dask's task spec
+    0.29.27 as released fails every partitioned run with dask 2026.8 (dask's task spec
     iterates the tuples it is given and Dagster's records refuse iteration) and names a step's
     task ``<job>.<step>``, so concurrent runs of one job on a shared cluster collide
     (dagster-io/dagster#21418). :class:`GemDaskExecutor` is its executor with both fixed (the
