@@ -349,3 +349,14 @@ def test_predict_in_blocks_matches_predict_proba(zipf_data):
     np.testing.assert_allclose(P.sum(1), 1.0, rtol=1e-12)
     np.testing.assert_array_equal(model.predict(X), P.argmax(1))
     np.testing.assert_array_equal(model.predict(X), model.labels_)
+
+
+def test_normalize_rows_keeps_unit_rows_without_a_copy_and_normalizes_others():
+    from gem_assets.lib._checks import normalize_rows, row_norms
+
+    X = torch.from_numpy(_sphere(70_000, 5, 1))            # more rows than one norm block
+    assert normalize_rows(X) is X
+    Y = X * torch.linspace(0.5, 3.0, 70_000, dtype=X.dtype)[:, None]
+    Z = normalize_rows(Y)
+    torch.testing.assert_close(row_norms(Z), torch.ones(70_000, dtype=torch.float64))
+    torch.testing.assert_close(Z, X)

@@ -10,7 +10,7 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "as_matrix", "normalize_rows", "check_int", "check_float", "make_rng"]
+__all__ = ["resolve_device", "as_matrix", "normalize_rows", "row_norms", "check_int", "check_float", "make_rng"]
 
 
 def resolve_device(device) -> torch.device:
@@ -59,15 +59,34 @@ def as_matrix(X, device: torch.device, *, name: str = "X", min_rows: int = 1) ->
         raise ValueError(f"{name} has dim {d}: points on the sphere S^(d-1) need d >= 2")
     if n < min_rows:
         raise ValueError(f"{name} has {n} rows but at least {min_rows} are needed")
-    if not bool(torch.isfinite(t).all()):
-        bad = int((~torch.isfinite(t)).any(1).sum())
+    # in row blocks: a whole-matrix isfinite would allocate an (N, d) bool array (384 MB at 1M x 384)
+    bad = sum(int((~torch.isfinite(t[a:a + _BLOCK])).any(1).sum()) for a in range(0, n, _BLOCK))
+    if bad:
         raise ValueError(f"{name} holds NaN or inf in {bad} row(s): drop or repair them before fitting")
     return t.to(device)
 
 
+_BLOCK = 1 << 16
+#: |norm - 1| below which a row counts as unit: the scale of the round-off of a float32 GEMM over d terms
+_UNIT_TOL = {torch.float32: 2.0**-20, torch.float64: 1e-12}
+
+
+def row_norms(X: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm of each row in float64, (N,), computed in row blocks: converting all of X at
+    once would hold a float64 copy of it (3 GB at 1M x 384)."""
+    return torch.cat([torch.linalg.vector_norm(X[a:a + _BLOCK], dim=1, dtype=torch.float64)
+                      for a in range(0, X.shape[0], _BLOCK)])
+
+
 def normalize_rows(X: torch.Tensor, *, name: str = "X") -> torch.Tensor:
-    """Project rows onto the unit sphere; zero rows have no direction and are rejected."""
-    norms = torch.linalg.vector_norm(X, dim=1, dtype=torch.float64)
+    """Project rows onto the unit sphere; zero rows have no direction and are rejected.
+
+    Rows that are unit already (|norm - 1| within the round-off of X's dtype, as the embeddings of a
+    normalizing encoder are) are returned as they are, without a copy of X.
+    """
+    norms = row_norms(X)
+    if float((norms - 1.0).abs().max()) <= _UNIT_TOL[X.dtype]:
+        return X
     zero = norms <= 1e-30
     if bool(zero.any()):
         idx = torch.nonzero(zero).ravel()[:5].tolist()

@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import vmf
-from ._checks import as_matrix, check_float, check_int, make_rng, normalize_rows, resolve_device
+from ._checks import as_matrix, check_float, check_int, make_rng, normalize_rows, resolve_device, row_norms
 from .metrics import balance_stats
 from .seeding import kmeans_plusplus
 
@@ -573,7 +573,7 @@ class GEM:
         if self.center_ is None:
             return X
         Xc = X - torch.as_tensor(self.center_, dtype=X.dtype, device=X.device)
-        norms = torch.linalg.vector_norm(Xc, dim=1, dtype=_F64)
+        norms = row_norms(Xc)
         # a point exactly at the centre has no direction after centring: keep its raw direction
         keep = norms > 1e-12
         Xc = torch.where(keep[:, None], Xc / norms.clamp(min=1e-300).to(X.dtype)[:, None], X)
@@ -675,7 +675,7 @@ class GEM:
         X = normalize_rows(X)
         self.center_ = None
         if self.isotropy:
-            self.center_ = X.to(_F64).mean(0).cpu().numpy()
+            self.center_ = X.mean(0, dtype=_F64).cpu().numpy()          # no float64 copy of X
             X = self._transform(X)
         rng = make_rng(self.random_state)
         best, gamma = None, None
