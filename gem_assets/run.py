@@ -141,7 +141,12 @@ def open_instance(dagster_home: Path):
     return DagsterInstance.get()
 
 
-def run_pipeline(defs=None, instance=None, out: TextIO | None = None, recon_repo=None) -> dict:
+#: Stages after which ``run_pipeline(until=...)`` / ``--until`` can stop.
+STAGES = ("stats", "taxonomy", "mixing", "evaluation")
+
+
+def run_pipeline(defs=None, instance=None, out: TextIO | None = None, recon_repo=None,
+                 until: str = "evaluation") -> dict:
     """Bring every asset of the graph up to date and return a summary.
 
     Parameters
@@ -156,6 +161,8 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None, recon_repo
         Code pointer to ``defs`` for ``GEM_EXECUTOR`` other than ``in_process`` (runs are then
         launched from it, shard runs ``GEM_MAX_CONCURRENT`` at a time with ``multiprocess``);
         default: ``gem_assets.definitions:defs`` when ``defs`` is not given.
+    until : {"stats", "taxonomy", "mixing", "evaluation"}, default "evaluation"
+        Last stage to bring up to date; later stages are reported as skipped.
 
     Returns
     -------
@@ -164,6 +171,8 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None, recon_repo
         ``teacher`` (``refit``/``up to date``/``failed``), ``embed_docs``, ``embed_seconds``,
         ``outputs`` and ``seconds``.
     """
+    if until not in STAGES:
+        raise ValueError(f"until must be one of {STAGES}, got {until!r}")
     from gem_assets.defs.partitions import SHARDS
     from gem_assets.defs.state import hash_shards, stale_shards, teacher_state
     from gem_assets.lib import artifacts
@@ -222,10 +231,13 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None, recon_repo
         print(f"teacher: {state['reason']} -> teacher_sample, teacher_clusters", file=out, flush=True)
         teacher = "refit" if _execute(defs, "teacher_job", instance, failed, "teacher") else "failed"
     student, assigned, stats = _run_student_stages(defs, instance, settings, shards, status, failed, out)
-    taxonomy = _run_taxonomy_stage(defs, instance, settings, [k for k in shards if status.get(k) != "failed"],
-                                   failed, out)
-    mixing = _run_mixing_stage(defs, instance, settings, stats, failed, out)
-    evaluation = _run_evaluation_stage(defs, instance, settings, shards, status, failed, out)
+    later = STAGES[STAGES.index(until) + 1:]
+    skipped = f"skipped (until {until})"
+    taxonomy = skipped if "taxonomy" in later else _run_taxonomy_stage(
+        defs, instance, settings, [k for k in shards if status.get(k) != "failed"], failed, out)
+    mixing = skipped if "mixing" in later else _run_mixing_stage(defs, instance, settings, stats, failed, out)
+    evaluation = skipped if "evaluation" in later else _run_evaluation_stage(
+        defs, instance, settings, shards, status, failed, out)
     seconds = time.perf_counter() - t0
     summary = {
         "shards": status,
@@ -409,12 +421,14 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (1 when a shard or the teacher failed)."""
     parser = argparse.ArgumentParser(prog="python -m gem_assets.run", description=__doc__.split("\n\n")[0])
-    parser.parse_args(argv)
+    parser.add_argument("--until", choices=STAGES, default="evaluation",
+                        help="last stage to bring up to date (default: the whole graph)")
+    args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no table-creation chatter
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    summary = run_pipeline()
+    summary = run_pipeline(until=args.until)
     return 1 if summary["failed"] else 0
 
 

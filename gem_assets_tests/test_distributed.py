@@ -165,7 +165,9 @@ def test_smoke_pipeline_end_to_end_on_a_local_dask_cluster(tmp_path, monkeypatch
         defs = _load_defs()
         with instance_for_test() as inst:
             out = io.StringIO()
-            summary = run_pipeline(defs=defs, instance=inst, out=out, recon_repo=_recon())
+            # through the shard-level stages and the teacher/student: each Dask-launched run costs ~1 min
+            # here, and the later whole-corpus stages are covered in process by the other tests
+            summary = run_pipeline(defs=defs, instance=inst, out=out, recon_repo=_recon(), until="stats")
             assert summary["failed"] == {}, out.getvalue()
             assert set(summary["shards"].values()) == {"embedded"}
             assert summary["teacher"] == "refit" and summary["student"] == "trained"
@@ -202,3 +204,10 @@ def test_shipped_k8s_run_config_is_valid_for_the_k8s_job_executor():
     values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
     env = {e["name"]: e["value"] for e in values["dagster-user-deployments"]["deployments"][0]["env"]}
     assert env["GEM_EXECUTOR"] == "k8s" and env["GEM_HOME"] == "/data"
+
+
+def test_run_pipeline_refuses_an_unknown_last_stage():
+    from gem_assets.run import run_pipeline
+
+    with pytest.raises(ValueError, match="until must be one of"):
+        run_pipeline(until="everything")
