@@ -70,7 +70,11 @@ def test_taxonomy_asset_writes_the_named_tree(tiny_corpus, gem_home, instance):
         assert d["top_terms"][0]["term"] in topic_words
         assert all(w not in STOP_WORDS and w.isalpha() for t in d["top_terms"] for w in t["term"].split())
         assert d["concentration"] > 0 and d["parent"] >= 4
-        assert 1 <= len(d["exemplars"]) <= 5
+        # the profile keeps 5 exemplars and every domain of the tiny corpus has more than 5 documents:
+        # exactly 5, distinct, in decreasing posterior
+        assert counts[d["id"]] > 5 and len(d["exemplars"]) == 5
+        post = [ex["posterior"] for ex in d["exemplars"]]
+        assert post == sorted(post, reverse=True) and len({ex["id"] for ex in d["exemplars"]}) == 5
         for ex in d["exemplars"]:
             assert ex["id"] in text_of and " ".join(text_of[ex["id"]].split()).startswith(ex["snippet"].rstrip("\u2026"))
     assert abs(sum(d["share"] for d in tax["domains"]) - 1) < 1e-12
