@@ -220,3 +220,23 @@ def test_corpus_on_an_object_store(mem_root, gem_home):
             assert storage.read_parquet(layout.assignments_path(key)).height == n
         again = run_pipeline(defs=build_definitions(**res), instance=inst, out=io.StringIO())
         assert again["ran_shards"] == [] and again["teacher"] == "up to date"
+
+
+def test_gem_model_round_trips_on_every_kind_of_location(root):
+    from gem_assets.lib.gem import GEM
+    from gem_assets.lib.synthetic import make_cone_clusters
+
+    X, _, _ = make_cone_clusters(300, 8, 3, kappa=50.0, dtype=np.float64, random_state=1)
+    model = GEM(3, isotropy=True, max_iter=20, random_state=0).fit(X)
+    dest = _join(root, "teacher", "model")
+    model.save(dest)
+    d = storage.as_path(dest)
+    assert sorted(p.name for p in d.iterdir()) == ["model.json", "model.safetensors"]
+    assert storage.read_json(d / "model.json")["format"] == "gem-assets/GEM/1"
+    again = GEM.load(dest)
+    np.testing.assert_allclose(again.predict_proba(X), model.predict_proba(X), atol=1e-12)
+    np.testing.assert_array_equal(again.center_, model.center_)
+    assert again.history_ == model.history_ and again.objective_ == model.objective_
+    storage.write_json(d / "model.json", {"format": "something-else"})
+    with pytest.raises(ValueError, match="does not hold a GEM model"):
+        GEM.load(dest)

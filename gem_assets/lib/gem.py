@@ -28,18 +28,14 @@ value then means roughly the same across corpora, embedders and K (see docs/meth
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import vmf
+from . import storage, vmf
 from ._checks import as_matrix, check_float, check_int, make_rng, normalize_rows, resolve_device, row_norms
 from .metrics import balance_stats
 from .seeding import kmeans_plusplus
@@ -741,13 +737,14 @@ class GEM:
     _PARAMS = ("n_clusters", "balance", "balance_scale", "max_iter", "tol", "n_init", "isotropy",
                "max_inner", "inner_tol", "memory_budget", "chunk_size", "random_state", "device")
 
-    def save(self, directory) -> Path:
-        """Write the fitted model as ``model.safetensors`` + ``model.json`` into ``directory`` (atomic)."""
-        from safetensors.numpy import save_file
+    def save(self, directory):
+        """Write the fitted model as ``model.safetensors`` + ``model.json`` into ``directory``.
 
+        ``directory`` may be a local path, an fsspec URL or a UPath; each file is written
+        atomically (:mod:`gem_assets.lib.storage`), ``model.json`` last.
+        """
         self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = storage.as_path(directory)
         tensors = {name: np.ascontiguousarray(getattr(self, name)) for name in self._ARRAYS}
         if self.center_ is not None:
             tensors["center_"] = np.ascontiguousarray(self.center_)
@@ -759,25 +756,19 @@ class GEM:
                 "objective_": self.objective_, "n_iter_": self.n_iter_, "converged_": self.converged_,
                 "streamed_": getattr(self, "streamed_", False),
                 "history_": self.history_}
-        for name, write in (("model.safetensors", lambda p: save_file(tensors, p)),
-                            ("model.json", lambda p: Path(p).write_text(json.dumps(meta, indent=1)))):
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-            os.close(fd)
-            write(tmp)
-            os.replace(tmp, directory / name)
+        storage.write_safetensors(directory / "model.safetensors", tensors)
+        storage.write_json(directory / "model.json", meta)
         return directory
 
     @classmethod
     def load(cls, directory) -> "GEM":
-        """Load a model written by :meth:`save` (safetensors + JSON; nothing is unpickled)."""
-        from safetensors.numpy import load_file
-
-        directory = Path(directory)
-        meta = json.loads((directory / "model.json").read_text())
+        """Load a model written by :meth:`save` (local path, URL or UPath; nothing is unpickled)."""
+        directory = storage.as_path(directory)
+        meta = storage.read_json(directory / "model.json")
         if meta.get("format") != "gem-assets/GEM/1":
             raise ValueError(f"{directory} does not hold a GEM model (format {meta.get('format')!r})")
         model = cls(**meta["params"])
-        tensors = load_file(str(directory / "model.safetensors"))
+        tensors = storage.read_safetensors(directory / "model.safetensors")
         for name in cls._ARRAYS:
             setattr(model, name, tensors[name])
         model.center_ = tensors.get("center_")
