@@ -40,13 +40,19 @@ Streaming: :func:`collect_term_stats` makes two passes over the shards (a callab
 iterator of :class:`TermBatch`): pass 1 counts document frequencies to choose the vocabulary
 (``min_df``, ``max_terms``); pass 2 accumulates, per term, its document and token counts per domain,
 the sums of the raw embeddings, of the per-domain log densities and of the posteriors of the embedded
-documents containing it, and keeps the highest-posterior exemplars of each domain. Memory is
-O(V (d + 4K)) whatever the corpus size; one shard is held at a time.
+documents containing it, and keeps the highest-posterior exemplars of each domain.
+
+Bounded memory (issue 8): pass 1 counts with
+:class:`gem_assets.lib.terms.BoundedDocumentFrequency`, which holds at most ``count_capacity`` terms
+(lossy counting; exact while the corpus has fewer distinct terms), so the counting does not grow
+with the corpus; the vocabulary is at most ``max_terms``; pass 2 counts exactly over that vocabulary.
+Pass 2 keeps only the per-term sums the requested ``posteriors`` need: the (V, d) sum of raw
+embeddings (the largest array: 150 MiB at V = 50,000, d = 384) only for ``"unit_direction"``.
+Memory is then O(count_capacity + V (4K [+ d])) whatever the corpus size; one batch is held at a time.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -209,19 +215,24 @@ class TermStats:
         Documents per domain.
     emb_doc_freq : ndarray (V,) int64
         Embedded documents containing each term.
-    raw_sum : ndarray (V, d) float64
-        Sum of the raw unit embeddings of the embedded documents containing each term.
-    log_density_sum : ndarray (V, K) float64
-        Sum over the same documents of log f_k(transformed embedding).
+    raw_sum : ndarray (V, d) float64 or None
+        Sum of the raw unit embeddings of the embedded documents containing each term (``None`` when
+        not collected: only ``"unit_direction"`` needs it).
+    log_density_sum : ndarray (V, K) float64 or None
+        Sum over the same documents of log f_k(transformed embedding) (``"mean_log_density"``,
+        ``"lift"``).
     log_density_total : ndarray (K,) float64
         Sum of log f_k over every embedded document.
-    posterior_sum : ndarray (V, K) float64
-        Sum over the same documents of the teacher's posterior Q_ik (uniform prior).
+    posterior_sum : ndarray (V, K) float64 or None
+        Sum over the same documents of the teacher's posterior Q_ik (uniform prior; ``"doc_posterior"``).
     exemplars : list of list of dict
         Per domain, up to ``n_exemplars`` documents of highest (balanced) posterior for it:
         ``id``, ``posterior``, ``snippet``.
     n_documents, n_embedded : int
         Documents seen (each pass) and embedded documents seen.
+    counting : dict
+        How pass 1 counted: ``capacity``, ``exact`` (no term forgotten), ``prunes``, ``error_bound``,
+        ``peak_terms`` (see :class:`gem_assets.lib.terms.BoundedDocumentFrequency`).
     """
 
     vocabulary: list[str]
@@ -229,13 +240,14 @@ class TermStats:
     term_freq: np.ndarray
     n_docs: np.ndarray
     emb_doc_freq: np.ndarray
-    raw_sum: np.ndarray
-    log_density_sum: np.ndarray
+    raw_sum: np.ndarray | None
+    log_density_sum: np.ndarray | None
     log_density_total: np.ndarray | None = None
     posterior_sum: np.ndarray | None = None
     exemplars: list[list[dict]] = field(default_factory=list)
     n_documents: int = 0
     n_embedded: int = 0
+    counting: dict = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -272,9 +284,15 @@ def _merge_top(best: list[list[tuple]], post: np.ndarray, ids, snippets, m: int)
         best[k] = cand[:m]
 
 
+#: The per-term sums each term posterior needs (:func:`term_posteriors`).
+_NEEDS = {"doc_posterior": "posterior_sum", "unit_direction": "raw_sum", "mean_log_density": "log_density_sum",
+          "lift": "log_density_sum"}
+
+
 def collect_term_stats(batches: Callable[[], Iterable[TermBatch]], geometry: TeacherGeometry, *, min_df: int = 5,
                        max_terms: int | None = 50_000, bigrams: bool = True, n_exemplars: int = 5,
-                       snippet_chars: int = 240, progress: bool = False) -> TermStats:
+                       snippet_chars: int = 240, count_capacity: int | None = None,
+                       posteriors: Sequence[str] | None = None, progress: bool = False) -> TermStats:
     """Stream the corpus twice and accumulate the per-term statistics of GIS and c-TF-IDF.
 
     Parameters
@@ -293,6 +311,13 @@ def collect_term_stats(batches: Callable[[], Iterable[TermBatch]], geometry: Tea
         Exemplars kept per domain (highest balanced posterior among embedded documents).
     snippet_chars : int
         Length of an exemplar's snippet (whitespace collapsed).
+    count_capacity : int or None
+        Most distinct terms held while counting document frequencies in pass 1
+        (:class:`gem_assets.lib.terms.BoundedDocumentFrequency`); ``None``: exact, unbounded. Must be
+        at least ``2 * max_terms`` so that a prune never leaves fewer terms than the vocabulary.
+    posteriors : sequence of str, optional
+        The term posteriors (:data:`POSTERIORS`) the statistics must support; only their sums are
+        kept (default: all four).
     progress : bool
         tqdm bars over the batches of each pass.
 
@@ -313,16 +338,27 @@ def collect_term_stats(batches: Callable[[], Iterable[TermBatch]], geometry: Tea
         raise ValueError(f"n_exemplars must be an integer >= 0, got {n_exemplars!r}")
     if isinstance(snippet_chars, bool) or not isinstance(snippet_chars, (int, np.integer)) or snippet_chars < 8:
         raise ValueError(f"snippet_chars must be an integer >= 8, got {snippet_chars!r}")
+    wanted = POSTERIORS if posteriors is None else tuple(posteriors)
+    unknown = [m for m in wanted if m not in POSTERIORS]
+    if unknown or not wanted:
+        raise ValueError(f"posteriors must be a non-empty subset of {POSTERIORS}, got {list(wanted)}")
+    if count_capacity is not None and max_terms is not None and isinstance(count_capacity, (int, np.integer)) \
+            and not isinstance(count_capacity, bool) and count_capacity < 2 * max_terms:
+        raise ValueError(f"count_capacity ({count_capacity}) must be at least 2 * max_terms ({2 * max_terms}): a prune "
+                         "keeps capacity // 2 terms, which must hold the whole vocabulary")
+    keep = {_NEEDS[m] for m in wanted}
     K, d = geometry.k, geometry.dim
 
-    df_all: Counter = Counter()
+    counter = T.BoundedDocumentFrequency(count_capacity, bigrams)
     n_pass1 = 0
     for b in tqdm(batches(), desc="GIS pass 1/2 (vocabulary)", unit="shard", disable=not progress):
         _check_batch(b, K, d)
-        T.count_document_frequency(b.texts, df_all, bigrams)
+        counter.update(b.texts)
         n_pass1 += len(b.texts)
-    vocab = T.select_vocabulary(df_all, min_df=min_df, max_terms=max_terms)
-    del df_all
+    vocab = T.select_vocabulary(counter.counts, min_df=min_df, max_terms=max_terms)
+    counting = {"capacity": counter.capacity, "exact": counter.exact, "prunes": counter.prunes,
+                "error_bound": counter.error_bound, "peak_terms": counter.peak_terms}
+    del counter
     if not vocab:
         raise ValueError(f"no term occurs in at least min_df={min_df} of the {n_pass1} documents: lower min_df")
     index = {t: j for j, t in enumerate(vocab)}
@@ -331,10 +367,10 @@ def collect_term_stats(batches: Callable[[], Iterable[TermBatch]], geometry: Tea
     term_freq = np.zeros((K, V), dtype=np.int64)
     n_docs = np.zeros(K, dtype=np.int64)
     emb_df = np.zeros(V, dtype=np.int64)
-    raw_sum = np.zeros((V, d), dtype=np.float64)
-    ld_sum = np.zeros((V, K), dtype=np.float64)
+    raw_sum = np.zeros((V, d), dtype=np.float64) if "raw_sum" in keep else None
+    ld_sum = np.zeros((V, K), dtype=np.float64) if "log_density_sum" in keep else None
     ld_total = np.zeros(K, dtype=np.float64)
-    q_sum = np.zeros((V, K), dtype=np.float64)
+    q_sum = np.zeros((V, K), dtype=np.float64) if "posterior_sum" in keep else None
     best: list[list[tuple]] = [[] for _ in range(K)]
     n_pass2 = n_emb = 0
     for b in tqdm(batches(), desc="GIS pass 2/2 (statistics)", unit="shard", disable=not progress):
@@ -358,11 +394,14 @@ def collect_term_stats(batches: Callable[[], Iterable[TermBatch]], geometry: Tea
         X = geometry.transform(raw)
         Be = B[rows]                                                                 # (m, V)
         emb_df += np.asarray(Be.sum(axis=0)).ravel()
-        raw_sum += np.asarray(Be.T @ raw)
+        if raw_sum is not None:
+            raw_sum += np.asarray(Be.T @ raw)
         L = geometry.log_densities(X)
-        ld_sum += np.asarray(Be.T @ L)
+        if ld_sum is not None:
+            ld_sum += np.asarray(Be.T @ L)
         ld_total += L.sum(axis=0)
-        q_sum += np.asarray(Be.T @ _softmax_rows(L))
+        if q_sum is not None:
+            q_sum += np.asarray(Be.T @ _softmax_rows(L))
         n_emb += rows.size
         if n_exemplars:
             ids = [b.ids[i] for i in rows]
@@ -374,7 +413,7 @@ def collect_term_stats(batches: Callable[[], Iterable[TermBatch]], geometry: Tea
     exemplars = [[{"id": i, "posterior": p, "snippet": s} for p, i, s in top] for top in best]
     return TermStats(vocabulary=vocab, doc_freq=doc_freq, term_freq=term_freq, n_docs=n_docs, emb_doc_freq=emb_df,
                      raw_sum=raw_sum, log_density_sum=ld_sum, log_density_total=ld_total, posterior_sum=q_sum, exemplars=exemplars, n_documents=n_pass2,
-                     n_embedded=n_emb)
+                     n_embedded=n_emb, counting=counting)
 
 
 def term_posteriors(stats: TermStats, geometry: TeacherGeometry, method: str = "doc_posterior") -> np.ndarray:
@@ -389,6 +428,9 @@ def term_posteriors(stats: TermStats, geometry: TeacherGeometry, method: str = "
     """
     if method not in POSTERIORS:
         raise ValueError(f"method must be one of {POSTERIORS}, got {method!r}")
+    if getattr(stats, _NEEDS[method]) is None:
+        raise ValueError(f"the statistics were collected without {_NEEDS[method]!r}, which the {method!r} posterior "
+                         f"needs: pass posteriors=[{method!r}] (or None) to collect_term_stats")
     has = stats.emb_doc_freq > 0
     out = np.zeros((len(stats.vocabulary), geometry.k), dtype=np.float64)
     if not has.any():

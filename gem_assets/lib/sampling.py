@@ -7,11 +7,13 @@ the same documents, whatever else changed in the corpus.
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping
+import heapq
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["derive_seed", "rng_for", "cap_sample", "allocate", "stratified_sample"]
+__all__ = ["derive_seed", "rng_for", "cap_sample", "allocate", "stratified_sample", "key_priority", "BottomK",
+           "bottom_k"]
 
 
 def derive_seed(seed: int, *keys: object) -> int:
@@ -131,3 +133,76 @@ def stratified_sample(sizes: Mapping[str, int], n: int, seed: int) -> dict[str, 
     """
     counts = allocate(sizes, n)
     return {k: cap_sample(int(sizes[k]), counts[k], seed, "stratified", k) for k in sizes}
+
+
+# --------------------------------------------------------------------------- bottom-k (streamed) samples
+def key_priority(seed: int, purpose: str, key: object) -> int:
+    """A seeded pseudo-random 64-bit priority of a key (BLAKE2b of the seed, purpose and key).
+
+    The same (seed, purpose, key) always gets the same priority, on any machine and in any order.
+    """
+    h = hashlib.blake2b(f"{int(seed)}\x1f{purpose}\x1f{key}".encode("utf-8"), digest_size=8)
+    return int.from_bytes(h.digest(), "little")
+
+
+class BottomK:
+    """A uniform sample of at most ``cap`` keys of a stream, seeded and independent of the order.
+
+    Each key gets a seeded pseudo-random priority (:func:`key_priority`); the sample is the ``cap``
+    keys of smallest priority ("bottom-k" sampling, Cohen & Kaplan 2007). Like reservoir sampling
+    it sees each key once and holds at most ``cap`` keys (a heap), so its memory does not depend on
+    the stream's length; unlike reservoir sampling the result depends only on the *set* of keys and
+    the seed, not on the order they arrive in (shards may be read in any order, or in parallel and
+    merged). Every subset of ``cap`` distinct keys is equally likely when the priorities are
+    independent and uniform, so each key is drawn with probability ``cap / N``.
+
+    Parameters
+    ----------
+    cap : int
+        Most keys kept (>= 1).
+    seed : int
+        Seed of the priorities.
+    purpose : str
+        Separates independent samples drawn with one seed (e.g. ``"evaluation/target"``).
+    """
+
+    def __init__(self, cap: int, seed: int, purpose: str = "") -> None:
+        if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1:
+            raise ValueError(f"cap must be an integer >= 1 (keys kept), got {cap!r}")
+        self.cap, self.seed, self.purpose = int(cap), int(seed), str(purpose)
+        self._heap: list[tuple[int, str]] = []  # (-priority, key): the top is the largest priority kept
+        self._items: dict[str, Any] = {}
+        self.seen = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def update(self, keys: Iterable[object], items: Iterable[Any] | None = None) -> "BottomK":
+        """Offer keys (distinct across the whole stream), with an optional item kept beside each."""
+        items_it = iter(items) if items is not None else None
+        for key in keys:
+            item = next(items_it) if items_it is not None else None
+            key = str(key)
+            entry = (-key_priority(self.seed, self.purpose, key), key)
+            self.seen += 1
+            if len(self._heap) < self.cap:
+                heapq.heappush(self._heap, entry)
+                self._items[key] = item
+            elif entry > self._heap[0]:  # smaller priority than the largest one kept
+                _, out = heapq.heapreplace(self._heap, entry)
+                del self._items[out]
+                self._items[key] = item
+        return self
+
+    def keys(self) -> list[str]:
+        """The sampled keys, by increasing priority."""
+        return [k for _, k in sorted(self._heap, key=lambda e: (-e[0], e[1]))]
+
+    def items(self) -> dict[str, Any]:
+        """Sampled key -> the item offered with it."""
+        return {k: self._items[k] for k in self.keys()}
+
+
+def bottom_k(keys: Iterable[object], cap: int, seed: int, purpose: str = "") -> list[str]:
+    """The :class:`BottomK` sample of ``keys`` (all of them when there are at most ``cap``)."""
+    return BottomK(cap, seed, purpose).update(keys).keys()

@@ -206,6 +206,7 @@ def build_taxonomy(stats: G.TermStats, geometry: G.TeacherGeometry, *, posterior
         "n_documents": int(stats.n_documents),
         "n_embedded": int(stats.n_embedded),
         "vocabulary_size": len(stats.vocabulary),
+        "vocabulary_counting": dict(stats.counting),
         "posterior": posterior,
         "params": dict(params or {}),
         "domains": domains,
@@ -260,11 +261,11 @@ def shard_batches(layout, keys: Sequence[str]) -> Iterator[G.TermBatch]:
     """
     import polars as pl
 
-    from gem_assets.lib import artifacts
+    from gem_assets.lib import artifacts, storage
 
     for key in keys:
         docs = artifacts.read_documents(layout, key).select("id", "text")
-        assign = pl.read_parquet(layout.assignments_path(key), columns=["id", "domain"])
+        assign = storage.read_parquet(layout.assignments_path(key), columns=["id", "domain"])
         docs = docs.join(assign, on="id", how="left", maintain_order="left")
         missing = docs["domain"].null_count()
         if missing:

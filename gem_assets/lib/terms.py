@@ -26,8 +26,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["STOP_WORDS", "document_terms", "count_document_frequency", "select_vocabulary",
-           "term_matrix", "is_valid_term"]
+__all__ = ["STOP_WORDS", "document_terms", "count_document_frequency", "BoundedDocumentFrequency",
+           "select_vocabulary", "term_matrix", "is_valid_term"]
 
 #: English stop words shipped with the package (no download): function words, pronouns,
 #: auxiliaries and their contractions, and very common adverbs (301 entries).
@@ -115,6 +115,95 @@ def count_document_frequency(texts: Iterable[str], counter: Counter | None = Non
     for text in texts:
         counter.update(set(document_terms(text, bigrams)))
     return counter
+
+
+class BoundedDocumentFrequency:
+    """Document frequencies of the most frequent terms, in memory bounded by ``capacity`` terms.
+
+    An exact :class:`collections.Counter` of every term grows with the corpus (most bigrams are
+    seen once, and a larger corpus keeps bringing new ones). This counter holds at most
+    ``capacity`` terms after each document: when a document's terms would take it past the
+    capacity, it is *pruned* to the ``capacity // 2`` terms of highest count (ties: the
+    alphabetically first), the rest are forgotten. A forgotten term seen again starts from 0.
+
+    This is lossy counting with a fixed memory budget (as in Manku & Motwani's lossy counting, but
+    pruning by rank instead of by a frequency threshold, so memory is fixed in advance instead of
+    growing as ``log(eps N) / eps``). Guarantees:
+
+    - every count is a lower bound of the term's true document frequency, and the true frequency
+      is at most ``count + error_bound``, where :attr:`error_bound` is the sum, over the prunes, of
+      the highest count forgotten at each (a term loses at most that much per prune);
+    - while no prune happened (``capacity`` at least the number of distinct terms) the counts are
+      exact and equal to :func:`count_document_frequency`'s.
+
+    What it costs: the terms near the cut of a vocabulary chosen from these counts may differ from
+    the exact choice (a term of middling frequency can be forgotten at a prune and counted again
+    from 0); the most frequent terms, which name the domains, are kept. Each prune sorts the held
+    terms (``O(capacity log capacity)``), once per ``capacity // 2`` new terms.
+
+    Parameters
+    ----------
+    capacity : int or None
+        Most terms held between documents (>= 2); ``None``: unbounded (exact, an ordinary Counter).
+    bigrams : bool
+        Count bigram terms too.
+
+    Attributes
+    ----------
+    counts : Counter
+        Term -> counted documents (a lower bound of its document frequency).
+    n_documents : int
+        Documents counted.
+    prunes : int
+        Prunes done.
+    error_bound : int
+        Largest possible undercount of any term (0 while no prune happened).
+    forgotten : int
+        Term entries dropped by the prunes (a term dropped twice counts twice).
+    peak_terms : int
+        Most terms held after any document (never above ``capacity``).
+    """
+
+    def __init__(self, capacity: int | None = None, bigrams: bool = True) -> None:
+        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer))
+                                     or capacity < 2):
+            raise ValueError(f"capacity must be an integer >= 2 (terms held while counting) or None, got {capacity!r}")
+        self.capacity = None if capacity is None else int(capacity)
+        self.bigrams = bool(bigrams)
+        self.counts: Counter = Counter()
+        self.n_documents = 0
+        self.prunes = 0
+        self.error_bound = 0
+        self.forgotten = 0
+        self.peak_terms = 0
+
+    @property
+    def exact(self) -> bool:
+        """Whether every count is exact (no prune happened)."""
+        return self.prunes == 0
+
+    def _prune(self, keep: int) -> None:
+        if len(self.counts) <= keep:
+            return
+        ranked = sorted(self.counts.items(), key=lambda tc: (-tc[1], tc[0]))
+        dropped = ranked[keep:]
+        self.error_bound += int(dropped[0][1])
+        self.forgotten += len(dropped)
+        self.prunes += 1
+        self.counts = Counter(dict(ranked[:keep]))
+
+    def update(self, texts: Iterable[str]) -> "BoundedDocumentFrequency":
+        """Count the documents of ``texts`` (each term once per document); returns ``self``."""
+        cap = self.capacity
+        for text in texts:
+            terms = set(document_terms(text, self.bigrams))
+            self.counts.update(terms)
+            self.n_documents += 1
+            if cap is not None and len(self.counts) > cap:
+                # this document's new terms survive only if they rank in the top half
+                self._prune(cap // 2)
+            self.peak_terms = max(self.peak_terms, len(self.counts))
+        return self
 
 
 def select_vocabulary(document_frequency: Mapping[str, int], *, min_df: int = 5,

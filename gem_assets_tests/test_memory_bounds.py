@@ -1,0 +1,192 @@
+"""Issue 8: what grows with the corpus is bounded by documented caps (vocabulary counting, samples).
+
+Each test checks a bound that holds whatever the corpus size: the lossy counter never holds more
+than its capacity and never overcounts, a bottom-k sample is uniform, seeded, order-free and of the
+cap's size, and the taxonomy statistics' working set does not grow with the number of shards.
+"""
+
+from __future__ import annotations
+
+import string
+import tracemalloc
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from gem_assets.lib import gis, sampling, terms
+from gem_assets.lib.gis import TeacherGeometry, TermBatch
+
+
+def _random_docs(n: int, seed: int, words_per_doc: int = 30, pool: int = 3_000) -> list[str]:
+    """Documents of random letter-only words: a Zipf-like head (``w0`` ... small ids) and a long tail
+    of words never seen before (a larger corpus keeps bringing new ones)."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list(string.ascii_lowercase))
+
+    def word(i: int) -> str:
+        out, i = [], int(i) + 26 * 26
+        while i:
+            out.append(letters[i % 26])
+            i //= 26
+        return "".join(out)
+
+    docs = []
+    for _ in range(n):
+        head = rng.zipf(1.5, size=words_per_doc // 2) % pool
+        tail = rng.integers(10**6, 10**9, size=words_per_doc - head.size)  # mostly new words
+        docs.append(" ".join(word(i) for i in np.concatenate([head, tail])))
+    return docs
+
+
+# --------------------------------------------------------------------------- bounded document frequency
+def test_bounded_counter_is_exact_while_under_capacity():
+    docs = _random_docs(200, seed=1)
+    exact = terms.count_document_frequency(docs)
+    bounded = terms.BoundedDocumentFrequency(capacity=len(exact) + 1).update(docs)
+    assert bounded.exact and bounded.error_bound == 0 and bounded.prunes == 0
+    assert bounded.counts == exact
+    assert terms.BoundedDocumentFrequency(None).update(docs).counts == exact
+
+
+def test_bounded_counter_never_exceeds_capacity_and_bounds_its_error():
+    docs = _random_docs(400, seed=2)
+    exact = terms.count_document_frequency(docs)
+    cap = 2_000
+    assert len(exact) > 5 * cap  # the corpus has far more distinct terms than the counter may hold
+    c = terms.BoundedDocumentFrequency(capacity=cap)
+    for d in docs:  # one document at a time: the bound holds after every document
+        c.update([d])
+        assert len(c.counts) <= cap
+    assert c.peak_terms <= cap and c.prunes > 0 and not c.exact and c.n_documents == len(docs)
+    for t, n in exact.items():
+        got = c.counts.get(t, 0)
+        assert got <= n <= got + c.error_bound, t  # a lower bound, short by at most error_bound
+    # the head of the distribution survives, so the chosen vocabulary's top equals the exact one's
+    top_exact = terms.select_vocabulary(exact, min_df=1, max_terms=50)
+    top_bounded = terms.select_vocabulary(c.counts, min_df=1, max_terms=50)
+    assert top_bounded[:20] == top_exact[:20]
+
+
+@pytest.mark.parametrize("bad", [0, 1, -5, 2.5, True, "10"])
+def test_bounded_counter_refuses_bad_capacity(bad):
+    with pytest.raises(ValueError, match="capacity"):
+        terms.BoundedDocumentFrequency(capacity=bad)
+
+
+# --------------------------------------------------------------------------- GIS statistics
+def _geometry(d: int = 8, k: int = 3) -> TeacherGeometry:
+    return TeacherGeometry(means=np.eye(k, d), concentrations=np.full(k, 5.0))
+
+
+def _shards(n_shards: int, docs_per_shard: int = 150, d: int = 8, k: int = 3, embedded: int = 10):
+    """Shards of random documents (new tail words in each), domains and a few embedded documents."""
+    def make():
+        for s in range(n_shards):
+            texts = _random_docs(docs_per_shard, seed=100 + s)
+            rng = np.random.default_rng(s)
+            vec = rng.normal(size=(embedded, d))
+            yield TermBatch(ids=[f"{s}-{i}" for i in range(docs_per_shard)], texts=texts,
+                            domains=rng.integers(0, k, size=docs_per_shard),
+                            vectors=vec / np.linalg.norm(vec, axis=1, keepdims=True),
+                            vector_rows=np.arange(embedded))
+    return make
+
+
+def test_term_stats_keep_only_the_sums_the_posterior_needs():
+    geo = _geometry()
+    full = gis.collect_term_stats(_shards(2), geo, min_df=2, n_exemplars=2)
+    lean = gis.collect_term_stats(_shards(2), geo, min_df=2, n_exemplars=2, posteriors=["doc_posterior"])
+    assert lean.raw_sum is None and lean.log_density_sum is None and lean.posterior_sum is not None
+    assert lean.vocabulary == full.vocabulary
+    np.testing.assert_array_equal(lean.doc_freq, full.doc_freq)
+    np.testing.assert_allclose(gis.term_posteriors(lean, geo, "doc_posterior"),
+                               gis.term_posteriors(full, geo, "doc_posterior"))
+    with pytest.raises(ValueError, match="raw_sum"):
+        gis.term_posteriors(lean, geo, "unit_direction")
+    with pytest.raises(ValueError, match="posteriors"):
+        gis.collect_term_stats(_shards(1), geo, min_df=2, posteriors=["nope"])
+    with pytest.raises(ValueError, match="posteriors"):
+        gis.collect_term_stats(_shards(1), geo, min_df=2, posteriors=[])
+
+
+def test_term_stats_with_a_large_capacity_equal_the_exact_ones():
+    geo = _geometry()
+    exact = gis.collect_term_stats(_shards(2), geo, min_df=2, max_terms=300, n_exemplars=0)
+    bounded = gis.collect_term_stats(_shards(2), geo, min_df=2, max_terms=300, n_exemplars=0, count_capacity=10**6)
+    assert bounded.counting["exact"] and exact.counting["capacity"] is None
+    assert bounded.vocabulary == exact.vocabulary
+    np.testing.assert_array_equal(bounded.term_freq, exact.term_freq)
+    with pytest.raises(ValueError, match="count_capacity"):
+        gis.collect_term_stats(_shards(1), geo, max_terms=300, count_capacity=500)
+
+
+def test_term_stats_count_exactly_over_a_vocabulary_chosen_under_the_cap():
+    """Pass 2 recounts the chosen terms exactly, so the statistics are exact even when pass 1 pruned."""
+    geo = _geometry()
+    st = gis.collect_term_stats(_shards(3), geo, min_df=2, max_terms=200, n_exemplars=0, count_capacity=1_000)
+    assert not st.counting["exact"] and st.counting["peak_terms"] <= 1_000
+    texts = [t for b in _shards(3)() for t in b.texts]
+    df = terms.count_document_frequency(texts)
+    np.testing.assert_array_equal(st.doc_freq.sum(axis=0), [df[t] for t in st.vocabulary])
+    assert st.n_documents == len(texts)
+
+
+def _traced_peak(fn) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_term_stats_working_set_does_not_grow_with_the_number_of_shards():
+    """With the counting capacity and the vocabulary capped, 6 shards of new words take about the
+    memory of 2 (the shards' own texts are generated lazily, one at a time); uncapped, it grows."""
+    geo = _geometry()
+
+    def run(n, cap, terms_cap):
+        return lambda: gis.collect_term_stats(_shards(n, docs_per_shard=40), geo, min_df=1, max_terms=terms_cap,
+                                              n_exemplars=2, count_capacity=cap, posteriors=["doc_posterior"])
+
+    run(1, 1_000, 500)()  # imports and caches before measuring
+    small, large = _traced_peak(run(2, 1_000, 500)), _traced_peak(run(6, 1_000, 500))
+    assert large < 1.25 * small, (small, large)
+    # the same corpus counted exactly holds every distinct term: it grows with the shards
+    small_exact, large_exact = _traced_peak(run(2, None, None)), _traced_peak(run(6, None, None))
+    assert large_exact > 1.8 * small_exact, (small_exact, large_exact)
+
+
+# --------------------------------------------------------------------------- bottom-k samples
+def test_bottom_k_is_seeded_order_free_and_of_the_cap_size():
+    keys = [f"shard-{i // 100}/{i}" for i in range(1_000)]
+    a = sampling.bottom_k(keys, 50, seed=3, purpose="test")
+    b = sampling.bottom_k(list(reversed(keys)), 50, seed=3, purpose="test")
+    assert len(a) == 50 and set(a) == set(b)
+    assert set(sampling.bottom_k(keys, 50, seed=4, purpose="test")) != set(a)
+    assert set(sampling.bottom_k(keys, 2_000, seed=3, purpose="test")) == set(keys)
+    # streamed in chunks (one shard at a time) it keeps the same sample, never more than the cap
+    s = sampling.BottomK(50, seed=3, purpose="test")
+    for i in range(0, 1_000, 100):
+        s.update(keys[i:i + 100])
+        assert len(s) <= 50
+    assert set(s.keys()) == set(a)
+    with pytest.raises(ValueError, match="cap"):
+        sampling.BottomK(0, seed=0)
+
+
+def test_bottom_k_is_uniform():
+    """Every key is drawn with probability cap / N: over 400 seeds, the inclusion counts of 40 keys
+    (cap 10) are within a chi-square test's range of the binomial expectation."""
+    keys = [f"d{i}" for i in range(40)]
+    counts = Counter()
+    seeds = 400
+    for seed in range(seeds):
+        counts.update(sampling.bottom_k(keys, 10, seed=seed, purpose="uniform"))
+    expected = seeds * 10 / 40
+    obs = np.array([counts[k] for k in keys], dtype=float)
+    var = seeds * 0.25 * 0.75
+    chi2 = float(((obs - expected) ** 2 / var).sum())
+    assert chi2 < 70.0, chi2  # chi-square with ~39 degrees of freedom: p < 0.003 above 70
+    assert obs.sum() == seeds * 10
