@@ -27,7 +27,14 @@ Environment variables
     ``1`` (default): the teacher subtracts the corpus mean direction before fitting and
     stores it (sentence embeddings sit in a narrow cone); ``0``: fit the raw directions.
 ``GEM_HOME``
-    Where everything is written (default ``data/``).
+    Where everything is written (default ``data/``): a local folder or an fsspec URL
+    (``s3://bucket/gem``, ``gs://...``, ``memory://...``); every asset's outputs then live
+    in the object store (docs/scaling.md, storage).
+``GEM_STATE``
+    Local folder of the run state that cannot live in an object store: the Dagster instance
+    (``dagster/``, ``DAGSTER_HOME``) and the default MLflow store (``mlflow.db``,
+    ``mlartifacts/``). Default: ``GEM_HOME`` when it is local; for a URL ``GEM_HOME``, a
+    folder named after it under ``$XDG_CACHE_HOME/gem-assets/state/`` (``~/.cache`` when unset).
 ``GEM_PROFILE``
     ``smoke``, ``default`` or ``full`` (see :data:`PROFILES`).
 ``GEM_SEED``
@@ -81,6 +88,7 @@ __all__ = [
     "PROFILES",
     "Settings",
     "Layout",
+    "default_state_dir",
     "fingerprint",
 ]
 
@@ -318,6 +326,9 @@ class Settings:
         Token budget of the curated mixture; ``None``: the corpus's size (``GEM_MIXTURE_TOKENS``).
     mix_target : str or None
         Source label whose held-out documents are RegMix's target; ``None``: all held-out documents.
+    state : str or None
+        Local folder of the Dagster instance and the default MLflow store (``GEM_STATE``);
+        ``None``: ``home`` when local, else :func:`default_state_dir` of ``home``.
     """
 
     home: str = "data"
@@ -339,6 +350,7 @@ class Settings:
     mixer: str = "regmix"
     mixture_tokens: int | None = None
     mix_target: str | None = None
+    state: str | None = None
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -393,6 +405,7 @@ class Settings:
             mixer=env.get("GEM_MIXER", "").strip().lower() or "regmix",
             mixture_tokens=_env_int(env, "GEM_MIXTURE_TOKENS", None),
             mix_target=env.get("GEM_MIX_TARGET", "").strip() or None,
+            state=env.get("GEM_STATE", "").strip() or None,
         )
 
     # ------------------------------------------------------------------ derived values
@@ -406,15 +419,19 @@ class Settings:
         """Where things are written under :attr:`home`.
 
         ``home`` may be an fsspec URL (``s3://bucket/gem``, ``memory://gem``): the layout's
-        paths are then :class:`upath.UPath` objects, which the shard-level assets (``documents``,
-        ``embeddings``) read and write through ``gem_assets.lib.storage`` (docs/scaling.md says
-        which stages need a local home).
+        paths are then :class:`upath.UPath` objects, which every asset reads and writes through
+        ``gem_assets.lib.storage``; the Dagster instance and the MLflow store stay in the local
+        :attr:`Layout.state_dir` (``GEM_STATE``; docs/scaling.md, storage).
         """
         from gem_assets.lib.storage import as_path, is_remote
 
+        if is_remote(self.state or ""):
+            raise ValueError(f"GEM_STATE must be a local folder (it holds the Dagster instance and the MLflow "
+                             f"store), got the URL {self.state!r}")
+        state = as_path(self.state).expanduser().resolve() if self.state else None
         if is_remote(self.home):
-            return Layout(as_path(self.home))
-        return Layout(as_path(self.home).expanduser().resolve())
+            return Layout(as_path(self.home), state if state is not None else default_state_dir(self.home))
+        return Layout(as_path(self.home).expanduser().resolve(), state)
 
     @property
     def uses_default_corpus(self) -> bool:
@@ -561,11 +578,25 @@ class Layout:
 
     ``corpus/``  the default corpus shards; ``work/``  intermediate asset outputs (one
     folder per asset, one file set per shard); ``outputs/``  what a user consumes without
-    Dagster; ``dagster/``  the persistent Dagster instance (``DAGSTER_HOME``);
-    ``mlflow.db`` and ``mlartifacts/``  the MLflow tracking store.
+    Dagster. Under :attr:`state_dir` (``GEM_STATE``, a local folder; ``home`` by default):
+    ``dagster/``  the persistent Dagster instance (``DAGSTER_HOME``); ``mlflow.db`` and
+    ``mlartifacts/``  the MLflow tracking store.
+
+    ``home`` is a :class:`pathlib.Path` or, on an object store, a :class:`upath.UPath`.
     """
 
     home: Path
+    state: Path | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        """Local folder of the Dagster instance and the MLflow store (``state`` or ``home``)."""
+        if self.state is not None:
+            return self.state
+        if not isinstance(self.home, Path):
+            raise ValueError(f"GEM_HOME={self.home} is not a local folder: set GEM_STATE to a local folder for the "
+                             "Dagster instance and the MLflow store")
+        return self.home
 
     @property
     def corpus_dir(self) -> Path:
@@ -581,15 +612,15 @@ class Layout:
 
     @property
     def dagster_home(self) -> Path:
-        return self.home / "dagster"
+        return self.state_dir / "dagster"
 
     @property
     def mlflow_uri(self) -> str:
-        return f"sqlite:///{self.home / 'mlflow.db'}"
+        return f"sqlite:///{self.state_dir / 'mlflow.db'}"
 
     @property
     def mlflow_artifacts(self) -> Path:
-        return self.home / "mlartifacts"
+        return self.state_dir / "mlartifacts"
 
     def documents_path(self, key: str) -> Path:
         return self.work_dir / "documents" / f"{key}.parquet"
@@ -660,6 +691,33 @@ class Layout:
     def taxonomy_dir(self) -> Path:
         """Pictures and the Markdown rendering of the taxonomy."""
         return self.outputs_dir / "taxonomy"
+
+
+def default_state_dir(home: str, env: Mapping[str, str] | None = None) -> Path:
+    """The local state folder of an object-store ``GEM_HOME`` when ``GEM_STATE`` is unset.
+
+    ``$XDG_CACHE_HOME/gem-assets/state/<protocol>-<bucket and path>-<8 hex digits>`` (``~/.cache``
+    when ``XDG_CACHE_HOME`` is unset): one folder per URL, so two homes never share a Dagster
+    instance, and readable enough to find by hand.
+
+    Parameters
+    ----------
+    home : str
+        The ``GEM_HOME`` URL (``s3://bucket/gem``).
+    env : mapping, optional
+        Defaults to ``os.environ``.
+
+    Returns
+    -------
+    Path
+    """
+    env = os.environ if env is None else env
+    url = str(home).rstrip("/")
+    protocol, _, rest = url.partition("://")
+    slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in rest).strip("_")[:80]
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:8]
+    cache = env.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return Path(cache).expanduser().resolve() / "gem-assets" / "state" / f"{protocol or 'local'}-{slug}-{digest}"
 
 
 def fingerprint(*parts) -> str:

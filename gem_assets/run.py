@@ -15,8 +15,10 @@
 5. runs ``evaluation_job`` (the mixture evaluation) when its inputs or parameters changed;
 6. prints where the outputs are.
 
-Runs are recorded in a persistent Dagster instance at ``$GEM_HOME/dagster``
-(``DAGSTER_HOME``), the one ``make ui`` opens, so everything done here shows up there.
+Runs are recorded in a persistent Dagster instance at ``$GEM_STATE/dagster`` (``DAGSTER_HOME``;
+``GEM_STATE`` defaults to ``GEM_HOME`` when it is a local folder), the one ``make ui`` opens, so
+everything done here shows up there. ``GEM_HOME`` may be an object-store URL (``s3://...``):
+every asset's outputs then go there, the instance and the MLflow store stay local.
 Re-running with nothing changed recomputes nothing.
 """
 
@@ -154,7 +156,7 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None, recon_repo
     defs : Definitions, optional
         Default: :data:`gem_assets.definitions.defs` (resources from the environment).
     instance : DagsterInstance, optional
-        Default: the persistent instance at ``$GEM_HOME/dagster``.
+        Default: the persistent instance at ``$GEM_STATE/dagster`` (``Layout.dagster_home``).
     out : text stream, optional
         Where the summary is printed (default stdout; ``None`` from tests prints to stdout).
     recon_repo : ReconstructableRepository, optional
@@ -185,12 +187,9 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None, recon_repo
     gem = defs.resources["gem"]
     embedder = defs.resources["embedder"]
     settings = gem.settings()
-    if "://" in settings.home and not settings.home.startswith("file://"):
-        raise SystemExit(f"GEM_HOME={settings.home} is an object-store URL: make run needs a local GEM_HOME (its Dagster "
-                         "instance, MLflow store and the teacher/student stages write local files); the shard-level "
-                         "assets and gem_assets.lib.storage accept URLs (docs/scaling.md)")
-    layout = settings.layout
-    layout.home.mkdir(parents=True, exist_ok=True)
+    layout = settings.layout  # GEM_HOME may be an object-store URL; the instance lives in layout.state_dir
+    if isinstance(layout.home, Path):
+        layout.home.mkdir(parents=True, exist_ok=True)
     if instance is None:
         instance = open_instance(layout.dagster_home)
 
@@ -389,7 +388,7 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
     if eval_path.is_file() and (layout.evaluation_dir / "results.csv").is_file():
         import polars as pl
 
-        table = pl.read_csv(layout.evaluation_dir / "results.csv")
+        table = storage.read_csv(layout.evaluation_dir / "results.csv")
         best = table.sort("bpb_target").row(0, named=True)
         gem = table.filter(pl.col("bucketization") == "gem").sort("bpb_target")
         gem_best = f"; best GEM pair gem/{gem['mixer'][0]} {gem['bpb_target'][0]:.4f}" if gem.height else ""

@@ -183,43 +183,25 @@ def test_shard_assets_write_to_an_object_store_home(mem_root, tiny_corpus, insta
     assert not Path("memory:").exists()  # nothing went to a local folder named after the URL
 
 
-def test_corpus_on_an_object_store(mem_root, gem_home):
-    """GEM_CORPUS as an fsspec URL glob: discovery, hashing (with its cache), the whole pipeline."""
-    import io
-
-    from dagster import instance_for_test
-
-    from conftest import make_resources
-    from gem_assets.definitions import build_definitions
-    from gem_assets.defs.state import hash_shards
-    from gem_assets.lib import artifacts
-    from gem_assets.run import run_pipeline
-
-    rows = make_docs(30, seed=6)
-    storage.write_bytes(f"{mem_root}/corpus/2024/a.jsonl", pl.DataFrame(rows).write_ndjson().encode())
+def _object_store_corpus(mem_root) -> str:
+    """Two shards (30 + 20 documents) and a non-shard file in the object store; returns the glob."""
+    storage.write_bytes(f"{mem_root}/corpus/2024/a.jsonl", pl.DataFrame(make_docs(30, seed=6)).write_ndjson().encode())
     storage.write_parquet(f"{mem_root}/corpus/b.parquet", pl.DataFrame(make_docs(20, seed=7, prefix="b")))
     storage.write_bytes(f"{mem_root}/corpus/notes.txt", b"not a shard")
-    glob = f"{mem_root}/corpus/**"
-    shards = corpus.discover_shards(glob)
+    return f"{mem_root}/corpus/**"
+
+
+def test_corpus_on_an_object_store(mem_root):
+    """GEM_CORPUS as an fsspec URL glob: discovery and hashing (with its cache). The whole pipeline on
+    such a corpus runs in test_whole_pipeline_on_an_object_store_home."""
+    from gem_assets.defs.state import hash_shards
+
+    shards = corpus.discover_shards(_object_store_corpus(mem_root))
     assert list(shards) == ["2024__a.jsonl", "b.parquet"] and all(isinstance(p, UPath) for p in shards.values())
     hashes, cache = hash_shards(shards)
     assert hashes["b.parquet"] == corpus.file_sha256(shards["b.parquet"])
     again, cache2 = hash_shards(shards, cache)
     assert again == hashes and cache2 == cache  # unchanged objects: same signature, not re-hashed
-    # the whole pipeline (make run's entry point, in process) on the object-store corpus, then a no-op re-run
-    res = make_resources(gem_home, glob)
-    out = io.StringIO()
-    with instance_for_test() as inst:
-        summary = run_pipeline(defs=build_definitions(**res), instance=inst, out=out)
-        assert summary["failed"] == {}, out.getvalue()
-        assert set(summary["shards"].values()) == {"embedded"} and summary["teacher"] == "refit"
-        layout = res["gem"].settings().layout
-        for key, n in (("2024__a.jsonl", 30), ("b.parquet", 20)):
-            assert artifacts.read_documents(layout, key).height == n
-            assert artifacts.read_documents_meta(layout, key)["shard_sha256"] == hashes[key]
-            assert storage.read_parquet(layout.assignments_path(key)).height == n
-        again = run_pipeline(defs=build_definitions(**res), instance=inst, out=io.StringIO())
-        assert again["ran_shards"] == [] and again["teacher"] == "up to date"
 
 
 def test_gem_model_round_trips_on_every_kind_of_location(root):
@@ -240,3 +222,95 @@ def test_gem_model_round_trips_on_every_kind_of_location(root):
     storage.write_json(d / "model.json", {"format": "something-else"})
     with pytest.raises(ValueError, match="does not hold a GEM model"):
         GEM.load(dest)
+
+
+def test_state_folder_of_a_url_home(tmp_path):
+    """The Dagster instance and the MLflow store stay local: GEM_STATE, else a folder named after the URL."""
+    from gem_assets.config import Layout, Settings, default_state_dir
+
+    local = Settings(home=str(tmp_path / "h")).layout
+    assert local.state_dir == local.home == (tmp_path / "h").resolve()
+    assert local.dagster_home == local.home / "dagster" and local.mlflow_uri == f"sqlite:///{local.home / 'mlflow.db'}"
+    moved = Settings(home=str(tmp_path / "h"), state=str(tmp_path / "s")).layout
+    assert moved.dagster_home == (tmp_path / "s").resolve() / "dagster" and moved.home == local.home
+    remote = Settings(home="s3://bucket/gem", state=str(tmp_path / "s")).layout
+    assert isinstance(remote.home, UPath) and remote.state_dir == (tmp_path / "s").resolve()
+    assert remote.mlflow_artifacts == (tmp_path / "s").resolve() / "mlartifacts"
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    d = default_state_dir("s3://bucket/gem/", env)
+    assert d == (tmp_path / "cache").resolve() / "gem-assets" / "state" / d.name
+    assert d.name.startswith("s3-bucket_gem-") and len(d.name) == len("s3-bucket_gem-") + 8
+    assert default_state_dir("s3://bucket/other", env) != d  # one instance per home
+    assert default_state_dir("s3://bucket/gem", env) == d
+    assert Settings(home="memory://x").layout.state_dir.parent.name == "state"
+    with pytest.raises(ValueError, match="GEM_STATE must be a local folder"):
+        Settings(home="s3://bucket/gem", state="s3://bucket/state").layout
+    with pytest.raises(ValueError, match="set GEM_STATE"):
+        Layout(UPath("memory://x")).dagster_home
+
+
+def test_whole_pipeline_on_an_object_store_home(mem_root, tmp_path, monkeypatch):
+    """``run_pipeline`` (``make run``) with ``GEM_HOME`` and ``GEM_CORPUS`` on an object store (fsspec's
+    memory://): every output lands in the store, the Dagster instance and the MLflow store (with the
+    artifacts logged from the store) in the local ``GEM_STATE``, nothing in a folder named after the
+    URL; a re-run recomputes nothing."""
+    import io
+
+    from conftest import make_resources
+    from gem_assets.definitions import build_definitions
+    from gem_assets.defs.state import hash_shards
+    from gem_assets.lib import artifacts
+    from gem_assets.lib.gem import GEM
+    from gem_assets.lib.student import StudentClassifier
+    from gem_assets.run import open_instance, run_pipeline
+
+    monkeypatch.chdir(tmp_path)  # a URL mistaken for a local path would create ./memory:/... here
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))  # open_instance sets it; restored afterwards
+    glob = _object_store_corpus(mem_root)
+    state = tmp_path / "state"
+    res = make_resources(f"{mem_root}/home", glob, mlflow=True, state=str(state))
+    layout = res["gem"].settings().layout
+    assert isinstance(layout.home, UPath) and layout.dagster_home == state.resolve() / "dagster"
+    hashes, _ = hash_shards(corpus.discover_shards(glob))
+    out = io.StringIO()
+    with open_instance(layout.dagster_home) as inst:
+        summary = run_pipeline(defs=build_definitions(**res), instance=inst, out=out)
+        assert summary["failed"] == {}, out.getvalue()
+        assert set(summary["shards"].values()) == {"embedded"} and summary["teacher"] == "refit"
+        assert summary["student"] == "trained" and sorted(summary["assigned_shards"]) == sorted(hashes)
+        assert (summary["stats"], summary["taxonomy"], summary["mixing"], summary["evaluation"]) == \
+            ("computed",) * 4, out.getvalue()
+        # every output is in the object store, and readable from there
+        for key, n in (("2024__a.jsonl", 30), ("b.parquet", 20)):
+            assert artifacts.read_documents(layout, key).height == n
+            assert artifacts.read_documents_meta(layout, key)["shard_sha256"] == hashes[key]
+            labels = storage.read_parquet(layout.assignments_path(key))
+            assert labels.height == n and labels["domain"].is_between(0, 3).all()
+        vectors, _, _ = artifacts.read_teacher_sample(layout)
+        model = GEM.load(layout.teacher_model_dir)
+        assert model.means_.shape == (4, 32) and model.predict(vectors).shape == (vectors.shape[0],)
+        assert storage.read_json(layout.teacher_outputs_dir / "summary.json")["n_documents"] == vectors.shape[0]
+        assert storage.read_parquet(layout.teacher_outputs_dir / "assignments.parquet").height == vectors.shape[0]
+        assert StudentClassifier.load(layout.student_outputs_dir / "model").n_classes == 4
+        assert storage.read_csv(layout.domain_stats_dir / "domain_stats.csv")["documents"].sum() == 50
+        tax = storage.read_json(layout.taxonomy_path)
+        assert tax["k"] == 4 and len(tax["domains"]) == 4
+        assert storage.as_path(layout.taxonomy_dir / "taxonomy.md").read_bytes().startswith(b"**Tree**")
+        manifest = storage.read_json(layout.mixture_dir / "manifest.json")
+        parts = [storage.read_parquet(layout.mixture_dir / f) for f in manifest["files"]]
+        assert sum(p.height for p in parts) == manifest["documents"] > 0
+        for name in ("doremi.json", "regmix.json"):
+            assert set(storage.read_json(layout.weights_dir / name)["weights"]) == set(manifest["weights"])
+        results = storage.read_csv(layout.evaluation_dir / "results.csv")
+        assert results.height > 0 and results["bpb_target"].is_finite().all()
+        assert storage.read_json(layout.evaluation_dir / "summary.json")["profile"] == "smoke"
+        # local: the instance and the MLflow store (with the fits' artifacts), nothing else
+        assert (state / "dagster").is_dir() and (state / "mlflow.db").is_file()
+        assert any(p.name == "shares.png" for p in (state / "mlartifacts").rglob("*"))
+        assert {p.name for p in tmp_path.iterdir()} <= {"state", "unused"}
+        assert not Path("memory:").exists() and not (Path(__file__).parents[1] / "memory:").exists()
+        text = out.getvalue()
+        assert f"{mem_root}/home/outputs" in text and "FAILED" not in text
+        again = run_pipeline(defs=build_definitions(**res), instance=inst, out=io.StringIO())
+        assert again["ran_shards"] == [] and again["teacher"] == "up to date" and again["student"] == "up to date"
+        assert (again["stats"], again["taxonomy"], again["mixing"], again["evaluation"]) == ("up to date",) * 4

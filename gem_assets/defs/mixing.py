@@ -113,14 +113,14 @@ def _corpus(settings: Settings, shards):
     """Every counted document: ``shard``, ``id``, ``text``, ``source``, ``domain``, sorted by shard and id."""
     import polars as pl
 
-    from gem_assets.lib import artifacts
+    from gem_assets.lib import artifacts, storage
 
     layout = settings.layout
     frames = []
     for key in shards:
         docs = artifacts.read_documents(layout, key)
         source = pl.col("source").cast(pl.String) if "source" in docs.columns else pl.lit(None, dtype=pl.String)
-        assign = pl.read_parquet(layout.assignments_path(key), columns=["id", "domain"])
+        assign = storage.read_parquet(layout.assignments_path(key), columns=["id", "domain"])
         frames.append(docs.select(pl.lit(key).alias("shard"), "id", "text", source.alias("source"))
                       .join(assign.with_columns(pl.col("domain").cast(pl.Int64)), on="id", how="inner"))
     if not frames:
@@ -129,9 +129,9 @@ def _corpus(settings: Settings, shards):
 
 
 def _n_domains(settings: Settings) -> int:
-    import polars as pl
+    from gem_assets.lib import storage
 
-    return pl.read_csv(settings.layout.domain_stats_dir / "domain_stats.csv").height
+    return storage.read_csv(settings.layout.domain_stats_dir / "domain_stats.csv").height
 
 
 def _read_proxy(settings: Settings, expected_fp: str) -> tuple[dict, dict, dict, dict]:
@@ -460,7 +460,7 @@ def regmix_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
         raise Failure(description="no current RegMix runs: materialize 'regmix_runs' first", allow_retries=False)
     run_meta = storage.read_json(runs_dir / "meta.json")
     proxy_meta = storage.read_json(settings.layout.proxy_corpus_dir / "meta.json")
-    frame = pl.read_parquet(runs_dir / "runs.parquet")
+    frame = storage.read_parquet(runs_dir / "runs.parquet")
     domains = run_meta["domains"]
     W = frame.select([f"w_{n}" for n in domains]).to_numpy()
     y = frame["loss"].to_numpy()
@@ -587,7 +587,7 @@ def curated_mixture(context: AssetExecutionContext, gem: GemConfig) -> Materiali
         storage.write_json(tmp / "manifest.json", manifest)
 
     # checks, from the files written
-    written = pl.concat([pl.read_parquet(out / f, columns=["domain", "tokens"]) for f in files])
+    written = pl.concat([storage.read_parquet(out / f, columns=["domain", "tokens"]) for f in files])
     agg = written.group_by("domain").agg(pl.len().alias("documents"), pl.col("tokens").sum().alias("tokens"))
     got = {int(d): (int(n), int(t)) for d, n, t in agg.iter_rows()}
     stated = {int(r["domain"]): (r["documents"], r["tokens"]) for r in manifest["per_domain"] if r["documents"]}

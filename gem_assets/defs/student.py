@@ -268,8 +268,8 @@ def domain_assignments(context: AssetExecutionContext, gem: GemConfig) -> Materi
     storage.write_json(layout.assignments_meta_path(key), meta)
 
     # checks, from the files written
-    written = pl.read_parquet(dest, columns=["id"])["id"]
-    kept = pl.read_parquet(layout.documents_path(key), columns=["id"])["id"]
+    written = storage.read_parquet(dest, columns=["id"])["id"]
+    kept = storage.read_parquet(layout.documents_path(key), columns=["id"])["id"]
     dup = written.len() - written.n_unique()
     missing = kept.filter(~kept.is_in(written.implode())).len()
     extra = written.filter(~written.is_in(kept.implode())).len()
@@ -322,7 +322,7 @@ def domain_stats(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     import numpy as np
     import polars as pl
 
-    from gem_assets.lib import artifacts, storage
+    from gem_assets.lib import artifacts, storage, streaming
 
     settings = gem.settings()
     layout = settings.layout
@@ -352,14 +352,16 @@ def domain_stats(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     nbytes = np.zeros(k, dtype=np.int64)
     tokens = np.zeros(k, dtype=np.int64)
     for key, (ameta, _) in included.items():
-        # sums from the assignment files themselves (the meta counts are only a cross-check)
-        agg = (pl.scan_parquet(layout.assignments_path(key)).group_by("domain")
-               .agg(pl.len().alias("d"), pl.col("n_bytes").sum().alias("b"), pl.col("n_tokens").sum().alias("t"))
-               .collect())
-        idx = agg["domain"].to_numpy()
-        docs[idx] += agg["d"].to_numpy()
-        nbytes[idx] += agg["b"].to_numpy()
-        tokens[idx] += agg["t"].to_numpy()
+        # sums from the assignment files themselves (the meta counts are only a cross-check), streamed
+        # batch by batch from wherever GEM_HOME is (local folder or object store)
+        columns = ["domain", "n_bytes", "n_tokens"]
+        for batch in streaming.iter_selected_rows(layout.assignments_path(key), columns=columns):
+            agg = batch.group_by("domain").agg(pl.len().alias("d"), pl.col("n_bytes").sum().alias("b"),
+                                               pl.col("n_tokens").sum().alias("t"))
+            idx = agg["domain"].to_numpy()
+            docs[idx] += agg["d"].to_numpy()
+            nbytes[idx] += agg["b"].to_numpy()
+            tokens[idx] += agg["t"].to_numpy()
     total_kept = int(sum(d["kept"] for _, d in included.values()))
     table = pl.DataFrame({
         "domain": np.arange(k, dtype=np.int64), "documents": docs, "bytes": nbytes, "tokens": tokens,

@@ -714,7 +714,7 @@ def load_corpus(layout, keys: Sequence[str]) -> tuple[pl.DataFrame, np.ndarray]:
     FileNotFoundError
         When a shard's documents, embeddings or assignments are missing.
     """
-    from . import artifacts
+    from . import artifacts, storage
 
     frames, blocks, offset = [], [], 0
     for key in keys:
@@ -723,7 +723,7 @@ def load_corpus(layout, keys: Sequence[str]) -> tuple[pl.DataFrame, np.ndarray]:
         if not apath.is_file():
             raise FileNotFoundError(f"no GEM assignments for shard {key!r} ({apath}): materialize "
                                     "'domain_assignments' first")
-        assign = pl.read_parquet(apath, columns=["id", "domain"]).rename({"domain": "gem"})
+        assign = storage.read_parquet(apath, columns=["id", "domain"]).rename({"domain": "gem"})
         vectors, index, _ = artifacts.read_embeddings(layout, key)
         index = index.select("id").with_row_index("vec", offset=offset).with_columns(pl.col("vec").cast(pl.Int64))
         offset += vectors.shape[0]

@@ -43,6 +43,7 @@ __all__ = [
     "as_path",
     "file_signature",
     "open_binary",
+    "local_copy",
     "atomic_path",
     "atomic_dir",
     "ParquetBatchWriter",
@@ -54,6 +55,7 @@ __all__ = [
     "write_safetensors",
     "read_json",
     "read_parquet",
+    "read_csv",
     "read_safetensors",
 ]
 
@@ -147,6 +149,47 @@ def open_binary(location):
     """Open a local or remote file for binary reading (a context manager; seekable)."""
     p = as_path(location)
     return open(p, "rb") if isinstance(p, Path) else p.open("rb")
+
+
+@contextlib.contextmanager
+def local_copy(location) -> Iterator[Path]:
+    """Yield a local path holding the file or folder at ``location`` (for tools that need one).
+
+    A local location is yielded as it is (nothing is copied); a remote one is downloaded into
+    a temporary folder, under its own name, and removed when the block ends.
+
+    Parameters
+    ----------
+    location : path, URL or UPath
+        A file or a folder.
+
+    Yields
+    ------
+    Path
+
+    Raises
+    ------
+    FileNotFoundError
+        If nothing exists at ``location``.
+    """
+    p = as_path(location)
+    if isinstance(p, Path):
+        if not p.exists():
+            raise FileNotFoundError(f"no file or folder at {p}")
+        yield p
+        return
+    if not p.exists():
+        raise FileNotFoundError(f"no file or folder at {p}")
+    tmp = Path(tempfile.mkdtemp(prefix=".gem-local-copy."))
+    try:
+        target = tmp / p.name
+        if p.is_dir():
+            p.fs.get(p.path.rstrip("/") + "/", str(target), recursive=True)
+        else:
+            p.fs.get_file(p.path, str(target))
+        yield target
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -345,6 +388,16 @@ def read_parquet(path, columns: list[str] | None = None):
         return pl.read_parquet(p, columns=columns)
     with p.open("rb") as f:
         return pl.read_parquet(f, columns=columns)
+
+
+def read_csv(path, **kwargs):
+    """Read a CSV file (local path, URL or UPath) into a polars DataFrame (``kwargs``: :func:`polars.read_csv`)."""
+    import polars as pl
+
+    p = as_path(path)
+    if isinstance(p, Path):
+        return pl.read_csv(p, **kwargs)
+    return pl.read_csv(p.read_bytes(), **kwargs)
 
 
 def write_parquet(dest: str | os.PathLike, df) -> Path:

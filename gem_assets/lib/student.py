@@ -59,7 +59,6 @@ back with safetensors: nothing is unpickled.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -568,7 +567,7 @@ class StudentClassifier:
         from gem_assets.lib import storage
 
         self._check_fitted()
-        path = Path(path)
+        path = storage.as_path(path)
         tensors = {
             "embedding": self._embedding.weight.detach().cpu().numpy(),
             "output_weight": self._linear.weight.detach().cpu().numpy(),
@@ -596,11 +595,11 @@ class StudentClassifier:
 
         from gem_assets.lib import storage
 
-        path = Path(path)
+        path = storage.as_path(path)
         cfg_path, st_path = path / "config.json", path / "model.safetensors"
         if not cfg_path.is_file() or not st_path.is_file():
             raise FileNotFoundError(f"no student model under {path} (config.json and model.safetensors)")
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        config = storage.read_json(cfg_path)
         if config.get("format") != "gem-student":
             raise ValueError(f"{cfg_path} is not a gem-student model")
         if config.get("hash_scheme") != HASH_SCHEME:
@@ -669,8 +668,8 @@ def label_parquet(model: StudentClassifier, src, dest, *, text_column: str = "te
     t0 = time.perf_counter()
     n = 0
     with storage.atomic_path(dest) as tmp:
-        with pq.ParquetWriter(str(tmp), schema, compression="zstd") as writer:
-            pf = pq.ParquetFile(str(src))
+        with pq.ParquetWriter(str(tmp), schema, compression="zstd") as writer, storage.open_binary(src) as fsrc:
+            pf = pq.ParquetFile(fsrc)
             for batch in pf.iter_batches(batch_size=batch_rows, columns=[id_column, text_column]):
                 df = pl.from_arrow(batch)
                 texts = df[text_column].fill_null("").cast(pl.String).to_list()

@@ -205,7 +205,7 @@ def write_teacher_outputs(out_dir: str | Path, model, result: TeacherSummary) ->
 
     Parameters
     ----------
-    out_dir : path
+    out_dir : path, URL or UPath
         ``outputs/teacher``.
     model : GEM
         The fitted model.
@@ -217,7 +217,7 @@ def write_teacher_outputs(out_dir: str | Path, model, result: TeacherSummary) ->
     dict of str to Path
         File name to final path.
     """
-    out_dir = Path(out_dir)
+    out_dir = storage.as_path(out_dir)
     names: list[str] = []
     with storage.atomic_dir(out_dir) as tmp:
         model.save(tmp / "model")

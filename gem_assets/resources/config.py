@@ -14,7 +14,7 @@ __all__ = ["GemConfig"]
 
 
 class GemConfig(ConfigurableResource):
-    """Corpus, columns, K, profile and ``GEM_HOME`` of the pipeline.
+    """Corpus, columns, K, profile, ``GEM_HOME`` and ``GEM_STATE`` of the pipeline.
 
     Built from the environment by :meth:`from_env` when the code location loads (reading
     a few variables; nothing is written or loaded then). Field meanings are those of
@@ -41,6 +41,7 @@ class GemConfig(ConfigurableResource):
     mixer: str = "regmix"
     mixture_tokens: Optional[int] = None
     mix_target: Optional[str] = None
+    state: Optional[str] = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "GemConfig":
@@ -65,6 +66,7 @@ class GemConfig(ConfigurableResource):
             mixer=settings.mixer,
             mixture_tokens=settings.mixture_tokens,
             mix_target=settings.mix_target,
+            state=str(Path(settings.state).expanduser().resolve()) if settings.state else None,
         )
 
     @classmethod
@@ -94,6 +96,7 @@ class GemConfig(ConfigurableResource):
             mixer=self.mixer,
             mixture_tokens=self.mixture_tokens,
             mix_target=self.mix_target,
+            state=self.state,
         )
 
     @property

@@ -8,6 +8,7 @@ because the teacher is already computed and written; ``fail`` raises, failing th
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Mapping, NamedTuple, Optional, Sequence
@@ -37,7 +38,8 @@ class MlflowTracker(ConfigurableResource):
     Attributes
     ----------
     tracking_uri : str
-        Empty: ``sqlite:///$GEM_HOME/mlflow.db`` (``GEM_MLFLOW_TRACKING_URI``).
+        Empty: ``sqlite:///$GEM_STATE/mlflow.db`` (``GEM_STATE``: ``GEM_HOME`` when local;
+        ``GEM_MLFLOW_TRACKING_URI``).
     experiment : str
         MLflow experiment name.
     enabled : bool
@@ -65,7 +67,7 @@ class MlflowTracker(ConfigurableResource):
         )
 
     def resolved_uri(self, layout: Layout) -> str:
-        """The tracking URI, defaulting to the SQLite database under ``GEM_HOME``."""
+        """The tracking URI, defaulting to the SQLite database in the local state folder (``GEM_STATE``)."""
         return self.tracking_uri or layout.mlflow_uri
 
     def log_fit(
@@ -88,7 +90,8 @@ class MlflowTracker(ConfigurableResource):
         layout : Layout
             For the default URI and artifact folder.
         run_name, params, tags, history, metric_keys, final_metrics, artifacts
-            See :func:`gem_assets.lib.tracking.log_fit`.
+            See :func:`gem_assets.lib.tracking.log_fit`; ``artifacts`` may lie on an object store
+            (they are logged from temporary local copies).
         log : logger, optional
             Receives the warning when the store is unreachable.
 
@@ -106,22 +109,24 @@ class MlflowTracker(ConfigurableResource):
             raise ValueError(f"on_error must be 'warn' or 'fail', got {self.on_error!r} (GEM_MLFLOW_ON_ERROR)")
         if not self.enabled:
             return TrackingOutcome("disabled", uri, None, "MLflow logging disabled (GEM_MLFLOW=0)")
-        from gem_assets.lib import tracking
+        from gem_assets.lib import storage, tracking
 
         try:
             tracking.probe(uri, timeout_s=self.probe_timeout_s)
-            run_id = tracking.log_fit(
-                uri,
-                self.experiment,
-                run_name=run_name,
-                params=params,
-                tags=tags,
-                history=history,
-                metric_keys=metric_keys,
-                final_metrics=final_metrics,
-                artifacts=artifacts,
-                artifact_root=layout.mlflow_artifacts,
-            )
+            with contextlib.ExitStack() as stack:  # artifacts on an object store: logged from local copies
+                local = [stack.enter_context(storage.local_copy(p)) for p in artifacts]
+                run_id = tracking.log_fit(
+                    uri,
+                    self.experiment,
+                    run_name=run_name,
+                    params=params,
+                    tags=tags,
+                    history=history,
+                    metric_keys=metric_keys,
+                    final_metrics=final_metrics,
+                    artifacts=local,
+                    artifact_root=layout.mlflow_artifacts,
+                )
         except Exception as exc:  # any failure of the store: unreachable, locked, bad URI ...
             message = f"MLflow tracking store {uri} unreachable: {type(exc).__name__}: {exc}"
             if self.on_error == "fail":
