@@ -314,3 +314,39 @@ def test_whole_pipeline_on_an_object_store_home(mem_root, tmp_path, monkeypatch)
         again = run_pipeline(defs=build_definitions(**res), instance=inst, out=io.StringIO())
         assert again["ran_shards"] == [] and again["teacher"] == "up to date" and again["student"] == "up to date"
         assert (again["stats"], again["taxonomy"], again["mixing"], again["evaluation"]) == ("up to date",) * 4
+
+
+def test_default_corpus_written_once_into_an_object_store(mem_root):
+    """GEM_CORPUS unset with a URL GEM_HOME: the BBC shards are written into the store, once."""
+    pattern = corpus.ensure_default_corpus(f"{mem_root}/home/corpus", n_shards=2)
+    assert pattern == f"{mem_root}/home/corpus/bbcnews/*.parquet"
+    shards = corpus.discover_shards(pattern)
+    assert list(shards) == ["bbcnews-000.parquet", "bbcnews-001.parquet"]
+    manifest = storage.read_json(f"{mem_root}/home/corpus/bbcnews/manifest.json")
+    assert sum(s["rows"] for s in manifest["shards"]) == manifest["documents"] == 2225
+    assert sum(streaming.parquet_num_rows(p) for p in shards.values()) == 2225
+    signature = storage.file_signature(shards["bbcnews-000.parquet"])
+    assert corpus.ensure_default_corpus(f"{mem_root}/home/corpus", n_shards=2) == pattern
+    assert storage.file_signature(shards["bbcnews-000.parquet"]) == signature  # kept, not rewritten
+
+
+def test_local_copy_and_read_csv(root):
+    storage.write_text(_join(root, "t.csv"), "a,b\n1,x\n2,y\n")
+    assert storage.read_csv(_join(root, "t.csv")).rows() == [(1, "x"), (2, "y")]
+    assert storage.read_csv(_join(root, "t.csv"), columns=["b"]).columns == ["b"]
+    with storage.atomic_dir(_join(root, "model")) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "w.bin").write_bytes(b"w")
+        (tmp / "meta.json").write_text("{}")
+    with storage.local_copy(_join(root, "model")) as local:
+        assert isinstance(local, Path) and local.name == "model"
+        assert (local / "sub" / "w.bin").read_bytes() == b"w" and (local / "meta.json").is_file()
+    with storage.local_copy(_join(root, "t.csv")) as local:
+        assert local.read_bytes() == b"a,b\n1,x\n2,y\n"
+    if storage.is_remote(root):
+        assert not local.exists()  # the temporary copy is removed
+    else:
+        assert local == storage.as_path(_join(root, "t.csv"))  # a local file is used where it is
+    with pytest.raises(FileNotFoundError, match="no file or folder"):
+        with storage.local_copy(_join(root, "missing.json")):
+            pass

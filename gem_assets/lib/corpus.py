@@ -797,7 +797,7 @@ def ensure_default_corpus(corpus_dir: str | os.PathLike, n_shards: int = 4, seed
 
     Parameters
     ----------
-    corpus_dir : path
+    corpus_dir : path, URL or UPath
         ``$GEM_HOME/corpus``.
     n_shards : int
         Number of shards.
@@ -809,7 +809,7 @@ def ensure_default_corpus(corpus_dir: str | os.PathLike, n_shards: int = 4, seed
     str
         Glob of the shards.
     """
-    target = Path(corpus_dir) / "bbcnews"
+    target = storage.as_path(corpus_dir) / "bbcnews"  # a local folder or an object store (URL)
     pattern = str(target / "*.parquet")
     if (target / "manifest.json").is_file():
         return pattern
@@ -817,8 +817,8 @@ def ensure_default_corpus(corpus_dir: str | os.PathLike, n_shards: int = 4, seed
     order = np.random.default_rng(seed).permutation(df.height)
     df = df[order.tolist()]
     bounds = np.linspace(0, df.height, n_shards + 1).round().astype(int)
-    if target.exists():  # an interrupted or foreign folder without manifest: rebuild it
-        shutil.rmtree(target)
+    if isinstance(target, Path) and target.exists():  # an interrupted or foreign folder without manifest:
+        shutil.rmtree(target)                          # rebuild it (atomic_dir replaces a remote one itself)
     with storage.atomic_dir(target) as tmp:
         shards = []
         for i in range(n_shards):
