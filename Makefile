@@ -35,10 +35,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/regmix.py --write docs/benchmarks.md
 	$(PY) benchmarks/proxy.py --write docs/benchmarks.md
 
+# the instance make run records into: $GEM_STATE/dagster (GEM_STATE defaults to a local GEM_HOME)
 ui: $(STAMP)
-	mkdir -p $(GEM_HOME)/dagster
-	test -f $(GEM_HOME)/dagster/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(GEM_HOME)/dagster/dagster.yaml
-	DAGSTER_HOME=$(GEM_HOME)/dagster $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -m gem_assets.definitions
+	DAGSTER_HOME=$$($(PY) -m gem_assets.run --dagster-home) && export DAGSTER_HOME && \
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -m gem_assets.definitions
 
 clean:
 	rm -rf $(VENV)

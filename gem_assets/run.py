@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["run_pipeline", "main"]
+__all__ = ["run_pipeline", "open_instance", "prepare_dagster_home", "main"]
 
 _QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -127,19 +127,33 @@ def _execute_shards(defs, job_name: str, instance, failed: dict, stale: dict, wh
     return ok
 
 
-def open_instance(dagster_home: Path):
-    """The persistent Dagster instance under ``dagster_home`` (sets ``DAGSTER_HOME``).
+def prepare_dagster_home(dagster_home: Path | None = None) -> Path:
+    """Create the (local) Dagster instance folder and return it.
 
-    A ``dagster.yaml`` turning telemetry off is written when the folder has none.
+    Default: ``Layout.dagster_home`` of the environment's settings (``$GEM_STATE/dagster``;
+    ``GEM_STATE`` defaults to ``GEM_HOME`` when local). A ``dagster.yaml`` turning telemetry off
+    is written when the folder has none. ``make ui`` runs ``python -m gem_assets.run
+    --dagster-home`` to point ``dagster dev`` at the same folder as ``make run``.
     """
-    from dagster import DagsterInstance
+    if dagster_home is None:
+        from gem_assets.config import Settings
 
+        dagster_home = Settings.from_env().layout.dagster_home
+    dagster_home = Path(dagster_home)
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
     if not config.exists():  # this project runs offline: no usage statistics are sent
         config.write_text("# written by gem_assets.run; see https://docs.dagster.io/about/telemetry\n"
                           "telemetry:\n  enabled: false\n")
-    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    return dagster_home
+
+
+def open_instance(dagster_home: Path):
+    """The persistent Dagster instance under ``dagster_home`` (sets ``DAGSTER_HOME``); see
+    :func:`prepare_dagster_home`."""
+    from dagster import DagsterInstance
+
+    os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(dagster_home))
     return DagsterInstance.get()
 
 
@@ -422,7 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gem_assets.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--until", choices=STAGES, default="evaluation",
                         help="last stage to bring up to date (default: the whole graph)")
+    parser.add_argument("--dagster-home", action="store_true",
+                        help="create the Dagster instance folder ($GEM_STATE/dagster), print it and exit (make ui)")
     args = parser.parse_args(argv)
+    if args.dagster_home:
+        print(prepare_dagster_home())
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no table-creation chatter

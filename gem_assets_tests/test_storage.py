@@ -350,3 +350,21 @@ def test_local_copy_and_read_csv(root):
     with pytest.raises(FileNotFoundError, match="no file or folder"):
         with storage.local_copy(_join(root, "missing.json")):
             pass
+
+
+def test_make_ui_finds_the_state_folder_of_a_url_home(tmp_path, monkeypatch, capsys):
+    """``python -m gem_assets.run --dagster-home`` (what ``make ui`` runs): the local instance folder
+    that ``make run`` records into, created with telemetry off."""
+    from gem_assets.config import default_state_dir
+    from gem_assets.run import main
+
+    monkeypatch.setenv("GEM_HOME", "s3://bucket/gem")
+    monkeypatch.delenv("GEM_STATE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert main(["--dagster-home"]) == 0
+    printed = Path(capsys.readouterr().out.strip())
+    assert printed == default_state_dir("s3://bucket/gem") / "dagster"
+    assert printed.is_relative_to(tmp_path / "cache") and "enabled: false" in (printed / "dagster.yaml").read_text()
+    monkeypatch.setenv("GEM_STATE", str(tmp_path / "state"))
+    assert main(["--dagster-home"]) == 0
+    assert Path(capsys.readouterr().out.strip()) == (tmp_path / "state").resolve() / "dagster"
