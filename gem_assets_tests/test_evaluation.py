@@ -409,7 +409,7 @@ def test_evaluate_corpus_splits_buckets_and_reports():
     out = ev.evaluate_corpus(frame, vectors, sample, 4, _config(), holdout=0.1, select=0.1, use_source=True,
                              backend=fake.as_backend())
     c = out.counts
-    assert c == {"documents": 120, "target": 12, "select": 11, "fit": 97, "unusable": 0}
+    assert c == {"documents": 120, "target": 12, "select": 11, "fit": 97, "unusable": 0, "capped": 0}
     assert list(out.bucket_counts) == ["source", "kmeans", "gem"]
     assert all(sum(v.values()) == 97 for v in out.bucket_counts.values())
     # well-separated embeddings: k-means finds the topics, so its buckets have the topics' sizes
@@ -439,3 +439,65 @@ def test_evaluate_corpus_without_source_and_with_unembedded_documents():
     with pytest.raises(ValueError, match="at least 2"):
         ev.evaluate_corpus(frame.with_columns(pl.lit(None, dtype=pl.Int64).alias("gem")), vectors, sample, 4,
                            _config(), holdout=0.1, select=0.1, use_source=False, backend=fake.as_backend())
+
+
+# --------------------------------------------------------------------------- bounded memory (issue 8)
+class _Layout:
+    """What read_texts needs of a Layout: where each shard's documents file is."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def documents_path(self, key):
+        return self.root / f"{key}.parquet"
+
+
+def test_texts_read_from_disk_give_the_same_evaluation(tmp_path):
+    """Without a text column the evaluation reads only the texts it uses, shard by shard: same result."""
+    frame, vectors, sample = _frame()
+    frame = frame.with_columns(pl.Series("shard", [f"s{i % 3}" for i in range(frame.height)]))
+    frame = frame.with_columns((pl.col("shard") + "/" + pl.col("id")).alias("key"))
+    for shard, part in frame.group_by("shard"):
+        part.select("id", "text").reverse().write_parquet(tmp_path / f"{shard[0]}.parquet", row_group_size=7)
+    layout = _Layout(tmp_path)
+    asked = []
+
+    def texts(rows):
+        asked.append(rows.height)
+        return ev.read_texts(layout, rows, batch_rows=5)
+
+    a = ev.evaluate_corpus(frame, vectors, sample, 4, _config(), holdout=0.1, select=0.1, use_source=True,
+                           backend=UnigramBackend().as_backend())
+    b = ev.evaluate_corpus(frame.drop("text"), vectors, sample, 4, _config(), holdout=0.1, select=0.1,
+                           use_source=True, backend=UnigramBackend().as_backend(), texts=texts)
+    assert a.counts == b.counts and sorted(asked) == sorted([a.counts["fit"], a.counts["select"], a.counts["target"]])
+    assert a.result.runs.drop("train_seconds").equals(b.result.runs.drop("train_seconds"))
+    assert a.result.weights == b.result.weights
+    with pytest.raises(ValueError, match="texts="):
+        ev.evaluate_corpus(frame.drop("text"), vectors, sample, 4, _config(), holdout=0.1, select=0.1,
+                           use_source=True, backend=UnigramBackend().as_backend())
+    with pytest.raises(ValueError, match="not in their shard"):
+        ev.read_texts(layout, pl.DataFrame({"shard": ["s0"], "id": ["nope"]}))
+
+
+def test_caps_bound_the_target_set_and_the_training_pool():
+    frame, vectors, sample = _frame(n=200)
+    fake = UnigramBackend()
+    out = ev.evaluate_corpus(frame, vectors, sample, 4, _config(mixers=("natural", "uniform")), holdout=0.2,
+                             select=0.1, use_source=False, backend=fake.as_backend(), max_target_documents=15,
+                             max_train_documents=60)
+    c = out.counts
+    assert c["target"] == 15 and c["fit"] + c["select"] == 60
+    assert c["capped"] == (40 - 15) + (160 - 60)
+    assert c["target"] + c["select"] + c["fit"] + c["unusable"] + c["capped"] == c["documents"] == 200
+    assert "left out by the memory caps" in ev.report_markdown(out, _config(mixers=("natural", "uniform")))
+    # the capped target set is a subset of the uncapped held-out set, the same for the same seed
+    keys = frame["key"].to_list()
+    held = np.flatnonzero(ev.holdout_split(keys, 0.2, 0))
+    one = ev.capped_sample(held, keys, 15, 0, "target")
+    assert set(one) <= set(held) and one.size == 15 and np.all(np.diff(one) > 0)
+    np.testing.assert_array_equal(one, ev.capped_sample(held, keys, 15, 0, "target"))
+    assert set(ev.capped_sample(held, keys, 15, 1, "target")) != set(one)
+    np.testing.assert_array_equal(ev.capped_sample(held, keys, None, 0, "target"), held)
+    with pytest.raises(ValueError, match="target cap"):
+        ev.capped_sample(held, keys, 0, 0, "target")

@@ -109,7 +109,7 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
     keys = sorted(gem.shards())
     try:
         inputs = _inputs(settings, keys)
-        frame, vectors = lib.load_corpus(layout, keys)
+        frame, vectors = lib.load_corpus(layout, keys, with_text=False)  # texts read when used (issue 8)
         sample_vectors, _, _ = artifacts.read_teacher_sample(layout)
     except FileNotFoundError as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
@@ -125,7 +125,8 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
         evaluation = lib.evaluate_corpus(
             frame, vectors, sample_vectors, int(student["k"]), config, holdout=params["holdout"],
             select=params["select"], use_source=use_source, kmeans=params["kmeans"], progress=True,
-            log=context.log.info,
+            log=context.log.info, texts=lambda rows: lib.read_texts(layout, rows),
+            max_target_documents=params["max_target_documents"], max_train_documents=params["max_train_documents"],
         )
     except ValueError as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
@@ -194,7 +195,7 @@ def _checks(runs, table, counts: dict, n_seeds: int, mixers) -> list[AssetCheckR
     complete = set(seen) == pairs and all(v == n_seeds for v in seen.values()) and bool(
         np.all(np.isfinite(values)) and np.all(values > 0)) and contains
     tokens = runs["tokens"].unique().to_list()
-    parts = counts["target"] + counts["select"] + counts["fit"] + counts["unusable"]
+    parts = counts["target"] + counts["select"] + counts["fit"] + counts["unusable"] + counts.get("capped", 0)
     return [
         AssetCheckResult(check_name="table_complete", passed=complete,
                          metadata={"pairs": len(seen), "expected_pairs": len(pairs), "seeds": n_seeds},
@@ -205,7 +206,8 @@ def _checks(runs, table, counts: dict, n_seeds: int, mixers) -> list[AssetCheckR
         AssetCheckResult(check_name="target_held_out", passed=parts == counts["documents"] and counts["target"] > 0,
                          metadata={k: int(v) for k, v in counts.items()},
                          description=f"{counts['target']} target + {counts['select']} selection + {counts['fit']} "
-                         f"training + {counts['unusable']} unused = {parts} of {counts['documents']} documents"),
+                         f"training + {counts['unusable']} unused + {counts.get('capped', 0)} left out by the caps = {parts} of "
+                         f"{counts['documents']} documents"),
     ]
 
 

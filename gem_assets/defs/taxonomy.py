@@ -125,7 +125,8 @@ def taxonomy(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTrack
     try:
         stats = gis.collect_term_stats(lambda: tx.shard_batches(layout, keys), geometry, min_df=params["min_df"],
                                        max_terms=params["max_terms"], bigrams=params["bigrams"],
-                                       n_exemplars=params["exemplars"], progress=True)
+                                       n_exemplars=params["exemplars"], count_capacity=params["count_capacity"],
+                                       posteriors=[params["posterior"]], progress=True)
     except ValueError as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
     fp = taxonomy_fingerprint(settings, teacher_fp, included)

@@ -38,7 +38,7 @@ import polars as pl
 
 from ._checks import check_float, check_int
 from .bucketize import MISSING_LABEL, Bucketization
-from .sampling import rng_for
+from .sampling import BottomK, rng_for
 
 __all__ = [
     "MIXERS",
@@ -58,6 +58,8 @@ __all__ = [
     "bpb_chart",
     "weights_json",
     "load_corpus",
+    "read_texts",
+    "capped_sample",
     "CorpusEvaluation",
     "evaluate_corpus",
     "report_markdown",
@@ -689,7 +691,7 @@ def weights_json(result: ExperimentResult) -> str:
 
 
 # --------------------------------------------------------------------------- the corpus end to end
-def load_corpus(layout, keys: Sequence[str]) -> tuple[pl.DataFrame, np.ndarray]:
+def load_corpus(layout, keys: Sequence[str], with_text: bool = True) -> tuple[pl.DataFrame, np.ndarray]:
     """Every kept document of the shards with its GEM domain and, when embedded, its embedding.
 
     Parameters
@@ -698,13 +700,17 @@ def load_corpus(layout, keys: Sequence[str]) -> tuple[pl.DataFrame, np.ndarray]:
         Where the pipeline's artifacts live.
     keys : sequence of str
         Shard keys.
+    with_text : bool
+        Keep the texts. ``False`` leaves them on disk (memory then holds a few short columns per
+        document, not the corpus): :func:`evaluate_corpus` reads only the texts it uses, shard by
+        shard, through ``texts=lambda rows: read_texts(layout, rows)``.
 
     Returns
     -------
     frame : polars.DataFrame
-        ``key`` (``<shard>/<id>``), ``shard``, ``id``, ``text``, ``source`` (null when the
-        shards have no source column), ``gem`` (the student's domain; null when the shard's
-        assignments lack the document) and ``vec`` (row of ``vectors``; null when the
+        ``key`` (``<shard>/<id>``), ``shard``, ``id``, ``text`` (only ``with_text``), ``source``
+        (null when the shards have no source column), ``gem`` (the student's domain; null when
+        the shard's assignments lack the document) and ``vec`` (row of ``vectors``; null when the
         document was not embedded).
     vectors : ndarray (M, d) float32
         The embeddings of the embedded documents.
@@ -718,7 +724,12 @@ def load_corpus(layout, keys: Sequence[str]) -> tuple[pl.DataFrame, np.ndarray]:
 
     frames, blocks, offset = [], [], 0
     for key in keys:
-        docs = artifacts.read_documents(layout, key)
+        if with_text:
+            docs = artifacts.read_documents(layout, key)
+        elif not layout.documents_path(key).is_file() or not layout.documents_meta_path(key).is_file():
+            raise FileNotFoundError(f"no documents for shard {key!r}: materialize the 'documents' partition first")
+        else:
+            docs = storage.read_parquet(layout.documents_path(key), columns=_non_text_columns(layout, key))
         apath = layout.assignments_path(key)
         if not apath.is_file():
             raise FileNotFoundError(f"no GEM assignments for shard {key!r} ({apath}): materialize "
@@ -729,7 +740,8 @@ def load_corpus(layout, keys: Sequence[str]) -> tuple[pl.DataFrame, np.ndarray]:
         offset += vectors.shape[0]
         blocks.append(np.asarray(vectors, dtype=np.float32))
         source = pl.col("source").cast(pl.String) if "source" in docs.columns else pl.lit(None, dtype=pl.String)
-        frame = (docs.select(pl.lit(key).alias("shard"), pl.col("id"), pl.col("text"), source.alias("source"))
+        text = [pl.col("text")] if with_text else []
+        frame = (docs.select(pl.lit(key).alias("shard"), pl.col("id"), *text, source.alias("source"))
                  .join(assign.with_columns(pl.col("gem").cast(pl.Int64)), on="id", how="left")
                  .join(index, on="id", how="left"))
         frames.append(frame)
@@ -738,7 +750,87 @@ def load_corpus(layout, keys: Sequence[str]) -> tuple[pl.DataFrame, np.ndarray]:
     frame = pl.concat(frames).with_columns((pl.col("shard") + "/" + pl.col("id")).alias("key"))
     dim = blocks[0].shape[1] if blocks and blocks[0].ndim == 2 else 0
     vectors = np.concatenate([b.reshape(-1, dim) for b in blocks]) if blocks else np.zeros((0, 0), np.float32)
-    return frame.select("key", "shard", "id", "text", "source", "gem", "vec"), vectors
+    return frame.select("key", "shard", "id", *(["text"] if with_text else []), "source", "gem", "vec"), vectors
+
+
+def _non_text_columns(layout, key: str) -> list[str]:
+    """The documents file's ``id`` and ``source`` columns (those it has), from its schema."""
+    import pyarrow.parquet as pq
+
+    from . import storage
+
+    with storage.open_binary(layout.documents_path(key)) as f:
+        names = pq.ParquetFile(f).schema_arrow.names
+    return [c for c in ("id", "source") if c in names]
+
+
+def read_texts(layout, rows: pl.DataFrame, batch_rows: int = 8192) -> list[str]:
+    """The texts of the given documents, read shard by shard and batch by batch.
+
+    Parameters
+    ----------
+    layout : gem_assets.config.Layout
+    rows : polars.DataFrame
+        ``shard`` and ``id`` of each document wanted.
+    batch_rows : int
+        Rows read at a time from a documents file.
+
+    Returns
+    -------
+    list of str
+        One text per row of ``rows``, in that order. Memory holds these texts and one batch.
+
+    Raises
+    ------
+    ValueError
+        If a document is not in its shard's documents file.
+    """
+    from .streaming import iter_selected_rows
+
+    found: dict[tuple[str, str], str] = {}
+    for shard in rows["shard"].unique(maintain_order=True).to_list():
+        wanted = set(rows.filter(pl.col("shard") == shard)["id"].to_list())
+        for df in iter_selected_rows(layout.documents_path(shard), columns=["id", "text"], batch_rows=batch_rows):
+            hit = df.filter(pl.col("id").is_in(list(wanted))) if wanted else df.clear()
+            for i, t in zip(hit["id"].to_list(), hit["text"].to_list()):
+                found[(shard, i)] = t
+    pairs = list(zip(rows["shard"].to_list(), rows["id"].to_list()))
+    missing = [p for p in pairs if p not in found]
+    if missing:
+        raise ValueError(f"{len(missing)} document(s) are not in their shard's documents file, e.g. {missing[0]}: "
+                         "re-materialize 'documents'")
+    return [found[p] for p in pairs]
+
+
+def capped_sample(idx: np.ndarray, keys: Sequence[str], cap: int | None, seed: int, purpose: str) -> np.ndarray:
+    """At most ``cap`` of the positions ``idx``: a seeded uniform sample by key (:class:`BottomK`).
+
+    Parameters
+    ----------
+    idx : ndarray of int
+        Candidate positions (into ``keys``), increasing.
+    keys : sequence of str
+        A unique key per document.
+    cap : int or None
+        Most positions kept; ``None`` keeps all.
+    seed : int
+    purpose : str
+        Separates independent samples.
+
+    Returns
+    -------
+    ndarray of int64
+        The kept positions, increasing (all of ``idx`` when it has at most ``cap``). The sample
+        depends only on the candidates' keys and the seed, not on their order.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    if cap is not None:
+        cap = check_int(cap, f"the {purpose} cap", low=1)
+    if cap is None or idx.size <= cap:
+        return idx
+    pick = BottomK(cap, seed, f"evaluation/{purpose}")
+    pick.update((keys[i] for i in idx), idx.tolist())
+    return np.sort(np.fromiter(pick.items().values(), dtype=np.int64))
 
 
 @dataclass
@@ -767,13 +859,18 @@ def evaluate_corpus(
     backend: MixingBackend | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    texts: Callable[[pl.DataFrame], Sequence[str]] | None = None,
+    max_target_documents: int | None = None,
+    max_train_documents: int | None = None,
 ) -> CorpusEvaluation:
     """The whole evaluation on a corpus from :func:`load_corpus`.
 
-    1. Hold out ``holdout`` of *all* documents (seeded, by key) as the target set.
+    1. Hold out ``holdout`` of *all* documents (seeded, by key) as the target set; when it has
+       more than ``max_target_documents``, a seeded uniform sample of that many is used
+       (:func:`capped_sample`).
     2. The training pool is every other document that has a GEM domain and an embedding
-       (k-means needs one); ``select`` of it is set aside for RegMix's weight choice, the
-       rest are the fit documents.
+       (k-means needs one), capped the same way at ``max_train_documents``; ``select`` of it
+       is set aside for RegMix's weight choice, the rest are the fit documents.
     3. Bucketizations of the fit documents: the source labels (``use_source``), Euclidean
        k-means with K clusters fitted on ``sample_vectors`` (the teacher sample, as GEM
        was) with each document at its nearest centroid, and GEM's domains.
@@ -797,18 +894,32 @@ def evaluate_corpus(
         ``max_iter``, ``tol``, ``n_init`` of k-means.
     given_weights, backend, progress, log
         See :func:`run_experiment`.
+    texts : callable, optional
+        ``texts(rows)`` -> the texts of the documents of ``rows`` (a frame of ``shard`` and ``id``),
+        e.g. ``lambda rows: read_texts(layout, rows)``; required when ``frame`` has no ``text``
+        column. Only the texts of the target, selection and fit documents are read.
+    max_target_documents, max_train_documents : int, optional
+        Caps of the target set and of the training pool (bounded memory whatever the corpus
+        size; ``None``: no cap). Documents left out by a cap are counted as ``capped``.
 
     Returns
     -------
     CorpusEvaluation
+        ``counts``: ``documents`` = ``target`` + ``select`` + ``fit`` + ``unusable`` + ``capped``.
     """
     from .bucketize import from_domains, from_labels, kmeans_buckets
 
     k = check_int(k, "k", low=2)
+    if "text" not in frame.columns and texts is None:
+        raise ValueError("the frame has no 'text' column: pass texts= (e.g. lambda rows: read_texts(layout, rows))")
     keys = frame["key"].to_list()
     held = holdout_split(keys, holdout, config.seed)
     usable = (frame["gem"].is_not_null() & frame["vec"].is_not_null()).to_numpy()
-    pool = np.flatnonzero(~held & usable)
+    all_target = np.flatnonzero(held)
+    target_idx = capped_sample(all_target, keys, max_target_documents, config.seed, "target")
+    all_pool = np.flatnonzero(~held & usable)
+    pool = capped_sample(all_pool, keys, max_train_documents, config.seed, "pool")
+    capped = int(all_target.size - target_idx.size + all_pool.size - pool.size)
     if pool.size < 2:
         raise ValueError(f"only {pool.size} training document(s) have both a GEM domain and an embedding; the "
                          "evaluation needs at least 2 (embed more documents: GEM_EMBED_CAP)")
@@ -816,8 +927,13 @@ def evaluate_corpus(
     fit, chosen = pool[~sel], pool[sel]
     if use_source and frame["source"].is_null().all():
         raise ValueError("use_source is set but no document has a source label")
-    texts = frame["text"].to_list()
-    fit_texts = [texts[i] for i in fit]
+    if "text" in frame.columns:
+        def read(idx):
+            return frame["text"].gather(idx).to_list()
+    else:
+        def read(idx):
+            return list(texts(frame.select("shard", "id").gather(idx)))
+    fit_texts = read(fit)
     buckets = []
     if use_source:
         buckets.append(from_labels("source", frame["source"].gather(fit).to_list()))
@@ -827,15 +943,14 @@ def evaluate_corpus(
                            n_init=int(km.get("n_init", 1)), device=config.device)
     buckets.append(kb)
     buckets.append(from_domains("gem", frame["gem"].gather(fit).to_numpy(), k))
-    target_idx = np.flatnonzero(held)
     target_labels = frame["source"].gather(target_idx).to_list() if use_source else None
-    result = run_experiment(fit_texts, buckets, [texts[i] for i in chosen], [texts[i] for i in target_idx], config,
+    result = run_experiment(fit_texts, buckets, read(chosen), read(target_idx), config,
                             target_labels=target_labels, given_weights=given_weights, backend=backend,
                             progress=progress, log=log)
     table = summarize(result.runs, config.confidence)
     differences = paired_differences(result.runs, "gem", confidence=config.confidence)
-    counts = {"documents": len(keys), "target": int(held.sum()), "select": int(chosen.size), "fit": int(fit.size),
-              "unusable": int((~held & ~usable).sum())}
+    counts = {"documents": len(keys), "target": int(target_idx.size), "select": int(chosen.size), "fit": int(fit.size),
+              "unusable": int((~held & ~usable).sum()), "capped": capped}
     bucket_counts = {b.name: dict(zip(b.keys(), b.counts().tolist())) for b in buckets}
     return CorpusEvaluation(result=result, table=table, differences=differences, counts=counts,
                             bucket_counts=bucket_counts)
@@ -860,7 +975,8 @@ def report_markdown(ev: CorpusEvaluation, config: EvaluationConfig, *, title: st
         lines.append("")
     lines += ["Setup:", "",
               f"- documents: {c['documents']} = {c['target']} held-out target + {c['select']} weight-selection + "
-              f"{c['fit']} training + {c['unusable']} without an embedding or GEM domain (not used)",
+              f"{c['fit']} training + {c['unusable']} without an embedding or GEM domain (not used)"
+              + (f" + {c['capped']} left out by the memory caps (target set / training pool)" if c.get("capped") else ""),
               "- evaluated streams (bytes): " + ", ".join(f"{k} {v}" for k, v in res.stream_bytes.items())
               + (f"; at most {config.max_eval_tokens} bytes of each" if config.max_eval_tokens else ""),
               f"- target models: {config.params()['target']}, {config.steps} steps x batch {config.batch_size} "
