@@ -26,9 +26,39 @@ def mem_root():
         fs.rm(root.split("://", 1)[1], recursive=True)
 
 
-@pytest.fixture(params=["local", "file_url", "memory_url", "memory_upath"])
+@pytest.fixture(scope="module")
+def s3_server():
+    """A local S3 server (moto) in a thread, with a bucket; s3fs finds it through AWS_ENDPOINT_URL
+    (as it would find MinIO or another S3-compatible store). Yields the bucket's URL."""
+    pytest.importorskip("s3fs", reason="s3fs (the dev extra) reaches S3")
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] (the dev extra) is the local S3 server")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                            ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", f"http://{host}:{port}")):
+            mp.setenv(name, value)
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir("gem-test")
+        yield "s3://gem-test"
+        fsspec.AbstractFileSystem.clear_instance_cache()
+    server.stop()
+
+
+@pytest.fixture
+def s3_root(s3_server):
+    """A fresh folder in the local S3 server's bucket."""
+    return f"{s3_server}/{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(params=["local", "file_url", "memory_url", "memory_upath", "s3_url"])
 def root(request, tmp_path, mem_root):
     """One folder per kind of location."""
+    if request.param == "s3_url":
+        return request.getfixturevalue("s3_root")
     return {
         "local": str(tmp_path / "store"),
         "file_url": f"file://{tmp_path / 'store'}",
@@ -153,8 +183,10 @@ def test_shards_stream_from_an_object_store(mem_root, tmp_path, suffix):
         corpus.validate_shard(f"{mem_root}/corpus/missing.jsonl")
 
 
-def test_shard_assets_write_to_an_object_store_home(mem_root, tiny_corpus, instance):
-    """GEM_HOME as an fsspec URL: documents and embeddings materialize into the object store."""
+@pytest.mark.parametrize("store", ["memory", "s3"])
+def test_shard_assets_write_to_an_object_store_home(store, request, tiny_corpus, instance):
+    """GEM_HOME as an fsspec URL (memory://, and s3:// on a local S3 server): documents and
+    embeddings materialize into the object store."""
     from dagster import materialize
 
     from conftest import make_resources
@@ -162,9 +194,10 @@ def test_shard_assets_write_to_an_object_store_home(mem_root, tiny_corpus, insta
     from gem_assets.defs.partitions import SHARDS
     from gem_assets.lib import artifacts
 
-    res = make_resources(f"{mem_root}/home", str(tiny_corpus / "*"))
+    home = f"{request.getfixturevalue('mem_root' if store == 'memory' else 's3_root')}/home"
+    res = make_resources(home, str(tiny_corpus / "*"))
     layout = res["gem"].settings().layout
-    assert isinstance(layout.home, UPath) and str(layout.home) == f"{mem_root}/home"
+    assert isinstance(layout.home, UPath) and str(layout.home) == home
     keys = sorted(res["gem"].shards())
     instance.add_dynamic_partitions(SHARDS, keys)
     for key in keys:
@@ -178,9 +211,8 @@ def test_shard_assets_write_to_an_object_store_home(mem_root, tiny_corpus, insta
         assert index["id"].to_list() == docs["id"].to_list()  # smoke cap 48 > 40: every document, in order
         assert vectors.shape == (40, 32)
         assert storage.read_json(layout.documents_meta_path(key))["rows_in"] == 40
-    fs = fsspec.filesystem("memory")
-    assert fs.exists(f"{mem_root.split('://')[1]}/home/outputs/quarantine/{keys[0]}.parquet")
-    assert not Path("memory:").exists()  # nothing went to a local folder named after the URL
+    assert storage.as_path(f"{home}/outputs/quarantine/{keys[0]}.parquet").is_file()
+    assert not Path(f"{store}:").exists()  # nothing went to a local folder named after the URL
 
 
 def _object_store_corpus(mem_root) -> str:
