@@ -131,6 +131,12 @@ def test_atomic_dir_replaces_a_folder_markers_last(root, monkeypatch):
     if storage.is_remote(dest):
         assert uploaded[-1] == "meta.json" and sorted(uploaded) == ["index.parquet", "meta.json",
                                                                     "vectors.safetensors"]
+    if storage.is_remote(dest):  # summary.json (the teacher, student, stats and evaluation folders' marker)
+        uploaded.clear()
+        with storage.atomic_dir(_join(root, "out")) as tmp:
+            for name in ("a.csv", "summary.json", "weights.json", "z.png"):
+                (tmp / name).write_text(name)
+        assert uploaded[-1] == "summary.json" and len(uploaded) == 4
     with pytest.raises(KeyError):
         with storage.atomic_dir(dest) as tmp:
             (tmp / "meta.json").write_text('{"n": 3}')

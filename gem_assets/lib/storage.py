@@ -10,9 +10,9 @@ half-written file and a crash leaves the previous version intact:
   ``az://``, ``memory://`` ...): a local temporary file, uploaded with one ``put`` once it is
   complete. Object stores make an object visible whole or not at all, which is the atomicity
   that matters to readers. A folder (:func:`atomic_dir`) cannot be renamed on an object store:
-  its files are uploaded one by one after the old ones are removed, ``meta.json`` and
-  ``manifest.json`` last, and the artifacts of this project treat ``meta.json`` as the
-  marker of a complete folder.
+  its files are uploaded one by one after the old ones are removed, the completion markers
+  (``manifest.json``, ``meta.json``, ``summary.json``) last, and the readers of this project
+  treat a folder's marker as the sign that it is complete.
 
 Readers (:func:`read_json`, :func:`read_parquet`, :func:`read_safetensors`, :func:`open_binary`)
 accept the same kinds of location.
@@ -63,7 +63,7 @@ __all__ = [
 LOCAL_PROTOCOLS = ("", "file", "local")
 
 #: Files of a folder uploaded last by :func:`atomic_dir` on an object store (completion markers).
-_MARKERS = ("manifest.json", "meta.json")
+_MARKERS = ("manifest.json", "meta.json", "summary.json")
 
 
 def _protocol(location) -> str | None:
@@ -254,7 +254,7 @@ def atomic_dir(dest) -> Iterator[Path]:
     Locally, an existing ``dest`` is moved aside first and removed once the new folder is in
     place (two renames: a reader sees either the old or the new folder, or briefly none). On
     an object store the folder's files are uploaded after the old ones are removed, the
-    completion markers (``meta.json``, ``manifest.json``) last.
+    completion markers (``manifest.json``, ``meta.json``, ``summary.json``) last.
 
     Parameters
     ----------
