@@ -190,3 +190,23 @@ def test_bottom_k_is_uniform():
     chi2 = float(((obs - expected) ** 2 / var).sum())
     assert chi2 < 70.0, chi2  # chi-square with ~39 degrees of freedom: p < 0.003 above 70
     assert obs.sum() == seeds * 10
+
+
+# --------------------------------------------------------------------------- evaluation windows
+def test_bpb_windows_are_the_evenly_spread_subset_built_without_the_full_list():
+    """lm._windows builds only the windows it keeps (memory by max_tokens, not by the stream):
+    the same windows as listing every window and then picking evenly spread ones."""
+    from gem_assets.lib import lm
+
+    def reference(n, context, max_tokens):
+        out = [(s, min(context, n - 1 - s)) for s in range(0, n - 1, context)]
+        if max_tokens is not None and sum(length for _, length in out) > max_tokens:
+            m = max(1, max_tokens // context)
+            idx = np.unique(np.linspace(0, len(out) - 1, m).round().astype(int))
+            out = [out[i] for i in idx]
+        return out
+
+    for n in (1, 2, 3, 32, 33, 34, 1_000, 4_097):
+        for context in (1, 8, 32):
+            for max_tokens in (None, 1, 31, 64, 1_024, 10_000):
+                assert lm._windows(n, context, max_tokens) == reference(n, context, max_tokens), (n, context, max_tokens)

@@ -439,13 +439,15 @@ def train_lm(streams: Mapping[str, np.ndarray], weights: Mapping[str, float] | N
 
 # --------------------------------------------------------------------------- evaluation
 def _windows(n: int, context: int, max_tokens: int | None) -> list[tuple[int, int]]:
-    # (start, length) of non-overlapping input windows; each predicts `length` bytes
-    out = [(s, min(context, n - 1 - s)) for s in range(0, n - 1, context)]
-    if max_tokens is not None and sum(length for _, length in out) > max_tokens:
+    # (start, length) of non-overlapping input windows; each predicts `length` bytes (n - 1 in all).
+    # Only the windows kept are built: memory follows max_tokens, not the stream's length.
+    count = -(-(n - 1) // context) if n > 1 else 0
+    if max_tokens is not None and n - 1 > max_tokens:
         m = max(1, max_tokens // context)
-        idx = np.unique(np.linspace(0, len(out) - 1, m).round().astype(int))
-        out = [out[i] for i in idx]
-    return out
+        idx = np.unique(np.linspace(0, count - 1, m).round().astype(int)).tolist()
+    else:
+        idx = range(count)
+    return [(i * context, min(context, n - 1 - i * context)) for i in idx]
 
 
 @torch.no_grad()
@@ -454,18 +456,18 @@ def _stream_bpb(model: ByteLM, stream: np.ndarray, batch_size: int, max_tokens: 
     ctx = model.config.context
     wins = _windows(stream.size, ctx, max_tokens)
     total, count = 0.0, 0
-    s = torch.from_numpy(stream.astype(np.int64))
+    s = torch.from_numpy(np.ascontiguousarray(stream, dtype=np.uint8))  # bytes; only the windows become int64
     full = [w for w in wins if w[1] == ctx]
     for i in range(0, len(full), batch_size):
         starts = torch.tensor([w[0] for w in full[i:i + batch_size]])
         idx = starts[:, None] + torch.arange(ctx + 1)[None, :]
-        rows = s[idx].to(dev)
+        rows = s[idx].long().to(dev)
         losses = token_losses(model, rows[:, :-1], rows[:, 1:])
         total += float(losses.double().sum())
         count += losses.numel()
     for start, length in wins:  # the short tail window, if any
         if length < ctx:
-            rows = s[start:start + length + 1][None].to(dev)
+            rows = s[start:start + length + 1][None].long().to(dev)
             losses = token_losses(model, rows[:, :-1], rows[:, 1:])
             total += float(losses.double().sum())
             count += losses.numel()

@@ -108,7 +108,8 @@ def sample_mixtures(prior: np.ndarray, n: int, rng: np.random.Generator, tempera
     alpha = np.where(p > 0, p ** t, 0.0)
     alpha /= alpha.sum()
     support = alpha > 0
-    out = np.empty((0, p.size))
+    out = np.empty((n, p.size))  # filled in place: the first n accepted candidates, in order
+    got = 0
     for _ in range(max_tries):
         m = 2 * n
         s = np.exp(rng.uniform(np.log(lo), np.log(hi), size=m))
@@ -117,10 +118,13 @@ def sample_mixtures(prior: np.ndarray, n: int, rng: np.random.Generator, tempera
         ok = np.isfinite(w).all(1) & (w.sum(1) > 0)
         if cap is not None:
             ok &= (w <= cap[None, :] + 1e-12).all(1)
-        out = np.vstack([out, w[ok]])
-        if out.shape[0] >= n:
-            return out[:n] / out[:n].sum(1, keepdims=True)
-    raise ValueError(f"only {out.shape[0]} of {n} mixtures passed the epoch cap in {max_tries} rounds: "
+        take = np.flatnonzero(ok)[: n - got]
+        out[got:got + take.size] = w[take]
+        got += take.size
+        del w
+        if got >= n:
+            return out / out.sum(1, keepdims=True)
+    raise ValueError(f"only {got} of {n} mixtures passed the epoch cap in {max_tries} rounds: "
                      "raise max_epochs, lower the budget or merge tiny domains")
 
 
