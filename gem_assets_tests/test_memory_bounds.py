@@ -14,7 +14,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from gem_assets.lib import gis, sampling, terms
+from gem_assets.lib import gis, mixture, sampling, streaming, terms
 from gem_assets.lib.gis import TeacherGeometry, TermBatch
 
 
@@ -210,3 +210,93 @@ def test_bpb_windows_are_the_evenly_spread_subset_built_without_the_full_list():
         for context in (1, 8, 32):
             for max_tokens in (None, 1, 31, 64, 1_024, 10_000):
                 assert lm._windows(n, context, max_tokens) == reference(n, context, max_tokens), (n, context, max_tokens)
+
+
+# --------------------------------------------------------------------------- mixing without the corpus in memory
+def _mixing_corpus(tmp_path, n_shards=3, n=40, seed=0):
+    """Shards of documents (ids out of order, a missing assignment) on disk, and the frame the
+    in-memory path builds (every assigned document, sorted by shard and id)."""
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    frames = {}
+    for s in range(n_shards):
+        texts = [" ".join(f"w{rng.integers(0, 50)}" for _ in range(rng.integers(1, 30))) + (" é" if i % 7 == 0 else "")
+                 for i in range(n)]
+        ids = [f"{rng.integers(0, 10**6):06d}-{i}" for i in range(n)]
+        docs = pl.DataFrame({"row": np.arange(n) * 3, "id": ids, "text": texts, "source": [f"src{i % 3}" for i in range(n)]})
+        docs.write_parquet(tmp_path / f"docs-{s}.parquet", row_group_size=9)
+        assign = pl.DataFrame({"id": ids[1:], "domain": rng.integers(0, 4, size=n - 1)})  # the first has none
+        assign.write_parquet(tmp_path / f"assign-{s}.parquet")
+        frames[f"shard-{s}"] = docs.with_columns(pl.lit(f"shard-{s}").alias("shard")).join(assign, on="id", how="inner")
+    frame = pl.concat(list(frames.values())).sort("shard", "id")
+    keys = list(frames)
+    index = mixture.corpus_index(lambda k: pl.read_parquet(tmp_path / f"docs-{k.split('-')[1]}.parquet"),
+                                 lambda k: pl.read_parquet(tmp_path / f"assign-{k.split('-')[1]}.parquet"),
+                                 list(reversed(keys)))
+
+    def read_rows(key, rows):
+        out = []
+        for df in streaming.iter_selected_rows(tmp_path / f"docs-{key.split('-')[1]}.parquet", rows, columns=["text"],
+                                               batch_rows=7):
+            out += df["text"].to_list()
+        return out
+
+    return frame, index, lambda pos: mixture.read_index_texts(index, pos, read_rows)
+
+
+def test_corpus_index_and_texts_match_the_in_memory_frame(tmp_path):
+    frame, index, read = _mixing_corpus(tmp_path)
+    assert len(index) == frame.height == 3 * 39
+    assert index.ids == frame["id"].to_list() and index.sources == frame["source"].to_list()
+    np.testing.assert_array_equal(index.domains, frame["domain"].to_numpy())
+    np.testing.assert_array_equal(index.tokens, mixture.document_tokens(frame["text"].to_list()))
+    pos = np.array([5, 0, 100, 5, 42])
+    assert read(pos) == [frame["text"][int(i)] for i in pos]
+
+
+@pytest.mark.parametrize("cap", [None, 2, 50, 400])
+def test_proxy_streams_equal_the_in_memory_streams(tmp_path, cap):
+    frame, index, read = _mixing_corpus(tmp_path)
+    texts, labels = frame["text"].to_list(), frame["domain"].to_numpy()
+    names = ["0", "1", "2", "3"]
+    asked = []
+
+    def counting_read(pos):
+        asked.append(len(pos))
+        return read(pos)
+
+    target_mask = mixture.split_documents(labels, 0.2, 7) & (frame["source"] == "src1").to_numpy()
+    train, valid, target = mixture.proxy_streams(index, counting_read, names, 0.2, 7, cap, target_mask)
+    ref_train, ref_valid = mixture.domain_streams(texts, labels, names, 0.2, 7, max_bytes_per_domain=cap)
+    ref_target = mixture.texts_to_streams([texts[i] for i in np.flatnonzero(target_mask)], ["target"] * int(target_mask.sum()))
+    assert train.keys() == ref_train.keys() and valid.keys() == ref_valid.keys()
+    for got, ref in ((train, ref_train), (valid, ref_valid), (target, ref_target)):
+        for k in ref:
+            np.testing.assert_array_equal(got[k], ref[k])
+    if cap is not None and cap <= 50:  # with a small cap only a few texts are read
+        assert asked[0] < len(index) // 2
+
+
+@pytest.mark.parametrize("bucket_bytes", [1, 300, 1 << 30])
+def test_curated_parts_equal_the_in_memory_rows(tmp_path, bucket_bytes):
+    import polars as pl
+
+    frame, index, read = _mixing_corpus(tmp_path)
+    tokens = mixture.document_tokens(frame["text"].to_list())
+    labels = frame["domain"].to_numpy()
+    sample = mixture.sample_curated_mixture(tokens, labels, np.array([0.4, 0.3, 0.2, 0.1]), int(tokens.sum() * 1.5), 3.0, 5)
+    ref = (frame.select(pl.col("shard", "id", "domain", "text").gather(pl.Series(sample.indices)))
+           .with_columns(pl.Series("repeat", sample.repeats), pl.Series("tokens", tokens[sample.indices]))
+           .select("shard", "id", "domain", "repeat", "tokens", "text"))
+    out = tmp_path / f"out-{bucket_bytes}"
+    files = mixture.write_curated_parts(index, sample, read, out, rows_per_file=17, bucket_bytes=bucket_bytes)
+    assert files == [f"part-{i:05d}.parquet" for i in range(-(-ref.height // 17))]
+    parts = [pl.read_parquet(out / f) for f in files]
+    assert all(p.height == 17 for p in parts[:-1]) and sorted(p.name for p in out.iterdir()) == files
+    got = pl.concat(parts)
+    assert got.columns == ref.columns and got.equals(ref.cast(got.schema))
+    # an empty sample still writes one (empty) file
+    empty = mixture.CuratedSample(indices=np.zeros(0, np.int64), repeats=np.zeros(0, np.int64), domains=np.zeros(0, np.int64))
+    assert mixture.write_curated_parts(index, empty, read, tmp_path / "empty", 5) == ["part-00000.parquet"]
+    assert pl.read_parquet(tmp_path / "empty" / "part-00000.parquet").height == 0

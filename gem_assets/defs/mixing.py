@@ -109,23 +109,23 @@ def _require_stats(settings: Settings) -> dict:
     return stats
 
 
-def _corpus(settings: Settings, shards):
-    """Every counted document: ``shard``, ``id``, ``text``, ``source``, ``domain``, sorted by shard and id."""
-    import polars as pl
-
-    from gem_assets.lib import artifacts, storage
+def _index(settings: Settings, shards):
+    """Every counted document without its text (``lib.mixture.corpus_index``, one shard at a time),
+    and a reader of the texts of index positions, shard by shard (bounded memory, issue 8)."""
+    from gem_assets.lib import artifacts, mixture, storage
+    from gem_assets.lib.streaming import iter_selected_rows
 
     layout = settings.layout
-    frames = []
-    for key in shards:
-        docs = artifacts.read_documents(layout, key)
-        source = pl.col("source").cast(pl.String) if "source" in docs.columns else pl.lit(None, dtype=pl.String)
-        assign = storage.read_parquet(layout.assignments_path(key), columns=["id", "domain"])
-        frames.append(docs.select(pl.lit(key).alias("shard"), "id", "text", source.alias("source"))
-                      .join(assign.with_columns(pl.col("domain").cast(pl.Int64)), on="id", how="inner"))
-    if not frames:
+    index = mixture.corpus_index(lambda key: artifacts.read_documents(layout, key),
+                                 lambda key: storage.read_parquet(layout.assignments_path(key), columns=["id", "domain"]),
+                                 shards)
+    if not len(index) and not shards:
         raise Failure(description="domain_stats counted no shard", allow_retries=False)
-    return pl.concat(frames).sort("shard", "id")
+
+    def read_rows(key, rows):
+        return [t for df in iter_selected_rows(layout.documents_path(key), rows, columns=["text"]) for t in df["text"]]
+
+    return index, lambda positions: mixture.read_index_texts(index, positions, read_rows)
 
 
 def _n_domains(settings: Settings) -> int:
@@ -211,23 +211,21 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     p = settings.mixture_params()
     stats = _require_stats(settings)
     fp = mixing_fingerprints(settings, stats["fingerprint"])["proxy_corpus"]
-    frame = _corpus(settings, stats["shards"])
+    index, read_texts = _index(settings, stats["shards"])
     k = _n_domains(settings)
     names = [str(i) for i in range(k)]
-    texts = frame["text"].to_list()
-    labels = frame["domain"].to_numpy().astype(np.int64)
-    train, valid = mixture.domain_streams(texts, labels, names, p["valid_fraction"], p["seed"],
-                                          max_bytes_per_domain=p["max_bytes_per_domain"])
-    held = mixture.split_documents(labels, p["valid_fraction"], p["seed"])  # the split domain_streams made
+    labels = index.domains
+    held = mixture.split_documents(labels, p["valid_fraction"], p["seed"])  # the split proxy_streams makes
     target_mask = held.copy()
     if p["target"] is not None:
-        target_mask &= (frame["source"] == p["target"]).fill_null(False).to_numpy()
+        target_mask &= np.array([s == p["target"] for s in index.sources], dtype=bool)
     if target_mask.sum() == 0:
         raise Failure(description=f"the target set is empty (GEM_MIX_TARGET={p['target']!r}, "
                       f"{int(held.sum())} held-out documents): pick a source label that has held-out documents",
                       allow_retries=False)
-    target = mixture.texts_to_streams([texts[i] for i in np.flatnonzero(target_mask)], ["target"] * int(target_mask.sum()))
-    tokens = mixture.document_tokens(texts)
+    train, valid, target = mixture.proxy_streams(index, read_texts, names, p["valid_fraction"], p["seed"],
+                                                 p["max_bytes_per_domain"], target_mask)
+    tokens = index.tokens
     all_tokens = np.bincount(labels, weights=tokens, minlength=k)
     docs = np.bincount(labels, minlength=k)
     held_docs = np.bincount(labels[held], minlength=k)
@@ -549,21 +547,18 @@ def curated_mixture(context: AssetExecutionContext, gem: GemConfig) -> Materiali
         raise Failure(description=f"no current {p['mixer']} weights (GEM_MIXER): materialize "
                       f"'{p['mixer']}_weights' first", allow_retries=False)
     wrec = storage.read_json(wpath)
-    frame = _corpus(settings, stats["shards"])
+    index, read_texts = _index(settings, stats["shards"])
     k = _n_domains(settings)
     names = [str(i) for i in range(k)]
     weights = np.array([wrec["weights"].get(n, 0.0) for n in names])
-    tokens = mixture.document_tokens(frame["text"].to_list())
-    labels = frame["domain"].to_numpy().astype(np.int64)
+    tokens = index.tokens
+    labels = index.domains
     budget = p["mixture_tokens"] or int(tokens.sum())
     sample = mixture.sample_curated_mixture(tokens, labels, weights, budget, p["max_epochs"], p["seed"])
-    rows = (frame.select(pl.col("shard", "id", "domain", "text").gather(pl.Series(sample.indices)))
-            .with_columns(pl.Series("repeat", sample.repeats), pl.Series("tokens", tokens[sample.indices]))
-            .select("shard", "id", "domain", "repeat", "tokens", "text"))
     per_domain = [{**r, "domain": names[r["domain"]]} for r in sample.per_domain]
     teacher = layout.teacher_outputs_dir / "summary.json"
     student = layout.student_outputs_dir / "summary.json"
-    n_rows, size = rows.height, p["rows_per_shard"]
+    n_rows, size = int(sample.indices.size), p["rows_per_shard"]
     files = [f"part-{i:05d}.parquet" for i in range(max(1, -(-n_rows // size)))]
     manifest = {
         "fingerprint": fps["curated_mixture"], "mixer": p["mixer"], "weights": dict(zip(names, weights.tolist())),
@@ -582,8 +577,9 @@ def curated_mixture(context: AssetExecutionContext, gem: GemConfig) -> Materiali
     }
     out = layout.mixture_dir
     with storage.atomic_dir(out) as tmp:
-        for i, name in enumerate(files):
-            rows.slice(i * size, size).write_parquet(tmp / name, compression="zstd")
+        # the shuffled rows, written with a bucketed external shuffle (one shard or bucket in memory)
+        if mixture.write_curated_parts(index, sample, read_texts, tmp, size) != files:
+            raise Failure(description="the curated mixture's files differ from its manifest", allow_retries=False)
         storage.write_json(tmp / "manifest.json", manifest)
 
     # checks, from the files written

@@ -23,20 +23,33 @@ The curated mixture
    domain therefore never exceeds ``T_k`` tokens, hence never its epoch cap, and a document
    repeats at most ``ceil(max_epochs)`` times.
 3. The selected (document, repeat) pairs are shuffled with the seed.
+
+Bounded memory (issue 8)
+------------------------
+The mixing stage does not hold the corpus's texts. :func:`corpus_index` reads one shard at a time
+and keeps, per document, its shard, row, id, domain, source and token count (no text: a few dozen
+bytes per document). :func:`proxy_streams` builds exactly the streams of :func:`domain_streams`
+but reads only the texts that reach a stream (with ``max_bytes_per_domain``, at most that many
+bytes per domain and split, plus the target documents). :func:`write_curated_parts` writes the
+shuffled curated mixture with a bucketed external shuffle: each shard is read once and its selected
+rows are appended to the temporary file of the bucket of output files they belong to; each bucket
+(about ``bucket_bytes`` of text) is then sorted in memory and written as its output files. Memory
+holds one shard, or one bucket, at a time, whatever the corpus or mixture size.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from ._checks import check_float, check_int
 
 __all__ = ["SEPARATOR", "texts_to_streams", "split_documents", "domain_streams", "document_tokens",
-           "allocate_tokens", "CuratedSample", "sample_curated_mixture"]
+           "allocate_tokens", "CuratedSample", "sample_curated_mixture", "CorpusIndex", "corpus_index",
+           "read_index_texts", "proxy_streams", "write_curated_parts"]
 
 #: Byte that ends every document in a stream.
 SEPARATOR = 0
@@ -292,3 +305,252 @@ def sample_curated_mixture(doc_tokens: np.ndarray, labels: np.ndarray, weights, 
         r["realized_weight"] = r["tokens"] / total if total else 0.0
     return CuratedSample(indices=indices, repeats=repeats, domains=labels[indices], per_domain=rows, tokens=total,
                          budget_tokens=float(budget_tokens), max_epochs=float(max_epochs))
+
+
+# --------------------------------------------------------------------------- streaming (bounded memory)
+@dataclass
+class CorpusIndex:
+    """Every counted document of a corpus without its text, in (shard, id) order.
+
+    Attributes
+    ----------
+    shards : list of str
+        Shard keys (sorted).
+    shard : numpy.ndarray of int32, shape (N,)
+        Position in ``shards`` of each document's shard.
+    row : numpy.ndarray of int64, shape (N,)
+        Row of the document in its shard's documents file.
+    ids : list of str
+        Document ids.
+    domains : numpy.ndarray of int64, shape (N,)
+        Each document's domain.
+    tokens : numpy.ndarray of int64, shape (N,)
+        Tokens of each document (:func:`document_tokens`: UTF-8 bytes + 1).
+    sources : list of str or None
+        Each document's source label (None when absent).
+    """
+
+    shards: list[str]
+    shard: np.ndarray
+    row: np.ndarray
+    ids: list[str]
+    domains: np.ndarray
+    tokens: np.ndarray
+    sources: list
+
+    def __len__(self) -> int:
+        return int(self.domains.size)
+
+
+def corpus_index(documents: Callable[[str], object], assignments: Callable[[str], object],
+                 shards: Sequence[str]) -> CorpusIndex:
+    """Index the documents that have a domain assignment, one shard at a time.
+
+    Parameters
+    ----------
+    documents : callable
+        ``documents(key)`` -> a polars DataFrame of the shard's documents file with ``id``, ``text``
+        and optionally ``source`` (read one shard at a time; only the text's length is kept).
+    assignments : callable
+        ``assignments(key)`` -> a polars DataFrame with ``id`` and ``domain``.
+    shards : sequence of str
+        Shard keys.
+
+    Returns
+    -------
+    CorpusIndex
+        Documents with an assignment (inner join on ``id``), sorted by shard key then id.
+    """
+    import polars as pl
+
+    keys = sorted(str(k) for k in shards)
+    parts = []
+    for i, key in enumerate(keys):
+        docs = documents(key)
+        source = pl.col("source").cast(pl.String) if "source" in docs.columns else pl.lit(None, dtype=pl.String)
+        small = docs.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), pl.col("id").cast(pl.String),
+            (pl.col("text").str.len_bytes().cast(pl.Int64) + 1).alias("tokens"), source.alias("source"))
+        del docs
+        assign = assignments(key).select(pl.col("id").cast(pl.String), pl.col("domain").cast(pl.Int64))
+        parts.append(small.join(assign, on="id", how="inner").sort("id").with_columns(pl.lit(i, pl.Int32).alias("shard")))
+    frame = pl.concat(parts) if parts else pl.DataFrame(schema={"row": pl.Int64, "id": pl.String, "tokens": pl.Int64,
+                                                                "source": pl.String, "domain": pl.Int64,
+                                                                "shard": pl.Int32})
+    return CorpusIndex(shards=keys, shard=frame["shard"].to_numpy().astype(np.int32), row=frame["row"].to_numpy(),
+                       ids=frame["id"].to_list(), domains=frame["domain"].to_numpy().astype(np.int64),
+                       tokens=frame["tokens"].to_numpy().astype(np.int64), sources=frame["source"].to_list())
+
+
+def read_index_texts(index: CorpusIndex, positions, read_rows: Callable[[str, np.ndarray], Sequence[str]]) -> list[str]:
+    """The texts of the documents at ``positions`` of the index, read shard by shard.
+
+    Parameters
+    ----------
+    index : CorpusIndex
+    positions : array of int
+        Positions in the index (any order; repeats allowed).
+    read_rows : callable
+        ``read_rows(shard_key, rows)`` -> the texts of those (increasing) rows of the shard's
+        documents file, in that order (e.g. with :func:`gem_assets.lib.streaming.iter_selected_rows`).
+
+    Returns
+    -------
+    list of str
+        One text per position, in the order of ``positions``.
+    """
+    pos = np.asarray(positions, dtype=np.int64).ravel()
+    uniq = np.unique(pos)
+    out: dict[int, str] = {}
+    for s in np.unique(index.shard[uniq]):
+        here = uniq[index.shard[uniq] == s]
+        order = np.argsort(index.row[here], kind="stable")
+        texts = read_rows(index.shards[int(s)], index.row[here][order])
+        if len(texts) != here.size:
+            raise ValueError(f"shard {index.shards[int(s)]!r}: asked for {here.size} rows, got {len(texts)}")
+        out.update(zip(here[order].tolist(), texts))
+    return [out[i] for i in pos.tolist()]
+
+
+def proxy_streams(index: CorpusIndex, read_texts: Callable[[np.ndarray], Sequence[str]], names: Sequence[str],
+                  valid_fraction: float, seed: int, max_bytes_per_domain: int | None,
+                  target_mask: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The streams of :func:`domain_streams` and the target stream, reading only the texts they hold.
+
+    Same split, order and cut as ``domain_streams(texts, index.domains, names, valid_fraction, seed,
+    max_bytes_per_domain)`` and ``texts_to_streams(target texts, "target")``, byte for byte; with a
+    cap, a stream's documents are the prefix of its seeded order whose start lies before the cap,
+    so only those texts are read.
+
+    Parameters
+    ----------
+    index : CorpusIndex
+    read_texts : callable
+        ``read_texts(positions)`` -> texts of those index positions (e.g. with :func:`read_index_texts`).
+    names : sequence of str
+        Domain names (K).
+    valid_fraction, seed, max_bytes_per_domain
+        See :func:`domain_streams`.
+    target_mask : numpy.ndarray of bool, shape (N,)
+        The target documents (held-out ones).
+
+    Returns
+    -------
+    train, valid, target : dict of str to numpy.ndarray
+    """
+    labels = index.domains
+    tok = index.tokens
+    n = labels.size
+    mask_t = np.asarray(target_mask, dtype=bool)
+    if mask_t.shape != (n,):
+        raise ValueError(f"target_mask must have one entry per document ({n}), got shape {mask_t.shape}")
+    names = [str(x) for x in names]
+    if n and (labels.min() < 0 or labels.max() >= len(names)):
+        raise ValueError(f"labels must lie in [0, {len(names)}), got range [{labels.min()}, {labels.max()}]")
+    cap = None if max_bytes_per_domain is None else check_int(max_bytes_per_domain, "max_bytes_per_domain", low=2)
+    valid = split_documents(labels, valid_fraction, seed)
+    order = np.random.default_rng(seed + 1).permutation(n)
+    plans = []
+    for k, name in enumerate(names):
+        for mask, part in ((~valid, "train"), (valid, "valid")):
+            idx = order[(labels[order] == k) & mask[order]]
+            if cap is not None and idx.size:
+                starts_before_cap = int(np.searchsorted(np.cumsum(tok[idx]), cap, side="left")) + 1
+                idx = idx[: min(idx.size, starts_before_cap)]
+            plans.append((part, name, idx))
+    target_idx = np.flatnonzero(mask_t)
+    needed = np.unique(np.concatenate([idx for _, _, idx in plans] + [target_idx]))
+    enc = dict(zip(needed.tolist(), _encode(read_texts(needed)) if needed.size else []))
+    train_out, valid_out = {}, {}
+    for part, name, idx in plans:
+        stream = _join([enc[i] for i in idx.tolist()], cap)
+        if stream.size >= 2:
+            (train_out if part == "train" else valid_out)[name] = stream
+    target = {"target": _join([enc[i] for i in target_idx.tolist()])} if target_idx.size else {}
+    return train_out, valid_out, target
+
+
+def write_curated_parts(index: CorpusIndex, sample: CuratedSample, read_texts: Callable[[np.ndarray], Sequence[str]],
+                        out_dir, rows_per_file: int, bucket_bytes: int = 256 << 20) -> list[str]:
+    """Write the curated mixture's rows, in the sample's (shuffled) order, as Parquet files.
+
+    Files ``part-00000.parquet`` ... of ``rows_per_file`` rows each (the last may be shorter), columns
+    ``shard``, ``id``, ``domain``, ``repeat``, ``tokens``, ``text`` (zstd). A bucketed external shuffle
+    keeps memory bounded: consecutive output files are grouped into buckets of about
+    ``bucket_bytes`` of tokens; one pass over the shards appends each shard's selected rows to its
+    buckets' temporary files (under ``out_dir/.buckets``, removed at the end); then each bucket is
+    read, put in sample order and written as its output files.
+
+    Parameters
+    ----------
+    index : CorpusIndex
+    sample : CuratedSample
+        Entries are positions of ``index``.
+    read_texts : callable
+        ``read_texts(positions)`` -> texts of those index positions.
+    out_dir : path
+        A local folder (created if needed).
+    rows_per_file : int
+    bucket_bytes : int
+        About this many tokens of text per bucket (the memory of the second phase).
+
+    Returns
+    -------
+    list of str
+        The file names written, in order (at least one, possibly empty, file).
+    """
+    import contextlib
+    import shutil
+    from pathlib import Path
+
+    import polars as pl
+
+    from . import storage
+
+    size = check_int(rows_per_file, "rows_per_file", low=1)
+    bucket_bytes = check_int(bucket_bytes, "bucket_bytes", low=1)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m = int(sample.indices.size)
+    n_files = max(1, -(-m // size))
+    files = [f"part-{i:05d}.parquet" for i in range(n_files)]
+    tok = index.tokens[sample.indices]
+    file_tokens = np.bincount(np.arange(m) // size, weights=tok, minlength=n_files) if m else np.zeros(n_files)
+    # files per bucket: consecutive files until the bucket holds about bucket_bytes tokens
+    bucket_of_file = np.zeros(n_files, dtype=np.int64)
+    b, acc = 0, 0.0
+    for f in range(n_files):
+        if acc > 0 and acc + file_tokens[f] > bucket_bytes:
+            b, acc = b + 1, 0.0
+        bucket_of_file[f] = b
+        acc += file_tokens[f]
+    n_buckets = b + 1
+    entry_bucket = bucket_of_file[np.arange(m) // size] if m else np.zeros(0, np.int64)
+    schema = {"pos": pl.Int64, "shard": pl.String, "id": pl.String, "domain": pl.Int64, "repeat": pl.Int64,
+              "tokens": pl.Int64, "text": pl.String}
+    tmp = out_dir / ".buckets"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with contextlib.ExitStack() as stack:
+            writers = [stack.enter_context(storage.ParquetBatchWriter(tmp / f"bucket-{i:05d}.parquet", schema))
+                       for i in range(n_buckets)]
+            entry_shard = index.shard[sample.indices] if m else np.zeros(0, np.int32)
+            for s in np.unique(entry_shard):
+                ent = np.flatnonzero(entry_shard == s)           # this shard's entries (positions in the sample)
+                docs = sample.indices[ent]
+                frame = pl.DataFrame({"pos": ent.astype(np.int64), "shard": [index.shards[int(s)]] * ent.size,
+                                      "id": [index.ids[i] for i in docs.tolist()], "domain": index.domains[docs],
+                                      "repeat": sample.repeats[ent], "tokens": index.tokens[docs],
+                                      "text": list(read_texts(docs))}, schema=schema)
+                for bk in np.unique(entry_bucket[ent]).tolist():
+                    writers[bk].write(frame.filter(pl.Series(entry_bucket[ent] == bk)))
+                del frame
+        for bk in range(n_buckets):
+            rows = pl.read_parquet(tmp / f"bucket-{bk:05d}.parquet").sort("pos")
+            for f in np.flatnonzero(bucket_of_file == bk).tolist():
+                part = rows.filter((pl.col("pos") >= f * size) & (pl.col("pos") < (f + 1) * size))
+                part.drop("pos").write_parquet(out_dir / files[f], compression="zstd")
+            del rows
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return files
