@@ -61,9 +61,17 @@ def _row_chunks(S: torch.Tensor):
     return [(a, min(a + step, N)) for a in range(0, N, step)]
 
 
-def _softmax_rows_(q: torch.Tensor) -> torch.Tensor:
-    """In place: logits q (n, K) -> softmax rows; returns log Z (n, 1) = max + log sum exp."""
-    m = q.amax(1, keepdim=True)
+def _softmax_rows_(q: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """In place: logits q (n, K) -> softmax rows; returns log Z (n, 1) = max + log sum exp.
+
+    With ``labels`` ((n,) int64) the row argmax is written there, from the same reduction as the
+    row max (one ``max`` costs ~2/3 of ``amax`` plus ``argmax``).
+    """
+    if labels is None:
+        m = q.amax(1, keepdim=True)
+    else:
+        m, idx = q.max(1, keepdim=True)
+        labels.copy_(idx.squeeze(1))
     # clamp: exp of very negative arguments takes a slow path (4x slower here); below the floor a
     # term is < 2e-35 of its row (float32) or < 1e-304 (float64) and cannot change any sum
     q.sub_(m).clamp_(min=_EXP_FLOOR[q.dtype]).exp_()
@@ -72,32 +80,37 @@ def _softmax_rows_(q: torch.Tensor) -> torch.Tensor:
     return m + z.log()
 
 
-def _softmax(S: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None):
+def _softmax(S: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None, *, final: bool = False):
     """Q = softmax(S + bias + v) row-wise, log Z (N,) and rho_hat = mean_i Q_i (K,) float64.
 
-    Processed in row chunks: add, max, exp, sum and divide run on a cache-resident block.
+    Processed in row chunks: add, max, exp, sum and divide run on a cache-resident block. With
+    ``final`` the same pass also returns sum_ik Q_ik S_ik (without the bias) and the hard labels
+    argmax_k Q_ik, while each chunk is still in cache (a separate pass over Q and S cost ~10% of an
+    MM iteration). Each chunk's sum is taken in the data's dtype (pairwise, ~1e-7 relative in
+    float32) and the chunks are added in float64: a float64 sum over float32 elements converts each
+    one and is 10x slower here. That sum only splits J between its log-likelihood and entropy terms;
+    J itself does not depend on it (see ``_terms``).
     """
     N, K = S.shape
     Q = torch.empty_like(S)                                        # (N, K)
     log_z = torch.empty(N, dtype=S.dtype, device=S.device)         # (N,)
     col = torch.zeros(K, dtype=_F64, device=S.device)              # (K,) column sums of Q
     off = (v if bias is None else v + bias).to(S.dtype)            # (K,) per-domain offset
+    qs, labels = 0.0, (torch.empty(N, dtype=torch.int64, device=S.device) if final else None)
     for a, b in _row_chunks(S):
         q = Q[a:b]
         torch.add(S[a:b], off, out=q)                              # logits
-        log_z[a:b] = _softmax_rows_(q).squeeze(1)
+        log_z[a:b] = _softmax_rows_(q, labels[a:b] if final else None).squeeze(1)
         col += q.sum(0).to(_F64)
+        if final:
+            qs += float((q * S[a:b]).sum())
+    if final:
+        return Q, log_z, col / N, qs, labels
     return Q, log_z, col / N
 
 
 def _final_pass(Q: torch.Tensor, S: torch.Tensor):
-    """sum_ik Q_ik S_ik and the hard labels argmax_k Q_ik, in one chunked pass.
-
-    Each chunk is summed in the data's dtype (pairwise, ~1e-7 relative in float32) and the chunks in
-    float64: a float64 sum over float32 elements converts each one and is 10x slower here. This sum
-    only splits J between its log-likelihood and entropy terms; J itself does not depend on it
-    (see ``_terms``).
-    """
+    """sum_ik Q_ik S_ik and the hard labels argmax_k Q_ik, in one chunked pass (see ``_softmax``)."""
     qs = 0.0
     labels = torch.empty(Q.shape[0], dtype=torch.int64, device=Q.device)
     for a, b in _row_chunks(S):
@@ -159,18 +172,28 @@ def balanced_e_step(S: torch.Tensor, gamma: float, v0=None, *, max_steps: int = 
     -------
     Q : (N, K) tensor, dtype of S
     v : (K,) float64 dual potentials; Q = softmax(S + bias + v)
-    info : dict with ``steps``, ``residual``, ``gap``, ``method``, ``log_z`` ((N,)) and ``rho_hat``
-        ((K,) float64).
+    info : dict with ``steps``, ``residual``, ``gap``, ``method``, ``log_z`` ((N,)), ``rho_hat``
+        ((K,) float64), ``qs`` (sum_ik Q_ik S_ik, without the bias) and ``labels`` ((N,) argmax_k Q_ik).
     """
     N, K = S.shape
 
-    def evaluate(v):
-        Q, log_z, rho_hat = _softmax(S, v, bias)
-        return ((Q, log_z), rho_hat) + _dual_stats(float(log_z.sum(dtype=_F64)), rho_hat, v, gamma, N)
+    calls = [0]
 
-    (Q, log_z), v, info = _solve_balance(evaluate, lambda p: (p[0].T @ p[0]).to(_F64), gamma, N, K, v0,
-                                         max_steps, tol, gap_tol, S.device)
-    info["log_z"] = log_z
+    def evaluate(v):
+        # the first evaluation (the warm start) is often the last one: it also computes sum Q S and
+        # the labels while its chunks are in cache; after later ones they take a pass of their own
+        calls[0] += 1
+        if calls[0] == 1:
+            Q, log_z, rho_hat, qs, labels = _softmax(S, v, bias, final=True)
+        else:
+            (Q, log_z, rho_hat), qs, labels = _softmax(S, v, bias), None, None
+        return ((Q, log_z, qs, labels), rho_hat) + _dual_stats(float(log_z.sum(dtype=_F64)), rho_hat, v, gamma, N)
+
+    (Q, log_z, qs, labels), v, info = _solve_balance(evaluate, lambda p: (p[0].T @ p[0]).to(_F64), gamma, N, K,
+                                                     v0, max_steps, tol, gap_tol, S.device)
+    if labels is None:
+        qs, labels = _final_pass(Q, S)
+    info.update(log_z=log_z, qs=qs, labels=labels)
     return Q, v, info
 
 
@@ -286,9 +309,20 @@ def _score_params(mu: torch.Tensor, kappa: torch.Tensor, dim: int, dtype: torch.
     """
     log_c = vmf.log_normalizer(kappa.cpu().numpy(), dim)                 # (K,) float64
     shift = float(log_c.max())
-    W = (mu.to(_F64) * kappa.to(_F64)[:, None]).to(dtype)                # (K, d)
-    bias = torch.as_tensor(log_c - shift, dtype=_F64, device=mu.device)   # (K,)
-    return W, bias, shift
+    # stored (d, K) contiguous: X @ WT runs ~20% faster in MKL than X @ W.T with W (K, d) (measured
+    # in benchmarks/gemm_layout.py)
+    WT = (mu.to(_F64) * kappa.to(_F64)[:, None]).T.contiguous().to(dtype)   # (d, K)
+    bias = torch.as_tensor(log_c - shift, dtype=_F64, device=mu.device)     # (K,)
+    return WT, bias, shift
+
+
+def _moments(X: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """R = Q^T X, (K, d) float64, for X (n, d) and Q (n, K) in one dtype.
+
+    Computed as (X^T Q)^T: the same GEMM with a (d, K) output, which MKL and OpenBLAS run about twice
+    as fast as Q^T X on a (K, d) output when n is large (benchmarks/gemm_layout.py).
+    """
+    return (X.T @ Q).T.to(_F64)
 
 
 def vmf_scores(X, mu, kappa):
@@ -298,8 +332,8 @@ def vmf_scores(X, mu, kappa):
     neither Q nor the E-step; it is taken out so that float32 scores keep their precision and is
     added back, in float64, to the log-likelihood.
     """
-    W, bias, shift = _score_params(mu, kappa, X.shape[1], X.dtype)
-    return (X @ W.T).add_(bias.to(X.dtype)[None, :]), shift
+    WT, bias, shift = _score_params(mu, kappa, X.shape[1], X.dtype)
+    return (X @ WT).add_(bias.to(X.dtype)[None, :]), shift
 
 
 def _top2_margins(S: torch.Tensor) -> torch.Tensor:
@@ -355,8 +389,8 @@ class _Resident:
         return torch.argmax(self.X @ mu.to(self.X.dtype).T, dim=1)       # (N,)
 
     def scores(self, mu, kappa) -> dict:
-        W, bias, shift = _score_params(mu, kappa, self.X.shape[1], self.X.dtype)
-        return {"S": self.X @ W.T, "bias": bias, "shift": shift}          # S: (N, K) GEMM, bias apart
+        WT, bias, shift = _score_params(mu, kappa, self.X.shape[1], self.X.dtype)
+        return {"S": self.X @ WT, "bias": bias, "shift": shift}           # S: (N, K) GEMM, bias apart
 
     def margin(self, h) -> float:
         return evidence_margin(h["S"] + h["bias"].to(h["S"].dtype))
@@ -364,14 +398,14 @@ class _Resident:
     def e_step(self, h, gamma, v0, max_steps, tol, gap_tol) -> dict:
         S, bias, N = h["S"], h["bias"], self.X.shape[0]
         Q, v, info = balanced_e_step(S, gamma, v0, max_steps=max_steps, tol=tol, gap_tol=gap_tol, bias=bias)
-        qs, labels = _final_pass(Q, S)                                    # sum Q S without the bias
+        qs, labels = info.pop("qs"), info.pop("labels")                  # sum Q S without the bias
         rho_hat = info["rho_hat"]
         qs += N * float(rho_hat @ bias)
         terms = _terms(qs, float(info.pop("log_z").sum(dtype=_F64)), v, rho_hat, gamma, h["shift"], N)
         return {"Q": Q, "v": v, "info": info, "terms": terms, "labels": labels, "rho": rho_hat}
 
     def moments(self, state) -> torch.Tensor:
-        return (state["Q"].T @ self.X).to(_F64)                           # R = Q^T X, (K, d) GEMM
+        return _moments(self.X, state["Q"])                               # R = Q^T X, (K, d) GEMM
 
 
 class _Streamed:
@@ -395,17 +429,17 @@ class _Streamed:
         return torch.cat([torch.argmax(self.X[a:b] @ M, dim=1) for a, b in self._chunks()])
 
     def scores(self, mu, kappa) -> dict:
-        W, bias, shift = _score_params(mu, kappa, self.X.shape[1], self.X.dtype)
-        return {"W": W, "bias": bias, "shift": shift}
+        WT, bias, shift = _score_params(mu, kappa, self.X.shape[1], self.X.dtype)
+        return {"WT": WT, "bias": bias, "shift": shift}
 
     def margin(self, h) -> float:
-        WT, b = h["W"].T, h["bias"].to(self.X.dtype)
+        WT, b = h["WT"], h["bias"].to(self.X.dtype)
         return _median_margin(torch.cat([_top2_margins((self.X[a:c] @ WT).add_(b)) for a, c in self._chunks()]))
 
     def _pass(self, h, v, *, gram: bool = False, final: bool = False) -> dict:
         """Softmax statistics at potentials v: log Z sum, column sums, and optionally
         sum_i Q_i Q_i^T (gram) or sum Q s, labels and R = Q^T X (final)."""
-        X, WT = self.X, h["W"].T
+        X, WT = self.X, h["WT"]
         N, d = X.shape
         K = WT.shape[1]
         off = (v + h["bias"]).to(X.dtype)
@@ -418,18 +452,17 @@ class _Streamed:
         for a, b in self._chunks():
             s = X[a:b] @ WT                                               # (n, K) scores of the chunk
             q = torch.add(s, off)
-            out["log_z"] += float(_softmax_rows_(q).sum(dtype=_F64))
+            out["log_z"] += float(_softmax_rows_(q, out["labels"][a:b] if final else None).sum(dtype=_F64))
             out["col"] += q.sum(0).to(_F64)
             if gram:
                 out["gram"] += (q.T @ q).to(_F64)
             if final:
-                out["qs"] += float((q * s).sum())                    # see _final_pass
-                out["labels"][a:b] = q.argmax(1)
-                out["R"] += (q.T @ X[a:b]).to(_F64)
+                out["qs"] += float((q * s).sum())                    # see _softmax
+                out["R"] += _moments(X[a:b], q)
         return out
 
     def e_step(self, h, gamma, v0, max_steps, tol, gap_tol) -> dict:
-        N, K = self.X.shape[0], h["W"].shape[0]
+        N, K = self.X.shape[0], h["WT"].shape[1]
 
         def evaluate(v):
             p = self._pass(h, v, gram=gamma > 0)
@@ -709,10 +742,10 @@ class GEM:
             raise ValueError(f"X has dim {X.shape[1]} but the model was fitted on dim {self.dim_}")
         mu = torch.as_tensor(self.means_, device=dev)
         kappa = torch.as_tensor(self.concentrations_, device=dev)
-        W, bias, _ = _score_params(mu, kappa, self.dim_, X.dtype)
+        WT, bias, _ = _score_params(mu, kappa, self.dim_, X.dtype)
         off = (bias + torch.as_tensor(self.log_weights_, device=dev)).to(X.dtype)
         for a in range(0, X.shape[0], 1 << 16):
-            yield (self._transform(X[a:a + (1 << 16)]) @ W.T).add_(off)
+            yield (self._transform(X[a:a + (1 << 16)]) @ WT).add_(off)
 
     def predict_proba(self, X) -> np.ndarray:
         """Balanced posterior Q_ik = softmax_k(s_ik + log_weights_k), shape (N, K).
