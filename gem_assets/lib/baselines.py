@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ._checks import as_matrix, check_float, check_int, make_rng, normalize_rows, resolve_device
-from .gem import _softmax, vmf_m_step, vmf_scores
+from .gem import _moments, _softmax, vmf_m_step, vmf_scores
 from .metrics import balance_stats
 from .seeding import kmeans_plusplus
 
@@ -219,7 +219,7 @@ class VMFMixtureEM(_Base):
             loglik = float(log_z.sum(dtype=_F64)) + N * shift
             labels = torch.argmax(Q, dim=1)
             n = rho * N
-            R = (Q.T @ X).to(_F64)
+            R = _moments(X, Q)                                                     # Q^T X, (K, d)
             mu, kappa, n_empty = vmf_m_step(R, n, mu, kappa, d)
             log_pi = torch.log(n / N).clamp(min=-700.0)                             # learned weights
             history.append(self._record(it, loglik, labels, int((n / N < 1e-12).sum()), time.perf_counter() - t0,
