@@ -300,3 +300,19 @@ def test_curated_parts_equal_the_in_memory_rows(tmp_path, bucket_bytes):
     empty = mixture.CuratedSample(indices=np.zeros(0, np.int64), repeats=np.zeros(0, np.int64), domains=np.zeros(0, np.int64))
     assert mixture.write_curated_parts(index, empty, read, tmp_path / "empty", 5) == ["part-00000.parquet"]
     assert pl.read_parquet(tmp_path / "empty" / "part-00000.parquet").height == 0
+
+
+def test_release_memory_returns_freed_heap_pages():
+    """After many small allocations are freed, release_memory hands the pages back (glibc)."""
+    def rss():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) * 1024
+
+    blocks = [bytearray(2_000) for _ in range(60_000)]  # ~120 MB in small heap blocks (below mmap's threshold)
+    keep = blocks[-1:]                                  # one block at the top of the heap
+    del blocks
+    before = rss()
+    if not streaming.release_memory():
+        pytest.skip("not glibc: malloc_trim is not available")
+    assert rss() < before - 50 * 2**20, (before, rss())
+    del keep
