@@ -248,7 +248,7 @@ def _mixing_corpus(tmp_path, n_shards=3, n=40, seed=0):
 def test_corpus_index_and_texts_match_the_in_memory_frame(tmp_path):
     frame, index, read = _mixing_corpus(tmp_path)
     assert len(index) == frame.height == 3 * 39
-    assert index.ids == frame["id"].to_list() and index.sources == frame["source"].to_list()
+    assert index.ids.to_list() == frame["id"].to_list() and index.sources.to_list() == frame["source"].to_list()
     np.testing.assert_array_equal(index.domains, frame["domain"].to_numpy())
     np.testing.assert_array_equal(index.tokens, mixture.document_tokens(frame["text"].to_list()))
     pos = np.array([5, 0, 100, 5, 42])

@@ -218,7 +218,7 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     held = mixture.split_documents(labels, p["valid_fraction"], p["seed"])  # the split proxy_streams makes
     target_mask = held.copy()
     if p["target"] is not None:
-        target_mask &= np.array([s == p["target"] for s in index.sources], dtype=bool)
+        target_mask &= (index.sources == p["target"]).fill_null(False).to_numpy()
     if target_mask.sum() == 0:
         raise Failure(description=f"the target set is empty (GEM_MIX_TARGET={p['target']!r}, "
                       f"{int(held.sum())} held-out documents): pick a source label that has held-out documents",

@@ -320,23 +320,23 @@ class CorpusIndex:
         Position in ``shards`` of each document's shard.
     row : numpy.ndarray of int64, shape (N,)
         Row of the document in its shard's documents file.
-    ids : list of str
-        Document ids.
+    ids : polars.Series of str
+        Document ids (Arrow strings: a few bytes each, no Python object per document).
     domains : numpy.ndarray of int64, shape (N,)
         Each document's domain.
     tokens : numpy.ndarray of int64, shape (N,)
         Tokens of each document (:func:`document_tokens`: UTF-8 bytes + 1).
-    sources : list of str or None
-        Each document's source label (None when absent).
+    sources : polars.Series of str
+        Each document's source label (null when absent).
     """
 
     shards: list[str]
     shard: np.ndarray
     row: np.ndarray
-    ids: list[str]
+    ids: object
     domains: np.ndarray
     tokens: np.ndarray
-    sources: list
+    sources: object
 
     def __len__(self) -> int:
         return int(self.domains.size)
@@ -377,8 +377,8 @@ def corpus_index(documents: Callable[[str], object], assignments: Callable[[str]
                                                                 "source": pl.String, "domain": pl.Int64,
                                                                 "shard": pl.Int32})
     return CorpusIndex(shards=keys, shard=frame["shard"].to_numpy().astype(np.int32), row=frame["row"].to_numpy(),
-                       ids=frame["id"].to_list(), domains=frame["domain"].to_numpy().astype(np.int64),
-                       tokens=frame["tokens"].to_numpy().astype(np.int64), sources=frame["source"].to_list())
+                       ids=frame["id"], domains=frame["domain"].to_numpy().astype(np.int64),
+                       tokens=frame["tokens"].to_numpy().astype(np.int64), sources=frame["source"])
 
 
 def read_index_texts(index: CorpusIndex, positions, read_rows: Callable[[str, np.ndarray], Sequence[str]]) -> list[str]:
@@ -539,7 +539,7 @@ def write_curated_parts(index: CorpusIndex, sample: CuratedSample, read_texts: C
                 ent = np.flatnonzero(entry_shard == s)           # this shard's entries (positions in the sample)
                 docs = sample.indices[ent]
                 frame = pl.DataFrame({"pos": ent.astype(np.int64), "shard": [index.shards[int(s)]] * ent.size,
-                                      "id": [index.ids[i] for i in docs.tolist()], "domain": index.domains[docs],
+                                      "id": index.ids.gather(docs), "domain": index.domains[docs],
                                       "repeat": sample.repeats[ent], "tokens": index.tokens[docs],
                                       "text": list(read_texts(docs))}, schema=schema)
                 for bk in np.unique(entry_bucket[ent]).tolist():
