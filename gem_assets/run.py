@@ -204,6 +204,10 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None, recon_repo
     layout = settings.layout  # GEM_HOME may be an object-store URL; the instance lives in layout.state_dir
     if isinstance(layout.home, Path):
         layout.home.mkdir(parents=True, exist_ok=True)
+    elif _DISPATCH["recon"] is not None and getattr(layout.home, "protocol", "") == "memory":
+        raise SystemExit(f"GEM_HOME={settings.home} lives in this process's memory, which the runs launched by "
+                         "GEM_EXECUTOR (other than in_process) cannot see: use GEM_EXECUTOR=in_process, or a store "
+                         "every process reaches (s3://, gs://, a local folder)")
     if instance is None:
         instance = open_instance(layout.dagster_home)
 

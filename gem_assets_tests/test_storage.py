@@ -406,3 +406,21 @@ def test_make_ui_finds_the_state_folder_of_a_url_home(tmp_path, monkeypatch, cap
     monkeypatch.setenv("GEM_STATE", str(tmp_path / "state"))
     assert main(["--dagster-home"]) == 0
     assert Path(capsys.readouterr().out.strip()) == (tmp_path / "state").resolve() / "dagster"
+
+
+def test_memory_home_refused_with_an_out_of_process_executor(mem_root, tiny_corpus, monkeypatch):
+    """memory:// is one process's memory: runs launched in other processes would not see it."""
+    import io
+
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    from conftest import make_resources
+    from gem_assets.definitions import build_definitions
+    from gem_assets.run import run_pipeline
+
+    monkeypatch.setenv("GEM_EXECUTOR", "multiprocess")
+    recon = ReconstructableRepository.for_module("gem_assets.definitions", "defs")
+    defs = build_definitions(**make_resources(f"{mem_root}/home", str(tiny_corpus / "*")))
+    with pytest.raises(SystemExit, match="GEM_EXECUTOR=in_process"):
+        run_pipeline(defs=defs, instance=None, out=io.StringIO(), recon_repo=recon)
+    assert not storage.as_path(f"{mem_root}/home").exists()  # refused before anything was written
