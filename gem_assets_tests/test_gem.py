@@ -272,6 +272,24 @@ def test_fast_objective_terms_match_the_direct_formula():
             assert fast[key] == pytest.approx(direct[key], rel=1e-10, abs=1e-8)
 
 
+@pytest.mark.parametrize("warm", [False, True])
+def test_e_step_by_products_equal_their_direct_formulas(warm):
+    """sum Q S and the labels come from the first evaluation's pass when the warm start is accepted,
+    from a pass of their own when Newton moved v: both must equal the direct formulas."""
+    from gem_assets.lib.gem import _moments
+
+    rng = np.random.default_rng(3)
+    S = torch.from_numpy(rng.normal(scale=3.0, size=(500, 7)))
+    bias = torch.from_numpy(rng.normal(size=7))
+    _, v_opt, _ = balanced_e_step(S, 1.5, tol=1e-12, bias=bias)
+    Q, v, info = balanced_e_step(S, 1.5, v_opt if warm else None, tol=1e-12, bias=bias)
+    assert (info["steps"] == 0) == warm                   # the warm start is accepted as it is
+    assert info["qs"] == pytest.approx(float((Q * S).sum()), rel=1e-12)
+    assert torch.equal(info["labels"], torch.argmax(Q, dim=1))
+    X = torch.from_numpy(rng.normal(size=(500, 4)))
+    assert torch.allclose(_moments(X, Q), Q.T @ X, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_fit_matches_cpu(zipf_data):
     X, _ = zipf_data
