@@ -116,21 +116,17 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
     P = np.asarray(teacher.predict_proba(vectors), dtype=np.float64)
     k = int(P.shape[1])
 
-    # texts of the sampled documents, in sample order
-    frames = []
-    for key in sample["shard"].unique().sort().to_list():
-        try:
-            docs = artifacts.read_documents(layout, key)
-        except FileNotFoundError as exc:
-            raise Failure(description=str(exc), allow_retries=False) from exc
-        frames.append(docs.select(pl.lit(key).alias("shard"), pl.col("id"), pl.col("text")))
-    texts_df = pl.concat(frames)
-    joined = sample.with_row_index("_pos").join(texts_df, on=["shard", "id"], how="left").sort("_pos")
-    missing = joined.filter(pl.col("text").is_null())
-    if missing.height:
-        raise Failure(description=f"{missing.height} sampled documents have no text in 'documents' (e.g. "
-                      f"{missing['shard'][0]}/{missing['id'][0]}): re-materialize the teacher", allow_retries=False)
-    texts = joined["text"].to_list()
+    # texts of the sampled documents, in sample order: only those rows, shard by shard (issue 8)
+    from gem_assets.lib.streaming import read_texts
+
+    try:
+        texts = read_texts(layout.documents_path, sample.select("shard", "id"))
+    except FileNotFoundError as exc:
+        raise Failure(description=f"no documents for a sampled shard ({exc}): materialize 'documents'",
+                      allow_retries=False) from exc
+    except ValueError as exc:
+        raise Failure(description=f"sampled documents have no text in 'documents' ({exc}): re-materialize the "
+                      "teacher", allow_retries=False) from exc
     n = len(texts)
     if n < 2:
         raise Failure(description=f"the teacher sample has {n} document(s); the student needs at least 2",
@@ -170,7 +166,7 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
     png = lib.confusion_png(cm, title=f"student vs teacher, held out (n={hold.size}, agreement {agreement:.3f})")
     out = layout.student_outputs_dir
     history = pl.DataFrame(model.history_, infer_schema_length=None)
-    heldout = joined[hold.tolist()].select("shard", "id").with_columns(
+    heldout = sample[hold.tolist()].select("shard", "id").with_columns(
         pl.Series("teacher", t_labels.astype(np.int64)), pl.Series("student", labels),
         pl.Series("confidence", conf))
     with storage.atomic_dir(out) as tmp:

@@ -765,41 +765,11 @@ def _non_text_columns(layout, key: str) -> list[str]:
 
 
 def read_texts(layout, rows: pl.DataFrame, batch_rows: int = 8192) -> list[str]:
-    """The texts of the given documents, read shard by shard and batch by batch.
+    """The texts of the given documents (``shard`` and ``id`` columns), in that order, read shard by
+    shard and batch by batch from the ``documents`` files (:func:`gem_assets.lib.streaming.read_texts`)."""
+    from .streaming import read_texts as _read
 
-    Parameters
-    ----------
-    layout : gem_assets.config.Layout
-    rows : polars.DataFrame
-        ``shard`` and ``id`` of each document wanted.
-    batch_rows : int
-        Rows read at a time from a documents file.
-
-    Returns
-    -------
-    list of str
-        One text per row of ``rows``, in that order. Memory holds these texts and one batch.
-
-    Raises
-    ------
-    ValueError
-        If a document is not in its shard's documents file.
-    """
-    from .streaming import iter_selected_rows
-
-    found: dict[tuple[str, str], str] = {}
-    for shard in rows["shard"].unique(maintain_order=True).to_list():
-        wanted = set(rows.filter(pl.col("shard") == shard)["id"].to_list())
-        for df in iter_selected_rows(layout.documents_path(shard), columns=["id", "text"], batch_rows=batch_rows):
-            hit = df.filter(pl.col("id").is_in(list(wanted))) if wanted else df.clear()
-            for i, t in zip(hit["id"].to_list(), hit["text"].to_list()):
-                found[(shard, i)] = t
-    pairs = list(zip(rows["shard"].to_list(), rows["id"].to_list()))
-    missing = [p for p in pairs if p not in found]
-    if missing:
-        raise ValueError(f"{len(missing)} document(s) are not in their shard's documents file, e.g. {missing[0]}: "
-                         "re-materialize 'documents'")
-    return [found[p] for p in pairs]
+    return _read(layout.documents_path, rows, batch_rows=batch_rows)
 
 
 def capped_sample(idx: np.ndarray, keys: Sequence[str], cap: int | None, seed: int, purpose: str) -> np.ndarray:

@@ -14,7 +14,7 @@ import polars as pl
 
 from gem_assets.lib import storage
 
-__all__ = ["parquet_num_rows", "iter_selected_rows", "embed_selected", "release_memory"]
+__all__ = ["parquet_num_rows", "iter_selected_rows", "embed_selected", "read_texts", "release_memory"]
 
 
 def release_memory() -> bool:
@@ -174,3 +174,43 @@ def embed_selected(encode: Callable[..., np.ndarray], path, rows: Sequence[int] 
     index = pl.concat(parts) if parts else pl.from_arrow(schema.empty_table().select(keep))
     release_memory()  # the shard's texts and the encoder's buffers are freed: give the pages back
     return out, index
+
+
+def read_texts(documents_path: Callable[[str], object], rows: pl.DataFrame, *, text_column: str = "text",
+               batch_rows: int = 8192) -> list[str]:
+    """The texts of some documents, read shard by shard and batch by batch (never a whole shard).
+
+    Parameters
+    ----------
+    documents_path : callable
+        ``documents_path(shard_key)`` -> the shard's documents Parquet file (e.g. ``layout.documents_path``).
+    rows : DataFrame
+        ``shard`` and ``id`` of each document wanted (repeats allowed).
+    text_column : str
+    batch_rows : int
+        Rows read at a time from a documents file.
+
+    Returns
+    -------
+    list of str
+        One text per row of ``rows``, in that order. Memory holds these texts and one batch.
+
+    Raises
+    ------
+    ValueError
+        If a document is not in its shard's documents file.
+    FileNotFoundError
+        If a shard has no documents file.
+    """
+    found: dict[tuple[str, str], str] = {}
+    for shard in rows["shard"].unique(maintain_order=True).to_list():
+        wanted = rows.filter(pl.col("shard") == shard)["id"].unique()
+        for df in iter_selected_rows(documents_path(shard), columns=["id", text_column], batch_rows=batch_rows):
+            hit = df.filter(pl.col("id").is_in(wanted.implode()))
+            found.update(zip(((shard, i) for i in hit["id"].to_list()), hit[text_column].to_list()))
+    pairs = list(zip(rows["shard"].to_list(), rows["id"].to_list()))
+    missing = [p for p in pairs if p not in found]
+    if missing:
+        raise ValueError(f"{len(missing)} document(s) are not in their shard's documents file, e.g. "
+                         f"{missing[0][0]}/{missing[0][1]}")
+    return [found[p] for p in pairs]
