@@ -878,7 +878,9 @@ def evaluate_corpus(
         ``counts``: ``documents`` = ``target`` + ``select`` + ``fit`` + ``unusable`` + ``capped``.
     """
     from .bucketize import from_domains, from_labels, kmeans_buckets
+    from .streaming import release_memory
 
+    release_memory()  # a long-lived process (make run) starts the stage with what earlier ones freed returned
     k = check_int(k, "k", low=2)
     if "text" not in frame.columns and texts is None:
         raise ValueError("the frame has no 'text' column: pass texts= (e.g. lambda rows: read_texts(layout, rows))")
@@ -917,6 +919,8 @@ def evaluate_corpus(
     result = run_experiment(fit_texts, buckets, read(chosen), read(target_idx), config,
                             target_labels=target_labels, given_weights=given_weights, backend=backend,
                             progress=progress, log=log)
+    del fit_texts
+    release_memory()
     table = summarize(result.runs, config.confidence)
     differences = paired_differences(result.runs, "gem", confidence=config.confidence)
     counts = {"documents": len(keys), "target": int(target_idx.size), "select": int(chosen.size), "fit": int(fit.size),

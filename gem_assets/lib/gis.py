@@ -59,6 +59,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from gem_assets.lib import terms as T
+from gem_assets.lib.streaming import release_memory
 
 __all__ = ["TeacherGeometry", "TermBatch", "TermStats", "collect_term_stats", "term_posteriors", "gis_scores",
            "top_terms", "name_from_terms", "POSTERIORS"]
@@ -359,6 +360,7 @@ def collect_term_stats(batches: Callable[[], Iterable[TermBatch]], geometry: Tea
     counting = {"capacity": counter.capacity, "exact": counter.exact, "prunes": counter.prunes,
                 "error_bound": counter.error_bound, "peak_terms": counter.peak_terms}
     del counter
+    release_memory()  # the counter's strings are garbage now: hand their pages back before pass 2
     if not vocab:
         raise ValueError(f"no term occurs in at least min_df={min_df} of the {n_pass1} documents: lower min_df")
     index = {t: j for j, t in enumerate(vocab)}
@@ -411,6 +413,7 @@ def collect_term_stats(batches: Callable[[], Iterable[TermBatch]], geometry: Tea
         raise ValueError(f"the two passes saw {n_pass1} and {n_pass2} documents: batches() must yield the "
                          "same documents each time it is called")
     exemplars = [[{"id": i, "posterior": p, "snippet": s} for p, i, s in top] for top in best]
+    release_memory()
     return TermStats(vocabulary=vocab, doc_freq=doc_freq, term_freq=term_freq, n_docs=n_docs, emb_doc_freq=emb_df,
                      raw_sum=raw_sum, log_density_sum=ld_sum, log_density_total=ld_total, posterior_sum=q_sum, exemplars=exemplars, n_documents=n_pass2,
                      n_embedded=n_emb, counting=counting)
