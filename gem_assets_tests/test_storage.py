@@ -281,6 +281,13 @@ def test_state_folder_of_a_url_home(tmp_path):
     assert default_state_dir("s3://bucket/other", env) != d  # one instance per home
     assert default_state_dir("s3://bucket/gem", env) == d
     assert Settings(home="memory://x").layout.state_dir.parent.name == "state"
+    from gem_assets.resources import GemConfig  # the environment variables, through the Dagster resource
+
+    res = GemConfig.from_env({"GEM_HOME": "s3://bucket/gem", "GEM_STATE": str(tmp_path / "s")})
+    assert res.state == str((tmp_path / "s").resolve()) and res.home == "s3://bucket/gem"
+    assert res.settings().layout.dagster_home == (tmp_path / "s").resolve() / "dagster"
+    assert GemConfig.from_env({"GEM_HOME": str(tmp_path / "h")}).settings().layout.mlflow_artifacts == \
+        (tmp_path / "h").resolve() / "mlartifacts"
     with pytest.raises(ValueError, match="GEM_STATE must be a local folder"):
         Settings(home="s3://bucket/gem", state="s3://bucket/state").layout
     with pytest.raises(ValueError, match="set GEM_STATE"):
