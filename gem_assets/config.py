@@ -152,6 +152,9 @@ class Profile:
         Share of each domain's documents held out (validation streams; RegMix's target set).
     mix_max_bytes_per_domain : int or None
         Cap on each domain's training stream (``None``: all of it).
+    mix_max_target_documents : int
+        At most this many held-out documents in the proxy models' target stream, a seeded uniform
+        sample (bounded memory: the stream is held in memory while the proxies are scored).
     mix_batch_size, mix_lr : int, float
         Proxy training batch size and peak learning rate.
     mix_doremi_steps : int
@@ -203,6 +206,7 @@ class Profile:
     mix_proxy_config: tuple = (("n_layer", 2), ("n_head", 2), ("d_model", 64), ("context", 128))
     mix_valid_fraction: float = 0.1
     mix_max_bytes_per_domain: int | None = 4_000_000
+    mix_max_target_documents: int = 20_000
     mix_batch_size: int = 16
     mix_lr: float = 3e-3
     mix_doremi_steps: int = 400
@@ -289,6 +293,7 @@ PROFILES: dict[str, Profile] = {
         taxonomy_count_capacity=2_000_000,
         eval_max_target_documents=200_000,
         eval_max_train_documents=1_000_000,
+        mix_max_target_documents=200_000,
     ),
 }
 
@@ -374,6 +379,7 @@ class Settings:
     taxonomy_count_capacity: int | None = None
     eval_max_target_documents: int | None = None
     eval_max_train_documents: int | None = None
+    mix_max_target_documents: int | None = None
     state: str | None = None
 
     def __post_init__(self) -> None:
@@ -390,7 +396,8 @@ class Settings:
         for name, env_name, low in (("taxonomy_max_terms", "GEM_TAXONOMY_MAX_TERMS", 1),
                                     ("taxonomy_count_capacity", "GEM_TAXONOMY_COUNT_CAP", 2),
                                     ("eval_max_target_documents", "GEM_EVAL_MAX_TARGET_DOCS", 1),
-                                    ("eval_max_train_documents", "GEM_EVAL_MAX_TRAIN_DOCS", 2)):
+                                    ("eval_max_train_documents", "GEM_EVAL_MAX_TRAIN_DOCS", 2),
+                                    ("mix_max_target_documents", "GEM_MIX_MAX_TARGET_DOCS", 1)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise ValueError(f"{env_name} must be an integer >= {low}, got {value}")
@@ -446,6 +453,7 @@ class Settings:
             taxonomy_count_capacity=_env_int(env, "GEM_TAXONOMY_COUNT_CAP", None),
             eval_max_target_documents=_env_int(env, "GEM_EVAL_MAX_TARGET_DOCS", None),
             eval_max_train_documents=_env_int(env, "GEM_EVAL_MAX_TRAIN_DOCS", None),
+            mix_max_target_documents=_env_int(env, "GEM_MIX_MAX_TARGET_DOCS", None),
             state=env.get("GEM_STATE", "").strip() or None,
         )
 
@@ -603,6 +611,7 @@ class Settings:
             "mixer": self.mixer,
             "mixture_tokens": self.mixture_tokens,
             "target": self.mix_target,
+            "max_target_documents": self.mix_max_target_documents or p.mix_max_target_documents,
             "source_column": self.effective_source_column,
             "seed": self.seed,
         }

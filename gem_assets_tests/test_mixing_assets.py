@@ -27,7 +27,8 @@ def _up_to_stats(instance, res):
 
 def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance):
     res = make_resources(gem_home, str(tiny_corpus / "*"), k=4, mlflow=True, student_min_agreement=0.0,
-                         tracking_uri=f"sqlite:///{gem_home / 'mlflow.db'}", mixture_tokens=3000)
+                         tracking_uri=f"sqlite:///{gem_home / 'mlflow.db'}", mixture_tokens=3000,
+                         mix_max_target_documents=5)
     _up_to_stats(instance, res)
     settings = res["gem"].settings()
     assert mixing_state(instance, settings)["stale_assets"]["proxy_corpus"] == "never materialized"
@@ -43,6 +44,10 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance):
     # proxy corpus: four domains' streams, 10% of each domain's documents held out
     meta = storage.read_json(layout.proxy_corpus_dir / "meta.json")
     assert meta["documents"] == 120 and meta["domains"] == ["0", "1", "2", "3"]
+    # the target stream holds a seeded sample of at most mix_max_target_documents held-out documents
+    assert meta["target_documents"] == 5 and meta["target_documents_available"] == meta["valid_documents"] > 5
+    target = storage.read_safetensors(layout.proxy_corpus_dir / "target.safetensors")["target"]
+    assert int((target == 0).sum()) == 5    # one separator byte per document (mixture.SEPARATOR)
     assert math.isclose(sum(meta["natural_shares"].values()), 1.0)
     train = storage.read_safetensors(layout.proxy_corpus_dir / "train.safetensors")
     assert all(s.dtype == np.uint8 and s.size <= prof.mix_max_bytes_per_domain for s in train.values())
@@ -125,6 +130,21 @@ def test_bad_mixer_is_rejected():
     with pytest.raises(ValueError, match="GEM_MIXTURE_TOKENS"):
         Settings.from_env({"GEM_MIXTURE_TOKENS": "0"})
     assert Settings.from_env({"GEM_MIX_TARGET": "tech"}).mixture_params()["target"] == "tech"
+
+
+def test_memory_caps_reach_the_dagster_resource():
+    """GEM_* memory caps survive the trip through the GemConfig resource (what the assets read)."""
+    from gem_assets.resources.config import GemConfig
+
+    env = {"GEM_TAXONOMY_MAX_TERMS": "99", "GEM_TAXONOMY_COUNT_CAP": "400", "GEM_EVAL_MAX_TARGET_DOCS": "7",
+           "GEM_EVAL_MAX_TRAIN_DOCS": "8", "GEM_MIX_MAX_TARGET_DOCS": "5"}
+    s = GemConfig.from_env(env).settings()
+    assert (s.taxonomy_max_terms, s.taxonomy_count_capacity, s.eval_max_target_documents,
+            s.eval_max_train_documents, s.mix_max_target_documents) == (99, 400, 7, 8, 5)
+    assert s.mixture_params()["max_target_documents"] == 5
+    assert GemConfig.from_env({}).settings().mixture_params()["max_target_documents"] == PROFILES["default"].mix_max_target_documents
+    with pytest.raises(ValueError, match="GEM_MIX_MAX_TARGET_DOCS"):
+        GemConfig.from_env({"GEM_MIX_MAX_TARGET_DOCS": "0"})
 
 
 def test_make_run_runs_the_mixing_stage_once(tiny_corpus, gem_home, instance):

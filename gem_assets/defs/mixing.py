@@ -109,6 +109,16 @@ def _require_stats(settings: Settings) -> dict:
     return stats
 
 
+class _DocKeys:
+    """``keys[i]`` = "<shard>/<id>" of the index's i-th document: a key unique across shards, built on demand."""
+
+    def __init__(self, index) -> None:
+        self.index = index
+
+    def __getitem__(self, i: int) -> str:
+        return f"{self.index.shards[int(self.index.shard[i])]}/{self.index.ids[int(i)]}"
+
+
 def _index(settings: Settings, shards):
     """Every counted document without its text (``lib.mixture.corpus_index``, one shard at a time),
     and a reader of the texts of index positions, shard by shard (bounded memory, issue 8)."""
@@ -205,7 +215,7 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     import numpy as np
     import polars as pl
 
-    from gem_assets.lib import mixture, storage
+    from gem_assets.lib import mixture, sampling, storage
 
     settings = gem.settings()
     p = settings.mixture_params()
@@ -223,6 +233,13 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
         raise Failure(description=f"the target set is empty (GEM_MIX_TARGET={p['target']!r}, "
                       f"{int(held.sum())} held-out documents): pick a source label that has held-out documents",
                       allow_retries=False)
+    # at most max_target_documents of them, a seeded uniform sample keyed by (shard, id): the target
+    # stream is held in memory, so it must not grow with the corpus
+    target_available = int(target_mask.sum())
+    target_idx = sampling.capped_sample(np.flatnonzero(target_mask), _DocKeys(index), p["max_target_documents"],
+                                        p["seed"], "mixing/proxy_target")
+    target_mask = np.zeros_like(target_mask)
+    target_mask[target_idx] = True
     train, valid, target = mixture.proxy_streams(index, read_texts, names, p["valid_fraction"], p["seed"],
                                                  p["max_bytes_per_domain"], target_mask)
     tokens = index.tokens
@@ -238,6 +255,7 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     })
     meta = {"fingerprint": fp, "domains": names, "natural_shares": dict(zip(names, natural.tolist())),
             "documents": int(labels.size), "valid_documents": int(held.sum()), "target_documents": int(target_mask.sum()),
+            "target_documents_available": target_available,
             "target_bytes": int(target["target"].size), "target": p["target"] or "held-out sample of the whole corpus",
             "tokens": int(tokens.sum()), "domain_tokens": all_tokens.astype(np.int64).tolist(),
             "stats_fingerprint": stats["fingerprint"], "shards": stats["shards"], "params": p}
@@ -255,7 +273,8 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     check = AssetCheckResult(
         check_name="documents_conserved", passed=bool(conserved and disjoint),
         metadata={"documents": int(labels.size), "train_documents": sep_train, "valid_documents": sep_valid,
-                  "streams_capped": capped, "target_from_validation": disjoint},
+                  "streams_capped": capped, "target_from_validation": disjoint,
+                  "target_documents": int(target_mask.sum()), "target_documents_available": target_available},
         description=f"{labels.size} documents; streams hold {sep_train} train + {sep_valid} validation documents"
                     f"{' (streams capped at max_bytes_per_domain)' if capped else ''}; target from validation: {disjoint}",
     )

@@ -38,7 +38,8 @@ import polars as pl
 
 from ._checks import check_float, check_int
 from .bucketize import MISSING_LABEL, Bucketization
-from .sampling import BottomK, rng_for
+from .sampling import rng_for
+from .sampling import capped_sample as _capped_sample
 
 __all__ = [
     "MIXERS",
@@ -773,34 +774,8 @@ def read_texts(layout, rows: pl.DataFrame, batch_rows: int = 8192) -> list[str]:
 
 
 def capped_sample(idx: np.ndarray, keys: Sequence[str], cap: int | None, seed: int, purpose: str) -> np.ndarray:
-    """At most ``cap`` of the positions ``idx``: a seeded uniform sample by key (:class:`BottomK`).
-
-    Parameters
-    ----------
-    idx : ndarray of int
-        Candidate positions (into ``keys``), increasing.
-    keys : sequence of str
-        A unique key per document.
-    cap : int or None
-        Most positions kept; ``None`` keeps all.
-    seed : int
-    purpose : str
-        Separates independent samples.
-
-    Returns
-    -------
-    ndarray of int64
-        The kept positions, increasing (all of ``idx`` when it has at most ``cap``). The sample
-        depends only on the candidates' keys and the seed, not on their order.
-    """
-    idx = np.asarray(idx, dtype=np.int64)
-    if cap is not None:
-        cap = check_int(cap, f"the {purpose} cap", low=1)
-    if cap is None or idx.size <= cap:
-        return idx
-    pick = BottomK(cap, seed, f"evaluation/{purpose}")
-    pick.update((keys[i] for i in idx), idx.tolist())
-    return np.sort(np.fromiter(pick.items().values(), dtype=np.int64))
+    """:func:`gem_assets.lib.sampling.capped_sample` in the evaluation's namespace (``evaluation/<purpose>``)."""
+    return _capped_sample(idx, keys, cap, seed, f"evaluation/{purpose}")
 
 
 @dataclass

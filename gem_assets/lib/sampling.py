@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["derive_seed", "rng_for", "cap_sample", "allocate", "stratified_sample", "key_priority", "BottomK",
+__all__ = ["derive_seed", "rng_for", "cap_sample", "allocate", "stratified_sample", "key_priority", "BottomK", "capped_sample",
            "bottom_k"]
 
 
@@ -201,6 +201,37 @@ class BottomK:
     def items(self) -> dict[str, Any]:
         """Sampled key -> the item offered with it."""
         return {k: self._items[k] for k in self.keys()}
+
+
+def capped_sample(idx: np.ndarray, keys, cap: int | None, seed: int, purpose: str) -> np.ndarray:
+    """At most ``cap`` of the positions ``idx``: a seeded uniform sample by key (:class:`BottomK`).
+
+    Parameters
+    ----------
+    idx : ndarray of int
+        Candidate positions (into ``keys``), increasing.
+    keys : sequence of str
+        A unique key per document (indexable by position).
+    cap : int or None
+        Most positions kept; ``None`` keeps all.
+    seed : int
+    purpose : str
+        Separates independent samples (the :class:`BottomK` purpose).
+
+    Returns
+    -------
+    ndarray of int64
+        The kept positions, increasing (all of ``idx`` when it has at most ``cap``). The sample
+        depends only on the candidates' keys and the seed, not on their order.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1):
+        raise ValueError(f"the {purpose} cap must be an integer >= 1 or None, got {cap!r}")
+    if cap is None or idx.size <= cap:
+        return idx
+    pick = BottomK(int(cap), seed, purpose)
+    pick.update((keys[i] for i in idx.tolist()), idx.tolist())
+    return np.sort(np.fromiter(pick.items().values(), dtype=np.int64))
 
 
 def bottom_k(keys: Iterable[object], cap: int, seed: int, purpose: str = "") -> list[str]:

@@ -41,6 +41,12 @@ class GemConfig(ConfigurableResource):
     mixer: str = "regmix"
     mixture_tokens: Optional[int] = None
     mix_target: Optional[str] = None
+    # memory caps (None: the profile's)
+    taxonomy_max_terms: Optional[int] = None
+    taxonomy_count_capacity: Optional[int] = None
+    eval_max_target_documents: Optional[int] = None
+    eval_max_train_documents: Optional[int] = None
+    mix_max_target_documents: Optional[int] = None
     state: Optional[str] = None
 
     @classmethod
@@ -66,6 +72,11 @@ class GemConfig(ConfigurableResource):
             mixer=settings.mixer,
             mixture_tokens=settings.mixture_tokens,
             mix_target=settings.mix_target,
+            taxonomy_max_terms=settings.taxonomy_max_terms,
+            taxonomy_count_capacity=settings.taxonomy_count_capacity,
+            eval_max_target_documents=settings.eval_max_target_documents,
+            eval_max_train_documents=settings.eval_max_train_documents,
+            mix_max_target_documents=settings.mix_max_target_documents,
             state=str(Path(settings.state).expanduser().resolve()) if settings.state else None,
         )
 
@@ -96,6 +107,11 @@ class GemConfig(ConfigurableResource):
             mixer=self.mixer,
             mixture_tokens=self.mixture_tokens,
             mix_target=self.mix_target,
+            taxonomy_max_terms=self.taxonomy_max_terms,
+            taxonomy_count_capacity=self.taxonomy_count_capacity,
+            eval_max_target_documents=self.eval_max_target_documents,
+            eval_max_train_documents=self.eval_max_train_documents,
+            mix_max_target_documents=self.mix_max_target_documents,
             state=self.state,
         )
 
