@@ -412,9 +412,7 @@ class _Streamed:
     """Nothing of size N x K is kept: each pass recomputes the scores of one chunk of rows at a time.
 
     Memory is X plus O(chunk_size * K); the cost is one scores GEMM per E-step evaluation (instead of
-    one per MM iteration) plus the Q^T X GEMM, fused with the final pass. The first evaluation is
-    also the final pass: when the warm start is accepted (steady state) an iteration costs the same
-    two GEMMs as the resident path.
+    one per MM iteration) plus the Q^T X GEMM, fused with the final pass.
     """
 
     streamed = True
@@ -466,20 +464,15 @@ class _Streamed:
     def e_step(self, h, gamma, v0, max_steps, tol, gap_tol) -> dict:
         N, K = self.X.shape[0], h["WT"].shape[1]
 
-        calls = [0]
-
         def evaluate(v):
-            # the first evaluation (the warm start, in steady state the accepted one) is also the final
-            # pass: sum Q s, labels and R = Q^T X come with it, saving a scores GEMM per MM iteration
-            calls[0] += 1
-            p = self._pass(h, v, gram=gamma > 0, final=calls[0] == 1)
+            p = self._pass(h, v, gram=gamma > 0)
             rho_hat = p["col"] / N
-            return (p, rho_hat) + (_dual_stats(p["log_z"], rho_hat, v, gamma, N) if gamma > 0 else (0.0, 0.0, 0.0))
+            return (p.get("gram"), rho_hat) + (_dual_stats(p["log_z"], rho_hat, v, gamma, N) if gamma > 0
+                                               else (0.0, 0.0, 0.0))
 
-        fin, v, info = _solve_balance(evaluate, lambda p: p["gram"], gamma, N, K, v0, max_steps, tol, gap_tol,
-                                      self.X.device)
-        if "R" not in fin:                                                # Newton moved v: a pass of its own
-            fin = self._pass(h, v, final=True)
+        _, v, info = _solve_balance(evaluate, lambda g: g, gamma, N, K, v0, max_steps, tol, gap_tol,
+                                    self.X.device)
+        fin = self._pass(h, v, final=True)
         rho_hat = fin["col"] / N
         qs = fin["qs"] + N * float(rho_hat @ h["bias"])
         terms = _terms(qs, fin["log_z"], v, rho_hat, gamma, h["shift"], N)
