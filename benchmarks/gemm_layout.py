@@ -51,11 +51,16 @@ def main() -> None:
         "moments numpy  (X.T @ Q).T": lambda: (X.T @ Q).T,
     }
     times = {k: [] for k in variants}
-    for _ in range(args.rounds):
-        for name, f in variants.items():
-            t = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - t)
+    # torch's and numpy's variants in separate loops: OpenBLAS's threads keep spinning for a while
+    # after a call and slow down a torch call that follows at once (which first made the torch
+    # variant run after a numpy one look 2x slower); within a library, the order rotates each round
+    for lib in ("torch", "numpy"):
+        names = [n for n in variants if f" {lib} " in n]
+        for r in range(args.rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                t = time.perf_counter()
+                variants[name]()
+                times[name].append(time.perf_counter() - t)
     flop = 2.0 * N * d * K
     print(f"N={N:,} d={d} K={K}, {args.threads} threads (torch {torch.__version__}, numpy {np.__version__}), "
           f"{args.rounds} interleaved rounds, {os.cpu_count()} cores, load average "
