@@ -109,16 +109,6 @@ def _require_stats(settings: Settings) -> dict:
     return stats
 
 
-class _DocKeys:
-    """``keys[i]`` = "<shard>/<id>" of the index's i-th document: a key unique across shards, built on demand."""
-
-    def __init__(self, index) -> None:
-        self.index = index
-
-    def __getitem__(self, i: int) -> str:
-        return f"{self.index.shards[int(self.index.shard[i])]}/{self.index.ids[int(i)]}"
-
-
 def _index(settings: Settings, shards):
     """Every counted document without its text (``lib.mixture.corpus_index``, one shard at a time),
     and a reader of the texts of index positions, shard by shard (bounded memory, issue 8)."""
@@ -236,8 +226,8 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     # at most max_target_documents of them, a seeded uniform sample keyed by (shard, id): the target
     # stream is held in memory, so it must not grow with the corpus
     target_available = int(target_mask.sum())
-    target_idx = sampling.capped_sample(np.flatnonzero(target_mask), _DocKeys(index), p["max_target_documents"],
-                                        p["seed"], "mixing/proxy_target")
+    target_idx = sampling.bottom_k_positions(np.flatnonzero(target_mask), index.document_keys(),
+                                             p["max_target_documents"], p["seed"], "mixing/proxy_target")
     target_mask = np.zeros_like(target_mask)
     target_mask[target_idx] = True
     train, valid, target = mixture.proxy_streams(index, read_texts, names, p["valid_fraction"], p["seed"],

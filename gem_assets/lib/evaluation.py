@@ -39,7 +39,7 @@ import polars as pl
 from ._checks import check_float, check_int
 from .bucketize import MISSING_LABEL, Bucketization
 from .sampling import rng_for
-from .sampling import capped_sample as _capped_sample
+from .sampling import bottom_k_positions
 
 __all__ = [
     "MIXERS",
@@ -774,8 +774,8 @@ def read_texts(layout, rows: pl.DataFrame, batch_rows: int = 8192) -> list[str]:
 
 
 def capped_sample(idx: np.ndarray, keys: Sequence[str], cap: int | None, seed: int, purpose: str) -> np.ndarray:
-    """:func:`gem_assets.lib.sampling.capped_sample` in the evaluation's namespace (``evaluation/<purpose>``)."""
-    return _capped_sample(idx, keys, cap, seed, f"evaluation/{purpose}")
+    """:func:`gem_assets.lib.sampling.bottom_k_positions` in the evaluation's namespace (``evaluation/<purpose>``)."""
+    return bottom_k_positions(idx, keys, cap, seed, f"evaluation/{purpose}")
 
 
 @dataclass

@@ -85,8 +85,8 @@ def _softmax(S: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
 
     Processed in row chunks: add, max, exp, sum and divide run on a cache-resident block. With
     ``final`` the same pass also returns sum_ik Q_ik S_ik (without the bias) and the hard labels
-    argmax_k Q_ik, while each chunk is still in cache (a separate pass over Q and S cost ~10% of an
-    MM iteration). Each chunk's sum is taken in the data's dtype (pairwise, ~1e-7 relative in
+    argmax_k Q_ik, while each chunk is still in cache instead of in a pass of their own (whole
+    iterations measured no faster for it, docs/benchmarks.md; it saves a read of Q and S). Each chunk's sum is taken in the data's dtype (pairwise, ~1e-7 relative in
     float32) and the chunks are added in float64: a float64 sum over float32 elements converts each
     one and is 10x slower here. That sum only splits J between its log-likelihood and entropy terms;
     J itself does not depend on it (see ``_terms``).

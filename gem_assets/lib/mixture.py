@@ -341,6 +341,23 @@ class CorpusIndex:
     def __len__(self) -> int:
         return int(self.domains.size)
 
+    def document_keys(self) -> "_DocumentKeys":
+        """``keys[i]`` = ``"<shard>/<id>"`` of the i-th document (unique across shards), built on demand."""
+        return _DocumentKeys(self)
+
+
+class _DocumentKeys:
+    """The lazy sequence of :meth:`CorpusIndex.document_keys` (no string per document held)."""
+
+    def __init__(self, index: CorpusIndex) -> None:
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> str:
+        return f"{self.index.shards[int(self.index.shard[i])]}/{self.index.ids[int(i)]}"
+
 
 def corpus_index(documents: Callable[[str], object], assignments: Callable[[str], object],
                  shards: Sequence[str]) -> CorpusIndex:

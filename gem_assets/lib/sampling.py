@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["derive_seed", "rng_for", "cap_sample", "allocate", "stratified_sample", "key_priority", "BottomK", "capped_sample",
+__all__ = ["derive_seed", "rng_for", "cap_sample", "allocate", "stratified_sample", "key_priority", "BottomK", "bottom_k_positions",
            "bottom_k"]
 
 
@@ -203,7 +203,7 @@ class BottomK:
         return {k: self._items[k] for k in self.keys()}
 
 
-def capped_sample(idx: np.ndarray, keys, cap: int | None, seed: int, purpose: str) -> np.ndarray:
+def bottom_k_positions(idx: np.ndarray, keys, cap: int | None, seed: int, purpose: str) -> np.ndarray:
     """At most ``cap`` of the positions ``idx``: a seeded uniform sample by key (:class:`BottomK`).
 
     Parameters
