@@ -116,3 +116,27 @@ def disk_instance():
 
     with instance_for_test() as inst:
         yield inst
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A local S3 server (moto) in a thread, with a bucket; s3fs finds it through AWS_ENDPOINT_URL
+    (as it would find MinIO or another S3-compatible store). Yields the bucket's URL."""
+    pytest.importorskip("s3fs", reason="s3fs (the dev extra) reaches S3")
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] (the dev extra) is the local S3 server")
+    import logging
+
+    import fsspec
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                            ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", f"http://{host}:{port}")):
+            mp.setenv(name, value)
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir("gem-test")
+        yield "s3://gem-test"
+        fsspec.AbstractFileSystem.clear_instance_cache()
+    server.stop()

@@ -74,7 +74,7 @@ def _corpus(root: Path, n_shards: int, n_docs: int = 40) -> str:
     return str(root / "*")
 
 
-def _set_env(monkeypatch, home: Path, corpus_glob: str, executor: str, **extra) -> None:
+def _set_env(monkeypatch, home, corpus_glob: str, executor: str, **extra) -> None:
     env = {"GEM_HOME": str(home), "GEM_CORPUS": corpus_glob, "GEM_PROFILE": "smoke", "GEM_K": "4",
            "GEM_SOURCE_COLUMN": "source", "GEM_MLFLOW": "0", "GEM_EXECUTOR": executor, **extra}
     for k, v in env.items():
@@ -99,13 +99,22 @@ def _step_pids(instance, run_id: str) -> set[int]:
 
 
 # --------------------------------------------------------------------------- multiprocess
-def test_shard_runs_in_parallel_with_the_multiprocess_executor(tmp_path, monkeypatch):
+@pytest.mark.parametrize("home", ["local", "s3"])
+def test_shard_runs_in_parallel_with_the_multiprocess_executor(home, tmp_path, monkeypatch, request):
+    """Shard runs two at a time, each step in a process of its own, with GEM_HOME a local folder or
+    an S3 bucket (a local S3 server the step processes reach through AWS_ENDPOINT_URL, as they would
+    reach MinIO or S3): outputs equal those of an in-process run."""
     from gem_assets import run
     from gem_assets.defs.partitions import SHARDS
 
     glob = _corpus(tmp_path / "corpus", 2)
     (tmp_path / "corpus" / "part-9.jsonl").write_text('{"id": "x", "text": "fine"}\n{"id": "y", "text": \n')
-    _set_env(monkeypatch, tmp_path / "home", glob, "multiprocess", GEM_MAX_CONCURRENT="2")
+    if home == "s3":
+        bucket = request.getfixturevalue("s3_server")
+        _set_env(monkeypatch, f"{bucket}/mp-{os.getpid()}", glob, "multiprocess", GEM_MAX_CONCURRENT="2",
+                 GEM_STATE=str(tmp_path / "state"))
+    else:
+        _set_env(monkeypatch, tmp_path / "home", glob, "multiprocess", GEM_MAX_CONCURRENT="2")
     defs = _load_defs()
     keys = sorted(defs.resources["gem"].shards())
     good = [k for k in keys if k != "part-9.jsonl"]
@@ -130,6 +139,9 @@ def test_shard_runs_in_parallel_with_the_multiprocess_executor(tmp_path, monkeyp
         assert s1 < e0  # the two runs overlapped in time
     # same outputs as in process
     layout = defs.resources["gem"].settings().layout
+    if home == "s3":
+        assert str(layout.home).startswith("s3://") and not (tmp_path / "home").exists()
+        assert not any(Path.cwd().glob("s3*"))  # nothing written to a local folder named after the URL
     ref = make_resources(tmp_path / "ref", str(tmp_path / "corpus" / "part-[01].*"))
     from dagster import materialize
 
