@@ -378,3 +378,21 @@ def test_normalize_rows_keeps_unit_rows_without_a_copy_and_normalizes_others():
     Z = normalize_rows(Y)
     torch.testing.assert_close(row_norms(Z), torch.ones(70_000, dtype=torch.float64))
     torch.testing.assert_close(Z, X)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_argmax_matches_torch_on_ties_slices_and_nan(dtype):
+    """The numpy-backed row argmax used on CPU returns torch's answer: the first index among ties,
+    a NaN counted as the maximum, and it writes into a slice of a larger label vector in place."""
+    from gem_assets.lib.gem import _argmax_rows
+
+    rng = np.random.default_rng(5)
+    q = torch.from_numpy(rng.integers(0, 3, size=(200, 9)).astype(np.float64)).to(dtype)  # many ties
+    q[7, 4] = float("nan")
+    expected = torch.argmax(q, dim=1)
+    assert expected[0] == int(np.flatnonzero(q[0].numpy() == q[0].numpy().max())[0])   # torch: first tie
+    assert torch.equal(_argmax_rows(q), expected)
+    out = torch.full((260,), -1, dtype=torch.int64)
+    _argmax_rows(q[50:150], out[30:130])
+    assert torch.equal(out[30:130], expected[50:150])
+    assert bool((out[:30] == -1).all()) and bool((out[130:] == -1).all())

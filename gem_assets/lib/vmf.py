@@ -31,6 +31,7 @@ Everything here is numpy + the standard library (``math``, ``fractions``); no sc
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from fractions import Fraction
@@ -654,17 +655,24 @@ def kappa_mle(rbar, dim, kappa_min: float = 1e-3, kappa_max: float = 1e6):
     rf = r.ravel()
     out = np.empty_like(rf)
 
-    a_lo, c_lo = _ratio_and_complement(np.array([kappa_min]), d)
-    a_hi, c_hi = _ratio_and_complement(np.array([kappa_max]), d)
+    a_lo, c_hi = _clip_bracket(d, kappa_min, kappa_max)
     c_r = 1.0 - rf  # exact for rbar >= 0.5 (Sterbenz), and well within tolerance below
-    low = rf <= a_lo[0]
-    high = (c_r <= c_hi[0]) & ~low
+    low = rf <= a_lo
+    high = (c_r <= c_hi) & ~low
     out[low] = kappa_min
     out[high] = kappa_max
     mid = ~low & ~high
     if np.any(mid):
         out[mid] = _solve_logit(rf[mid], c_r[mid], d, kappa_min, kappa_max)
     return out.reshape(shape)[()]
+
+
+@functools.lru_cache(maxsize=64)
+def _clip_bracket(d: int, kappa_min: float, kappa_max: float) -> tuple[float, float]:
+    """A_d(kappa_min) and 1 - A_d(kappa_max): fixed per (d, clip range), so computed once (an MM fit
+    calls ``kappa_mle`` every iteration with the same three)."""
+    return (float(_ratio_and_complement(np.array([kappa_min]), d)[0][0]),
+            float(_ratio_and_complement(np.array([kappa_max]), d)[1][0]))
 
 
 def _solve_logit(r: np.ndarray, c_r: np.ndarray, d: int, kappa_min: float, kappa_max: float) -> np.ndarray:
