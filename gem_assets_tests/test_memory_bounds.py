@@ -316,3 +316,45 @@ def test_release_memory_returns_freed_heap_pages():
         pytest.skip("not glibc: malloc_trim is not available")
     assert rss() < before - 50 * 2**20, (before, rss())
     del keep
+
+
+_MMAP_PROBE = """
+import sys
+import numpy as np
+from gem_assets.lib import streaming
+if sys.argv[1] == "fix" and not streaming.fix_mmap_threshold():
+    print("not-glibc")
+    raise SystemExit(0)
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) * 1024
+big = np.ones(30 << 20, np.uint8)  # mmapped, then freed: glibc's dynamic thresholds rise to 30 / 60 MiB
+del big
+base = rss()
+a = np.ones(24 << 20, np.uint8)    # below the raised threshold: from the heap, unless the threshold is fixed
+del a
+print(rss() - base)
+"""
+
+
+def test_fix_mmap_threshold_returns_large_buffers_to_the_os():
+    """With glibc's dynamic mmap threshold a freed 24 MiB buffer stays resident after a 30 MiB one
+    was freed; with the threshold fixed it is unmapped on free (each case in a fresh process)."""
+    import subprocess
+    import sys
+
+    def probe(mode: str) -> str:
+        out = subprocess.run([sys.executable, "-c", _MMAP_PROBE, mode], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    fixed = probe("fix")
+    if fixed == "not-glibc":
+        pytest.skip("not glibc: mallopt is not available")
+    assert int(fixed) < 4 * 2**20, fixed                   # given back
+    assert int(probe("default")) > 16 * 2**20              # the behaviour the fix removes: kept resident
+
+
+@pytest.mark.parametrize("bad", [0, 4095, (32 << 20) + 1, 1.5, True, "1M"])
+def test_fix_mmap_threshold_rejects_bad_sizes(bad):
+    with pytest.raises(ValueError, match="threshold_bytes"):
+        streaming.fix_mmap_threshold(bad)
