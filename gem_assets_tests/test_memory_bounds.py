@@ -358,3 +358,47 @@ def test_fix_mmap_threshold_returns_large_buffers_to_the_os():
 def test_fix_mmap_threshold_rejects_bad_sizes(bad):
     with pytest.raises(ValueError, match="threshold_bytes"):
         streaming.fix_mmap_threshold(bad)
+
+
+def test_evaluation_key_order_is_pythons_on_arrow_strings():
+    """The evaluation sorts its document keys as Arrow strings (no Python string per document): the
+    order is Python's, non-ASCII keys included, and a Series gives the same splits as a list."""
+    import polars as pl
+
+    from gem_assets.lib import evaluation as ev
+
+    rng = np.random.default_rng(0)
+    alphabet = list("abzAZ09/-_éèßø日本語😀\u0100")
+    keys = ["".join(rng.choice(alphabet, size=rng.integers(1, 9))) for _ in range(3_000)]
+    keys = list(dict.fromkeys(keys))  # unique
+    expected = np.argsort(np.asarray(keys, dtype=object), kind="stable")
+    np.testing.assert_array_equal(ev._sorted_order(keys), expected)
+    series = pl.Series("key", keys)
+    np.testing.assert_array_equal(ev._sorted_order(series), expected)
+    np.testing.assert_array_equal(ev.holdout_split(series, 0.1, 3), ev.holdout_split(keys, 0.1, 3))
+    np.testing.assert_array_equal(ev.select_split(series, 0.2, 3), ev.select_split(keys, 0.2, 3))
+    with pytest.raises(ValueError, match="unique"):
+        ev.holdout_split(pl.Series("key", ["a", "b", "a"]), 0.5, 0)
+    with pytest.raises(ValueError, match="null"):
+        ev.holdout_split(pl.Series("key", ["a", None, "c"]), 0.5, 0)
+
+
+def test_bottom_k_positions_in_chunks_matches_one_pass(monkeypatch):
+    """Candidates are offered in chunks (bounded memory): any chunk size, and keys given as a list, a
+    polars Series or the mixing index's lazy keys, give the same sample as one BottomK pass."""
+    import polars as pl
+
+    keys = [f"{s:03d}/{i}" for s in range(7) for i in range(300)]
+    idx = np.arange(0, len(keys), 3, dtype=np.int64)
+    one = sampling.BottomK(50, 4, "t").update((keys[i] for i in idx.tolist()), idx.tolist())
+    expected = np.sort(np.fromiter(one.items().values(), dtype=np.int64))
+    for chunk in (1, 7, 64, 10**6):
+        monkeypatch.setattr(sampling, "KEY_CHUNK", chunk)
+        np.testing.assert_array_equal(sampling.bottom_k_positions(idx, keys, 50, 4, "t"), expected)
+        np.testing.assert_array_equal(sampling.bottom_k_positions(idx, pl.Series(keys), 50, 4, "t"), expected)
+    index = mixture.CorpusIndex(shards=[f"{s:03d}" for s in range(7)], shard=np.repeat(np.arange(7, dtype=np.int32), 300),
+                                row=np.tile(np.arange(300, dtype=np.int64), 7),
+                                ids=pl.Series("id", [str(i) for _ in range(7) for i in range(300)]),
+                                domains=np.zeros(2100, np.int64), tokens=np.ones(2100, np.int64),
+                                sources=pl.Series("source", [None] * 2100, dtype=pl.String))
+    np.testing.assert_array_equal(sampling.bottom_k_positions(idx, index.document_keys(), 50, 4, "t"), expected)

@@ -73,14 +73,22 @@ TARGET = "target"
 
 
 # --------------------------------------------------------------------------- splits
-def _sorted_order(keys: Sequence[str]) -> np.ndarray:
-    keys = [str(k) for k in keys]
-    if len(set(keys)) != len(keys):
+def _sorted_order(keys: Sequence[str] | pl.Series) -> np.ndarray:
+    """Positions of the keys in sorted order. Sorted as Arrow strings (UTF-8 bytes, which orders as
+    Python's code-point comparison does), so no Python string per document is held (issue 8: a
+    Python list, set and object array of the keys took ~100 bytes per document)."""
+    if isinstance(keys, pl.Series):
+        s = keys.cast(pl.String)
+    else:
+        s = pl.Series("key", [str(k) for k in keys], dtype=pl.String)
+    if s.null_count():
+        raise ValueError("document keys must not be null (e.g. '<shard>/<id>')")
+    if s.n_unique() != s.len():
         raise ValueError("document keys must be unique (e.g. '<shard>/<id>'); found duplicates")
-    return np.argsort(np.asarray(keys, dtype=object), kind="stable")
+    return s.arg_sort().to_numpy().astype(np.int64, copy=False)
 
 
-def _seeded_mask(keys: Sequence[str], fraction: float, seed: int, purpose: str) -> np.ndarray:
+def _seeded_mask(keys: Sequence[str] | pl.Series, fraction: float, seed: int, purpose: str) -> np.ndarray:
     """``round(fraction * N)`` (at least 1 and at most N - 1) documents, drawn by a permutation of
     the sorted keys: the draw depends on the set of keys and the seed, not on their order."""
     n = len(keys)
@@ -97,12 +105,12 @@ def _seeded_mask(keys: Sequence[str], fraction: float, seed: int, purpose: str) 
     return mask
 
 
-def holdout_split(keys: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+def holdout_split(keys: Sequence[str] | pl.Series, fraction: float, seed: int) -> np.ndarray:
     """The held-out target set: a seeded document-level sample of the whole corpus.
 
     Parameters
     ----------
-    keys : sequence of str
+    keys : sequence of str or polars Series of str
         A unique key per document (e.g. ``"<shard>/<id>"``).
     fraction : float
         Share of the documents held out, in (0, 1); at least one document is held out and
@@ -119,7 +127,7 @@ def holdout_split(keys: Sequence[str], fraction: float, seed: int) -> np.ndarray
     return _seeded_mask(keys, fraction, seed, "holdout")
 
 
-def select_split(keys: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+def select_split(keys: Sequence[str] | pl.Series, fraction: float, seed: int) -> np.ndarray:
     """The weight-selection set: a seeded sample of the *training* documents (not the target set).
 
     RegMix chooses its weights by the loss on these documents; nothing is trained on them.
@@ -859,7 +867,7 @@ def evaluate_corpus(
     k = check_int(k, "k", low=2)
     if "text" not in frame.columns and texts is None:
         raise ValueError("the frame has no 'text' column: pass texts= (e.g. lambda rows: read_texts(layout, rows))")
-    keys = frame["key"].to_list()
+    keys = frame["key"]  # Arrow strings: no Python string per document (issue 8)
     held = holdout_split(keys, holdout, config.seed)
     usable = (frame["gem"].is_not_null() & frame["vec"].is_not_null()).to_numpy()
     all_target = np.flatnonzero(held)
@@ -870,7 +878,7 @@ def evaluate_corpus(
     if pool.size < 2:
         raise ValueError(f"only {pool.size} training document(s) have both a GEM domain and an embedding; the "
                          "evaluation needs at least 2 (embed more documents: GEM_EMBED_CAP)")
-    sel = select_split([keys[i] for i in pool], select, config.seed)
+    sel = select_split(keys.gather(pool), select, config.seed)
     fit, chosen = pool[~sel], pool[sel]
     if use_source and frame["source"].is_null().all():
         raise ValueError("use_source is set but no document has a source label")

@@ -203,6 +203,10 @@ class BottomK:
         return {k: self._items[k] for k in self.keys()}
 
 
+#: Candidates offered to :class:`BottomK` at a time by :func:`bottom_k_positions`.
+KEY_CHUNK = 65_536
+
+
 def bottom_k_positions(idx: np.ndarray, keys, cap: int | None, seed: int, purpose: str) -> np.ndarray:
     """At most ``cap`` of the positions ``idx``: a seeded uniform sample by key (:class:`BottomK`).
 
@@ -211,7 +215,8 @@ def bottom_k_positions(idx: np.ndarray, keys, cap: int | None, seed: int, purpos
     idx : ndarray of int
         Candidate positions (into ``keys``), increasing.
     keys : sequence of str
-        A unique key per document (indexable by position).
+        A unique key per document (indexable by position), or a polars Series of them (read with
+        ``gather``, so no Python string per document is built beyond one chunk's).
     cap : int or None
         Most positions kept; ``None`` keeps all.
     seed : int
@@ -223,6 +228,11 @@ def bottom_k_positions(idx: np.ndarray, keys, cap: int | None, seed: int, purpos
     ndarray of int64
         The kept positions, increasing (all of ``idx`` when it has at most ``cap``). The sample
         depends only on the candidates' keys and the seed, not on their order.
+
+    Notes
+    -----
+    The candidates are offered :data:`KEY_CHUNK` at a time, so memory holds the heap of ``cap``
+    keys and one chunk, not a Python list of every candidate (tens of GB at 10^9 documents).
     """
     idx = np.asarray(idx, dtype=np.int64)
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1):
@@ -230,7 +240,11 @@ def bottom_k_positions(idx: np.ndarray, keys, cap: int | None, seed: int, purpos
     if cap is None or idx.size <= cap:
         return idx
     pick = BottomK(int(cap), seed, purpose)
-    pick.update((keys[i] for i in idx.tolist()), idx.tolist())
+    gather = getattr(keys, "gather", None)
+    for lo in range(0, idx.size, KEY_CHUNK):
+        part = idx[lo : lo + KEY_CHUNK]
+        chunk = gather(part).to_list() if gather is not None else [keys[i] for i in part.tolist()]
+        pick.update(chunk, part.tolist())
     return np.sort(np.fromiter(pick.items().values(), dtype=np.int64))
 
 
