@@ -213,9 +213,10 @@ def test_bpb_windows_are_the_evenly_spread_subset_built_without_the_full_list():
 
 
 # --------------------------------------------------------------------------- mixing without the corpus in memory
-def _mixing_corpus(tmp_path, n_shards=3, n=40, seed=0):
+def _mixing_corpus(tmp_path, n_shards=3, n=40, seed=0, spill=False):
     """Shards of documents (ids out of order, a missing assignment) on disk, and the frame the
-    in-memory path builds (every assigned document, sorted by shard and id)."""
+    in-memory path builds (every assigned document, sorted by shard and id). ``spill``: the index's
+    numeric columns memory-mapped from files under ``tmp_path / "spill"``."""
     import polars as pl
 
     rng = np.random.default_rng(seed)
@@ -233,7 +234,7 @@ def _mixing_corpus(tmp_path, n_shards=3, n=40, seed=0):
     keys = list(frames)
     index = mixture.corpus_index(lambda k: pl.read_parquet(tmp_path / f"docs-{k.split('-')[1]}.parquet"),
                                  lambda k: pl.read_parquet(tmp_path / f"assign-{k.split('-')[1]}.parquet"),
-                                 list(reversed(keys)))
+                                 list(reversed(keys)), spill_dir=tmp_path / "spill" if spill else None)
 
     def read_rows(key, rows):
         out = []
@@ -245,19 +246,36 @@ def _mixing_corpus(tmp_path, n_shards=3, n=40, seed=0):
     return frame, index, lambda pos: mixture.read_index_texts(index, pos, read_rows)
 
 
-def test_corpus_index_and_texts_match_the_in_memory_frame(tmp_path):
-    frame, index, read = _mixing_corpus(tmp_path)
+@pytest.mark.parametrize("spill", [False, True])
+def test_corpus_index_and_texts_match_the_in_memory_frame(tmp_path, spill):
+    frame, index, read = _mixing_corpus(tmp_path, spill=spill)
     assert len(index) == frame.height == 3 * 39
     assert index.ids.to_list() == frame["id"].to_list() and index.sources.to_list() == frame["source"].to_list()
     np.testing.assert_array_equal(index.domains, frame["domain"].to_numpy())
     np.testing.assert_array_equal(index.tokens, mixture.document_tokens(frame["text"].to_list()))
     pos = np.array([5, 0, 100, 5, 42])
     assert read(pos) == [frame["text"][int(i)] for i in pos]
+    if spill:  # numeric columns memory-mapped read-only, their files already unlinked
+        assert all(isinstance(a, np.memmap) and not a.flags.writeable
+                   for a in (index.shard, index.row, index.domains, index.tokens))
+        assert list((tmp_path / "spill").iterdir()) == []
+        assert index.shard.dtype == np.int32 and index.row.dtype == index.tokens.dtype == np.int64
 
 
+def test_corpus_index_spilled_with_no_documents(tmp_path):
+    import polars as pl
+
+    empty = pl.DataFrame(schema={"id": pl.String, "text": pl.String})
+    index = mixture.corpus_index(lambda k: empty, lambda k: pl.DataFrame(schema={"id": pl.String, "domain": pl.Int64}),
+                                 ["a", "b"], spill_dir=tmp_path / "spill")
+    assert len(index) == 0 and index.tokens.dtype == np.int64 and index.ids.len() == 0
+    assert list((tmp_path / "spill").iterdir()) == []
+
+
+@pytest.mark.parametrize("spill", [False, True])
 @pytest.mark.parametrize("cap", [None, 2, 50, 400])
-def test_proxy_streams_equal_the_in_memory_streams(tmp_path, cap):
-    frame, index, read = _mixing_corpus(tmp_path)
+def test_proxy_streams_equal_the_in_memory_streams(tmp_path, cap, spill):
+    frame, index, read = _mixing_corpus(tmp_path, spill=spill)
     texts, labels = frame["text"].to_list(), frame["domain"].to_numpy()
     names = ["0", "1", "2", "3"]
     asked = []
@@ -278,13 +296,17 @@ def test_proxy_streams_equal_the_in_memory_streams(tmp_path, cap):
         assert asked[0] < len(index) // 2
 
 
+@pytest.mark.parametrize("spill", [False, True])
 @pytest.mark.parametrize("bucket_bytes", [1, 300, 1 << 30])
-def test_curated_parts_equal_the_in_memory_rows(tmp_path, bucket_bytes):
+def test_curated_parts_equal_the_in_memory_rows(tmp_path, bucket_bytes, spill):
     import polars as pl
 
-    frame, index, read = _mixing_corpus(tmp_path)
+    frame, index, read = _mixing_corpus(tmp_path, spill=spill)
     tokens = mixture.document_tokens(frame["text"].to_list())
     labels = frame["domain"].to_numpy()
+    if spill:  # the sample drawn from the memory-mapped index is the same
+        np.testing.assert_array_equal(index.tokens, tokens)
+        tokens, labels = index.tokens, index.domains
     sample = mixture.sample_curated_mixture(tokens, labels, np.array([0.4, 0.3, 0.2, 0.1]), int(tokens.sum() * 1.5), 3.0, 5)
     ref = (frame.select(pl.col("shard", "id", "domain", "text").gather(pl.Series(sample.indices)))
            .with_columns(pl.Series("repeat", sample.repeats), pl.Series("tokens", tokens[sample.indices]))

@@ -110,15 +110,16 @@ def _require_stats(settings: Settings) -> dict:
 
 
 def _index(settings: Settings, shards):
-    """Every counted document without its text (``lib.mixture.corpus_index``, one shard at a time),
-    and a reader of the texts of index positions, shard by shard (bounded memory, issue 8)."""
+    """Every counted document without its text (``lib.mixture.corpus_index``, one shard at a time;
+    its numeric columns memory-mapped from unlinked files under the local state folder), and a
+    reader of the texts of index positions, shard by shard (bounded memory, issue 8)."""
     from gem_assets.lib import artifacts, mixture, storage
     from gem_assets.lib.streaming import iter_selected_rows
 
     layout = settings.layout
     index = mixture.corpus_index(lambda key: artifacts.read_documents(layout, key),
                                  lambda key: storage.read_parquet(layout.assignments_path(key), columns=["id", "domain"]),
-                                 shards)
+                                 shards, spill_dir=layout.state_dir / "tmp")
     if not len(index) and not shards:
         raise Failure(description="domain_stats counted no shard", allow_retries=False)
 

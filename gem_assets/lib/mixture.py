@@ -274,8 +274,8 @@ def sample_curated_mixture(doc_tokens: np.ndarray, labels: np.ndarray, weights, 
     if labels.size and (labels.min() < 0 or labels.max() >= k):
         raise ValueError(f"labels must lie in [0, {k}) (one weight per domain), got [{labels.min()}, {labels.max()}]")
     seed = check_int(seed, "seed", low=0)
-    tok = tok.astype(np.int64)
-    labels = labels.astype(np.int64)
+    tok = tok.astype(np.int64, copy=False)  # no copy of int64 inputs (a memory-mapped index stays on disk)
+    labels = labels.astype(np.int64, copy=False)
     avail = np.bincount(labels, weights=tok, minlength=k).astype(np.int64)
     target = allocate_tokens(w, avail, budget_tokens, max_epochs)
     wn = w / w.sum()
@@ -359,8 +359,12 @@ class _DocumentKeys:
         return f"{self.index.shards[int(self.index.shard[i])]}/{self.index.ids[int(i)]}"
 
 
+#: The index's numeric columns and their dtypes (what :func:`corpus_index` can keep on disk).
+_NUMERIC_COLUMNS = {"shard": np.int32, "row": np.int64, "domain": np.int64, "tokens": np.int64}
+
+
 def corpus_index(documents: Callable[[str], object], assignments: Callable[[str], object],
-                 shards: Sequence[str]) -> CorpusIndex:
+                 shards: Sequence[str], spill_dir=None) -> CorpusIndex:
     """Index the documents that have a domain assignment, one shard at a time.
 
     Parameters
@@ -372,6 +376,13 @@ def corpus_index(documents: Callable[[str], object], assignments: Callable[[str]
         ``assignments(key)`` -> a polars DataFrame with ``id`` and ``domain``.
     shards : sequence of str
         Shard keys.
+    spill_dir : path, optional
+        A local folder. When given, the numeric columns (``shard``, ``row``, ``domains``,
+        ``tokens``: 28 bytes per document) are appended shard by shard to files in a temporary
+        folder under it and memory-mapped read-only, so they live in the page cache (evictable)
+        rather than in the process's anonymous memory; the files are unlinked at once (the
+        mapping keeps them until the arrays are freed) and the folder removed. The ids and
+        sources stay in memory (Arrow strings). Same values either way.
 
     Returns
     -------
@@ -382,20 +393,64 @@ def corpus_index(documents: Callable[[str], object], assignments: Callable[[str]
 
     keys = sorted(str(k) for k in shards)
     parts = []
-    for i, key in enumerate(keys):
-        docs = documents(key)
-        source = pl.col("source").cast(pl.String) if "source" in docs.columns else pl.lit(None, dtype=pl.String)
-        small = docs.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), pl.col("id").cast(pl.String),
-            (pl.col("text").str.len_bytes().cast(pl.Int64) + 1).alias("tokens"), source.alias("source"))
-        del docs
-        assign = assignments(key).select(pl.col("id").cast(pl.String), pl.col("domain").cast(pl.Int64))
-        parts.append(small.join(assign, on="id", how="inner").sort("id").with_columns(pl.lit(i, pl.Int32).alias("shard")))
-    frame = pl.concat(parts) if parts else pl.DataFrame(schema={"row": pl.Int64, "id": pl.String, "tokens": pl.Int64,
-                                                                "source": pl.String, "domain": pl.Int64,
-                                                                "shard": pl.Int32})
-    return CorpusIndex(shards=keys, shard=frame["shard"].to_numpy().astype(np.int32), row=frame["row"].to_numpy(),
-                       ids=frame["id"], domains=frame["domain"].to_numpy().astype(np.int64),
-                       tokens=frame["tokens"].to_numpy().astype(np.int64), sources=frame["source"])
+    spill = _ColumnSpill(spill_dir) if spill_dir is not None else None
+    try:
+        for i, key in enumerate(keys):
+            docs = documents(key)
+            source = pl.col("source").cast(pl.String) if "source" in docs.columns else pl.lit(None, dtype=pl.String)
+            small = docs.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), pl.col("id").cast(pl.String),
+                (pl.col("text").str.len_bytes().cast(pl.Int64) + 1).alias("tokens"), source.alias("source"))
+            del docs
+            assign = assignments(key).select(pl.col("id").cast(pl.String), pl.col("domain").cast(pl.Int64))
+            part = small.join(assign, on="id", how="inner").sort("id").with_columns(pl.lit(i, pl.Int32).alias("shard"))
+            if spill is not None:
+                spill.append(part)
+                part = part.select("id", "source")
+            parts.append(part)
+        frame = pl.concat(parts) if parts else pl.DataFrame(schema={
+            "row": pl.Int64, "id": pl.String, "tokens": pl.Int64, "source": pl.String, "domain": pl.Int64,
+            "shard": pl.Int32})
+        del parts
+        cols = spill.map() if spill is not None else \
+            {c: frame[c].to_numpy().astype(dtype, copy=False) for c, dtype in _NUMERIC_COLUMNS.items()}
+    finally:
+        if spill is not None:
+            spill.remove()
+    return CorpusIndex(shards=keys, shard=cols["shard"], row=cols["row"], ids=frame["id"], domains=cols["domain"],
+                       tokens=cols["tokens"], sources=frame["source"])
+
+
+class _ColumnSpill:
+    """Numeric columns appended to raw files, then memory-mapped read-only (see :func:`corpus_index`)."""
+
+    def __init__(self, folder) -> None:
+        import tempfile
+        from pathlib import Path
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="corpus-index-", dir=str(folder)))
+        self.n = 0
+        self.files = {c: open(self.dir / f"{c}.bin", "wb") for c in _NUMERIC_COLUMNS}
+
+    def append(self, part) -> None:
+        for c, dtype in _NUMERIC_COLUMNS.items():
+            self.files[c].write(np.ascontiguousarray(part[c].to_numpy(), dtype=dtype).tobytes())
+        self.n += part.height
+
+    def map(self) -> dict[str, np.ndarray]:
+        out = {}
+        for c, dtype in _NUMERIC_COLUMNS.items():
+            self.files[c].close()
+            out[c] = np.memmap(self.dir / f"{c}.bin", dtype=dtype, mode="r", shape=(self.n,)) if self.n else \
+                np.zeros(0, dtype)
+        return out
+
+    def remove(self) -> None:
+        import shutil
+
+        for f in self.files.values():
+            f.close()
+        shutil.rmtree(self.dir, ignore_errors=True)  # mapped files stay readable until unmapped
 
 
 def read_index_texts(index: CorpusIndex, positions, read_rows: Callable[[str, np.ndarray], Sequence[str]]) -> list[str]:
