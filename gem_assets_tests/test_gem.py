@@ -396,3 +396,30 @@ def test_row_argmax_matches_torch_on_ties_slices_and_nan(dtype):
     _argmax_rows(q[50:150], out[30:130])
     assert torch.equal(out[30:130], expected[50:150])
     assert bool((out[:30] == -1).all()) and bool((out[130:] == -1).all())
+
+
+def test_resident_fit_reuses_q_buffers_without_changing_the_result(monkeypatch):
+    """The resident path writes each E-step evaluation's Q into a pooled buffer that no live result
+    uses: the fit is bit for bit the one with a fresh tensor per evaluation, and far fewer buffers
+    than evaluations are ever allocated (here with many Newton steps, balance = 30)."""
+    from gem_assets.lib import gem as gem_mod
+
+    X, _, _ = make_cone_clusters(3000, 16, 6, random_state=4)
+    pooled_calls, pools = [0], []
+    original = gem_mod._Resident._new_q
+
+    def counting(self):
+        pooled_calls[0] += 1
+        if not any(p is self._pool for p in pools):
+            pools.append(self._pool)
+        return original(self)
+
+    monkeypatch.setattr(gem_mod._Resident, "_new_q", counting)
+    pooled = GEM(8, balance=30.0, random_state=1).fit(X)
+    monkeypatch.setattr(gem_mod._Resident, "_new_q",
+                        lambda self: torch.empty(self.X.shape[0], self._S.shape[1], dtype=self.X.dtype))
+    fresh = GEM(8, balance=30.0, random_state=1).fit(X)
+    assert np.array_equal(pooled.labels_, fresh.labels_) and pooled.objective_ == fresh.objective_
+    assert [h["objective"] for h in pooled.history_] == [h["objective"] for h in fresh.history_]
+    assert sum(h["inner_steps"] for h in pooled.history_) > pooled.n_iter_      # Newton steps were taken
+    assert len(pools) == 1 and 2 <= len(pools[0]) <= 4 < pooled_calls[0]

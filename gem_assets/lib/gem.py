@@ -29,6 +29,7 @@ value then means roughly the same across corpora, embedders and K (see docs/meth
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import numpy as np
@@ -93,7 +94,8 @@ def _softmax_rows_(q: torch.Tensor, labels: torch.Tensor | None = None) -> torch
     return m + z.log()
 
 
-def _softmax(S: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None, *, final: bool = False):
+def _softmax(S: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None, *, final: bool = False,
+             out: torch.Tensor | None = None):
     """Q = softmax(S + bias + v) row-wise, log Z (N,) and rho_hat = mean_i Q_i (K,) float64.
 
     Processed in row chunks: add, max, exp, sum and divide run on a cache-resident block. With
@@ -105,30 +107,38 @@ def _softmax(S: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
     J itself does not depend on it (see ``_terms``).
     """
     N, K = S.shape
-    Q = torch.empty_like(S)                                        # (N, K)
+    Q = torch.empty_like(S) if out is None else out                # (N, K)
     log_z = torch.empty(N, dtype=S.dtype, device=S.device)         # (N,)
     col = torch.zeros(K, dtype=_F64, device=S.device)              # (K,) column sums of Q
     off = (v if bias is None else v + bias).to(S.dtype)            # (K,) per-domain offset
+    chunks = _row_chunks(S)
     qs, labels = 0.0, (torch.empty(N, dtype=torch.int64, device=S.device) if final else None)
-    for a, b in _row_chunks(S):
+    tmp = torch.empty_like(S[: chunks[0][1]]) if final else None  # one product buffer per call
+    for a, b in chunks:
         q = Q[a:b]
         torch.add(S[a:b], off, out=q)                              # logits
         log_z[a:b] = _softmax_rows_(q, labels[a:b] if final else None).squeeze(1)
         col += q.sum(0).to(_F64)
         if final:
-            qs += float((q * S[a:b]).sum())
+            qs += _sum_of_products(q, S[a:b], tmp)
     if final:
         return Q, log_z, col / N, qs, labels
     return Q, log_z, col / N
 
 
+def _sum_of_products(q: torch.Tensor, s: torch.Tensor, tmp: torch.Tensor) -> float:
+    """sum_ik q_ik s_ik of one chunk, the products written into the reusable buffer ``tmp``."""
+    return float(torch.mul(q, s, out=tmp[: q.shape[0]]).sum())
+
+
 def _final_pass(Q: torch.Tensor, S: torch.Tensor):
     """sum_ik Q_ik S_ik and the hard labels argmax_k Q_ik, in one chunked pass (see ``_softmax``)."""
-    qs = 0.0
+    qs, chunks = 0.0, _row_chunks(S)
     labels = torch.empty(Q.shape[0], dtype=torch.int64, device=Q.device)
-    for a, b in _row_chunks(S):
+    tmp = torch.empty_like(S[: chunks[0][1]])
+    for a, b in chunks:
         q = Q[a:b]
-        qs += float((q * S[a:b]).sum())
+        qs += _sum_of_products(q, S[a:b], tmp)
         _argmax_rows(q, labels[a:b])
     return qs, labels
 
@@ -160,7 +170,7 @@ def _dual_stats(log_z_sum: float, rho_hat: torch.Tensor, v: torch.Tensor, gamma:
 
 
 def balanced_e_step(S: torch.Tensor, gamma: float, v0=None, *, max_steps: int = 100, tol: float = 1e-8,
-                    gap_tol: float = 0.0, bias: torch.Tensor | None = None):
+                    gap_tol: float = 0.0, bias: torch.Tensor | None = None, new_q=None):
     """Maximize sum_ik Q_ik S_ik + sum_i H(Q_i) + gamma N H(mean_i Q_i) over row-stochastic Q.
 
     Parameters
@@ -180,6 +190,9 @@ def balanced_e_step(S: torch.Tensor, gamma: float, v0=None, *, max_steps: int = 
         which bounds how far J(Q) is below the E-step's optimum, is at most ``gap_tol`` (in nats).
     bias : torch.Tensor of float64, shape (K,), optional
         A per-domain term of the scores kept apart: the scores are S + bias (saves a pass over S).
+    new_q : callable, optional
+        Returns an (N, K) tensor of S's dtype to write each evaluation's Q into (a buffer that no
+        live result uses); default: a new tensor each time.
 
     Returns
     -------
@@ -196,10 +209,11 @@ def balanced_e_step(S: torch.Tensor, gamma: float, v0=None, *, max_steps: int = 
         # the first evaluation (the warm start) is often the last one: it also computes sum Q S and
         # the labels while its chunks are in cache; after later ones they take a pass of their own
         calls[0] += 1
+        out = None if new_q is None else new_q()
         if calls[0] == 1:
-            Q, log_z, rho_hat, qs, labels = _softmax(S, v, bias, final=True)
+            Q, log_z, rho_hat, qs, labels = _softmax(S, v, bias, final=True, out=out)
         else:
-            (Q, log_z, rho_hat), qs, labels = _softmax(S, v, bias), None, None
+            (Q, log_z, rho_hat), qs, labels = _softmax(S, v, bias, out=out), None, None
         return ((Q, log_z, qs, labels), rho_hat) + _dual_stats(float(log_z.sum(dtype=_F64)), rho_hat, v, gamma, N)
 
     (Q, log_z, qs, labels), v, info = _solve_balance(evaluate, lambda p: (p[0].T @ p[0]).to(_F64), gamma, N, K,
@@ -397,20 +411,49 @@ class _Resident:
 
     def __init__(self, X: torch.Tensor):
         self.X = X
+        self._S = None                                                    # (N, K) scores, reused
+        self._pool: list[torch.Tensor] = []                               # (N, K) buffers for Q
+
+    def _new_q(self) -> torch.Tensor:
+        """An (N, K) buffer for an E-step evaluation's Q: one of the pool's that nothing references
+        any more, else a new one (pooled up to 4, what ``memory_budget`` counts).
+
+        Reuse spares a fresh allocation per evaluation: under glibc a fixed mmap threshold (set by
+        ``streaming.fix_mmap_threshold`` once a sentence encoder is loaded) makes every one an
+        mmap whose page faults cost ~14 ms per 100,000 x 64 float32 here, against ~2 ms to fill it.
+        "Nothing references it" is CPython's reference count: the pool's list, the loop's name and
+        ``getrefcount``'s argument; any other holder, a view included, raises it.
+        """
+        for buf in self._pool:
+            if sys.getrefcount(buf) <= 3:
+                return buf
+        buf = torch.empty(self.X.shape[0], self._S.shape[1], dtype=self.X.dtype, device=self.X.device)
+        if len(self._pool) < 4:
+            self._pool.append(buf)
+        return buf
 
     def nearest(self, mu: torch.Tensor) -> torch.Tensor:
         return _argmax_rows(self.X @ mu.to(self.X.dtype).T)               # (N,)
 
     def scores(self, mu, kappa) -> dict:
-        WT, bias, shift = _score_params(mu, kappa, self.X.shape[1], self.X.dtype)
-        return {"S": self.X @ WT, "bias": bias, "shift": shift}           # S: (N, K) GEMM, bias apart
+        """S = X W^T (N, K) into one buffer kept for the whole fit (the previous iteration's scores are
+        dead by then), in row blocks of 2,048 on CPU; the bias is kept apart."""
+        X = self.X
+        WT, bias, shift = _score_params(mu, kappa, X.shape[1], X.dtype)
+        if self._S is None:
+            self._S = torch.empty(X.shape[0], WT.shape[1], dtype=X.dtype, device=X.device)
+        S, step = self._S, (2048 if X.device.type == "cpu" else X.shape[0])
+        for a in range(0, X.shape[0], step):
+            torch.mm(X[a:a + step], WT, out=S[a:a + step])
+        return {"S": S, "bias": bias, "shift": shift}
 
     def margin(self, h) -> float:
         return evidence_margin(h["S"] + h["bias"].to(h["S"].dtype))
 
     def e_step(self, h, gamma, v0, max_steps, tol, gap_tol) -> dict:
         S, bias, N = h["S"], h["bias"], self.X.shape[0]
-        Q, v, info = balanced_e_step(S, gamma, v0, max_steps=max_steps, tol=tol, gap_tol=gap_tol, bias=bias)
+        Q, v, info = balanced_e_step(S, gamma, v0, max_steps=max_steps, tol=tol, gap_tol=gap_tol, bias=bias,
+                                     new_q=self._new_q)
         qs, labels = info.pop("qs"), info.pop("labels")                  # sum Q S without the bias
         rho_hat = info["rho_hat"]
         qs += N * float(rho_hat @ bias)
@@ -418,7 +461,7 @@ class _Resident:
         return {"Q": Q, "v": v, "info": info, "terms": terms, "labels": labels, "rho": rho_hat}
 
     def moments(self, state) -> torch.Tensor:
-        return _moments(self.X, state["Q"])                               # R = Q^T X, (K, d) GEMM
+        return _moments(self.X, state.pop("Q"))     # R = Q^T X, (K, d) GEMM; Q's buffer is free again
 
 
 class _Streamed:
@@ -432,6 +475,13 @@ class _Streamed:
 
     def __init__(self, X: torch.Tensor, chunk_size: int):
         self.X, self.chunk = X, chunk_size
+        self._bufs = None            # (chunk, K) scores, Q and products of one chunk, reused by every pass
+
+    def _buffers(self, K: int):
+        if self._bufs is None or self._bufs[0].shape[1] != K:
+            n = min(self.chunk, self.X.shape[0])
+            self._bufs = tuple(torch.empty(n, K, dtype=self.X.dtype, device=self.X.device) for _ in range(3))
+        return self._bufs
 
     def _chunks(self):
         N = self.X.shape[0]
@@ -462,15 +512,16 @@ class _Streamed:
         if final:
             out.update(qs=0.0, labels=torch.empty(N, dtype=torch.int64, device=X.device),
                        R=torch.zeros(K, d, dtype=_F64, device=X.device))
+        s_buf, q_buf, tmp = self._buffers(K)
         for a, b in self._chunks():
-            s = X[a:b] @ WT                                               # (n, K) scores of the chunk
-            q = torch.add(s, off)
+            s = torch.mm(X[a:b], WT, out=s_buf[: b - a])                  # (n, K) scores of the chunk
+            q = torch.add(s, off, out=q_buf[: b - a])
             out["log_z"] += float(_softmax_rows_(q, out["labels"][a:b] if final else None).sum(dtype=_F64))
             out["col"] += q.sum(0).to(_F64)
             if gram:
                 out["gram"] += (q.T @ q).to(_F64)
             if final:
-                out["qs"] += float((q * s).sum())                    # see _softmax
+                out["qs"] += _sum_of_products(q, s, tmp)             # see _softmax
                 out["R"] += _moments(X[a:b], q)
         return out
 
