@@ -297,9 +297,20 @@ def test_proxy_streams_equal_the_in_memory_streams(tmp_path, cap, spill):
 
 
 @pytest.mark.parametrize("spill", [False, True])
-@pytest.mark.parametrize("bucket_bytes", [1, 300, 1 << 30])
-def test_curated_parts_equal_the_in_memory_rows(tmp_path, bucket_bytes, spill):
+@pytest.mark.parametrize("bucket_bytes, max_buckets", [(1, 512), (1, 4), (300, 512), (1 << 30, 512)])
+def test_curated_parts_equal_the_in_memory_rows(tmp_path, monkeypatch, bucket_bytes, max_buckets, spill):
     import polars as pl
+
+    from gem_assets.lib import storage
+
+    opened = []
+
+    class CountingWriter(storage.ParquetBatchWriter):
+        def __init__(self, *args, **kwargs):
+            opened.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "ParquetBatchWriter", CountingWriter)
 
     frame, index, read = _mixing_corpus(tmp_path, spill=spill)
     tokens = mixture.document_tokens(frame["text"].to_list())
@@ -312,8 +323,15 @@ def test_curated_parts_equal_the_in_memory_rows(tmp_path, bucket_bytes, spill):
            .with_columns(pl.Series("repeat", sample.repeats), pl.Series("tokens", tokens[sample.indices]))
            .select("shard", "id", "domain", "repeat", "tokens", "text"))
     out = tmp_path / f"out-{bucket_bytes}"
-    files = mixture.write_curated_parts(index, sample, read, out, rows_per_file=17, bucket_bytes=bucket_bytes)
+    files = mixture.write_curated_parts(index, sample, read, out, rows_per_file=17, bucket_bytes=bucket_bytes,
+                                        max_buckets=max_buckets)
     assert files == [f"part-{i:05d}.parquet" for i in range(-(-ref.height // 17))]
+    # one bucket per file with 1-token buckets, unless max_buckets caps them; one with huge buckets
+    assert 1 <= len(opened) <= min(len(files), max_buckets + 1)
+    if bucket_bytes == 1:
+        assert len(opened) == len(files) if max_buckets == 512 else 2 <= len(opened) <= max_buckets + 1 < len(files)
+    if bucket_bytes == 1 << 30:
+        assert len(opened) == 1
     parts = [pl.read_parquet(out / f) for f in files]
     assert all(p.height == 17 for p in parts[:-1]) and sorted(p.name for p in out.iterdir()) == files
     got = pl.concat(parts)
@@ -321,6 +339,8 @@ def test_curated_parts_equal_the_in_memory_rows(tmp_path, bucket_bytes, spill):
     # an empty sample still writes one (empty) file
     empty = mixture.CuratedSample(indices=np.zeros(0, np.int64), repeats=np.zeros(0, np.int64), domains=np.zeros(0, np.int64))
     assert mixture.write_curated_parts(index, empty, read, tmp_path / "empty", 5) == ["part-00000.parquet"]
+    with pytest.raises(ValueError, match="max_buckets"):
+        mixture.write_curated_parts(index, empty, read, tmp_path / "bad", 5, max_buckets=1)
     assert pl.read_parquet(tmp_path / "empty" / "part-00000.parquet").height == 0
 
 
