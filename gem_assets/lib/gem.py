@@ -418,9 +418,9 @@ class _Resident:
         """An (N, K) buffer for an E-step evaluation's Q: one of the pool's that nothing references
         any more, else a new one (pooled up to 4, what ``memory_budget`` counts).
 
-        Reuse spares a fresh allocation per evaluation: under glibc a fixed mmap threshold (set by
-        ``streaming.fix_mmap_threshold`` once a sentence encoder is loaded) makes every one an
-        mmap whose page faults cost ~14 ms per 100,000 x 64 float32 here, against ~2 ms to fill it.
+        Reuse spares a fresh allocation per evaluation: where glibc's mmap threshold is low (e.g.
+        ``streaming.fix_mmap_threshold``'s 1 MiB) every one is a new mapping whose page faults cost
+        ~14 ms per 100,000 x 64 float32 here, against ~2 ms to fill a reused buffer.
         "Nothing references it" is CPython's reference count: the pool's list, the loop's name and
         ``getrefcount``'s argument; any other holder, a view included, raises it.
         """
