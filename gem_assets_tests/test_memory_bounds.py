@@ -382,11 +382,17 @@ print(rss() - base)
 def test_fix_mmap_threshold_returns_large_buffers_to_the_os():
     """With glibc's dynamic mmap threshold freed 30 and 24 MiB buffers leave at least one of them
     resident; with the threshold fixed both are unmapped on free (each case in a fresh process)."""
+    import os
     import subprocess
     import sys
 
+    # glibc's own defaults: any MALLOC_*_ variable turns its dynamic threshold off (Dask's nanny, started
+    # in process by test_distributed, sets MALLOC_TRIM_THRESHOLD_ in os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+
     def probe(mode: str) -> str:
-        out = subprocess.run([sys.executable, "-c", _MMAP_PROBE, mode], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", _MMAP_PROBE, mode], capture_output=True, text=True, check=True,
+                             env=env)
         return out.stdout.strip()
 
     fixed = probe("fix")
