@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -121,8 +122,8 @@ def disk_instance():
 @pytest.fixture(scope="module")
 def s3_server():
     """A local S3 server (moto) in a thread, with a bucket; s3fs finds it through AWS_ENDPOINT_URL
-    (as it would find MinIO or another S3-compatible store). Yields the bucket's URL."""
-    pytest.importorskip("s3fs", reason="s3fs (the dev extra) reaches S3")
+    (as it would find MinIO or another S3-compatible store). Yields the URL of a new bucket."""
+    s3fs = pytest.importorskip("s3fs", reason="s3fs (the dev extra) reaches S3")
     server_mod = pytest.importorskip("moto.server", reason="moto[server] (the dev extra) is the local S3 server")
     import logging
 
@@ -136,7 +137,12 @@ def s3_server():
         for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                             ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", f"http://{host}:{port}")):
             mp.setenv(name, value)
-        fsspec.filesystem("s3", skip_instance_cache=True).mkdir("gem-test")
-        yield "s3://gem-test"
-        fsspec.AbstractFileSystem.clear_instance_cache()
+        # s3fs caches its filesystem objects per class, each bound to the endpoint it first reached:
+        # drop those of an earlier module's (stopped) server, before and after this one
+        s3fs.S3FileSystem.clear_instance_cache()
+        # moto keeps one backend per process, shared by every server: a bucket of its own per module
+        bucket = f"gem-test-{uuid.uuid4().hex[:8]}"
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
+        yield f"s3://{bucket}"
+        s3fs.S3FileSystem.clear_instance_cache()
     server.stop()
