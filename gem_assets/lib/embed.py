@@ -108,17 +108,8 @@ class SentenceEncoder:
         return f"{self.model_path}|max_seq_length={self.max_seq_length}"
 
     def load(self) -> "SentenceEncoder":
-        """Load the model (once per process and configuration).
-
-        Also fixes glibc's mmap threshold for the process
-        (:func:`gem_assets.lib.streaming.fix_mmap_threshold`): the forward passes' multi-MiB
-        activations are then mapped and unmapped per batch instead of fragmenting the heap, which
-        kept a batch's peak resident set 30-70 MiB higher and wandering from batch to batch.
-        """
+        """Load the model (once per process and configuration)."""
         if self._model is None:
-            from gem_assets.lib.streaming import fix_mmap_threshold
-
-            fix_mmap_threshold()
             self._model = _load_model(self.model_path, self.device, self.max_seq_length)
         return self
 
@@ -148,8 +139,17 @@ class SentenceEncoder:
         -------
         ndarray of shape (len(texts), dim), float32
             Unit-norm rows.
+
+        Notes
+        -----
+        The forward passes run inside :func:`gem_assets.lib.streaming.mapped_large_buffers`: their
+        multi-MiB activations are mapped and unmapped per batch instead of fragmenting the heap,
+        which kept a batch's peak resident set 30-70 MiB higher and wandering from batch to batch;
+        afterwards the process's later large tensors come from the heap again.
         """
         from tqdm.auto import tqdm
+
+        from gem_assets.lib.streaming import mapped_large_buffers
 
         self.load()
         n = len(texts)
@@ -157,7 +157,8 @@ class SentenceEncoder:
         if n == 0:
             return out
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        with tqdm(total=n, desc=desc, unit="doc", disable=not progress, mininterval=1.0) as bar:
+        with mapped_large_buffers(), tqdm(total=n, desc=desc, unit="doc", disable=not progress,
+                                          mininterval=1.0) as bar:
             for start in range(0, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
                 vecs = self._model.encode(

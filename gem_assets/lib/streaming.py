@@ -7,6 +7,7 @@ number of documents embedded, which the profile's per-shard cap bounds).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -15,10 +16,13 @@ import polars as pl
 from gem_assets.lib import storage
 
 __all__ = ["parquet_num_rows", "iter_selected_rows", "embed_selected", "read_texts", "release_memory",
-           "fix_mmap_threshold"]
+           "fix_mmap_threshold", "mapped_large_buffers"]
 
-#: glibc's ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` (malloc.h).
+#: glibc's ``mallopt`` parameter numbers of ``M_TRIM_THRESHOLD`` and ``M_MMAP_THRESHOLD`` (malloc.h).
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+#: The ceiling of glibc's dynamic mmap threshold on 64-bit (``DEFAULT_MMAP_THRESHOLD_MAX``).
+_DYNAMIC_MMAP_CEILING = 32 << 20
 
 
 def _glibc():
@@ -49,7 +53,8 @@ def fix_mmap_threshold(threshold_bytes: int = 1 << 20) -> bool:
     1 MiB (the resident set after each batch plateaus at ~635 MiB either way; docs/scaling.md).
     Setting the threshold turns glibc's dynamic adjustment off for the whole process (as the
     ``MALLOC_MMAP_THRESHOLD_`` environment variable does), so large buffers go back to the OS
-    when freed. :meth:`gem_assets.lib.embed.SentenceEncoder.load` calls this.
+    when freed. :func:`mapped_large_buffers` applies it to a block of work only (what
+    :meth:`gem_assets.lib.embed.SentenceEncoder.encode` does).
 
     Parameters
     ----------
@@ -76,6 +81,33 @@ def fix_mmap_threshold(threshold_bytes: int = 1 << 20) -> bool:
         return False
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes)))
+
+
+@contextlib.contextmanager
+def mapped_large_buffers(threshold_bytes: int = 1 << 20):
+    """Within the block, allocations of ``threshold_bytes`` or more get their own mmap; afterwards
+    glibc serves buffers up to 32 MiB from its heap again.
+
+    For a transformer's forward passes (the sentence encoder's batches): their multi-MiB activations
+    are then unmapped when freed instead of fragmenting the heap (see :func:`fix_mmap_threshold`).
+    Left in place for the rest of the process, the 1 MiB threshold makes every later large tensor
+    a fresh mapping whose pages fault in on first touch: proxy-LM training (d_model 128, context
+    256, batch 32, 60 steps) ran 1.4x slower with it (100.6 and 102.7 s against 68.8 and 73.1 s,
+    9.6 million page faults against 0.2-0.3 million; 2026-11-27, machine shared) and a fresh
+    100,000 x 64 float32 matrix took ~16 ms against ~2 ms. So on exit the thresholds become those
+    glibc's own dynamic adjustment reaches after freeing a 32 MiB block: mmap threshold 32 MiB, trim
+    threshold 64 MiB (glibc has no call that turns the dynamic adjustment back on).
+
+    Yields whether glibc accepted the settings (False off glibc: nothing changes).
+    """
+    ok = fix_mmap_threshold(threshold_bytes)
+    try:
+        yield ok
+    finally:
+        if ok:
+            libc = _glibc()
+            libc.mallopt(_M_MMAP_THRESHOLD, _DYNAMIC_MMAP_CEILING)
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 * _DYNAMIC_MMAP_CEILING)
 
 
 def release_memory() -> bool:
