@@ -4,6 +4,7 @@ from the heap again (later work, e.g. proxy-LM training, must not fault in fresh
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -32,7 +33,10 @@ print(ok, inside, after)
 
 
 def test_large_buffers_are_mapped_inside_the_block_and_reused_after_it():
-    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True).stdout.split()
+    # glibc's defaults in the child: Dask's nanny (started in process by other tests) sets MALLOC_* variables
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True,
+                         env=env).stdout.split()
     if out[0] != "True":
         pytest.skip("not glibc: mallopt is not available")
     inside, after = int(out[1]), int(out[2])
