@@ -27,6 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gem_assets.lib import metrics as M  # noqa: E402
 from gem_assets.lib.baselines import SphericalKMeans, VMFMixtureEM  # noqa: E402
@@ -108,15 +109,9 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        start, end = "<!-- size_skew:start -->", "<!-- size_skew:end -->"
-        doc = args.write.read_text()
-        block = f"{start}\n{text}\n{end}"
-        if start in doc:
-            doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end):]
-        else:
-            doc += f"\n## NMI against unequal true sizes (`benchmarks/size_skew.py`)\n\n{block}\n"
-        args.write.write_text(doc)
+        from gem_scaling import write_section  # the benchmarks' one Markdown-section writer
 
+        write_section(args.write, "size_skew", "NMI against unequal true sizes (`benchmarks/size_skew.py`)", text)
 
 if __name__ == "__main__":
     main()
