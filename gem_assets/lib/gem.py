@@ -416,7 +416,8 @@ class _Resident:
 
     def _new_q(self) -> torch.Tensor:
         """An (N, K) buffer for an E-step evaluation's Q: one of the pool's that nothing references
-        any more, else a new one (pooled up to 4, what ``memory_budget`` counts).
+        any more, else a new one. The pool keeps at most 4, the most an E-step holds at once (the warm
+        start's result while the restart holds its current and trial evaluations and the one before).
 
         Reuse spares a fresh allocation per evaluation: where glibc's mmap threshold is low (e.g.
         ``streaming.fix_mmap_threshold``'s 1 MiB) every one is a new mapping whose page faults cost
