@@ -146,3 +146,13 @@ def s3_server():
         yield f"s3://{bucket}"
         s3fs.S3FileSystem.clear_instance_cache()
     server.stop()
+
+
+def glibc_default_env() -> dict:
+    """This process's environment without glibc's malloc settings (``MALLOC_*_`` variables,
+    ``GLIBC_TUNABLES``), for child processes that probe glibc's own defaults: Dask's nanny, started
+    in process by test_distributed, sets ``MALLOC_TRIM_THRESHOLD_``, which turns the dynamic mmap
+    threshold off."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}

@@ -479,7 +479,7 @@ class _Streamed:
         self._bufs = None            # (chunk, K) scores, Q and products of one chunk, reused by every pass
 
     def _buffers(self, K: int):
-        if self._bufs is None or self._bufs[0].shape[1] != K:
+        if self._bufs is None:                                         # K is fixed for the engine's fit
             n = min(self.chunk, self.X.shape[0])
             self._bufs = tuple(torch.empty(n, K, dtype=self.X.dtype, device=self.X.device) for _ in range(3))
         return self._bufs

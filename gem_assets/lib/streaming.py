@@ -8,6 +8,7 @@ number of documents embedded, which the profile's per-shard cap bounds).
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -25,8 +26,12 @@ _M_MMAP_THRESHOLD = -3
 _DYNAMIC_MMAP_CEILING = 32 << 20
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc():
-    """The C library as a ctypes handle, or None when it is not glibc (no ``mallopt``/``malloc_trim``)."""
+    """The C library as a ctypes handle, or None when it is not glibc (no ``mallopt``/``malloc_trim``).
+
+    Looked up once per process: ``find_library`` runs ``ldconfig`` (~1.7 ms a call here), and
+    ``release_memory`` / ``mapped_large_buffers`` run after every shard and around every encode."""
     import ctypes
     import ctypes.util
 
