@@ -14,7 +14,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from gem_assets.lib import gis, mixture, sampling, streaming, terms
+from gem_assets.lib import allocator, gis, mixture, sampling, streaming, terms
 from gem_assets.lib.gis import TeacherGeometry, TermBatch
 
 
@@ -354,8 +354,8 @@ def test_release_memory_returns_freed_heap_pages():
     keep = blocks[-1:]                                  # one block at the top of the heap
     del blocks
     before = rss()
-    glibc = streaming._glibc() is not None
-    assert streaming.release_memory() is glibc   # off glibc: only the garbage collection, and it says so
+    glibc = allocator._glibc() is not None
+    assert allocator.release_memory() is glibc   # off glibc: only the garbage collection, and it says so
     if glibc:
         assert rss() < before - 50 * 2**20, (before, rss())
     del keep
@@ -364,8 +364,8 @@ def test_release_memory_returns_freed_heap_pages():
 _MMAP_PROBE = """
 import sys
 import numpy as np
-from gem_assets.lib import streaming
-if sys.argv[1] == "fix" and not streaming.fix_mmap_threshold():
+from gem_assets.lib import allocator
+if sys.argv[1] == "fix" and not allocator.fix_mmap_threshold():
     print("not-glibc")
     raise SystemExit(0)
 def rss():
@@ -394,7 +394,7 @@ def test_fix_mmap_threshold_returns_large_buffers_to_the_os():
         return out.stdout.strip()
 
     fixed = probe("fix")
-    if streaming._glibc() is None:           # off glibc nothing changes, and fix_mmap_threshold says so
+    if allocator._glibc() is None:           # off glibc nothing changes, and fix_mmap_threshold says so
         assert fixed == "not-glibc"
         return
     assert int(fixed) < 4 * 2**20, fixed                   # given back
@@ -404,7 +404,7 @@ def test_fix_mmap_threshold_returns_large_buffers_to_the_os():
 @pytest.mark.parametrize("bad", [0, 4095, (32 << 20) + 1, 1.5, True, "1M"])
 def test_fix_mmap_threshold_rejects_bad_sizes(bad):
     with pytest.raises(ValueError, match="threshold_bytes"):
-        streaming.fix_mmap_threshold(bad)
+        allocator.fix_mmap_threshold(bad)
 
 
 def test_evaluation_key_order_is_pythons_on_arrow_strings():

@@ -861,7 +861,7 @@ def evaluate_corpus(
         ``counts``: ``documents`` = ``target`` + ``select`` + ``fit`` + ``unusable`` + ``capped``.
     """
     from .bucketize import from_domains, from_labels, kmeans_buckets
-    from .streaming import release_memory
+    from .allocator import release_memory
 
     release_memory()  # a long-lived process (make run) starts the stage with what earlier ones freed returned
     k = check_int(k, "k", low=2)

@@ -420,7 +420,7 @@ class _Resident:
         start's result while the restart holds its current and trial evaluations and the one before).
 
         Reuse spares a fresh allocation per evaluation: where glibc's mmap threshold is low (e.g.
-        ``streaming.fix_mmap_threshold``'s 1 MiB) every one is a new mapping whose page faults cost
+        ``allocator.fix_mmap_threshold``'s 1 MiB) every one is a new mapping whose page faults cost
         ~14 ms per 100,000 x 64 float32 here, against ~2 ms to fill a reused buffer.
         "Nothing references it" is CPython's reference count: the pool's list, the loop's name and
         ``getrefcount``'s argument; any other holder, a view included, raises it.

@@ -59,7 +59,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from gem_assets.lib import terms as T
-from gem_assets.lib.streaming import release_memory
+from gem_assets.lib.allocator import release_memory
 
 __all__ = ["TeacherGeometry", "TermBatch", "TermStats", "collect_term_stats", "term_posteriors", "gis_scores",
            "top_terms", "name_from_terms", "POSTERIORS"]

@@ -539,7 +539,7 @@ def proxy_streams(index: CorpusIndex, read_texts: Callable[[np.ndarray], Sequenc
             (train_out if part == "train" else valid_out)[name] = stream
     target = {"target": _join([enc[i] for i in target_idx.tolist()])} if target_idx.size else {}
     del enc
-    from .streaming import release_memory
+    from .allocator import release_memory
 
     release_memory()
     return train_out, valid_out, target
@@ -639,7 +639,7 @@ def write_curated_parts(index: CorpusIndex, sample: CuratedSample, read_texts: C
             del rows
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    from .streaming import release_memory
+    from .allocator import release_memory
 
     release_memory()
     return files

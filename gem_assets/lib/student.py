@@ -688,7 +688,7 @@ def label_parquet(model: StudentClassifier, src, dest, *, text_column: str = "te
                                schema=schema)
                 writer.write_table(out)
                 n += len(texts)
-    from gem_assets.lib.streaming import release_memory
+    from gem_assets.lib.allocator import release_memory
 
     release_memory()  # a long-lived process labels one shard after another: give the freed pages back
     seconds = time.perf_counter() - t0

@@ -314,7 +314,7 @@ def name_quality(tops: dict[str, Sequence[Sequence[str]]], texts, progress: bool
     from gem_assets.lib import coherence
 
     vocab = sorted({t for lists in tops.values() for row in lists for t in row})
-    from gem_assets.lib.streaming import release_memory
+    from gem_assets.lib.allocator import release_memory
 
     co, n = coherence.cooccurrence(texts, vocab, progress=progress)
     release_memory()  # a whole pass over the corpus's texts: hand the freed pages back
