@@ -317,6 +317,15 @@ def test_corpus_index_spilled_with_no_documents(tmp_path):
     assert len(in_memory) == 0 and in_memory.ids.len() == 0 and in_memory.priority.dtype == np.uint64
 
 
+def test_key_priorities_equal_key_priority():
+    """The index's fast priorities are sampling.key_priority's, non-ASCII keys and the empty key included."""
+    names = ["", "a", "é", "日本/語", "x" * 300, "0001-7"]
+    for seed, purpose, prefix in ((0, "", ""), (7, "mixing/proxy_target", "shard-3.jsonl/"), (2**40, "p", "ß/")):
+        got = mixture._key_priorities(seed, purpose, prefix, names)
+        assert got.dtype == np.uint64 and got.tolist() == [sampling.key_priority(seed, purpose, prefix + n) for n in names]
+    assert mixture._key_priorities(1, "p", "k/", []).shape == (0,)
+
+
 def test_bottom_k_by_priority_by_hand():
     """Smallest priorities kept; a tie at the cut keeps the larger key (as BottomK does)."""
     prio = np.array([5, 1, 3, 1, 9], dtype=np.uint64)
@@ -353,22 +362,28 @@ def test_target_sample_from_priorities_equals_the_key_sample(tmp_path, monkeypat
     """Old == new: the proxy target sample drawn from the index's priority column is the sample
     sampling.bottom_k_positions draws from the "<shard>/<id>" keys held in memory, ties included
     (``coarse``: priorities cut to 3 values, so most candidates tie and the keys decide)."""
-    if coarse:
+    if coarse:  # the index's priorities (computed by mixture._key_priorities) and BottomK's, both coarse
         fine = sampling.key_priority
         monkeypatch.setattr(sampling, "key_priority", lambda seed, purpose, key: fine(seed, purpose, key) % 3)
+        monkeypatch.setattr(mixture, "_key_priorities", lambda seed, purpose, prefix, names: np.array(
+            [sampling.key_priority(seed, purpose, prefix + n) for n in names], dtype=np.uint64))
     frame, old, _, _ = _mixing_corpus(tmp_path, n=60)                          # ids in memory (the old index)
     _, new, _, read_ids = _mixing_corpus(tmp_path, n=60, spill=True, target_source="src1", key_seed=11,
                                          key_purpose="mixing/proxy_target")
     np.testing.assert_array_equal(new.is_target, (old.sources == "src1").fill_null(False).to_numpy())
     held = mixture.split_documents(new.domains, 0.5, 11)
+    ties = []
     for mask in (held, held & new.is_target):  # GEM_MIX_TARGET unset, and set to a source
         cand = np.flatnonzero(mask)
         assert cand.size > 20
         for cap in (None, 1, 2, 7, 20, cand.size - 1, cand.size, cand.size + 3):
             want = sampling.bottom_k_positions(cand, old.document_keys(), cap, 11, "mixing/proxy_target")
-            got = mixture.bottom_k_by_priority(cand, new.priority, cap, lambda p: new.keys_at(p, read_ids))
+            got = mixture.bottom_k_by_priority(cand, new.priority, cap,
+                                               lambda p: ties.append(p.size) or new.keys_at(p, read_ids))
             np.testing.assert_array_equal(got, want)
             assert got.size == (cand.size if cap is None else min(cap, cand.size))
+    # keys are read back only for candidates tied at the cut: here never with 64-bit priorities
+    assert (len(ties) > 0) == coarse, ties
 
 
 @pytest.mark.parametrize("spill", [False, True])
