@@ -1,6 +1,6 @@
 """Peak memory of the whole pipeline against the number of shards (issue 8).
 
-    python benchmarks/memory.py [--shards 1,20] [--docs-per-shard 1000] [--write [--targets scaling]]
+    python benchmarks/memory.py [--shards 1,20] [--docs-per-shard 1000] [--fill-caps] [--write [--targets scaling]]
 
 For each shard count, a fresh process runs ``python -m gem_assets.run`` (what ``make run`` runs:
 every stage of the graph, in process) on synthetic JSONL shards in a temporary ``GEM_HOME`` and
@@ -145,14 +145,28 @@ def child(result_path: str) -> None:
                                              "stage_peaks": peaks}))
 
 
-def measure(n_shards: int, docs_per_shard: int, max_seq_length: int, keep: bool = False) -> dict:
+#: ``--fill-caps``: every sample the pipeline caps is at its cap already with one shard of 1,000
+#: documents, so that what is left to compare between shard counts is growth with the number of shards.
+FILL_CAPS = {
+    "GEM_SAMPLE_SIZE": "40",            # teacher sample (the student trains on it): 48 embeddings a shard
+    "GEM_TAXONOMY_MAX_TERMS": "2000",   # one shard of BBC articles has more distinct terms
+    "GEM_EVAL_MAX_TARGET_DOCS": "50",   # 10% held out: 100 documents from one shard
+    "GEM_EVAL_MAX_TRAIN_DOCS": "30",    # the embedded training documents: ~40 from one shard
+    "GEM_MIX_MAX_TARGET_DOCS": "50",    # the proxy corpus's target sample
+    "GEM_MIXTURE_TOKENS": "1000000",    # the curated mixture: ~1 MB of text, less than one shard's 2.3 MiB
+}
+
+
+def measure(n_shards: int, docs_per_shard: int, max_seq_length: int, keep: bool = False,
+            extra_env: dict | None = None) -> dict:
     """Peak RSS and wall time of a fresh ``gem_assets.run`` on ``n_shards`` shards."""
     home = Path(tempfile.mkdtemp(prefix=f"gem-mem-{n_shards}-"))
     corpus_bytes = write_shards(home / "corpus", n_shards, docs_per_shard)
     result = home / "result.json"
     env = {**os.environ, "GEM_HOME": str(home / "home"), "GEM_CORPUS": str(home / "corpus" / "*.jsonl"),
            "GEM_PROFILE": "smoke", "GEM_SOURCE_COLUMN": "source", "GEM_EXECUTOR": "in_process",
-           "GEM_EMBED_MAX_SEQ_LENGTH": str(max_seq_length), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+           "GEM_EMBED_MAX_SEQ_LENGTH": str(max_seq_length), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           **(extra_env or {})}
     log = home / "run.log"
     with open(log, "w") as f:
         proc = subprocess.run([sys.executable, __file__, "--child", str(result)], env=env, stdout=f,
@@ -174,11 +188,13 @@ def table(rows: list[dict], args) -> str:
     base = rows[0]["peak_rss_mib"]
     lines = [
         f"`python benchmarks/memory.py --shards {args.shards} --docs-per-shard {args.docs_per_shard}"
-        f"{' --write' if args.write else ''}{' --targets ' + args.targets if args.targets != TARGETS else ''}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{' --fill-caps' if args.fill_caps else ''}{' --write' if args.write else ''}{' --targets ' + args.targets if args.targets != TARGETS else ''}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{platform.machine()}, {os.cpu_count()} CPU cores{'; ' + args.note if args.note else ''}). "
         f"Whole pipeline (`python -m gem_assets.run`, in process, profile `smoke`, all-MiniLM-L6-v2 truncated at "
         f"{args.max_seq_length} tokens, 48 embeddings per shard, the student labels every document), "
-        f"fresh process and `GEM_HOME` per row, JSONL shards of {args.docs_per_shard:,} BBC articles each:",
+        f"fresh process and `GEM_HOME` per row, JSONL shards of {args.docs_per_shard:,} BBC articles each"
+        + (":" if not args.fill_caps else "; every capped sample set small enough to be full with one shard ("
+           + ", ".join(f"`{k}={v}`" for k, v in FILL_CAPS.items()) + "):"),
         "",
         "| shards | documents | corpus (MiB) | peak RSS (MiB) | vs 1 shard | wall (s) |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -208,6 +224,9 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="write the table into the --targets documents")
     ap.add_argument("--targets", default=TARGETS,
                     help=f"comma-separated documents --write updates, of {TARGETS} (docs/<name>.md)")
+    ap.add_argument("--fill-caps", action="store_true",
+                    help="set every sample cap small enough to be full with one shard (FILL_CAPS); --write then "
+                         "writes the memory-capped section")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -221,7 +240,8 @@ def main() -> None:
         raise SystemExit("--shards needs positive counts and --docs-per-shard must be >= 1")
     rows = []
     for n in counts:
-        r = measure(n, args.docs_per_shard, args.max_seq_length, keep=args.keep)
+        r = measure(n, args.docs_per_shard, args.max_seq_length, keep=args.keep,
+                    extra_env=FILL_CAPS if args.fill_caps else None)
         print(f"{n} shard(s): peak RSS {r['peak_rss_mib']:.0f} MiB, {r['seconds']:.0f} s  {r['summary']}", flush=True)
         rows.append(r)
     text = table(rows, args)
@@ -230,7 +250,11 @@ def main() -> None:
         from gem_scaling import write_section
 
         for name in targets:
-            write_section(ROOT / "docs" / f"{name}.md", "memory", "Peak memory against the number of shards", text)
+            if args.fill_caps:
+                write_section(ROOT / "docs" / f"{name}.md", "memory-capped",
+                              "Peak memory against the number of shards, every sample at its cap", text)
+            else:
+                write_section(ROOT / "docs" / f"{name}.md", "memory", "Peak memory against the number of shards", text)
 
 
 if __name__ == "__main__":

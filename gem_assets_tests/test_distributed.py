@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from conftest import make_docs, make_resources, write_jsonl, write_parquet
 from gem_assets.defs.executors import EXECUTORS, ExecutionSettings, JobRequest, build_executor, run_jobs
-from gem_assets.lib import artifacts
+from gem_assets.lib import artifacts, storage
 
 HERE = Path(__file__).resolve().parent
 DEFS_FILE = HERE / "distributed_defs.py"
@@ -90,12 +91,33 @@ def _load_defs():
 
 
 def _recon():
+    """A code pointer to distributed_defs.py that loads it afresh: dagster keeps the file's module in
+    sys.modules and the last job definition of a reconstructable job (lru_cache), so a second test in
+    this process would otherwise run with the first one's environment (e.g. its Dask scheduler)."""
+    from dagster._core.definitions.reconstruct import ReconstructableJob
+
+    sys.modules.pop(DEFS_FILE.stem, None)
+    ReconstructableJob.get_definition.cache_clear()
+    ReconstructableJob.get_repository_definition.cache_clear()
     return ReconstructableRepository.for_file(str(DEFS_FILE), "defs", working_directory=str(HERE))
 
 
 def _step_pids(instance, run_id: str) -> set[int]:
     return {rec.dagster_event.pid for rec in instance.all_logs(run_id)
             if rec.dagster_event is not None and rec.dagster_event.event_type_value == "STEP_START"}
+
+
+def _step_failures(instance) -> str:
+    """The errors of the failed steps of every run (what the UI shows), for an assertion message."""
+    lines = []
+    for r in instance.get_run_records():
+        for rec in instance.all_logs(r.dagster_run.run_id):
+            ev = rec.dagster_event
+            if ev is not None and ev.event_type_value in ("STEP_FAILURE", "RUN_FAILURE", "ENGINE_EVENT") and \
+                    (ev.event_type_value != "ENGINE_EVENT" or "rror" in (ev.message or "")):
+                data = getattr(ev.event_specific_data, "error", None)
+                lines.append(f"{ev.event_type_value} {ev.step_key}: {ev.message} {data.to_string() if data else ''}")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- multiprocess
@@ -161,17 +183,26 @@ def test_shard_runs_in_parallel_with_the_multiprocess_executor(home, tmp_path, m
 
 
 # --------------------------------------------------------------------------- dask
-def test_smoke_pipeline_end_to_end_on_a_local_dask_cluster(tmp_path, monkeypatch):
+@pytest.mark.parametrize("home", ["local", "s3"])
+def test_smoke_pipeline_end_to_end_on_a_local_dask_cluster(home, tmp_path, monkeypatch, request):
+    """The shard stages, teacher, student, assignments and stats as Dask-launched runs on worker
+    processes, with GEM_HOME a local folder or an S3 bucket (the local S3 server, reached by the
+    workers through AWS_ENDPOINT_URL as a cluster reaches S3 or MinIO)."""
     distributed = pytest.importorskip("distributed")
     from gem_assets.run import run_pipeline
 
     glob = _corpus(tmp_path / "corpus", 2)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   silence_logs=40) as cluster:
-        _set_env(monkeypatch, tmp_path / "home", glob, "dask", GEM_DASK_ADDRESS=cluster.scheduler_address)
+        if home == "s3":
+            bucket = request.getfixturevalue("s3_server")
+            _set_env(monkeypatch, f"{bucket}/dask-{os.getpid()}", glob, "dask",
+                     GEM_DASK_ADDRESS=cluster.scheduler_address, GEM_STATE=str(tmp_path / "state"))
+        else:
+            _set_env(monkeypatch, tmp_path / "home", glob, "dask", GEM_DASK_ADDRESS=cluster.scheduler_address)
         # the workers were started before the variables were set: hand them the environment
         with distributed.Client(cluster) as client:
-            env = {k: v for k, v in os.environ.items() if k.startswith("GEM_")}
+            env = {k: v for k, v in os.environ.items() if k.startswith(("GEM_", "AWS_"))}
             client.run(lambda e: os.environ.update(e), env)
             worker_pids = set(client.run(os.getpid).values())
         defs = _load_defs()
@@ -180,7 +211,7 @@ def test_smoke_pipeline_end_to_end_on_a_local_dask_cluster(tmp_path, monkeypatch
             # through the shard-level stages and the teacher/student: each Dask-launched run costs ~1 min
             # here, and the later whole-corpus stages are covered in process by the other tests
             summary = run_pipeline(defs=defs, instance=inst, out=out, recon_repo=_recon(), until="stats")
-            assert summary["failed"] == {}, out.getvalue()
+            assert summary["failed"] == {}, out.getvalue() + _step_failures(inst)
             assert set(summary["shards"].values()) == {"embedded"}
             assert summary["teacher"] == "refit" and summary["student"] == "trained"
             assert sorted(summary["assigned_shards"]) == sorted(summary["shards"]) and summary["stats"] == "computed"
@@ -189,10 +220,12 @@ def test_smoke_pipeline_end_to_end_on_a_local_dask_cluster(tmp_path, monkeypatch
                 step_pids |= _step_pids(inst, r.dagster_run.run_id)
             assert step_pids and step_pids <= worker_pids  # every step ran on a Dask worker
     layout = defs.resources["gem"].settings().layout
-    stats = pl.read_csv(layout.domain_stats_dir / "domain_stats.csv")
+    if home == "s3":
+        assert str(layout.home).startswith("s3://") and not (tmp_path / "home").exists()
+    stats = storage.read_csv(layout.domain_stats_dir / "domain_stats.csv")
     assert int(stats["documents"].sum()) == 80  # every document of both shards counted once
     for key in summary["shards"]:
-        assign = pl.read_parquet(layout.assignments_path(key))
+        assign = storage.read_parquet(layout.assignments_path(key))
         assert assign.height == 40 and assign["id"].n_unique() == 40
 
 

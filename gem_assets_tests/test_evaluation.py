@@ -15,6 +15,7 @@ from conftest import make_docs
 from gem_assets.lib import evaluation as ev
 from gem_assets.lib.bucketize import MISSING_LABEL, Bucketization, from_domains, from_labels, kmeans_buckets
 from gem_assets.lib.metrics import nmi
+from gem_assets.lib.sampling import key_priority
 
 
 # --------------------------------------------------------------------------- a tiny stand-in LM
@@ -143,32 +144,41 @@ def test_t_interval_rejects_bad_input(values, confidence, match):
 
 
 # --------------------------------------------------------------------------- splits
-def test_holdout_split_is_seeded_order_free_and_sized():
+def test_holdout_split_is_a_seeded_hash_of_each_key():
     keys = [f"shard/{i:04d}" for i in range(101)]
     m = ev.holdout_split(keys, 0.1, seed=3)
-    assert m.dtype == bool and m.sum() == 10
+    # each document by its own key: priority below fraction * 2^64 (hand-checkable rule)
+    expected = [key_priority(3, "evaluation/holdout", k) < int(0.1 * 2**64) for k in keys]
+    assert m.dtype == bool and m.tolist() == expected and 0 < m.sum() < 101
     assert np.array_equal(m, ev.holdout_split(keys, 0.1, seed=3))
     perm = np.random.default_rng(0).permutation(101)
     m2 = ev.holdout_split([keys[i] for i in perm], 0.1, seed=3)
-    assert set(np.asarray(keys)[m]) == set(np.asarray(keys)[perm][m2])      # the order of keys does not matter
+    assert np.array_equal(m2, m[perm])                                     # the order of keys does not matter
+    # adding documents never moves an old one to the other side (a growing corpus keeps its targets)
+    grown = ev.holdout_split(keys + [f"new/{i}" for i in range(50)], 0.1, seed=3)
+    assert np.array_equal(grown[:101], m)
     assert not np.array_equal(m, ev.holdout_split(keys, 0.1, seed=4))
-    # the selection split is an independent draw
-    assert not np.array_equal(m, ev.select_split(keys, 0.1, seed=3))
-    # at least one held out, at least one kept
-    assert ev.holdout_split(["a", "b"], 0.01, 0).sum() == 1
-    assert ev.holdout_split(["a", "b"], 0.99, 0).sum() == 1
+    # the share held out is the fraction: binomial, within 4 standard deviations on 20,000 keys
+    big = ev.holdout_split([f"s/{i}" for i in range(20_000)], 0.1, seed=0)
+    assert abs(big.mean() - 0.1) < 4 * math.sqrt(0.1 * 0.9 / 20_000)
+    # the selection split (of the small training pool) is an exact-size, independent draw
+    sel = ev.select_split(keys, 0.1, seed=3)
+    assert sel.sum() == 10 and not np.array_equal(m, sel)
+    assert ev.select_split(["a", "b"], 0.01, 0).sum() == 1 and ev.select_split(["a", "b"], 0.99, 0).sum() == 1
 
 
+@pytest.mark.parametrize("split", [ev.holdout_split, ev.select_split])
 @pytest.mark.parametrize("keys, fraction, match", [
     (["a", "b", "c"], 0.0, "fraction"),
     (["a", "b", "c"], 1.0, "fraction"),
     (["a", "b", "c"], -0.5, "fraction"),
-    (["a"], 0.5, "at least 2"),
     (["a", "a", "b"], 0.5, "unique"),
 ])
-def test_holdout_split_rejects_bad_input(keys, fraction, match):
+def test_splits_reject_bad_input(split, keys, fraction, match):
     with pytest.raises(ValueError, match=match):
-        ev.holdout_split(keys, fraction, 0)
+        split(keys, fraction, 0)
+    with pytest.raises(ValueError, match="at least 2"):
+        ev.select_split(["a"], 0.5, 0)
 
 
 def test_natural_and_uniform_weights():
@@ -403,42 +413,97 @@ def _frame(n=120, embedded_every=1):
     return frame, vecs[emb].astype(np.float32), vecs[::3].astype(np.float32)
 
 
+def _sample(frame, vectors, holdout=0.1, **kw):
+    return ev.sample_frame(frame, vectors, holdout=holdout, seed=0, **kw)
+
+
 def test_evaluate_corpus_splits_buckets_and_reports():
     frame, vectors, sample = _frame()
     fake = UnigramBackend()
-    out = ev.evaluate_corpus(frame, vectors, sample, 4, _config(), holdout=0.1, select=0.1, use_source=True,
-                             backend=fake.as_backend())
+    drawn = _sample(frame, vectors)
+    out = ev.evaluate_corpus(drawn, sample, 4, _config(), select=0.1, use_source=True, backend=fake.as_backend())
     c = out.counts
-    assert c == {"documents": 120, "target": 12, "select": 11, "fit": 97, "unusable": 0, "capped": 0}
+    held = ev.holdout_split(frame["key"].to_list(), 0.1, 0)
+    n_held = int(held.sum())                                   # 14 of 120 with this seed
+    n_select = max(1, round(0.1 * (120 - n_held)))
+    assert c == {"documents": 120, "target": n_held, "select": n_select, "fit": 120 - n_held - n_select,
+                 "unusable": 0, "capped": 0}
+    assert drawn.counts["held_out"] == n_held and drawn.vectors.shape == (120 - n_held, 8)
     assert list(out.bucket_counts) == ["source", "kmeans", "gem"]
-    assert all(sum(v.values()) == 97 for v in out.bucket_counts.values())
+    assert all(sum(v.values()) == c["fit"] for v in out.bucket_counts.values())
     # well-separated embeddings: k-means finds the topics, so its buckets have the topics' sizes
     assert sorted(out.bucket_counts["kmeans"].values()) == sorted(out.bucket_counts["source"].values())
     assert out.table.height == 12 and set(out.differences["versus"]) == {"source", "kmeans"}
     md = ev.report_markdown(out, _config())
-    assert "12 held-out target + 11 weight-selection + 97 training + 0 without" in md
+    assert f"{n_held} held-out target + {n_select} weight-selection + {c['fit']} training + 0 without" in md
     assert "| gem | regmix | 4 | 3 |" in md and "GEM minus the other bucketization" in md
-    # the held-out target set is the same whatever else changes (it is drawn first, from all keys)
-    held = ev.holdout_split(frame["key"].to_list(), 0.1, 0)
+    # the held-out target set is never trained on (it is decided first, per key)
     target_texts = set(frame["text"].filter(pl.Series(held)).to_list())
     assert not any(t.encode() in s.tobytes() for t in target_texts for s in fake.trained_on)
+    # the pool's vectors are those of its documents
+    pool = drawn.frame.filter(~pl.col("target"))
+    rows = frame.join(pool.select("key"), on="key", how="semi").sort("key")["vec"].to_numpy()
+    np.testing.assert_array_equal(drawn.vectors, vectors[rows])
 
 
 def test_evaluate_corpus_without_source_and_with_unembedded_documents():
     frame, vectors, sample = _frame(embedded_every=2)        # half the documents have no embedding
     fake = UnigramBackend()
-    out = ev.evaluate_corpus(frame, vectors, sample, 4, _config(mixers=("natural", "uniform")), holdout=0.1,
-                             select=0.1, use_source=False, backend=fake.as_backend())
+    cfg = _config(mixers=("natural", "uniform"))
+    out = ev.evaluate_corpus(_sample(frame, vectors), sample, 4, cfg, select=0.1, use_source=False,
+                             backend=fake.as_backend())
     c = out.counts
-    assert c["target"] == 12 and c["fit"] + c["select"] + c["unusable"] == 108 and c["unusable"] >= 50
+    n_held = int(ev.holdout_split(frame["key"].to_list(), 0.1, 0).sum())
+    assert c["target"] == n_held and c["fit"] + c["select"] + c["unusable"] == 120 - n_held and c["unusable"] >= 50
     assert list(out.bucket_counts) == ["kmeans", "gem"]
     assert out.result.streams == ["target"]                      # no per-label streams without labels
     with pytest.raises(ValueError, match="no document has a source label"):
-        ev.evaluate_corpus(frame.with_columns(pl.lit(None, dtype=pl.String).alias("source")), vectors, sample, 4,
-                           _config(), holdout=0.1, select=0.1, use_source=True, backend=fake.as_backend())
+        ev.evaluate_corpus(_sample(frame.with_columns(pl.lit(None, dtype=pl.String).alias("source")), vectors),
+                           sample, 4, _config(), select=0.1, use_source=True, backend=fake.as_backend())
     with pytest.raises(ValueError, match="at least 2"):
-        ev.evaluate_corpus(frame.with_columns(pl.lit(None, dtype=pl.Int64).alias("gem")), vectors, sample, 4,
-                           _config(), holdout=0.1, select=0.1, use_source=False, backend=fake.as_backend())
+        ev.evaluate_corpus(_sample(frame.with_columns(pl.lit(None, dtype=pl.Int64).alias("gem")), vectors),
+                           sample, 4, _config(), select=0.1, use_source=False, backend=fake.as_backend())
+    # a corpus too small to hold anything out says so
+    tiny = frame.head(3)
+    assert ev.holdout_split(tiny["key"].to_list(), 0.01, 0).sum() == 0
+    with pytest.raises(ValueError, match="no document of 3 was held out"):
+        ev.evaluate_corpus(_sample(tiny, vectors, holdout=0.01), sample, 4, cfg, select=0.1, use_source=False,
+                           backend=fake.as_backend())
+
+
+def test_corpus_sampler_is_the_same_in_batches_in_any_order():
+    """Offered shard by shard in any order, or all at once: the same samples and counts, and the capped
+    samples are the bottom-k draws of the held-out set and of the usable training documents."""
+    frame, vectors, _ = _frame(n=200, embedded_every=3)
+    frame = frame.with_columns(pl.Series("shard", [f"s{i % 4}" for i in range(200)]))
+    caps = dict(max_target_documents=7, max_train_documents=25)
+    whole = _sample(frame, vectors, holdout=0.2, **caps)
+    sampler = ev.CorpusSampler(0.2, 0, **caps)
+    for (_,), part in sorted(frame.group_by("shard"), key=lambda g: g[0][0], reverse=True):
+        sampler.offer(part.sample(fraction=1.0, shuffle=True, seed=1))
+    parts = sampler.sample(lambda rows: vectors[rows["vec"].to_numpy()])
+    assert whole.frame.equals(parts.frame) and whole.counts == parts.counts
+    np.testing.assert_array_equal(whole.vectors, parts.vectors)
+    keys = frame["key"]
+    held = ev.holdout_split(keys, 0.2, 0)
+    usable = frame["vec"].is_not_null().to_numpy()
+    target = ev.capped_sample(np.flatnonzero(held), keys, 7, 0, "target")
+    pool = ev.capped_sample(np.flatnonzero(~held & usable), keys, 25, 0, "pool")
+    t, p = whole.frame.filter(pl.col("target")), whole.frame.filter(~pl.col("target"))
+    assert set(t["key"]) == set(keys.gather(target)) and set(p["key"]) == set(keys.gather(pool))
+    assert whole.counts == {"documents": 200, "held_out": int(held.sum()), "unusable": int((~held & ~usable).sum()),
+                            "with_source": 200, "target": 7, "pool_available": int((~held & usable).sum()), "pool": 25}
+    assert t["vec"].is_null().all() and p["vec"].to_list() == list(range(25))
+    with pytest.raises(ValueError, match="lacks the column"):
+        ev.CorpusSampler(0.2, 0).offer(frame.drop("gem"))
+    with pytest.raises(ValueError, match="'text' column"):
+        s = ev.CorpusSampler(0.2, 0)
+        s.offer(frame.head(5))
+        s.offer(frame.slice(5, 5).drop("text"))
+    with pytest.raises(ValueError, match="pool cap"):
+        ev.CorpusSampler(0.2, 0, max_train_documents=0)
+    with pytest.raises(ValueError, match="holdout"):
+        ev.CorpusSampler(1.0, 0)
 
 
 # --------------------------------------------------------------------------- bounded memory (issue 8)
@@ -466,15 +531,15 @@ def test_texts_read_from_disk_give_the_same_evaluation(tmp_path):
         asked.append(rows.height)
         return ev.read_texts(layout, rows, batch_rows=5)
 
-    a = ev.evaluate_corpus(frame, vectors, sample, 4, _config(), holdout=0.1, select=0.1, use_source=True,
+    a = ev.evaluate_corpus(_sample(frame, vectors), sample, 4, _config(), select=0.1, use_source=True,
                            backend=UnigramBackend().as_backend())
-    b = ev.evaluate_corpus(frame.drop("text"), vectors, sample, 4, _config(), holdout=0.1, select=0.1,
+    b = ev.evaluate_corpus(_sample(frame.drop("text"), vectors), sample, 4, _config(), select=0.1,
                            use_source=True, backend=UnigramBackend().as_backend(), texts=texts)
     assert a.counts == b.counts and sorted(asked) == sorted([a.counts["fit"], a.counts["select"], a.counts["target"]])
     assert a.result.runs.drop("train_seconds").equals(b.result.runs.drop("train_seconds"))
     assert a.result.weights == b.result.weights
     with pytest.raises(ValueError, match="texts="):
-        ev.evaluate_corpus(frame.drop("text"), vectors, sample, 4, _config(), holdout=0.1, select=0.1,
+        ev.evaluate_corpus(_sample(frame.drop("text"), vectors), sample, 4, _config(), select=0.1,
                            use_source=True, backend=UnigramBackend().as_backend())
     with pytest.raises(ValueError, match="not in their shard"):
         ev.read_texts(layout, pl.DataFrame({"shard": ["s0"], "id": ["nope"]}))
@@ -483,14 +548,15 @@ def test_texts_read_from_disk_give_the_same_evaluation(tmp_path):
 def test_caps_bound_the_target_set_and_the_training_pool():
     frame, vectors, sample = _frame(n=200)
     fake = UnigramBackend()
-    out = ev.evaluate_corpus(frame, vectors, sample, 4, _config(mixers=("natural", "uniform")), holdout=0.2,
-                             select=0.1, use_source=False, backend=fake.as_backend(), max_target_documents=15,
-                             max_train_documents=60)
+    cfg = _config(mixers=("natural", "uniform"))
+    out = ev.evaluate_corpus(_sample(frame, vectors, holdout=0.2, max_target_documents=15, max_train_documents=60),
+                             sample, 4, cfg, select=0.1, use_source=False, backend=fake.as_backend())
     c = out.counts
+    n_held = int(ev.holdout_split(frame["key"], 0.2, 0).sum())
     assert c["target"] == 15 and c["fit"] + c["select"] == 60
-    assert c["capped"] == (40 - 15) + (160 - 60)
+    assert c["capped"] == (n_held - 15) + (200 - n_held - 60)
     assert c["target"] + c["select"] + c["fit"] + c["unusable"] + c["capped"] == c["documents"] == 200
-    assert "left out by the memory caps" in ev.report_markdown(out, _config(mixers=("natural", "uniform")))
+    assert "left out by the memory caps" in ev.report_markdown(out, cfg)
     # the capped target set is a subset of the uncapped held-out set, the same for the same seed
     keys = frame["key"].to_list()
     held = np.flatnonzero(ev.holdout_split(keys, 0.2, 0))

@@ -13,7 +13,7 @@ from conftest import make_resources
 from gem_assets.config import PROFILES, Layout, Settings
 from gem_assets.defs.evaluation import evaluation_state, mixture_evaluation
 from gem_assets.defs.student import student_model
-from gem_assets.lib import storage
+from gem_assets.lib import evaluation, storage
 from test_student_assets import KEYS, _assign, _checks, _md, _teacher
 
 MIXERS = ["natural", "uniform", "doremi", "regmix"]
@@ -71,7 +71,11 @@ def test_mixture_evaluation_smoke_end_to_end(tiny_corpus, gem_home, instance):
             assert math.isclose(sum(weights["weights"][b][m].values()), 1.0, rel_tol=1e-9)
     summary = storage.read_json(out / "summary.json")
     c = summary["counts"]
-    assert c["documents"] == 120 and c["target"] == 12 and c["target"] + c["select"] + c["fit"] + c["unusable"] == 120
+    assert c["target"] + c["select"] + c["fit"] + c["unusable"] + c["capped"] == c["documents"] == 120
+    # the target set: the documents whose seeded key hash falls under the holdout fraction (none capped here)
+    doc_keys = [f"{k}/{i}" for k in KEYS for i in storage.read_parquet(settings.layout.documents_path(k))["id"]]
+    held = evaluation.holdout_split(doc_keys, settings.evaluation_params()["holdout"], settings.seed)
+    assert c["capped"] == 0 and c["target"] == int(held.sum()) > 0
 
     md = _md(result, "mixture_evaluation")
     assert md["n_target_models"] == runs.height

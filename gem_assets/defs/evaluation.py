@@ -109,24 +109,27 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
     keys = sorted(gem.shards())
     try:
         inputs = _inputs(settings, keys)
-        frame, vectors = lib.load_corpus(layout, keys, with_text=False)  # texts read when used (issue 8)
+        params = settings.evaluation_params()
+        # one pass over the shards, without texts: the held-out decisions and the capped target and
+        # training samples; nothing per document is kept (issue 8)
+        sample = lib.sample_corpus(layout, keys, holdout=params["holdout"], seed=params["seed"],
+                                   max_target_documents=params["max_target_documents"],
+                                   max_train_documents=params["max_train_documents"], progress=True)
         sample_vectors, _, _ = artifacts.read_teacher_sample(layout)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
     student = storage.read_json(layout.student_outputs_dir / "summary.json")
-    params = settings.evaluation_params()
     try:
         config = _config(settings)
     except ValueError as exc:
         raise Failure(description=f"evaluation profile {settings.profile!r}: {exc}", allow_retries=False) from exc
     fp = evaluation_fingerprint(settings, inputs)
-    use_source = params["source_column"] is not None and frame["source"].is_not_null().any()
+    use_source = params["source_column"] is not None and sample.counts["with_source"] > 0
     try:
         evaluation = lib.evaluate_corpus(
-            frame, vectors, sample_vectors, int(student["k"]), config, holdout=params["holdout"],
-            select=params["select"], use_source=use_source, kmeans=params["kmeans"], progress=True,
-            log=context.log.info, texts=lambda rows: lib.read_texts(layout, rows),
-            max_target_documents=params["max_target_documents"], max_train_documents=params["max_train_documents"],
+            sample, sample_vectors, int(student["k"]), config, select=params["select"], use_source=use_source,
+            kmeans=params["kmeans"], progress=True, log=context.log.info,
+            texts=lambda rows: lib.read_texts(layout, rows),
         )
     except ValueError as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc

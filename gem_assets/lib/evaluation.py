@@ -4,7 +4,9 @@ The experiment (DESIGN.md section 6), for a corpus whose documents each carry on
 per bucketization (source labels, Euclidean k-means, GEM):
 
 1. :func:`holdout_split` holds out a seeded document-level target set of the whole corpus
-   *first*; it is never trained on and never used to choose weights, and it is the same
+   *first*: each document by a seeded hash of its key, so the decision needs no other document
+   (one streaming pass, :class:`CorpusSampler`) and a document keeps it when shards are added.
+   The target set is never trained on and never used to choose weights, and it is the same
    documents for every bucketization.
 2. :func:`select_split` cuts the remaining (training) documents once more, the same way for
    every bucketization: the *fit* documents feed the byte streams every model trains on, the
@@ -38,8 +40,7 @@ import polars as pl
 
 from ._checks import check_float, check_int
 from .bucketize import MISSING_LABEL, Bucketization
-from .sampling import rng_for
-from .sampling import bottom_k_positions
+from .sampling import BottomK, bottom_k_positions, key_priority, rng_for
 
 __all__ = [
     "MIXERS",
@@ -49,6 +50,10 @@ __all__ = [
     "ExperimentResult",
     "holdout_split",
     "select_split",
+    "CorpusSampler",
+    "EvaluationSample",
+    "sample_frame",
+    "sample_corpus",
     "t_interval",
     "natural_weights",
     "uniform_weights",
@@ -58,7 +63,6 @@ __all__ = [
     "results_markdown",
     "bpb_chart",
     "weights_json",
-    "load_corpus",
     "read_texts",
     "capped_sample",
     "CorpusEvaluation",
@@ -73,16 +77,19 @@ TARGET = "target"
 
 
 # --------------------------------------------------------------------------- splits
+def _key_series(keys: Sequence[str] | pl.Series) -> pl.Series:
+    """The keys as a polars String series (Arrow strings: no Python string per document)."""
+    s = keys.cast(pl.String) if isinstance(keys, pl.Series) else pl.Series("key", [str(k) for k in keys], dtype=pl.String)
+    if s.null_count():
+        raise ValueError("document keys must not be null (e.g. '<shard>/<id>')")
+    return s
+
+
 def _sorted_order(keys: Sequence[str] | pl.Series) -> np.ndarray:
     """Positions of the keys in sorted order. Sorted as Arrow strings (UTF-8 bytes, which orders as
     Python's code-point comparison does), so no Python string per document is held (issue 8: a
     Python list, set and object array of the keys took ~100 bytes per document)."""
-    if isinstance(keys, pl.Series):
-        s = keys.cast(pl.String)
-    else:
-        s = pl.Series("key", [str(k) for k in keys], dtype=pl.String)
-    if s.null_count():
-        raise ValueError("document keys must not be null (e.g. '<shard>/<id>')")
+    s = _key_series(keys)
     if s.n_unique() != s.len():
         raise ValueError("document keys must be unique (e.g. '<shard>/<id>'); found duplicates")
     return s.arg_sort().to_numpy().astype(np.int64, copy=False)
@@ -90,7 +97,8 @@ def _sorted_order(keys: Sequence[str] | pl.Series) -> np.ndarray:
 
 def _seeded_mask(keys: Sequence[str] | pl.Series, fraction: float, seed: int, purpose: str) -> np.ndarray:
     """``round(fraction * N)`` (at least 1 and at most N - 1) documents, drawn by a permutation of
-    the sorted keys: the draw depends on the set of keys and the seed, not on their order."""
+    the sorted keys: the draw depends on the set of keys and the seed, not on their order (the
+    selection split of the training pool, which the caps keep small)."""
     n = len(keys)
     check_float(fraction, f"{purpose} fraction", low=0.0, strict=True)
     if fraction >= 1.0:
@@ -106,32 +114,48 @@ def _seeded_mask(keys: Sequence[str] | pl.Series, fraction: float, seed: int, pu
 
 
 def holdout_split(keys: Sequence[str] | pl.Series, fraction: float, seed: int) -> np.ndarray:
-    """The held-out target set: a seeded document-level sample of the whole corpus.
+    """The held-out target set: each document held out by a seeded hash of its key.
+
+    Document ``key`` is held out when its priority :func:`gem_assets.lib.sampling.key_priority`
+    ``(seed, "evaluation/holdout", key)``, a uniform 64-bit number, is below ``fraction * 2**64``:
+    a Bernoulli(``fraction``) draw per document that needs no other document. So the split is one
+    streaming pass with no per-document state (:class:`CorpusSampler`; a permutation of all keys
+    took ~36 bytes a document, issue 8), and a document's side does not change when shards are
+    added to the corpus: evaluations of a growing corpus keep their old target documents.
 
     Parameters
     ----------
     keys : sequence of str or polars Series of str
         A unique key per document (e.g. ``"<shard>/<id>"``).
     fraction : float
-        Share of the documents held out, in (0, 1); at least one document is held out and
-        at least one is kept.
+        Probability that a document is held out, in (0, 1). The number held out is binomial
+        (``fraction * N`` on average); it can be 0 for a tiny corpus, which
+        :func:`evaluate_corpus` reports as an error.
     seed : int
         Seed of the draw.
 
     Returns
     -------
     ndarray of bool, shape (N,)
-        True for held-out documents. The same keys and seed give the same set whatever the
-        order of ``keys``.
+        True for held-out documents, whatever the order of ``keys``.
     """
-    return _seeded_mask(keys, fraction, seed, "holdout")
+    check_float(fraction, "holdout fraction", low=0.0, strict=True)
+    if fraction >= 1.0:
+        raise ValueError(f"the holdout fraction must be in (0, 1), got {fraction}")
+    s = _key_series(keys)
+    if s.n_unique() != s.len():
+        raise ValueError("document keys must be unique (e.g. '<shard>/<id>'); found duplicates")
+    threshold = int(fraction * 2**64)
+    return np.fromiter((key_priority(seed, "evaluation/holdout", k) < threshold for k in s.to_list()),
+                       dtype=bool, count=s.len())
 
 
 def select_split(keys: Sequence[str] | pl.Series, fraction: float, seed: int) -> np.ndarray:
     """The weight-selection set: a seeded sample of the *training* documents (not the target set).
 
     RegMix chooses its weights by the loss on these documents; nothing is trained on them.
-    Same contract as :func:`holdout_split`, with an independent draw.
+    Exactly ``round(fraction * N)`` of the N keys (at least 1, at most N - 1), drawn by a seeded
+    permutation of the sorted keys: the same set whatever the keys' order.
     """
     return _seeded_mask(keys, fraction, seed, "select")
 
@@ -700,8 +724,171 @@ def weights_json(result: ExperimentResult) -> str:
 
 
 # --------------------------------------------------------------------------- the corpus end to end
-def load_corpus(layout, keys: Sequence[str], with_text: bool = True) -> tuple[pl.DataFrame, np.ndarray]:
-    """Every kept document of the shards with its GEM domain and, when embedded, its embedding.
+#: The columns of a batch offered to :class:`CorpusSampler` (and of :attr:`EvaluationSample.frame`).
+SAMPLE_COLUMNS = ("key", "shard", "id", "source", "gem", "vec")
+
+
+class _Kept:
+    """The rows of a :class:`gem_assets.lib.sampling.BottomK` sample (all rows when ``cap`` is None)."""
+
+    def __init__(self, cap: int | None, seed: int, purpose: str) -> None:
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1):
+            raise ValueError(f"the {purpose} cap must be an integer >= 1 or None, got {cap!r}")
+        self.pick = BottomK(int(cap), seed, purpose) if cap is not None else None
+        self.rows: list[tuple] = []
+        self.offered = 0
+
+    def update(self, rows: list[tuple]) -> None:
+        self.offered += len(rows)
+        if self.pick is None:
+            self.rows.extend(rows)
+        else:
+            self.pick.update([r[0] for r in rows], rows)
+
+    def frame(self, target: bool, with_text: bool) -> pl.DataFrame:
+        rows = self.rows if self.pick is None else list(self.pick.items().values())
+        schema = {"key": pl.String, "shard": pl.String, "id": pl.String, "source": pl.String, "gem": pl.Int64,
+                  "vec": pl.Int64, **({"text": pl.String} if with_text else {})}
+        return (pl.DataFrame(rows, schema=schema, orient="row").sort("key")
+                .with_columns(pl.lit(target).alias("target")))
+
+
+@dataclass
+class EvaluationSample:
+    """The documents the evaluation uses, drawn in one pass over the corpus (:class:`CorpusSampler`).
+
+    Attributes
+    ----------
+    frame : polars.DataFrame
+        ``key``, ``shard``, ``id``, ``source``, ``gem``, ``vec`` (row of ``vectors``; null for target
+        documents), ``text`` (only when the offered batches had one) and ``target`` (True: held-out
+        target document; False: training pool), sorted by key within each part (target first). At
+        most the two caps of rows, whatever the corpus size.
+    vectors : ndarray (M, d) float32
+        The embeddings of the training-pool documents.
+    counts : dict
+        ``documents`` (all offered), ``held_out``, ``target`` (after the cap), ``pool_available``,
+        ``pool`` (after the cap), ``unusable`` (not held out, and no GEM domain or no embedding),
+        ``with_source`` (documents with a source label).
+    """
+
+    frame: pl.DataFrame
+    vectors: np.ndarray
+    counts: dict
+
+
+class CorpusSampler:
+    """One pass over a corpus's documents, batch by batch: the held-out decision of each document
+    (:func:`holdout_split`), then bottom-k samples of the target set and of the training pool.
+
+    Memory holds the two samples (at most ``max_target_documents`` and ``max_train_documents``
+    rows without texts or vectors) and counters, not per-document arrays: a corpus of 10^9
+    documents needs what one of 10^5 needs. The samples are the same whatever the batches and
+    their order (each decision and priority depends only on the document's key and the seed).
+
+    Parameters
+    ----------
+    holdout : float
+        Probability that a document is held out as a target document, in (0, 1).
+    seed : int
+        Seed of the split and of the samples.
+    max_target_documents, max_train_documents : int or None
+        Caps of the target set and of the training pool (``None``: keep all).
+    """
+
+    def __init__(self, holdout: float, seed: int, max_target_documents: int | None = None,
+                 max_train_documents: int | None = None) -> None:
+        check_float(holdout, "holdout fraction", low=0.0, strict=True)
+        if holdout >= 1.0:
+            raise ValueError(f"the holdout fraction must be in (0, 1), got {holdout}")
+        self.holdout, self.seed = float(holdout), int(seed)
+        self._target = _Kept(max_target_documents, self.seed, "evaluation/target")
+        self._pool = _Kept(max_train_documents, self.seed, "evaluation/pool")
+        self.counts = {"documents": 0, "held_out": 0, "unusable": 0, "with_source": 0}
+        self._with_text: bool | None = None
+
+    def offer(self, batch: pl.DataFrame) -> None:
+        """Offer documents: a frame with the :data:`SAMPLE_COLUMNS` (``vec``: where the document's
+        embedding is, null when it has none; ``gem``: its domain, null when it has none) and
+        optionally ``text`` (kept for the sampled documents; every batch or none). Keys must be
+        unique across the whole pass."""
+        missing = [c for c in SAMPLE_COLUMNS if c not in batch.columns]
+        if missing:
+            raise ValueError(f"a batch offered to the sampler lacks the column(s) {missing}")
+        with_text = "text" in batch.columns
+        if self._with_text is not None and with_text != self._with_text:
+            raise ValueError("every batch offered to the sampler must have a 'text' column, or none")
+        self._with_text = with_text
+        batch = batch.select(pl.col("key").cast(pl.String), pl.col("shard").cast(pl.String),
+                             pl.col("id").cast(pl.String), pl.col("source").cast(pl.String),
+                             pl.col("gem").cast(pl.Int64), pl.col("vec").cast(pl.Int64),
+                             *([pl.col("text").cast(pl.String)] if with_text else []))
+        held = holdout_split(batch["key"], self.holdout, self.seed)
+        usable = (batch["gem"].is_not_null() & batch["vec"].is_not_null()).to_numpy()
+        self.counts["documents"] += batch.height
+        self.counts["held_out"] += int(held.sum())
+        self.counts["unusable"] += int((~held & ~usable).sum())
+        self.counts["with_source"] += int(batch["source"].is_not_null().sum())
+        mask = pl.Series(held)
+        self._target.update(batch.filter(mask).with_columns(pl.lit(None, pl.Int64).alias("vec")).rows())
+        self._pool.update(batch.filter(~mask & pl.Series(usable)).rows())
+
+    def sample(self, vectors_of: Callable[[pl.DataFrame], np.ndarray]) -> EvaluationSample:
+        """The samples drawn, with the pool's embeddings from ``vectors_of(pool_rows)`` (a frame with
+        ``shard`` and ``vec``; returns their vectors in that order)."""
+        text = bool(self._with_text)
+        target, pool = self._target.frame(True, text), self._pool.frame(False, text)
+        vectors = np.asarray(vectors_of(pool.select("shard", "vec")), dtype=np.float32)
+        if vectors.shape[0] != pool.height:
+            raise ValueError(f"{vectors.shape[0]} vectors for {pool.height} training-pool documents")
+        pool = pool.with_columns(pl.int_range(pool.height, dtype=pl.Int64).alias("vec"))
+        counts = {**self.counts, "target": target.height, "pool_available": self._pool.offered,
+                  "pool": pool.height}
+        return EvaluationSample(frame=pl.concat([target, pool]), vectors=vectors, counts=counts)
+
+
+def sample_frame(frame: pl.DataFrame, vectors: np.ndarray, *, holdout: float, seed: int,
+                 max_target_documents: int | None = None,
+                 max_train_documents: int | None = None) -> EvaluationSample:
+    """:class:`CorpusSampler` over a corpus held in memory: ``frame`` with the
+    :data:`SAMPLE_COLUMNS` (``vec``: row of ``vectors``), e.g. in tests or for a small corpus."""
+    sampler = CorpusSampler(holdout, seed, max_target_documents, max_train_documents)
+    sampler.offer(frame)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return sampler.sample(lambda rows: vectors[rows["vec"].to_numpy().astype(np.int64)])
+
+
+def _shard_frame(layout, key: str) -> tuple[pl.DataFrame, np.ndarray]:
+    """One shard's documents without texts, with their GEM domain and the row of their embedding in
+    the shard's vectors (null when the document was not embedded), and those vectors."""
+    from . import artifacts, storage
+
+    if not layout.documents_path(key).is_file() or not layout.documents_meta_path(key).is_file():
+        raise FileNotFoundError(f"no documents for shard {key!r}: materialize the 'documents' partition first")
+    docs = storage.read_parquet(layout.documents_path(key), columns=_non_text_columns(layout, key))
+    apath = layout.assignments_path(key)
+    if not apath.is_file():
+        raise FileNotFoundError(f"no GEM assignments for shard {key!r} ({apath}): materialize "
+                                "'domain_assignments' first")
+    assign = storage.read_parquet(apath, columns=["id", "domain"]).rename({"domain": "gem"})
+    vectors, index, _ = artifacts.read_embeddings(layout, key)
+    index = index.select("id").with_row_index("vec").with_columns(pl.col("vec").cast(pl.Int64))
+    source = pl.col("source").cast(pl.String) if "source" in docs.columns else pl.lit(None, dtype=pl.String)
+    frame = (docs.select(pl.lit(key).alias("shard"), pl.col("id").cast(pl.String), source.alias("source"))
+             .join(assign.with_columns(pl.col("id").cast(pl.String), pl.col("gem").cast(pl.Int64)), on="id", how="left")
+             .join(index.with_columns(pl.col("id").cast(pl.String)), on="id", how="left")
+             .with_columns((pl.col("shard") + "/" + pl.col("id")).alias("key")))
+    return frame.select(*SAMPLE_COLUMNS), np.asarray(vectors, dtype=np.float32)
+
+
+def sample_corpus(layout, keys: Sequence[str], *, holdout: float, seed: int,
+                  max_target_documents: int | None = None, max_train_documents: int | None = None,
+                  progress: bool = False) -> EvaluationSample:
+    """:class:`CorpusSampler` over the pipeline's shards, one shard at a time, without texts.
+
+    Reads each shard's ``documents`` (ids and sources), ``domain_assignments`` and ``embeddings``
+    index; at the end, the embeddings of the sampled training-pool documents, shard by shard. Memory
+    holds one shard's columns and the samples, whatever the number of shards.
 
     Parameters
     ----------
@@ -709,57 +896,40 @@ def load_corpus(layout, keys: Sequence[str], with_text: bool = True) -> tuple[pl
         Where the pipeline's artifacts live.
     keys : sequence of str
         Shard keys.
-    with_text : bool
-        Keep the texts. ``False`` leaves them on disk (memory then holds a few short columns per
-        document, not the corpus): :func:`evaluate_corpus` reads only the texts it uses, shard by
-        shard, through ``texts=lambda rows: read_texts(layout, rows)``.
-
-    Returns
-    -------
-    frame : polars.DataFrame
-        ``key`` (``<shard>/<id>``), ``shard``, ``id``, ``text`` (only ``with_text``), ``source``
-        (null when the shards have no source column), ``gem`` (the student's domain; null when
-        the shard's assignments lack the document) and ``vec`` (row of ``vectors``; null when the
-        document was not embedded).
-    vectors : ndarray (M, d) float32
-        The embeddings of the embedded documents.
+    holdout, seed, max_target_documents, max_train_documents
+        See :class:`CorpusSampler`.
 
     Raises
     ------
     FileNotFoundError
-        When a shard's documents, embeddings or assignments are missing.
+        When a shard's documents, embeddings or assignments are missing, or there is no shard.
     """
-    from . import artifacts, storage
+    from tqdm.auto import tqdm
 
-    frames, blocks, offset = [], [], 0
-    for key in keys:
-        if with_text:
-            docs = artifacts.read_documents(layout, key)
-        elif not layout.documents_path(key).is_file() or not layout.documents_meta_path(key).is_file():
-            raise FileNotFoundError(f"no documents for shard {key!r}: materialize the 'documents' partition first")
-        else:
-            docs = storage.read_parquet(layout.documents_path(key), columns=_non_text_columns(layout, key))
-        apath = layout.assignments_path(key)
-        if not apath.is_file():
-            raise FileNotFoundError(f"no GEM assignments for shard {key!r} ({apath}): materialize "
-                                    "'domain_assignments' first")
-        assign = storage.read_parquet(apath, columns=["id", "domain"]).rename({"domain": "gem"})
-        vectors, index, _ = artifacts.read_embeddings(layout, key)
-        index = index.select("id").with_row_index("vec", offset=offset).with_columns(pl.col("vec").cast(pl.Int64))
-        offset += vectors.shape[0]
-        blocks.append(np.asarray(vectors, dtype=np.float32))
-        source = pl.col("source").cast(pl.String) if "source" in docs.columns else pl.lit(None, dtype=pl.String)
-        text = [pl.col("text")] if with_text else []
-        frame = (docs.select(pl.lit(key).alias("shard"), pl.col("id"), *text, source.alias("source"))
-                 .join(assign.with_columns(pl.col("gem").cast(pl.Int64)), on="id", how="left")
-                 .join(index, on="id", how="left"))
-        frames.append(frame)
-    if not frames:
+    from . import artifacts
+
+    keys = list(keys)
+    if not keys:
         raise FileNotFoundError("no shard to evaluate")
-    frame = pl.concat(frames).with_columns((pl.col("shard") + "/" + pl.col("id")).alias("key"))
-    dim = blocks[0].shape[1] if blocks and blocks[0].ndim == 2 else 0
-    vectors = np.concatenate([b.reshape(-1, dim) for b in blocks]) if blocks else np.zeros((0, 0), np.float32)
-    return frame.select("key", "shard", "id", *(["text"] if with_text else []), "source", "gem", "vec"), vectors
+    sampler = CorpusSampler(holdout, seed, max_target_documents, max_train_documents)
+    for key in tqdm(keys, desc="evaluation sample", unit="shard", disable=not progress, mininterval=1.0):
+        frame, _ = _shard_frame(layout, key)
+        sampler.offer(frame)
+
+    def vectors_of(rows: pl.DataFrame) -> np.ndarray:
+        if rows.height == 0:
+            return np.zeros((0, 0), np.float32)
+        out, dim = None, None
+        order = rows.with_row_index("pos")
+        for (shard,), part in order.group_by("shard", maintain_order=True):
+            vectors = np.asarray(artifacts.read_embeddings(layout, shard)[0], dtype=np.float32)
+            if out is None:
+                dim = vectors.shape[1]
+                out = np.empty((rows.height, dim), np.float32)
+            out[part["pos"].to_numpy()] = vectors[part["vec"].to_numpy()]
+        return out
+
+    return sampler.sample(vectors_of)
 
 
 def _non_text_columns(layout, key: str) -> list[str]:
@@ -798,13 +968,11 @@ class CorpusEvaluation:
 
 
 def evaluate_corpus(
-    frame: pl.DataFrame,
-    vectors: np.ndarray,
+    sample: EvaluationSample,
     sample_vectors: np.ndarray,
     k: int,
     config: EvaluationConfig,
     *,
-    holdout: float,
     select: float,
     use_source: bool,
     kmeans: Mapping[str, Any] | None = None,
@@ -813,17 +981,14 @@ def evaluate_corpus(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     texts: Callable[[pl.DataFrame], Sequence[str]] | None = None,
-    max_target_documents: int | None = None,
-    max_train_documents: int | None = None,
 ) -> CorpusEvaluation:
-    """The whole evaluation on a corpus from :func:`load_corpus`.
+    """The whole evaluation on the documents :func:`sample_corpus` (or :func:`sample_frame`) drew.
 
-    1. Hold out ``holdout`` of *all* documents (seeded, by key) as the target set; when it has
-       more than ``max_target_documents``, a seeded uniform sample of that many is used
-       (:func:`capped_sample`).
-    2. The training pool is every other document that has a GEM domain and an embedding
-       (k-means needs one), capped the same way at ``max_train_documents``; ``select`` of it
-       is set aside for RegMix's weight choice, the rest are the fit documents.
+    1. The target set: the held-out documents (:func:`holdout_split`: a seeded hash of each key),
+       a seeded uniform sample of at most the sampler's ``max_target_documents`` of them.
+    2. The training pool: the other documents that have a GEM domain and an embedding (k-means
+       needs one), capped the same way at ``max_train_documents``; ``select`` of it is set aside
+       for RegMix's weight choice, the rest are the fit documents.
     3. Bucketizations of the fit documents: the source labels (``use_source``), Euclidean
        k-means with K clusters fitted on ``sample_vectors`` (the teacher sample, as GEM
        was) with each document at its nearest centroid, and GEM's domains.
@@ -831,16 +996,16 @@ def evaluate_corpus(
 
     Parameters
     ----------
-    frame, vectors
-        From :func:`load_corpus`.
+    sample : EvaluationSample
+        From :func:`sample_corpus` or :func:`sample_frame`.
     sample_vectors : ndarray (n, d)
         The teacher sample's embeddings.
     k : int
         GEM's number of domains (k-means gets the same).
     config : EvaluationConfig
         Models, budgets, seeds.
-    holdout, select : float
-        Fractions of the two splits.
+    select : float
+        Fraction of the training pool set aside for the weight choice.
     use_source : bool
         Whether the source labels are a bucketization (and the target set is scored per label).
     kmeans : mapping, optional
@@ -849,38 +1014,40 @@ def evaluate_corpus(
         See :func:`run_experiment`.
     texts : callable, optional
         ``texts(rows)`` -> the texts of the documents of ``rows`` (a frame of ``shard`` and ``id``),
-        e.g. ``lambda rows: read_texts(layout, rows)``; required when ``frame`` has no ``text``
-        column. Only the texts of the target, selection and fit documents are read.
-    max_target_documents, max_train_documents : int, optional
-        Caps of the target set and of the training pool (bounded memory whatever the corpus
-        size; ``None``: no cap). Documents left out by a cap are counted as ``capped``.
+        e.g. ``lambda rows: read_texts(layout, rows)``; required when the sample's frame has no
+        ``text`` column. Only the texts of the target, selection and fit documents are read.
 
     Returns
     -------
     CorpusEvaluation
         ``counts``: ``documents`` = ``target`` + ``select`` + ``fit`` + ``unusable`` + ``capped``.
+
+    Raises
+    ------
+    ValueError
+        When no document is held out, fewer than 2 training documents are usable, or
+        ``use_source`` is set and no document has a source label.
     """
-    from .bucketize import from_domains, from_labels, kmeans_buckets
     from .allocator import release_memory
+    from .bucketize import from_domains, from_labels, kmeans_buckets
 
     release_memory()  # a long-lived process (make run) starts the stage with what earlier ones freed returned
     k = check_int(k, "k", low=2)
+    frame, vectors, c = sample.frame, sample.vectors, sample.counts
     if "text" not in frame.columns and texts is None:
-        raise ValueError("the frame has no 'text' column: pass texts= (e.g. lambda rows: read_texts(layout, rows))")
-    keys = frame["key"]  # Arrow strings: no Python string per document (issue 8)
-    held = holdout_split(keys, holdout, config.seed)
-    usable = (frame["gem"].is_not_null() & frame["vec"].is_not_null()).to_numpy()
-    all_target = np.flatnonzero(held)
-    target_idx = capped_sample(all_target, keys, max_target_documents, config.seed, "target")
-    all_pool = np.flatnonzero(~held & usable)
-    pool = capped_sample(all_pool, keys, max_train_documents, config.seed, "pool")
-    capped = int(all_target.size - target_idx.size + all_pool.size - pool.size)
+        raise ValueError("the sample has no 'text' column: pass texts= (e.g. lambda rows: read_texts(layout, rows))")
+    if c["held_out"] == 0:
+        raise ValueError(f"no document of {c['documents']} was held out as a target document: the corpus is too "
+                         "small for the holdout fraction (add documents or raise the evaluation's holdout)")
+    is_target = frame["target"].to_numpy()
+    target_idx, pool = np.flatnonzero(is_target), np.flatnonzero(~is_target)
+    capped = int(c["held_out"] - c["target"] + c["pool_available"] - c["pool"])
     if pool.size < 2:
         raise ValueError(f"only {pool.size} training document(s) have both a GEM domain and an embedding; the "
                          "evaluation needs at least 2 (embed more documents: GEM_EMBED_CAP)")
-    sel = select_split(keys.gather(pool), select, config.seed)
+    sel = select_split(frame["key"].gather(pool), select, config.seed)
     fit, chosen = pool[~sel], pool[sel]
-    if use_source and frame["source"].is_null().all():
+    if use_source and c["with_source"] == 0:
         raise ValueError("use_source is set but no document has a source label")
     if "text" in frame.columns:
         def read(idx):
@@ -906,8 +1073,8 @@ def evaluate_corpus(
     release_memory()
     table = summarize(result.runs, config.confidence)
     differences = paired_differences(result.runs, "gem", confidence=config.confidence)
-    counts = {"documents": len(keys), "target": int(target_idx.size), "select": int(chosen.size), "fit": int(fit.size),
-              "unusable": int((~held & ~usable).sum()), "capped": capped}
+    counts = {"documents": c["documents"], "target": int(target_idx.size), "select": int(chosen.size),
+              "fit": int(fit.size), "unusable": c["unusable"], "capped": capped}
     bucket_counts = {b.name: dict(zip(b.keys(), b.counts().tolist())) for b in buckets}
     return CorpusEvaluation(result=result, table=table, differences=differences, counts=counts,
                             bucket_counts=bucket_counts)
