@@ -318,12 +318,13 @@ def test_corpus_index_spilled_with_no_documents(tmp_path):
 
 
 def test_key_priorities_equal_key_priority():
-    """The index's fast priorities are sampling.key_priority's, non-ASCII keys and the empty key included."""
+    """The batched priorities (the mixing index's column) are sampling.key_priority's, non-ASCII keys and
+    the empty key included."""
     names = ["", "a", "é", "日本/語", "x" * 300, "0001-7"]
     for seed, purpose, prefix in ((0, "", ""), (7, "mixing/proxy_target", "shard-3.jsonl/"), (2**40, "p", "ß/")):
-        got = mixture._key_priorities(seed, purpose, prefix, names)
+        got = sampling.key_priorities(seed, purpose, names, prefix=prefix)
         assert got.dtype == np.uint64 and got.tolist() == [sampling.key_priority(seed, purpose, prefix + n) for n in names]
-    assert mixture._key_priorities(1, "p", "k/", []).shape == (0,)
+    assert sampling.key_priorities(1, "p", [], prefix="k/").shape == (0,)
 
 
 def test_bottom_k_by_priority_by_hand():
@@ -362,11 +363,14 @@ def test_target_sample_from_priorities_equals_the_key_sample(tmp_path, monkeypat
     """Old == new: the proxy target sample drawn from the index's priority column is the sample
     sampling.bottom_k_positions draws from the "<shard>/<id>" keys held in memory, ties included
     (``coarse``: priorities cut to 3 values, so most candidates tie and the keys decide)."""
-    if coarse:  # the index's priorities (computed by mixture._key_priorities) and BottomK's, both coarse
-        fine = sampling.key_priority
-        monkeypatch.setattr(sampling, "key_priority", lambda seed, purpose, key: fine(seed, purpose, key) % 3)
-        monkeypatch.setattr(mixture, "_key_priorities", lambda seed, purpose, prefix, names: np.array(
-            [sampling.key_priority(seed, purpose, prefix + n) for n in names], dtype=np.uint64))
+    if coarse:  # the index's priorities and BottomK's (both sampling.key_priorities), both coarse
+        fine = sampling.key_priorities
+
+        def three(seed, purpose, names, prefix=""):
+            return fine(seed, purpose, names, prefix=prefix) % np.uint64(3)
+
+        monkeypatch.setattr(sampling, "key_priorities", three)
+        monkeypatch.setattr(mixture, "key_priorities", three)
     frame, old, _, _ = _mixing_corpus(tmp_path, n=60)                          # ids in memory (the old index)
     _, new, _, read_ids = _mixing_corpus(tmp_path, n=60, spill=True, target_source="src1", key_seed=11,
                                          key_purpose="mixing/proxy_target")
