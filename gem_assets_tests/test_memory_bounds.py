@@ -213,10 +213,11 @@ def test_bpb_windows_are_the_evenly_spread_subset_built_without_the_full_list():
 
 
 # --------------------------------------------------------------------------- mixing without the corpus in memory
-def _mixing_corpus(tmp_path, n_shards=3, n=40, seed=0, spill=False):
+def _mixing_corpus(tmp_path, n_shards=3, n=40, seed=0, spill=False, **index_args):
     """Shards of documents (ids out of order, a missing assignment) on disk, and the frame the
     in-memory path builds (every assigned document, sorted by shard and id). ``spill``: the index's
-    numeric columns memory-mapped from files under ``tmp_path / "spill"``."""
+    numeric columns memory-mapped from files under ``tmp_path / "spill"``. Returns the frame, the
+    index and readers of texts and of ids by index position; ``index_args`` go to corpus_index."""
     import polars as pl
 
     rng = np.random.default_rng(seed)
@@ -234,48 +235,165 @@ def _mixing_corpus(tmp_path, n_shards=3, n=40, seed=0, spill=False):
     keys = list(frames)
     index = mixture.corpus_index(lambda k: pl.read_parquet(tmp_path / f"docs-{k.split('-')[1]}.parquet"),
                                  lambda k: pl.read_parquet(tmp_path / f"assign-{k.split('-')[1]}.parquet"),
-                                 list(reversed(keys)), spill_dir=tmp_path / "spill" if spill else None)
+                                 list(reversed(keys)), spill_dir=tmp_path / "spill" if spill else None, **index_args)
 
-    def read_rows(key, rows):
-        out = []
-        for df in streaming.iter_selected_rows(tmp_path / f"docs-{key.split('-')[1]}.parquet", rows, columns=["text"],
-                                               batch_rows=7):
-            out += df["text"].to_list()
-        return out
+    def reader(column):
+        def read_rows(key, rows):
+            out = []
+            for df in streaming.iter_selected_rows(tmp_path / f"docs-{key.split('-')[1]}.parquet", rows,
+                                                   columns=[column], batch_rows=7):
+                out += df[column].to_list()
+            return out
 
-    return frame, index, lambda pos: mixture.read_index_texts(index, pos, read_rows)
+        return lambda pos: mixture.read_index_texts(index, pos, read_rows)
+
+    return frame, index, reader("text"), reader("id")
 
 
 @pytest.mark.parametrize("spill", [False, True])
 def test_corpus_index_and_texts_match_the_in_memory_frame(tmp_path, spill):
-    frame, index, read = _mixing_corpus(tmp_path, spill=spill)
+    frame, index, read, read_ids = _mixing_corpus(tmp_path, spill=spill, target_source="src1", key_seed=7,
+                                                  key_purpose="t/p")
     assert len(index) == frame.height == 3 * 39
-    assert index.ids.to_list() == frame["id"].to_list() and index.sources.to_list() == frame["source"].to_list()
     np.testing.assert_array_equal(index.domains, frame["domain"].to_numpy())
     np.testing.assert_array_equal(index.tokens, mixture.document_tokens(frame["text"].to_list()))
+    # the per-document strings' uses, as numbers: source == target, and the key's priority
+    np.testing.assert_array_equal(index.is_target, (frame["source"] == "src1").to_numpy())
+    assert index.is_target.dtype == np.bool_ and 0 < index.is_target.sum() < len(index)
+    keys = [f"{s}/{i}" for s, i in zip(frame["shard"], frame["id"])]
+    assert index.priority.dtype == np.uint64
+    assert index.priority.tolist() == [sampling.key_priority(7, "t/p", k) for k in keys]
     pos = np.array([5, 0, 100, 5, 42])
     assert read(pos) == [frame["text"][int(i)] for i in pos]
-    if spill:  # numeric columns memory-mapped read-only, their files already unlinked
+    assert read_ids(pos) == [frame["id"][int(i)] for i in pos]
+    assert index.keys_at(pos, read_ids) == [keys[int(i)] for i in pos]
+    if spill:  # numeric columns memory-mapped read-only, their files already unlinked; no string kept
         assert all(isinstance(a, np.memmap) and not a.flags.writeable
-                   for a in (index.shard, index.row, index.domains, index.tokens))
+                   for a in (index.shard, index.row, index.domains, index.tokens, index.is_target, index.priority))
         assert list((tmp_path / "spill").iterdir()) == []
         assert index.shard.dtype == np.int32 and index.row.dtype == index.tokens.dtype == np.int64
+        assert index.ids is None and index.sources is None
+        with pytest.raises(ValueError, match="read_ids"):
+            index.keys_at(pos)
+        with pytest.raises(ValueError, match="spill_dir"):
+            index.document_keys()
+    else:
+        assert index.ids.to_list() == frame["id"].to_list() and index.sources.to_list() == frame["source"].to_list()
+        assert index.keys_at(pos) == [keys[int(i)] for i in pos]
+        assert [index.document_keys()[int(i)] for i in pos] == [keys[int(i)] for i in pos]
+    with pytest.raises(ValueError, match="returned 1 ids for 5"):
+        index.keys_at(pos, lambda p: ["x"])
+
+
+def test_corpus_index_without_target_or_priority(tmp_path):
+    """No target source: every document is a target; no key seed: no priority column."""
+    frame, index, _, _ = _mixing_corpus(tmp_path, spill=True)
+    assert index.is_target.all() and index.is_target.size == frame.height and index.priority is None
+    import polars as pl
+
+    docs = pl.DataFrame({"id": ["b", "a", "c"], "text": ["xx", "y", "zzz"], "source": ["s", None, "t"]})
+    assign = pl.DataFrame({"id": ["a", "b", "c"], "domain": [0, 1, 0]})
+    for spill in (None, tmp_path / "spill2"):
+        small = mixture.corpus_index(lambda k: docs, lambda k: assign, ["k"], spill_dir=spill, target_source="s")
+        assert small.is_target.tolist() == [False, True, False]  # ids a, b, c; a's null source never matches
+        assert small.row.tolist() == [1, 0, 2] and small.tokens.tolist() == [2, 3, 4]
+    with pytest.raises(ValueError, match="target_source"):
+        mixture.corpus_index(lambda k: docs, lambda k: assign, ["k"], target_source=3)
+    with pytest.raises(ValueError, match="key_seed"):
+        mixture.corpus_index(lambda k: docs, lambda k: assign, ["k"], key_seed=-1)
 
 
 def test_corpus_index_spilled_with_no_documents(tmp_path):
     import polars as pl
 
     empty = pl.DataFrame(schema={"id": pl.String, "text": pl.String})
-    index = mixture.corpus_index(lambda k: empty, lambda k: pl.DataFrame(schema={"id": pl.String, "domain": pl.Int64}),
-                                 ["a", "b"], spill_dir=tmp_path / "spill")
-    assert len(index) == 0 and index.tokens.dtype == np.int64 and index.ids.len() == 0
+    no_assign = pl.DataFrame(schema={"id": pl.String, "domain": pl.Int64})
+    index = mixture.corpus_index(lambda k: empty, lambda k: no_assign, ["a", "b"], spill_dir=tmp_path / "spill",
+                                 key_seed=1)
+    assert len(index) == 0 and index.tokens.dtype == np.int64 and index.ids is None
+    assert index.priority.dtype == np.uint64 and index.is_target.size == 0
     assert list((tmp_path / "spill").iterdir()) == []
+    in_memory = mixture.corpus_index(lambda k: empty, lambda k: no_assign, ["a", "b"], key_seed=1)
+    assert len(in_memory) == 0 and in_memory.ids.len() == 0 and in_memory.priority.dtype == np.uint64
+
+
+def test_key_priorities_equal_key_priority():
+    """The batched priorities (the mixing index's column) are sampling.key_priority's, non-ASCII keys and
+    the empty key included."""
+    names = ["", "a", "é", "日本/語", "x" * 300, "0001-7"]
+    for seed, purpose, prefix in ((0, "", ""), (7, "mixing/proxy_target", "shard-3.jsonl/"), (2**40, "p", "ß/")):
+        got = sampling.key_priorities(seed, purpose, names, prefix=prefix)
+        assert got.dtype == np.uint64 and got.tolist() == [sampling.key_priority(seed, purpose, prefix + n) for n in names]
+    assert sampling.key_priorities(1, "p", [], prefix="k/").shape == (0,)
+
+
+def test_bottom_k_by_priority_by_hand():
+    """Smallest priorities kept; a tie at the cut keeps the larger key (as BottomK does)."""
+    prio = np.array([5, 1, 3, 1, 9], dtype=np.uint64)
+    keys = ["a", "b", "c", "d", "e"]
+    asked = []
+
+    def key_of(pos):
+        asked.append(pos.tolist())
+        return [keys[i] for i in pos]
+
+    idx = np.arange(5)
+    assert mixture.bottom_k_by_priority(idx, prio, 2, key_of).tolist() == [1, 3] and asked == []
+    assert mixture.bottom_k_by_priority(idx, prio, 1, key_of).tolist() == [3] and asked == [[1, 3]]  # "d" > "b"
+    assert mixture.bottom_k_by_priority(idx, prio, 3, key_of).tolist() == [1, 2, 3]
+    assert mixture.bottom_k_by_priority(np.array([0, 2, 4]), prio, 2, key_of).tolist() == [0, 2]
+    assert mixture.bottom_k_by_priority(idx, prio, None).tolist() == [0, 1, 2, 3, 4]
+    assert mixture.bottom_k_by_priority(idx, prio, 5).tolist() == [0, 1, 2, 3, 4]
+    assert mixture.bottom_k_by_priority(np.zeros(0, np.int64), prio, 2).tolist() == []
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="cap"):
+            mixture.bottom_k_by_priority(idx, prio, bad)
+    with pytest.raises(ValueError, match="tie"):
+        mixture.bottom_k_by_priority(idx, prio, 1)
+    with pytest.raises(ValueError, match="uint64"):
+        mixture.bottom_k_by_priority(idx, prio.astype(np.int64), 1)
+    with pytest.raises(ValueError, match="increasing"):
+        mixture.bottom_k_by_priority(np.array([2, 1]), prio, 1)
+    with pytest.raises(ValueError, match="increasing"):
+        mixture.bottom_k_by_priority(np.array([1, 5]), prio, 1)
+
+
+@pytest.mark.parametrize("coarse", [False, True])
+def test_target_sample_from_priorities_equals_the_key_sample(tmp_path, monkeypatch, coarse):
+    """Old == new: the proxy target sample drawn from the index's priority column is the sample
+    sampling.bottom_k_positions draws from the "<shard>/<id>" keys held in memory, ties included
+    (``coarse``: priorities cut to 3 values, so most candidates tie and the keys decide)."""
+    if coarse:  # the index's priorities and BottomK's (both sampling.key_priorities), both coarse
+        fine = sampling.key_priorities
+
+        def three(seed, purpose, names, prefix=""):
+            return fine(seed, purpose, names, prefix=prefix) % np.uint64(3)
+
+        monkeypatch.setattr(sampling, "key_priorities", three)
+        monkeypatch.setattr(mixture, "key_priorities", three)
+    frame, old, _, _ = _mixing_corpus(tmp_path, n=60)                          # ids in memory (the old index)
+    _, new, _, read_ids = _mixing_corpus(tmp_path, n=60, spill=True, target_source="src1", key_seed=11,
+                                         key_purpose="mixing/proxy_target")
+    np.testing.assert_array_equal(new.is_target, (old.sources == "src1").fill_null(False).to_numpy())
+    held = mixture.split_documents(new.domains, 0.5, 11)
+    ties = []
+    for mask in (held, held & new.is_target):  # GEM_MIX_TARGET unset, and set to a source
+        cand = np.flatnonzero(mask)
+        assert cand.size > 20
+        for cap in (None, 1, 2, 7, 20, cand.size - 1, cand.size, cand.size + 3):
+            want = sampling.bottom_k_positions(cand, old.document_keys(), cap, 11, "mixing/proxy_target")
+            got = mixture.bottom_k_by_priority(cand, new.priority, cap,
+                                               lambda p: ties.append(p.size) or new.keys_at(p, read_ids))
+            np.testing.assert_array_equal(got, want)
+            assert got.size == (cand.size if cap is None else min(cap, cand.size))
+    # keys are read back only for candidates tied at the cut: here never with 64-bit priorities
+    assert (len(ties) > 0) == coarse, ties
 
 
 @pytest.mark.parametrize("spill", [False, True])
 @pytest.mark.parametrize("cap", [None, 2, 50, 400])
 def test_proxy_streams_equal_the_in_memory_streams(tmp_path, cap, spill):
-    frame, index, read = _mixing_corpus(tmp_path, spill=spill)
+    frame, index, read, _ = _mixing_corpus(tmp_path, spill=spill)
     texts, labels = frame["text"].to_list(), frame["domain"].to_numpy()
     names = ["0", "1", "2", "3"]
     asked = []
@@ -312,7 +430,7 @@ def test_curated_parts_equal_the_in_memory_rows(tmp_path, monkeypatch, bucket_by
 
     monkeypatch.setattr(storage, "ParquetBatchWriter", CountingWriter)
 
-    frame, index, read = _mixing_corpus(tmp_path, spill=spill)
+    frame, index, read, read_ids = _mixing_corpus(tmp_path, spill=spill)
     tokens = mixture.document_tokens(frame["text"].to_list())
     labels = frame["domain"].to_numpy()
     if spill:  # the sample drawn from the memory-mapped index is the same
@@ -324,7 +442,7 @@ def test_curated_parts_equal_the_in_memory_rows(tmp_path, monkeypatch, bucket_by
            .select("shard", "id", "domain", "repeat", "tokens", "text"))
     out = tmp_path / f"out-{bucket_bytes}"
     files = mixture.write_curated_parts(index, sample, read, out, rows_per_file=17, bucket_bytes=bucket_bytes,
-                                        max_buckets=max_buckets)
+                                        max_buckets=max_buckets, read_ids=read_ids if spill else None)
     assert files == [f"part-{i:05d}.parquet" for i in range(-(-ref.height // 17))]
     # one bucket per file with 1-token buckets, unless max_buckets caps them; one with huge buckets
     assert 1 <= len(opened) <= min(len(files), max_buckets + 1)
@@ -336,11 +454,21 @@ def test_curated_parts_equal_the_in_memory_rows(tmp_path, monkeypatch, bucket_by
     assert all(p.height == 17 for p in parts[:-1]) and sorted(p.name for p in out.iterdir()) == files
     got = pl.concat(parts)
     assert got.columns == ref.columns and got.equals(ref.cast(got.schema))
+    if spill:  # old == new, byte for byte: ids read back by row vs the ids held in memory (the old index)
+        with pytest.raises(ValueError, match="read_ids"):
+            mixture.write_curated_parts(index, sample, read, tmp_path / "no-ids", 17)
+        _, old, old_read, _ = _mixing_corpus(tmp_path)
+        assert old.ids is not None
+        old_files = mixture.write_curated_parts(old, sample, old_read, tmp_path / "old", rows_per_file=17,
+                                                bucket_bytes=bucket_bytes, max_buckets=max_buckets)
+        assert old_files == files
+        assert all((tmp_path / "old" / f).read_bytes() == (out / f).read_bytes() for f in files)
     # an empty sample still writes one (empty) file
     empty = mixture.CuratedSample(indices=np.zeros(0, np.int64), repeats=np.zeros(0, np.int64), domains=np.zeros(0, np.int64))
-    assert mixture.write_curated_parts(index, empty, read, tmp_path / "empty", 5) == ["part-00000.parquet"]
+    assert mixture.write_curated_parts(index, empty, read, tmp_path / "empty", 5, read_ids=read_ids) == [
+        "part-00000.parquet"]
     with pytest.raises(ValueError, match="max_buckets"):
-        mixture.write_curated_parts(index, empty, read, tmp_path / "bad", 5, max_buckets=1)
+        mixture.write_curated_parts(index, empty, read, tmp_path / "bad", 5, max_buckets=1, read_ids=read_ids)
     assert pl.read_parquet(tmp_path / "empty" / "part-00000.parquet").height == 0
 
 

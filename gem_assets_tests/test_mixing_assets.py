@@ -25,7 +25,51 @@ def _up_to_stats(instance, res):
     assert materialize([domain_stats], instance=instance, resources=res).success
 
 
-def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance):
+def _old_index(layout):
+    """The mixing index as it was before issue 8's change: ids and sources held in memory."""
+    from gem_assets.lib import artifacts, mixture
+
+    shards = storage.read_json(layout.domain_stats_dir / "summary.json")["shards"]
+    index = mixture.corpus_index(lambda k: artifacts.read_documents(layout, k),
+                                 lambda k: storage.read_parquet(layout.assignments_path(k), columns=["id", "domain"]),
+                                 shards)
+    texts = {k: artifacts.read_documents(layout, k)["text"] for k in index.shards}
+
+    def read_texts(pos):
+        return [texts[index.shards[int(index.shard[i])]][int(index.row[i])] for i in pos]
+
+    return index, read_texts
+
+
+def _old_target_stream(layout, p):
+    """The target stream the proxy corpus held before (sources compared and keys built in memory)."""
+    from gem_assets.lib import mixture, sampling
+
+    index, read_texts = _old_index(layout)
+    held = mixture.split_documents(index.domains, p["valid_fraction"], p["seed"])
+    if p["target"] is not None:
+        held &= (index.sources == p["target"]).fill_null(False).to_numpy()
+    idx = sampling.bottom_k_positions(np.flatnonzero(held), index.document_keys(), p["max_target_documents"],
+                                      p["seed"], "mixing/proxy_target")
+    return mixture.texts_to_streams(read_texts(idx), ["target"] * idx.size)["target"]
+
+
+def _assert_mixture_as_before(layout, p, tmp):
+    """The curated mixture's files are byte for byte those the in-memory index (ids held) writes."""
+    from gem_assets.lib import mixture
+
+    manifest = storage.read_json(layout.mixture_dir / "manifest.json")
+    index, read_texts = _old_index(layout)
+    weights = np.array([manifest["weights"][str(d)] for d in range(len(manifest["weights"]))])
+    sample = mixture.sample_curated_mixture(index.tokens, index.domains, weights, manifest["budget_tokens"],
+                                            p["max_epochs"], p["seed"])
+    files = mixture.write_curated_parts(index, sample, read_texts, tmp, p["rows_per_shard"])
+    assert files == manifest["files"]
+    for f in files:
+        assert (tmp / f).read_bytes() == (layout.mixture_dir / f).read_bytes(), f
+
+
+def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance, tmp_path):
     res = make_resources(gem_home, str(tiny_corpus / "*"), k=4, mlflow=True, student_min_agreement=0.0,
                          tracking_uri=f"sqlite:///{gem_home / 'mlflow.db'}", mixture_tokens=3000,
                          mix_max_target_documents=5)
@@ -48,6 +92,8 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance):
     assert meta["target_documents"] == 5 and meta["target_documents_available"] == meta["valid_documents"] > 5
     target = storage.read_safetensors(layout.proxy_corpus_dir / "target.safetensors")["target"]
     assert int((target == 0).sum()) == 5    # one separator byte per document (mixture.SEPARATOR)
+    # the same documents as before issue 8's change (keys and sources in memory), byte for byte
+    np.testing.assert_array_equal(target, _old_target_stream(layout, settings.mixture_params()))
     assert math.isclose(sum(meta["natural_shares"].values()), 1.0)
     train = storage.read_safetensors(layout.proxy_corpus_dir / "train.safetensors")
     assert all(s.dtype == np.uint8 and s.size <= prof.mix_max_bytes_per_domain for s in train.values())
@@ -88,6 +134,7 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance):
     joined = rows.join(assign.rename({"domain": "student"}), on="id", how="left")
     assert (joined["domain"] == joined["student"].cast(pl.Int64)).all()
     assert manifest["provenance"]["student_fingerprint"] and manifest["provenance"]["shards"]
+    _assert_mixture_as_before(layout, settings.mixture_params(), tmp_path / "old-mixture")
 
     md = _md(result, "doremi_weights")
     assert md["weights_chart"].startswith("![DoReMi weights vs natural shares](data:image/png;base64,")
@@ -114,6 +161,21 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance):
         "curated_mixture": "inputs or parameters changed"}
     assert materialize([curated_mixture], instance=instance, resources=doremi_res).success
     assert storage.read_json(layout.mixture_dir / "manifest.json")["mixer"] == "doremi"
+    _assert_mixture_as_before(layout, doremi_res["gem"].settings().mixture_params(), tmp_path / "old-doremi")
+
+    # a source as the target (GEM_MIX_TARGET): the held-out documents of that source, sampled as before
+    sport = make_resources(gem_home, str(tiny_corpus / "*"), k=4, student_min_agreement=0.0, mixture_tokens=3000,
+                           mix_target="sport", mix_max_target_documents=2)
+    assert materialize([proxy_corpus], instance=instance, resources=sport).success
+    meta = storage.read_json(layout.proxy_corpus_dir / "meta.json")
+    assert meta["target"] == "sport" and meta["target_documents"] == 2 < meta["target_documents_available"]
+    target = storage.read_safetensors(layout.proxy_corpus_dir / "target.safetensors")["target"]
+    np.testing.assert_array_equal(target, _old_target_stream(layout, sport["gem"].settings().mixture_params()))
+    sport_texts = set(pl.concat([pl.read_parquet(layout.documents_path(k), columns=["text", "source"])
+                                for k in meta["shards"]])
+                      .filter(pl.col("source") == "sport")["text"].to_list())
+    docs = target.tobytes().split(b"\x00")[:-1]
+    assert len(docs) == 2 and all(d.decode() in sport_texts for d in docs)
 
 
 def test_mixing_without_stats_fails_clearly(tiny_corpus, gem_home, instance):

@@ -109,24 +109,37 @@ def _require_stats(settings: Settings) -> dict:
     return stats
 
 
-def _index(settings: Settings, shards):
-    """Every counted document without its text (``lib.mixture.corpus_index``, one shard at a time;
-    its numeric columns memory-mapped from unlinked files under the local state folder), and a
-    reader of the texts of index positions, shard by shard (bounded memory, issue 8)."""
+#: Purpose of the proxy target sample's key priorities (``lib.sampling.key_priority``).
+_TARGET_PURPOSE = "mixing/proxy_target"
+
+
+def _index(settings: Settings, shards, target_source: str | None = None, key_seed: int | None = None):
+    """Every counted document without its text or any string (``lib.mixture.corpus_index``, one
+    shard at a time; its numeric columns, with ``is_target`` for ``target_source`` and, given
+    ``key_seed``, the target sample's key priorities, memory-mapped from unlinked files under the
+    local state folder), and readers of the texts and of the ids of index positions, shard by shard
+    (bounded memory, issue 8)."""
+    import polars as pl
+
     from gem_assets.lib import artifacts, mixture, storage
     from gem_assets.lib.streaming import iter_selected_rows
 
     layout = settings.layout
     index = mixture.corpus_index(lambda key: artifacts.read_documents(layout, key),
                                  lambda key: storage.read_parquet(layout.assignments_path(key), columns=["id", "domain"]),
-                                 shards, spill_dir=layout.state_dir / "tmp")
+                                 shards, spill_dir=layout.state_dir / "tmp", target_source=target_source,
+                                 key_seed=key_seed, key_purpose=_TARGET_PURPOSE)
     if not len(index) and not shards:
         raise Failure(description="domain_stats counted no shard", allow_retries=False)
 
-    def read_rows(key, rows):
-        return [t for df in iter_selected_rows(layout.documents_path(key), rows, columns=["text"]) for t in df["text"]]
+    def reader(column):
+        def read_rows(key, rows):
+            return [v for df in iter_selected_rows(layout.documents_path(key), rows, columns=[column])
+                    for v in df[column].cast(pl.String)]  # ids as the index reads them (strings)
 
-    return index, lambda positions: mixture.read_index_texts(index, positions, read_rows)
+        return lambda positions: mixture.read_index_texts(index, positions, read_rows)
+
+    return index, reader("text"), reader("id")
 
 
 def _n_domains(settings: Settings) -> int:
@@ -206,29 +219,30 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     import numpy as np
     import polars as pl
 
-    from gem_assets.lib import mixture, sampling, storage
+    from gem_assets.lib import mixture, storage
 
     settings = gem.settings()
     p = settings.mixture_params()
     stats = _require_stats(settings)
     fp = mixing_fingerprints(settings, stats["fingerprint"])["proxy_corpus"]
-    index, read_texts = _index(settings, stats["shards"])
+    index, read_texts, read_ids = _index(settings, stats["shards"], target_source=p["target"], key_seed=p["seed"])
     k = _n_domains(settings)
     names = [str(i) for i in range(k)]
     labels = index.domains
     held = mixture.split_documents(labels, p["valid_fraction"], p["seed"])  # the split proxy_streams makes
     target_mask = held.copy()
     if p["target"] is not None:
-        target_mask &= (index.sources == p["target"]).fill_null(False).to_numpy()
+        target_mask &= index.is_target  # source == GEM_MIX_TARGET, computed while indexing
     if target_mask.sum() == 0:
         raise Failure(description=f"the target set is empty (GEM_MIX_TARGET={p['target']!r}, "
                       f"{int(held.sum())} held-out documents): pick a source label that has held-out documents",
                       allow_retries=False)
     # at most max_target_documents of them, a seeded uniform sample keyed by (shard, id): the target
-    # stream is held in memory, so it must not grow with the corpus
+    # stream is held in memory, so it must not grow with the corpus. The keys' priorities
+    # (sampling.key_priority) were computed while indexing: the sample is sampling.bottom_k_positions'
     target_available = int(target_mask.sum())
-    target_idx = sampling.bottom_k_positions(np.flatnonzero(target_mask), index.document_keys(),
-                                             p["max_target_documents"], p["seed"], "mixing/proxy_target")
+    target_idx = mixture.bottom_k_by_priority(np.flatnonzero(target_mask), index.priority, p["max_target_documents"],
+                                              keys=lambda pos: index.keys_at(pos, read_ids))
     target_mask = np.zeros_like(target_mask)
     target_mask[target_idx] = True
     train, valid, target = mixture.proxy_streams(index, read_texts, names, p["valid_fraction"], p["seed"],
@@ -557,7 +571,7 @@ def curated_mixture(context: AssetExecutionContext, gem: GemConfig) -> Materiali
         raise Failure(description=f"no current {p['mixer']} weights (GEM_MIXER): materialize "
                       f"'{p['mixer']}_weights' first", allow_retries=False)
     wrec = storage.read_json(wpath)
-    index, read_texts = _index(settings, stats["shards"])
+    index, read_texts, read_ids = _index(settings, stats["shards"])
     k = _n_domains(settings)
     names = [str(i) for i in range(k)]
     weights = np.array([wrec["weights"].get(n, 0.0) for n in names])
@@ -588,7 +602,7 @@ def curated_mixture(context: AssetExecutionContext, gem: GemConfig) -> Materiali
     out = layout.mixture_dir
     with storage.atomic_dir(out) as tmp:
         # the shuffled rows, written with a bucketed external shuffle (one shard or bucket in memory)
-        if mixture.write_curated_parts(index, sample, read_texts, tmp, size) != files:
+        if mixture.write_curated_parts(index, sample, read_texts, tmp, size, read_ids=read_ids) != files:
             raise Failure(description="the curated mixture's files differ from its manifest", allow_retries=False)
         storage.write_json(tmp / "manifest.json", manifest)
 

@@ -40,7 +40,7 @@ import polars as pl
 
 from ._checks import check_float, check_int
 from .bucketize import MISSING_LABEL, Bucketization
-from .sampling import BottomK, bottom_k_positions, key_priority, rng_for
+from .sampling import BottomK, bottom_k_positions, key_priorities, rng_for
 
 __all__ = [
     "MIXERS",
@@ -145,9 +145,7 @@ def holdout_split(keys: Sequence[str] | pl.Series, fraction: float, seed: int) -
     s = _key_series(keys)
     if s.n_unique() != s.len():
         raise ValueError("document keys must be unique (e.g. '<shard>/<id>'); found duplicates")
-    threshold = int(fraction * 2**64)
-    return np.fromiter((key_priority(seed, "evaluation/holdout", k) < threshold for k in s.to_list()),
-                       dtype=bool, count=s.len())
+    return key_priorities(seed, "evaluation/holdout", s.to_list()) < np.uint64(int(fraction * 2**64))
 
 
 def select_split(keys: Sequence[str] | pl.Series, fraction: float, seed: int) -> np.ndarray:

@@ -27,8 +27,10 @@ The curated mixture
 Bounded memory (issue 8)
 ------------------------
 The mixing stage does not hold the corpus's texts. :func:`corpus_index` reads one shard at a time
-and keeps, per document, its shard, row, id, domain, source and token count (no text: a few dozen
-bytes per document). :func:`proxy_streams` builds exactly the streams of :func:`domain_streams`
+and keeps, per document, its shard, row, domain and token count, whether its source is the target
+source and the priority of its key for the target sample (no text and, with ``spill_dir``, no
+string at all: 37 bytes per document, memory-mapped from files). The ids are read back from the
+documents files by row where they are needed (the curated mixture's ``id`` column). :func:`proxy_streams` builds exactly the streams of :func:`domain_streams`
 but reads only the texts that reach a stream (with ``max_bytes_per_domain``, at most that many
 bytes per domain and split, plus the target documents). :func:`write_curated_parts` writes the
 shuffled curated mixture with a bucketed external shuffle: each shard is read once and its selected
@@ -46,10 +48,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ._checks import check_float, check_int
+from .sampling import key_priorities
 
 __all__ = ["SEPARATOR", "texts_to_streams", "split_documents", "domain_streams", "document_tokens",
            "allocate_tokens", "CuratedSample", "sample_curated_mixture", "CorpusIndex", "corpus_index",
-           "read_index_texts", "proxy_streams", "write_curated_parts"]
+           "bottom_k_by_priority", "read_index_texts", "proxy_streams", "write_curated_parts"]
 
 #: Byte that ends every document in a stream.
 SEPARATOR = 0
@@ -320,30 +323,67 @@ class CorpusIndex:
         Position in ``shards`` of each document's shard.
     row : numpy.ndarray of int64, shape (N,)
         Row of the document in its shard's documents file.
-    ids : polars.Series of str
-        Document ids (Arrow strings: a few bytes each, no Python object per document).
     domains : numpy.ndarray of int64, shape (N,)
         Each document's domain.
     tokens : numpy.ndarray of int64, shape (N,)
         Tokens of each document (:func:`document_tokens`: UTF-8 bytes + 1).
-    sources : polars.Series of str
-        Each document's source label (null when absent).
+    is_target : numpy.ndarray of bool, shape (N,), optional
+        Whether the document's source label equals the ``target_source`` given to
+        :func:`corpus_index` (every document when it was None; a null source never matches).
+    priority : numpy.ndarray of uint64, shape (N,), optional
+        ``sampling.key_priority(key_seed, key_purpose, "<shard>/<id>")`` of each document, when
+        :func:`corpus_index` was given a ``key_seed`` (see :func:`bottom_k_by_priority`).
+    ids : polars.Series of str, optional
+        Document ids, kept only by the in-memory index (``spill_dir=None``); a spilled index reads
+        them from the documents files when it needs them (:meth:`keys_at`, :func:`write_curated_parts`).
+    sources : polars.Series of str, optional
+        Each document's source label (null when absent); in-memory index only, like ``ids``.
     """
 
     shards: list[str]
     shard: np.ndarray
     row: np.ndarray
-    ids: object
     domains: np.ndarray
     tokens: np.ndarray
-    sources: object
+    is_target: np.ndarray | None = None
+    priority: np.ndarray | None = None
+    ids: object = None
+    sources: object = None
 
     def __len__(self) -> int:
         return int(self.domains.size)
 
     def document_keys(self) -> "_DocumentKeys":
-        """``keys[i]`` = ``"<shard>/<id>"`` of the i-th document (unique across shards), built on demand."""
+        """``keys[i]`` = ``"<shard>/<id>"`` of the i-th document (unique across shards), built on demand.
+
+        Needs the ids in memory (an index built with ``spill_dir=None``); a spilled index draws
+        key-ordered samples from :attr:`priority` (:func:`bottom_k_by_priority`) instead.
+        """
+        if self.ids is None:
+            raise ValueError("this index keeps no ids in memory (built with spill_dir): use its priority column "
+                             "(bottom_k_by_priority) or keys_at(positions, read_ids)")
         return _DocumentKeys(self)
+
+    def keys_at(self, positions, read_ids: Callable[[np.ndarray], Sequence[str]] | None = None) -> list[str]:
+        """``"<shard>/<id>"`` of the documents at ``positions`` (ids from memory, else from ``read_ids``).
+
+        Parameters
+        ----------
+        positions : array of int
+        read_ids : callable, optional
+            ``read_ids(positions)`` -> their ids (e.g. :func:`read_index_texts` over the id column);
+            needed when the index keeps no ids in memory.
+        """
+        pos = np.asarray(positions, dtype=np.int64).ravel()
+        if read_ids is not None:
+            ids = list(read_ids(pos))
+        elif self.ids is not None:
+            ids = self.ids.gather(pos).to_list()
+        else:
+            raise ValueError("this index keeps no ids in memory (built with spill_dir): pass read_ids")
+        if len(ids) != pos.size:
+            raise ValueError(f"read_ids returned {len(ids)} ids for {pos.size} positions")
+        return [f"{self.shards[int(s)]}/{i}" for s, i in zip(self.shard[pos].tolist(), ids)]
 
 
 class _DocumentKeys:
@@ -359,12 +399,15 @@ class _DocumentKeys:
         return f"{self.index.shards[int(self.index.shard[i])]}/{self.index.ids[int(i)]}"
 
 
-#: The index's numeric columns and their dtypes (what :func:`corpus_index` can keep on disk).
-_NUMERIC_COLUMNS = {"shard": np.int32, "row": np.int64, "domain": np.int64, "tokens": np.int64}
+#: The index's numeric columns and their dtypes (what :func:`corpus_index` can keep on disk);
+#: ``is_target`` (1 byte) and ``priority`` (8 bytes) only when asked for.
+_NUMERIC_COLUMNS = {"shard": np.int32, "row": np.int64, "domain": np.int64, "tokens": np.int64,
+                    "is_target": np.uint8, "priority": np.uint64}
 
 
 def corpus_index(documents: Callable[[str], object], assignments: Callable[[str], object],
-                 shards: Sequence[str], spill_dir=None) -> CorpusIndex:
+                 shards: Sequence[str], spill_dir=None, target_source: str | None = None,
+                 key_seed: int | None = None, key_purpose: str = "") -> CorpusIndex:
     """Index the documents that have a domain assignment, one shard at a time.
 
     Parameters
@@ -378,11 +421,20 @@ def corpus_index(documents: Callable[[str], object], assignments: Callable[[str]
         Shard keys.
     spill_dir : path, optional
         A local folder. When given, the numeric columns (``shard``, ``row``, ``domains``,
-        ``tokens``: 28 bytes per document) are appended shard by shard to files in a temporary
-        folder under it and memory-mapped read-only, so they live in the page cache (evictable)
-        rather than in the process's anonymous memory; the files are unlinked at once (the
-        mapping keeps them until the arrays are freed) and the folder removed. The ids and
-        sources stay in memory (Arrow strings). Same values either way.
+        ``tokens``: 28 bytes per document, plus 1 for ``is_target`` and 8 for ``priority``) are
+        appended shard by shard to files in a temporary folder under it and memory-mapped
+        read-only, so they live in the page cache (evictable) rather than in the process's
+        anonymous memory; the files are unlinked at once (the mapping keeps them until the arrays
+        are freed) and the folder removed. No string per document is kept: ``ids`` and ``sources``
+        are None (what they served is the ``is_target`` and ``priority`` columns, and ids are read
+        back from the documents files by row). Without it every column is an in-memory array and
+        ``ids`` and ``sources`` are kept as polars Series. Same values either way.
+    target_source : str, optional
+        The source label of the ``is_target`` column (None: every document is a target).
+    key_seed : int, optional
+        When given, the ``priority`` column holds ``sampling.key_priority(key_seed, key_purpose,
+        "<shard>/<id>")``, computed shard by shard (no key string is kept).
+    key_purpose : str
 
     Returns
     -------
@@ -391,9 +443,13 @@ def corpus_index(documents: Callable[[str], object], assignments: Callable[[str]
     """
     import polars as pl
 
+    if target_source is not None and not isinstance(target_source, str):
+        raise ValueError(f"target_source must be a source label (str) or None, got {target_source!r}")
+    seed = None if key_seed is None else check_int(key_seed, "key_seed", low=0)
+    columns = {c: d for c, d in _NUMERIC_COLUMNS.items() if c != "priority" or seed is not None}
     keys = sorted(str(k) for k in shards)
     parts = []
-    spill = _ColumnSpill(spill_dir) if spill_dir is not None else None
+    spill = _ColumnSpill(spill_dir, columns) if spill_dir is not None else None
     try:
         for i, key in enumerate(keys):
             docs = documents(key)
@@ -402,44 +458,55 @@ def corpus_index(documents: Callable[[str], object], assignments: Callable[[str]
                 (pl.col("text").str.len_bytes().cast(pl.Int64) + 1).alias("tokens"), source.alias("source"))
             del docs
             assign = assignments(key).select(pl.col("id").cast(pl.String), pl.col("domain").cast(pl.Int64))
-            part = small.join(assign, on="id", how="inner").sort("id").with_columns(pl.lit(i, pl.Int32).alias("shard"))
+            part = small.join(assign, on="id", how="inner").sort("id").with_columns(
+                pl.lit(i, pl.Int32).alias("shard"),
+                (pl.lit(True) if target_source is None else (pl.col("source") == target_source).fill_null(False))
+                .cast(pl.UInt8).alias("is_target"))
+            if seed is not None:
+                part = part.with_columns(pl.Series("priority", key_priorities(seed, key_purpose, part["id"].to_list(),
+                                                                              prefix=f"{key}/")))
             if spill is not None:
                 spill.append(part)
-                part = part.select("id", "source")
-            parts.append(part)
-        frame = pl.concat(parts) if parts else pl.DataFrame(schema={
-            "row": pl.Int64, "id": pl.String, "tokens": pl.Int64, "source": pl.String, "domain": pl.Int64,
-            "shard": pl.Int32})
-        del parts
-        cols = spill.map() if spill is not None else \
-            {c: frame[c].to_numpy().astype(dtype, copy=False) for c, dtype in _NUMERIC_COLUMNS.items()}
+            else:
+                parts.append(part)
+            del part
+        if spill is not None:
+            cols, ids, sources = spill.map(), None, None
+        else:
+            frame = pl.concat(parts) if parts else pl.DataFrame(schema={"id": pl.String, "source": pl.String})
+            del parts
+            cols = {c: frame[c].to_numpy().astype(dtype, copy=False) if frame.height else np.zeros(0, dtype)
+                    for c, dtype in columns.items()}
+            ids, sources = frame["id"], frame["source"]
     finally:
         if spill is not None:
             spill.remove()
-    return CorpusIndex(shards=keys, shard=cols["shard"], row=cols["row"], ids=frame["id"], domains=cols["domain"],
-                       tokens=cols["tokens"], sources=frame["source"])
+    return CorpusIndex(shards=keys, shard=cols["shard"], row=cols["row"], domains=cols["domain"], tokens=cols["tokens"],
+                       is_target=cols["is_target"].view(np.bool_), priority=cols.get("priority"), ids=ids,
+                       sources=sources)
 
 
 class _ColumnSpill:
     """Numeric columns appended to raw files, then memory-mapped read-only (see :func:`corpus_index`)."""
 
-    def __init__(self, folder) -> None:
+    def __init__(self, folder, columns: Mapping[str, type]) -> None:
         import tempfile
         from pathlib import Path
 
         Path(folder).mkdir(parents=True, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix="corpus-index-", dir=str(folder)))
         self.n = 0
-        self.files = {c: open(self.dir / f"{c}.bin", "wb") for c in _NUMERIC_COLUMNS}
+        self.columns = dict(columns)
+        self.files = {c: open(self.dir / f"{c}.bin", "wb") for c in self.columns}
 
     def append(self, part) -> None:
-        for c, dtype in _NUMERIC_COLUMNS.items():
+        for c, dtype in self.columns.items():
             self.files[c].write(np.ascontiguousarray(part[c].to_numpy(), dtype=dtype).tobytes())
         self.n += part.height
 
     def map(self) -> dict[str, np.ndarray]:
         out = {}
-        for c, dtype in _NUMERIC_COLUMNS.items():
+        for c, dtype in self.columns.items():
             self.files[c].close()
             out[c] = np.memmap(self.dir / f"{c}.bin", dtype=dtype, mode="r", shape=(self.n,)) if self.n else \
                 np.zeros(0, dtype)
@@ -451,6 +518,56 @@ class _ColumnSpill:
         for f in self.files.values():
             f.close()
         shutil.rmtree(self.dir, ignore_errors=True)  # mapped files stay readable until unmapped
+
+
+def bottom_k_by_priority(idx, priority: np.ndarray, cap: int | None,
+                         keys: Callable[[np.ndarray], Sequence[str]] | None = None) -> np.ndarray:
+    """At most ``cap`` of the positions ``idx``: those of smallest ``priority`` (a bottom-k sample).
+
+    The same sample as ``sampling.bottom_k_positions(idx, document keys, cap, seed, purpose)`` when
+    ``priority[i]`` is ``sampling.key_priority(seed, purpose, key of i)`` (the ``priority`` column of
+    :func:`corpus_index`), ties included: among equal priorities :class:`~gem_assets.lib.sampling.BottomK`
+    keeps the larger key, so do we. Nothing per candidate beyond two 8-byte arrays is built; keys
+    are asked for only for candidates tied at the cut.
+
+    Parameters
+    ----------
+    idx : array of int
+        Candidate positions, increasing.
+    priority : numpy.ndarray of uint64, shape (N,)
+        Priority of every position (may be memory-mapped).
+    cap : int or None
+        Most positions kept; None keeps all.
+    keys : callable, optional
+        ``keys(positions)`` -> the keys of those positions (e.g. :meth:`CorpusIndex.keys_at`); needed
+        only when candidates tie on priority at the cut (a ValueError says so).
+
+    Returns
+    -------
+    numpy.ndarray of int64
+        The kept positions, increasing (all of ``idx`` when it has at most ``cap``).
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1):
+        raise ValueError(f"cap must be an integer >= 1 or None, got {cap!r}")
+    if idx.ndim != 1:
+        raise ValueError(f"idx must be 1-D positions, got shape {idx.shape}")
+    if priority is None or np.asarray(priority[:0]).dtype != np.uint64:
+        raise ValueError("priority must be the uint64 priority column (corpus_index(..., key_seed=...))")
+    if idx.size and (idx[0] < 0 or idx[-1] >= len(priority) or np.any(np.diff(idx) <= 0)):
+        raise ValueError(f"idx must be increasing positions in [0, {len(priority)})")
+    if cap is None or idx.size <= cap:
+        return idx
+    p = np.asarray(priority[idx], dtype=np.uint64)
+    cut = np.partition(p, cap - 1)[cap - 1]
+    below, tied = idx[p < cut], idx[p == cut]
+    need = cap - below.size
+    if tied.size > need:
+        if keys is None:
+            raise ValueError(f"{tied.size} candidates tie on priority {int(cut)} at the cut: pass keys to break the tie")
+        tie_keys = list(keys(tied))
+        tied = tied[sorted(range(tied.size), key=tie_keys.__getitem__, reverse=True)[:need]]
+    return np.sort(np.concatenate([below, tied]))
 
 
 def read_index_texts(index: CorpusIndex, positions, read_rows: Callable[[str, np.ndarray], Sequence[str]]) -> list[str]:
@@ -546,7 +663,8 @@ def proxy_streams(index: CorpusIndex, read_texts: Callable[[np.ndarray], Sequenc
 
 
 def write_curated_parts(index: CorpusIndex, sample: CuratedSample, read_texts: Callable[[np.ndarray], Sequence[str]],
-                        out_dir, rows_per_file: int, bucket_bytes: int = 16 << 20, max_buckets: int = 512) -> list[str]:
+                        out_dir, rows_per_file: int, bucket_bytes: int = 16 << 20, max_buckets: int = 512,
+                        read_ids: Callable[[np.ndarray], Sequence[str]] | None = None) -> list[str]:
     """Write the curated mixture's rows, in the sample's (shuffled) order, as Parquet files.
 
     Files ``part-00000.parquet`` ... of ``rows_per_file`` rows each (the last may be shorter), columns
@@ -575,6 +693,10 @@ def write_curated_parts(index: CorpusIndex, sample: CuratedSample, read_texts: C
         Most buckets (temporary files open at once in the first phase): when the mixture holds more
         than ``max_buckets / 2 * bucket_bytes`` tokens, buckets grow to ``2 * tokens / max_buckets``
         (then memory grows with the mixture, open files do not).
+    read_ids : callable, optional
+        ``read_ids(positions)`` -> ids of those index positions, read with the texts shard by shard
+        (e.g. :func:`read_index_texts` over the id column). Needed when the index keeps no ids in
+        memory (built with ``spill_dir``); otherwise ``index.ids`` is used. Same files either way.
 
     Returns
     -------
@@ -592,6 +714,10 @@ def write_curated_parts(index: CorpusIndex, sample: CuratedSample, read_texts: C
     size = check_int(rows_per_file, "rows_per_file", low=1)
     bucket_bytes = check_int(bucket_bytes, "bucket_bytes", low=1)
     max_buckets = check_int(max_buckets, "max_buckets", low=2)
+    if read_ids is None:
+        if index.ids is None:
+            raise ValueError("this index keeps no ids in memory (built with spill_dir): pass read_ids")
+        read_ids = index.ids.gather
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     m = int(sample.indices.size)
@@ -625,7 +751,7 @@ def write_curated_parts(index: CorpusIndex, sample: CuratedSample, read_texts: C
                 ent = np.flatnonzero(entry_shard == s)           # this shard's entries (positions in the sample)
                 docs = sample.indices[ent]
                 frame = pl.DataFrame({"pos": ent.astype(np.int64), "shard": [index.shards[int(s)]] * ent.size,
-                                      "id": index.ids.gather(docs), "domain": index.domains[docs],
+                                      "id": read_ids(docs), "domain": index.domains[docs],
                                       "repeat": sample.repeats[ent], "tokens": index.tokens[docs],
                                       "text": list(read_texts(docs))}, schema=schema)
                 for bk in np.unique(entry_bucket[ent]).tolist():
