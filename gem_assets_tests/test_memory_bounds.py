@@ -412,6 +412,13 @@ def test_proxy_streams_equal_the_in_memory_streams(tmp_path, cap, spill):
             np.testing.assert_array_equal(got[k], ref[k])
     if cap is not None and cap <= 50:  # with a small cap only a few texts are read
         assert asked[0] < len(index) // 2
+    # the caller's split (proxy_corpus has it already) gives the same streams; a wrong-sized one is refused
+    given = mixture.proxy_streams(index, read, names, 0.2, 7, cap, target_mask,
+                                  valid=mixture.split_documents(labels, 0.2, 7))
+    for got, ref in zip(given, (train, valid, target)):
+        assert got.keys() == ref.keys() and all(np.array_equal(got[k], ref[k]) for k in ref)
+    with pytest.raises(ValueError, match="valid must have one entry per document"):
+        mixture.proxy_streams(index, read, names, 0.2, 7, cap, target_mask, valid=np.zeros(3, bool))
 
 
 @pytest.mark.parametrize("spill", [False, True])

@@ -246,7 +246,7 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     target_mask = np.zeros_like(target_mask)
     target_mask[target_idx] = True
     train, valid, target = mixture.proxy_streams(index, read_texts, names, p["valid_fraction"], p["seed"],
-                                                 p["max_bytes_per_domain"], target_mask)
+                                                 p["max_bytes_per_domain"], target_mask, valid=held)
     tokens = index.tokens
     all_tokens = np.bincount(labels, weights=tokens, minlength=k)
     docs = np.bincount(labels, minlength=k)

@@ -602,7 +602,8 @@ def read_index_texts(index: CorpusIndex, positions, read_rows: Callable[[str, np
 
 def proxy_streams(index: CorpusIndex, read_texts: Callable[[np.ndarray], Sequence[str]], names: Sequence[str],
                   valid_fraction: float, seed: int, max_bytes_per_domain: int | None,
-                  target_mask: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+                  target_mask: np.ndarray, valid: np.ndarray | None = None,
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The streams of :func:`domain_streams` and the target stream, reading only the texts they hold.
 
     Same split, order and cut as ``domain_streams(texts, index.domains, names, valid_fraction, seed,
@@ -621,6 +622,9 @@ def proxy_streams(index: CorpusIndex, read_texts: Callable[[np.ndarray], Sequenc
         See :func:`domain_streams`.
     target_mask : numpy.ndarray of bool, shape (N,)
         The target documents (held-out ones).
+    valid : numpy.ndarray of bool, shape (N,), optional
+        ``split_documents(index.domains, valid_fraction, seed)`` when the caller has computed it
+        already (its permutations are not drawn again); computed here otherwise.
 
     Returns
     -------
@@ -636,12 +640,21 @@ def proxy_streams(index: CorpusIndex, read_texts: Callable[[np.ndarray], Sequenc
     if n and (labels.min() < 0 or labels.max() >= len(names)):
         raise ValueError(f"labels must lie in [0, {len(names)}), got range [{labels.min()}, {labels.max()}]")
     cap = None if max_bytes_per_domain is None else check_int(max_bytes_per_domain, "max_bytes_per_domain", low=2)
-    valid = split_documents(labels, valid_fraction, seed)
+    if valid is None:
+        valid = split_documents(labels, valid_fraction, seed)
+    elif np.shape(valid) != (n,):
+        raise ValueError(f"valid must have one entry per document ({n}), got shape {np.shape(valid)}")
+    valid = np.asarray(valid, dtype=bool)
     order = np.random.default_rng(seed + 1).permutation(n)
+    # the permutation grouped by domain with a stable sort (each domain's documents keep their order
+    # in it): one pass instead of a boolean mask over all N documents per domain and split
+    by_domain = order[np.argsort(labels[order], kind="stable")]
+    bounds = np.searchsorted(labels[by_domain], np.arange(len(names) + 1), side="left")
     plans = []
     for k, name in enumerate(names):
-        for mask, part in ((~valid, "train"), (valid, "valid")):
-            idx = order[(labels[order] == k) & mask[order]]
+        dom = by_domain[bounds[k] : bounds[k + 1]]
+        is_valid = valid[dom]
+        for idx, part in ((dom[~is_valid], "train"), (dom[is_valid], "valid")):
             if cap is not None and idx.size:
                 starts_before_cap = int(np.searchsorted(np.cumsum(tok[idx]), cap, side="left")) + 1
                 idx = idx[: min(idx.size, starts_before_cap)]
