@@ -557,6 +557,9 @@ class Settings:
         p = self.profile_def
         return {
             "holdout": p.eval_holdout,
+            # how the target set is drawn: part of the fingerprint, so evaluations made with the earlier
+            # rule (an exact share by a permutation of all keys) are recomputed
+            "holdout_rule": "seeded hash of <shard>/<id>, per document",
             "select": p.eval_select,
             "target_config": dict(p.eval_target_config),
             "proxy_config": dict(p.eval_proxy_config),
