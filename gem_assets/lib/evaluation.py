@@ -77,6 +77,12 @@ TARGET = "target"
 
 
 # --------------------------------------------------------------------------- splits
+def _check_fraction(fraction: float, purpose: str) -> None:
+    check_float(fraction, f"{purpose} fraction", low=0.0, strict=True)
+    if fraction >= 1.0:
+        raise ValueError(f"the {purpose} fraction must be in (0, 1), got {fraction}")
+
+
 def _key_series(keys: Sequence[str] | pl.Series) -> pl.Series:
     """The keys as a polars String series (Arrow strings: no Python string per document)."""
     s = keys.cast(pl.String) if isinstance(keys, pl.Series) else pl.Series("key", [str(k) for k in keys], dtype=pl.String)
@@ -100,9 +106,7 @@ def _seeded_mask(keys: Sequence[str] | pl.Series, fraction: float, seed: int, pu
     the sorted keys: the draw depends on the set of keys and the seed, not on their order (the
     selection split of the training pool, which the caps keep small)."""
     n = len(keys)
-    check_float(fraction, f"{purpose} fraction", low=0.0, strict=True)
-    if fraction >= 1.0:
-        raise ValueError(f"the {purpose} fraction must be in (0, 1), got {fraction}")
+    _check_fraction(fraction, purpose)
     if n < 2:
         raise ValueError(f"the {purpose} split needs at least 2 documents, got {n}")
     order = _sorted_order(keys)
@@ -139,9 +143,7 @@ def holdout_split(keys: Sequence[str] | pl.Series, fraction: float, seed: int) -
     ndarray of bool, shape (N,)
         True for held-out documents, whatever the order of ``keys``.
     """
-    check_float(fraction, "holdout fraction", low=0.0, strict=True)
-    if fraction >= 1.0:
-        raise ValueError(f"the holdout fraction must be in (0, 1), got {fraction}")
+    _check_fraction(fraction, "holdout")
     s = _key_series(keys)
     if s.n_unique() != s.len():
         raise ValueError("document keys must be unique (e.g. '<shard>/<id>'); found duplicates")
@@ -796,9 +798,7 @@ class CorpusSampler:
 
     def __init__(self, holdout: float, seed: int, max_target_documents: int | None = None,
                  max_train_documents: int | None = None) -> None:
-        check_float(holdout, "holdout fraction", low=0.0, strict=True)
-        if holdout >= 1.0:
-            raise ValueError(f"the holdout fraction must be in (0, 1), got {holdout}")
+        _check_fraction(holdout, "holdout")
         self.holdout, self.seed = float(holdout), int(seed)
         self._target = _Kept(max_target_documents, self.seed, "evaluation/target")
         self._pool = _Kept(max_train_documents, self.seed, "evaluation/pool")
