@@ -40,7 +40,7 @@ import polars as pl
 
 from ._checks import check_float, check_int
 from .bucketize import MISSING_LABEL, Bucketization
-from .sampling import BottomK, bottom_k_positions, key_priorities, rng_for
+from .sampling import BottomK, bottom_k_positions, check_cap, key_priorities, rng_for
 
 __all__ = [
     "MIXERS",
@@ -732,9 +732,8 @@ class _Kept:
     """The rows of a :class:`gem_assets.lib.sampling.BottomK` sample (all rows when ``cap`` is None)."""
 
     def __init__(self, cap: int | None, seed: int, purpose: str) -> None:
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1):
-            raise ValueError(f"the {purpose} cap must be an integer >= 1 or None, got {cap!r}")
-        self.pick = BottomK(int(cap), seed, purpose) if cap is not None else None
+        cap = check_cap(cap, purpose)
+        self.pick = BottomK(cap, seed, purpose) if cap is not None else None
         self.rows: list[tuple] = []
         self.offered = 0
 

@@ -48,7 +48,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ._checks import check_float, check_int
-from .sampling import key_priorities
+from .sampling import check_cap, key_priorities
 
 __all__ = ["SEPARATOR", "texts_to_streams", "split_documents", "domain_streams", "document_tokens",
            "allocate_tokens", "CuratedSample", "sample_curated_mixture", "CorpusIndex", "corpus_index",
@@ -548,8 +548,7 @@ def bottom_k_by_priority(idx, priority: np.ndarray, cap: int | None,
         The kept positions, increasing (all of ``idx`` when it has at most ``cap``).
     """
     idx = np.asarray(idx, dtype=np.int64)
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1):
-        raise ValueError(f"cap must be an integer >= 1 or None, got {cap!r}")
+    cap = check_cap(cap)
     if idx.ndim != 1:
         raise ValueError(f"idx must be 1-D positions, got shape {idx.shape}")
     if priority is None or np.asarray(priority[:0]).dtype != np.uint64:

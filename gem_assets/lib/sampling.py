@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 __all__ = ["derive_seed", "rng_for", "cap_sample", "allocate", "stratified_sample", "key_priority", "key_priorities",
-           "BottomK", "bottom_k_positions",
+           "BottomK", "check_cap", "bottom_k_positions",
            "bottom_k"]
 
 
@@ -221,6 +221,13 @@ class BottomK:
         return {k: self._items[k] for k in self.keys()}
 
 
+def check_cap(cap, what: str = "") -> int | None:
+    """A sample's cap: an integer >= 1, or None (keep everything); a ValueError naming ``what`` otherwise."""
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1):
+        raise ValueError(f"the {what + ' ' if what else ''}cap must be an integer >= 1 or None, got {cap!r}")
+    return None if cap is None else int(cap)
+
+
 #: Candidates offered to :class:`BottomK` at a time by :func:`bottom_k_positions`.
 KEY_CHUNK = 65_536
 
@@ -253,8 +260,7 @@ def bottom_k_positions(idx: np.ndarray, keys, cap: int | None, seed: int, purpos
     keys and one chunk, not a Python list of every candidate (tens of GB at 10^9 documents).
     """
     idx = np.asarray(idx, dtype=np.int64)
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1):
-        raise ValueError(f"the {purpose} cap must be an integer >= 1 or None, got {cap!r}")
+    cap = check_cap(cap, purpose)
     if cap is None or idx.size <= cap:
         return idx
     pick = BottomK(int(cap), seed, purpose)
