@@ -110,6 +110,15 @@ def write_embeddings(layout: Layout, key: str, vectors: np.ndarray, index: pl.Da
     return dest
 
 
+def _embeddings_dir(layout: Layout, key: str):
+    d = layout.embeddings_dir(key)
+    if not (d / "meta.json").is_file():
+        raise FileNotFoundError(
+            f"no embeddings for shard {key!r} under {d}: materialize the 'embeddings' partition first"
+        )
+    return d
+
+
 def read_embeddings(layout: Layout, key: str) -> tuple[np.ndarray, pl.DataFrame, dict]:
     """A shard's vectors, index and metadata.
 
@@ -118,13 +127,20 @@ def read_embeddings(layout: Layout, key: str) -> tuple[np.ndarray, pl.DataFrame,
     FileNotFoundError
         If the shard's ``embeddings`` partition was never materialized.
     """
-    d = layout.embeddings_dir(key)
-    if not (d / "meta.json").is_file():
-        raise FileNotFoundError(
-            f"no embeddings for shard {key!r} under {d}: materialize the 'embeddings' partition first"
-        )
+    d = _embeddings_dir(layout, key)
     vectors = storage.read_safetensors(d / "vectors.safetensors")["vectors"]
     return vectors, storage.read_parquet(d / "index.parquet"), storage.read_json(d / "meta.json")
+
+
+def read_embeddings_index(layout: Layout, key: str) -> pl.DataFrame:
+    """A shard's embedding index (which document each vector row is) without its vectors.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the shard's ``embeddings`` partition was never materialized.
+    """
+    return storage.read_parquet(_embeddings_dir(layout, key) / "index.parquet")
 
 
 def read_embeddings_meta(layout: Layout, key: str) -> dict | None:

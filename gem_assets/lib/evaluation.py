@@ -855,9 +855,9 @@ def sample_frame(frame: pl.DataFrame, vectors: np.ndarray, *, holdout: float, se
     return sampler.sample(lambda rows: vectors[rows["vec"].to_numpy().astype(np.int64)])
 
 
-def _shard_frame(layout, key: str) -> tuple[pl.DataFrame, np.ndarray]:
+def _shard_frame(layout, key: str) -> pl.DataFrame:
     """One shard's documents without texts, with their GEM domain and the row of their embedding in
-    the shard's vectors (null when the document was not embedded), and those vectors."""
+    the shard's vectors (null when the document was not embedded); the vectors are not read."""
     from . import artifacts, storage
 
     if not layout.documents_path(key).is_file() or not layout.documents_meta_path(key).is_file():
@@ -868,14 +868,13 @@ def _shard_frame(layout, key: str) -> tuple[pl.DataFrame, np.ndarray]:
         raise FileNotFoundError(f"no GEM assignments for shard {key!r} ({apath}): materialize "
                                 "'domain_assignments' first")
     assign = storage.read_parquet(apath, columns=["id", "domain"]).rename({"domain": "gem"})
-    vectors, index, _ = artifacts.read_embeddings(layout, key)
-    index = index.select("id").with_row_index("vec").with_columns(pl.col("vec").cast(pl.Int64))
+    index = artifacts.read_embeddings_index(layout, key).select("id").with_row_index("vec").with_columns(pl.col("vec").cast(pl.Int64))
     source = pl.col("source").cast(pl.String) if "source" in docs.columns else pl.lit(None, dtype=pl.String)
     frame = (docs.select(pl.lit(key).alias("shard"), pl.col("id").cast(pl.String), source.alias("source"))
              .join(assign.with_columns(pl.col("id").cast(pl.String), pl.col("gem").cast(pl.Int64)), on="id", how="left")
              .join(index.with_columns(pl.col("id").cast(pl.String)), on="id", how="left")
              .with_columns((pl.col("shard") + "/" + pl.col("id")).alias("key")))
-    return frame.select(*SAMPLE_COLUMNS), np.asarray(vectors, dtype=np.float32)
+    return frame.select(*SAMPLE_COLUMNS)
 
 
 def sample_corpus(layout, keys: Sequence[str], *, holdout: float, seed: int,
@@ -910,8 +909,7 @@ def sample_corpus(layout, keys: Sequence[str], *, holdout: float, seed: int,
         raise FileNotFoundError("no shard to evaluate")
     sampler = CorpusSampler(holdout, seed, max_target_documents, max_train_documents)
     for key in tqdm(keys, desc="evaluation sample", unit="shard", disable=not progress, mininterval=1.0):
-        frame, _ = _shard_frame(layout, key)
-        sampler.offer(frame)
+        sampler.offer(_shard_frame(layout, key))
 
     def vectors_of(rows: pl.DataFrame) -> np.ndarray:
         if rows.height == 0:
