@@ -250,11 +250,9 @@ def main() -> None:
         from gem_scaling import write_section
 
         for name in targets:
-            if args.fill_caps:
-                write_section(ROOT / "docs" / f"{name}.md", "memory-capped",
-                              "Peak memory against the number of shards, every sample at its cap", text)
-            else:
-                write_section(ROOT / "docs" / f"{name}.md", "memory", "Peak memory against the number of shards", text)
+            section, title = ("memory-capped", "Peak memory against the number of shards, every sample at its cap") \
+                if args.fill_caps else ("memory", "Peak memory against the number of shards")
+            write_section(ROOT / "docs" / f"{name}.md", section, title, text)
 
 
 if __name__ == "__main__":
