@@ -172,3 +172,12 @@ def test_a_domain_like_the_target_gives_the_better_model():
 def test_bad_inputs_say_what_to_fix(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_offsets_wrap_around_and_redraw_the_partial_pass():
+    idx = CountIndex({"a": _b(b"abcdefghi\x00")}, order=1)
+    m = idx.multiplicity({"a": 1.0}, budget_tokens=4, offsets=np.array([8]))
+    sl = idx.positions("a")
+    np.testing.assert_array_equal(np.flatnonzero(m[sl]), [0, 1, 8, 9])   # bytes 8, 9, then 0, 1
+    assert m.sum() == 4
+    assert idx.seeded_offsets(0).tolist() != idx.seeded_offsets(1).tolist()   # seeds redraw the partial pass

@@ -415,18 +415,38 @@ class CountIndex:
             m[self.positions(d)] = 1.0
         return self.fit_positions(m)
 
-    def multiplicity(self, weights, budget_tokens: float) -> np.ndarray:
-        """Per-position multiplicity of a mixture at a token budget (:func:`mixture_multiplicity`)."""
+    def multiplicity(self, weights, budget_tokens: float, offsets: np.ndarray | None = None) -> np.ndarray:
+        """Per-position multiplicity of a mixture at a token budget (:func:`mixture_multiplicity`).
+
+        ``offsets`` (K,) starts each domain's partial pass at that byte instead of at 0, wrapping
+        around the end of its stream: with the streams in a seeded document order, a seeded
+        offset is a fresh uniform draw of the domain's documents (see :meth:`seeded_offsets`).
+        """
         w = self._weight_vector(weights)
         full, prefix = mixture_multiplicity(w, self.lengths, budget_tokens)
+        if offsets is None:
+            offsets = np.zeros(len(self.domains), dtype=np.int64)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if offsets.shape != (len(self.domains),) or np.any(offsets < 0):
+            raise ValueError(f"offsets must be {len(self.domains)} non-negative byte offsets, got {offsets.tolist()}")
         m = np.zeros(self._positions)
         for k, d in enumerate(self.domains):
             sl = self.positions(d)
             m[sl] = full[k]
-            m[sl.start:sl.start + int(prefix[k])] += 1.0
+            n, r = int(self.lengths[k]), int(prefix[k])
+            if r:
+                o = int(offsets[k]) % n
+                first = min(r, n - o)
+                m[sl.start + o:sl.start + o + first] += 1.0
+                m[sl.start:sl.start + r - first] += 1.0           # the wrap-around
         return m
 
-    def fit(self, weights, budget_tokens: float) -> NGramLM:
+    def seeded_offsets(self, seed: int) -> np.ndarray:
+        """One uniform start offset per domain stream, from ``seed``."""
+        rng = np.random.default_rng(check_int(seed, "seed", low=0))
+        return (rng.random(len(self.domains)) * self.lengths).astype(np.int64)
+
+    def fit(self, weights, budget_tokens: float, offsets: np.ndarray | None = None) -> NGramLM:
         """A model trained on ``budget_tokens`` bytes drawn from the domains per ``weights``.
 
         Parameters
@@ -435,8 +455,10 @@ class CountIndex:
             Mixture weights (normalized here); a mapping may leave domains out (weight 0).
         budget_tokens : float
             Bytes the model trains on; see :func:`mixture_multiplicity`.
+        offsets : numpy.ndarray of int, shape (K,), optional
+            Where each domain's partial pass starts (:meth:`multiplicity`).
         """
-        return self.fit_positions(self.multiplicity(weights, budget_tokens))
+        return self.fit_positions(self.multiplicity(weights, budget_tokens, offsets))
 
     def lookup(self, stream) -> Lookup:
         """The ids of ``stream``'s n-grams in this index's tables, to score many of its models fast."""
