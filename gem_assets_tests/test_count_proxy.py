@@ -91,3 +91,13 @@ def test_proxy_set_runs_share_their_documents():
 def test_bad_arguments_say_what_to_fix(three_languages, call, match):
     with pytest.raises(ValueError, match=match):
         call(three_languages[1])
+
+
+def test_regmix_runs_score_several_targets_at_once(three_languages):
+    langs, train, _, rng = three_languages
+    targets = {"a": _docs(rng, langs["lang_a"], 20), "c": _docs(rng, langs["lang_c"], 20)}
+    runs = regmix_runs(train, targets, 12, budget_tokens=9000, seed=0)
+    one = regmix_runs(train, targets["c"], 12, budget_tokens=9000, seed=0)
+    np.testing.assert_allclose(runs["losses"]["c"], one["losses"])
+    # each target's best run leans on its own language
+    assert runs["mixtures"][np.argmin(runs["losses"]["a"]), 0] > runs["mixtures"][np.argmin(runs["losses"]["c"]), 0]

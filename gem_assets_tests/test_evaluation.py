@@ -1,11 +1,9 @@
-"""The mixture evaluation as a library: splits, statistics, bucketizations, the experiment grid
-(with a fast, real but tiny stand-in language model: a smoothed byte-unigram model), tables and picture."""
+"""The mixture evaluation as a library: splits, statistics, bucketizations, document samples, the
+experiment grid on real (small, order-3) n-gram target models, tables and picture."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -13,88 +11,29 @@ import pytest
 
 from conftest import make_docs
 from gem_assets.lib import evaluation as ev
+from gem_assets.lib.eval_backends import MixerSettings, NGramTargets, sample_documents
 from gem_assets.lib.bucketize import MISSING_LABEL, Bucketization, from_domains, from_labels, kmeans_buckets
 from gem_assets.lib.metrics import nmi
 from gem_assets.lib.sampling import key_priority
 
 
-# --------------------------------------------------------------------------- a tiny stand-in LM
-@dataclass(frozen=True)
-class Cfg:
-    n_layer: int
-    d_model: int
-    n_head: int = 2
-    context: int = 16
-
-
-def _stream(texts) -> np.ndarray:
-    return np.frombuffer("\n".join(texts).encode("utf-8"), dtype=np.uint8).copy()
-
-
-class UnigramBackend:
-    """Byte-unigram "language model": counts bytes sampled from the mixture (add-one smoothed).
-
-    Records every stream it trains on or selects weights with, so a test can prove the
-    target set never reaches them.
-    """
-
-    def __init__(self):
-        self.trained_on: list[np.ndarray] = []
-        self.regmix_targets: list[np.ndarray] = []
-        self.regmix_budgets: list[int] = []
-        self.calls = {"doremi": 0, "regmix": 0, "train": 0}
-
-    def streams(self, texts, keys):
-        groups: dict[str, list[str]] = {}
-        for t, k in zip(texts, keys):
-            groups.setdefault(k, []).append(t)
-        return {k: _stream(v) for k, v in groups.items()}
-
-    def train(self, streams, weights, config, steps, batch_size, lr, seed):
-        self.calls["train"] += 1
-        self.trained_on.extend(streams.values())
-        rng = np.random.default_rng(seed)
-        n = steps * batch_size * config.context
-        keys = sorted(streams)
-        p = np.asarray([weights[k] for k in keys], dtype=np.float64)
-        picks = rng.choice(len(keys), size=n, p=p / p.sum())
-        counts = np.ones(256)
-        for j, k in enumerate(keys):
-            m = int((picks == j).sum())
-            if m:
-                counts += np.bincount(rng.choice(streams[k], size=m), minlength=256)
-        return SimpleNamespace(model=counts / counts.sum(), tokens=n)
-
-    def bpb(self, model, streams, max_tokens):
-        return {k: float(-np.mean(np.log2(model[s[:max_tokens] if max_tokens else s]))) for k, s in streams.items()}
-
-    def doremi(self, streams, config, steps, batch_size, lr, seed):
-        self.calls["doremi"] += 1
-        self.trained_on.extend(streams.values())
-        inv = {k: 1.0 / v.size for k, v in streams.items()}
-        return {k: v / sum(inv.values()) for k, v in inv.items()}
-
-    def regmix(self, streams, target, config, n_runs, steps, batch_size, lr, seed, budget):
-        self.calls["regmix"] += 1
-        self.regmix_budgets.append(budget)
-        self.trained_on.extend(streams.values())
-        self.regmix_targets.append(target)
-        t = np.bincount(target, minlength=256) + 1.0
-        t /= t.sum()
-        # the domain whose byte distribution is closest to the selection set gets most weight
-        dist = {k: np.abs(np.bincount(v, minlength=256) / v.size - t).sum() for k, v in streams.items()}
-        best = min(dist, key=dist.get)
-        return {k: (0.7 if k == best else 0.3 / (len(streams) - 1)) for k in streams}
-
-    def as_backend(self) -> ev.MixingBackend:
-        return ev.MixingBackend(streams=self.streams, train=self.train, bpb=self.bpb, doremi=self.doremi,
-                                regmix=self.regmix)
-
-
 def _config(**kw) -> ev.EvaluationConfig:
-    base = dict(target=Cfg(2, 16), proxy=Cfg(1, 16), steps=4, seeds=(0, 1, 2), batch_size=4, max_eval_tokens=4096)
+    base = dict(budget_tokens=3000, seeds=(0, 1, 2), order=3,
+                mixing=MixerSettings(proxy_tokens=2000, regmix_runs=8, doremi_rounds=3, budget_tokens=3000, order=3))
     base.update(kw)
     return ev.EvaluationConfig(**base)
+
+
+class SpyTargets(NGramTargets):
+    """The n-gram target models, recording every sample they train on."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.samples: list[np.ndarray] = []
+
+    def fit(self, multiplicity, seed):
+        self.samples.append(np.asarray(multiplicity).copy())
+        return super().fit(multiplicity, seed)
 
 
 def _corpus(n=160):
@@ -181,17 +120,24 @@ def test_splits_reject_bad_input(split, keys, fraction, match):
         ev.select_split(["a"], 0.5, 0)
 
 
-def test_natural_and_uniform_weights():
-    streams = {"a": np.zeros(30, np.uint8), "b": np.zeros(10, np.uint8)}
-    assert ev.natural_weights(streams) == {"a": 0.75, "b": 0.25}
-    assert ev.uniform_weights(streams) == {"a": 0.5, "b": 0.5}
-    with pytest.raises(ValueError, match="no byte"):
-        ev.natural_weights({"a": np.zeros(0, np.uint8)})
-    with pytest.raises(ValueError, match="no domain"):
-        ev.uniform_weights({})
+def test_sample_documents_hand_computed():
+    # documents of 10, 20, 30, 40 tokens; domain 0 = docs 0, 1 (30 tokens), domain 1 = docs 2, 3 (70 tokens)
+    tok = np.array([10, 20, 30, 40])
+    labels = np.array([0, 0, 1, 1])
+    priority = np.array([0.9, 0.1, 0.5, 0.2])
+    # weights 0.5 / 0.5 of 100 tokens: domain 0 wants 50 = 1 pass (30) + 20 more: doc 1 first by priority
+    # (20 tokens); domain 1 wants 50: doc 3 (40) fits, doc 2 would overshoot
+    np.testing.assert_array_equal(sample_documents(tok, labels, [0.5, 0.5], 100, 4.0, priority), [1, 2, 0, 1])
+    # an epoch cap of 1: domain 0 can give 30 at most, the other 70 go to domain 1 (one pass of 70)
+    np.testing.assert_array_equal(sample_documents(tok, labels, [0.5, 0.5], 100, 1.0, priority), [1, 1, 1, 1])
+    # weight 0: never drawn
+    np.testing.assert_array_equal(sample_documents(tok, labels, [0.0, 1.0], 40, 4.0, priority), [0, 0, 0, 1])
+    with pytest.raises(ValueError, match="one length"):
+        sample_documents(tok, labels[:3], [0.5, 0.5], 100, 4.0, priority)
+    with pytest.raises(ValueError, match="one weight per domain"):
+        sample_documents(tok, labels, [1.0], 100, 4.0, priority)
 
 
-# --------------------------------------------------------------------------- bucketizations
 def test_from_labels_sorted_names_and_missing():
     b = from_labels("source", ["tech", "sport", None, "tech"])
     assert b.names == (MISSING_LABEL, "sport", "tech")
@@ -246,20 +192,21 @@ def test_kmeans_buckets_recovers_separated_blobs_by_nearest_centroid():
 # --------------------------------------------------------------------------- configuration
 def test_evaluation_config_validation():
     cfg = _config()
-    assert cfg.seeds == (0, 1, 2) and cfg.params()["target"]["n_layer"] == 2
-    assert cfg.mixer_params("regmix")["n_runs"] == cfg.regmix_runs and cfg.mixer_params("natural") == {}
-    with pytest.raises(ValueError, match="larger than the proxies"):
-        _config(target=Cfg(1, 16))
-    with pytest.raises(ValueError, match="larger than the proxies"):
-        _config(target=Cfg(3, 8))
+    assert cfg.seeds == (0, 1, 2) and cfg.params()["mixing"]["regmix_runs"] == 8
     with pytest.raises(ValueError, match="at least 2 distinct seeds"):
         _config(seeds=(0,))
     with pytest.raises(ValueError, match="at least 2 distinct seeds"):
         _config(seeds=(1, 1))
     with pytest.raises(ValueError, match="mixers"):
         _config(mixers=("natural", "best"))
-    with pytest.raises(ValueError, match="steps"):
-        _config(steps=0)
+    with pytest.raises(ValueError, match="budget_tokens"):
+        _config(budget_tokens=0)
+    with pytest.raises(ValueError, match="backend"):
+        _config(backend="bigram")
+    with pytest.raises(ValueError, match="transformer"):
+        _config(backend="transformer")
+    with pytest.raises(ValueError, match="proxy"):
+        MixerSettings(proxy="gpt")
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -270,79 +217,76 @@ def test_run_experiment_grid_budget_and_target_never_seen():
     fit_texts = [texts[i] for i in fit]
     bs = [from_labels("source", [sources[i] for i in fit]),
           from_domains("rand", np.random.default_rng(1).integers(0, 3, size=fit.size), 3)]
-    fake = UnigramBackend()
     cfg = _config()
-    target_texts = [texts[i] for i in np.flatnonzero(held)]
-    res = ev.run_experiment(fit_texts, bs, [texts[i] for i in select], target_texts, cfg,
-                            target_labels=[sources[i] for i in np.flatnonzero(held)], backend=fake.as_backend())
+    tgt = np.flatnonzero(held)
+    target_texts = [texts[i] for i in tgt]
+    kw = dict(target_labels=[sources[i] for i in tgt], select_labels=[sources[i] for i in select])
+    targets, _ = ev._targets(target_texts, kw["target_labels"], [texts[i] for i in select], kw["select_labels"])
+    spy = SpyTargets(fit_texts, targets, order=3)
+    res = ev.run_experiment(fit_texts, bs, [texts[i] for i in select], target_texts, cfg, targets_backend=spy, **kw)
     runs = res.runs
-    assert runs.height == 2 * 4 * 3
-    assert set(map(tuple, runs.select("bucketization", "mixer").unique().rows())) == \
-        {(b, m) for b in ("source", "rand") for m in ev.MIXERS}
-    assert runs["tokens"].unique().to_list() == [cfg.steps * cfg.batch_size * cfg.target.context]  # one budget
-    assert res.streams == ["target", "food", "money", "sport", "tech"]
-    assert {f"bpb_{s}" for s in res.streams} <= set(runs.columns)
-    assert all(np.isfinite(runs[c].to_numpy()).all() and (runs[c] > 0).all() for c in runs.columns if c.startswith("bpb_"))
-    assert fake.calls == {"doremi": 2, "regmix": 2, "train": 24}
-    assert fake.regmix_budgets == [cfg.steps * cfg.batch_size * cfg.target.context] * 2   # the target models' budget
-    # weights: natural = byte shares, uniform, all sum to one, every source bucket present
+    assert res.targets == ["all", "food", "money", "sport", "tech"]
+    # target-free mixers: one model scored on 5 targets; RegMix: one model per target
+    assert runs.height == 3 * 2 * (3 * 5 + 5) and len(spy.samples) == 3 * 2 * (3 + 5)
+    groups = runs.group_by("bucketization", "mixer", "target").len()
+    assert groups.height == 2 * 4 * 5 and set(groups["len"]) == {3}
+    # every model trains on at most the budget, and on whole documents
+    assert runs["tokens"].max() <= cfg.budget_tokens and runs["tokens"].min() > cfg.budget_tokens - 3 * 200
+    assert np.isfinite(runs["bpb"].to_numpy()).all() and (runs["bpb"] > 0).all()
+    # weights: natural = document byte shares, uniform, all sum to one, per target
     w = res.weights["source"]
-    assert w["natural"] == pytest.approx(ev.natural_weights(fake.streams(fit_texts, [bs[0].keys()[i] for i in bs[0].labels])))
-    assert set(w["uniform"].values()) == {0.25}
+    assert set(w["uniform"]["all"].values()) == {0.25}
     for by_mixer in res.weights.values():
-        for weights in by_mixer.values():
-            assert sum(weights.values()) == pytest.approx(1.0)
-    assert res.weight_sources["rand"] == {m: "computed" for m in ev.MIXERS}
-    # the target set never reached training or weight selection; RegMix selected on the selection set only
-    for t in target_texts:
-        b = t.encode()
-        assert not any(b in s.tobytes() for s in fake.trained_on + fake.regmix_targets)
-    assert all(np.array_equal(t, _stream([texts[i] for i in select])) for t in fake.regmix_targets)
-    # seeds reproduce: the same seed and mixture give the same model
-    again = ev.run_experiment(fit_texts, bs, [texts[i] for i in select], target_texts, cfg,
-                              target_labels=[sources[i] for i in np.flatnonzero(held)],
-                              backend=UnigramBackend().as_backend())
+        for by_target in by_mixer.values():
+            assert set(by_target) == set(res.targets)
+            for weights in by_target.values():
+                assert sum(weights.values()) == pytest.approx(1.0)
+    # the target documents are not in the pool the models sample from
+    assert not set(target_texts) & set(fit_texts)
+    # seeds reproduce
+    again = ev.run_experiment(fit_texts, bs, [texts[i] for i in select], target_texts, cfg, **kw)
     assert again.runs.drop("train_seconds").equals(runs.drop("train_seconds"))
 
 
-def test_run_experiment_reuses_given_weights_and_checks_their_domains():
-    docs, held, select, fit = _corpus(80)
-    texts = [d["text"] for d in docs]
-    b = from_labels("gem", [docs[i]["source"] for i in fit])
-    given = {k: float(i + 1) for i, k in enumerate(b.keys())}
-    fake = UnigramBackend()
-    res = ev.run_experiment([texts[i] for i in fit], [b], [texts[i] for i in select],
-                            [texts[i] for i in np.flatnonzero(held)], _config(mixers=("uniform", "doremi")),
-                            given_weights={"gem": {"doremi": given}}, backend=fake.as_backend())
-    assert fake.calls["doremi"] == 0 and res.weight_sources == {"gem": {"uniform": "computed", "doremi": "given"}}
-    assert res.weights["gem"]["doremi"] == pytest.approx({k: v / 10.0 for k, v in given.items()})
-    with pytest.raises(ValueError, match="given doremi weights"):
-        ev.run_experiment([texts[i] for i in fit], [b], [texts[i] for i in select],
-                          [texts[i] for i in np.flatnonzero(held)], _config(mixers=("doremi",)),
-                          given_weights={"gem": {"doremi": {"gem:other": 1.0}}}, backend=fake.as_backend())
+def test_a_bucketization_that_isolates_the_target_gives_it_the_better_mixture():
+    """Two languages in the pool, the target is one of them: bucketized by language, RegMix puts the
+    weight on the target's language and the target models score better than on a random bucketization,
+    by a margin the paired interval resolves."""
+    rng = np.random.default_rng(0)
+    vocab = {"a": [bytes(rng.choice(list(b"abcdefg"), size=4)).decode() for _ in range(80)],
+             "z": [bytes(rng.choice(list(b"tuvwxyz"), size=4)).decode() for _ in range(80)]}
+
+    def doc(lang):
+        return " ".join(rng.choice(vocab[lang], size=15))
+
+    langs = np.array(["a"] * 150 + ["z"] * 150)
+    pool = [doc(lang) for lang in langs]
+    select = [doc("z") for _ in range(20)]
+    target = [doc("z") for _ in range(30)]
+    by_lang = from_labels("lang", langs.tolist())
+    random = from_domains("random", rng.integers(0, 2, size=langs.size), 2)
+    cfg = _config(budget_tokens=3000, seeds=tuple(range(6)), mixers=("natural", "regmix"),
+                  mixing=MixerSettings(proxy_tokens=2000, regmix_runs=12, doremi_rounds=2, budget_tokens=3000, order=3))
+    res = ev.run_experiment(pool, [by_lang, random], select, target, cfg)
+    assert res.weights["lang"]["regmix"]["all"]["lang:z"] > 0.8
+    diff = ev.paired_differences(res.runs, "lang").filter(pl.col("mixer") == "regmix").row(0, named=True)
+    assert diff["high"] < 0          # isolating the target's language wins, resolved
+    nat = ev.paired_differences(res.runs, "lang").filter(pl.col("mixer") == "natural").row(0, named=True)
+    assert abs(nat["difference"]) < abs(diff["difference"])
 
 
 def test_run_experiment_rejects_bad_input():
-    fake = UnigramBackend().as_backend()
     b = from_domains("a", [0, 1], 2)
     with pytest.raises(ValueError, match="labels 2 documents but there are 3"):
-        ev.run_experiment(["x", "y", "z"], [b], ["s"], ["t"], _config(), backend=fake)
+        ev.run_experiment(["x", "y", "z"], [b], ["s"], ["t"], _config())
     with pytest.raises(ValueError, match="target set is empty"):
-        ev.run_experiment(["x", "y"], [b], ["s"], [], _config(), backend=fake)
+        ev.run_experiment(["x", "y"], [b], ["s"], [], _config())
     with pytest.raises(ValueError, match="distinct"):
-        ev.run_experiment(["x", "y"], [b, b], ["s"], ["t"], _config(), backend=fake)
+        ev.run_experiment(["x", "y"], [b, b], ["s"], ["t"], _config())
     with pytest.raises(ValueError, match="selection set"):
-        ev.run_experiment(["x", "y"], [b], [], ["t"], _config(), backend=fake)
+        ev.run_experiment(["x", "y"], [b], [], ["t"], _config())
     with pytest.raises(ValueError, match="target_labels"):
-        ev.run_experiment(["x", "y"], [b], ["s"], ["t"], _config(), target_labels=["a", "b"], backend=fake)
-
-    def nan_bpb(model, streams, max_tokens):
-        return {k: float("nan") for k in streams}
-
-    broken = ev.MixingBackend(streams=fake.streams, train=fake.train, bpb=nan_bpb, doremi=fake.doremi,
-                              regmix=fake.regmix)
-    with pytest.raises(ValueError, match="finite and positive"):
-        ev.run_experiment(["x", "y"], [b], ["s"], ["t"], _config(mixers=("uniform",)), backend=broken)
+        ev.run_experiment(["x", "y"], [b], ["s"], ["t"], _config(), target_labels=["a", "b"])
 
 
 # --------------------------------------------------------------------------- tables and picture
@@ -352,29 +296,35 @@ def _runs() -> pl.DataFrame:
             ("kmeans", "natural"): [2.1, 2.3, 2.5], ("kmeans", "uniform"): [2.0, 2.0, 2.0]}
     for (b, m), ys in vals.items():
         for s, y in enumerate(ys):
-            rows.append({"bucketization": b, "mixer": m, "seed": s, "domains": 4, "tokens": 100,
-                         "train_seconds": 0.1, "bpb_target": y, "bpb_tech": y + 0.5})
+            for target, shift in (("all", 0.0), ("tech", 0.5), ("food", 0.3)):
+                rows.append({"bucketization": b, "mixer": m, "target": target, "seed": s, "domains": 4, "tokens": 100,
+                             "unique_documents": 10, "train_seconds": 0.1, "bpb": y + shift})
     return pl.DataFrame(rows)
 
 
 def test_summarize_and_paired_differences_hand_computed():
     table = ev.summarize(_runs())
-    assert table.height == 4 and table["seeds"].to_list() == [3, 3, 3, 3]
+    assert table.height == 4 * 4 and set(table["seeds"]) == {3}           # 3 targets + their mean
     t2 = 0.95 * math.sqrt(2.0 / (4 * 0.975 * 0.025))
     row = table.row(0, named=True)
-    assert (row["bucketization"], row["mixer"]) == ("gem", "natural")
+    assert (row["target"], row["bucketization"], row["mixer"]) == ("all", "gem", "natural")
     assert row["bpb_target"] == pytest.approx(2.2)
     assert row["bpb_target_half_width"] == pytest.approx(t2 * 0.2 / math.sqrt(3))
-    assert row["bpb_tech"] == pytest.approx(2.7)
+    tech = table.filter((pl.col("target") == "tech") & (pl.col("bucketization") == "gem")
+                        & (pl.col("mixer") == "natural")).row(0, named=True)
+    assert tech["bpb_target"] == pytest.approx(2.7)
+    mean = table.filter((pl.col("target") == ev.MEAN_OF_SOURCES) & (pl.col("bucketization") == "gem")
+                        & (pl.col("mixer") == "natural")).row(0, named=True)
+    assert mean["bpb_target"] == pytest.approx(2.2 + 0.4)                   # mean of +0.5 and +0.3
     assert (table["bpb_target_low"] <= table["bpb_target"]).all()
     assert (table["bpb_target"] <= table["bpb_target_high"]).all()
     diff = ev.paired_differences(_runs(), "gem")
-    assert diff["versus"].to_list() == ["kmeans", "kmeans"]
-    nat = diff.filter(pl.col("mixer") == "natural").row(0, named=True)
+    assert set(diff["versus"]) == {"kmeans"} and diff.height == 2 * 4
+    nat = diff.filter((pl.col("mixer") == "natural") & (pl.col("target") == "all")).row(0, named=True)
     assert nat["difference"] == pytest.approx(-0.1) and nat["low"] == pytest.approx(-0.1)   # constant gap
-    uni = diff.filter(pl.col("mixer") == "uniform").row(0, named=True)
+    uni = diff.filter((pl.col("mixer") == "uniform") & (pl.col("target") == "all")).row(0, named=True)
     assert uni["difference"] == pytest.approx(0.0)
-    assert uni["high"] - uni["difference"] == pytest.approx(t2 * 0.1 / math.sqrt(3))     # diffs -0.1, 0, 0.1
+    assert uni["half_width"] == pytest.approx(t2 * 0.1 / math.sqrt(3))     # diffs -0.1, 0, 0.1
     assert ev.paired_differences(_runs().filter(pl.col("bucketization") == "gem"), "gem").height == 0
     with pytest.raises(ValueError, match="reference"):
         ev.paired_differences(_runs(), "source")
@@ -384,15 +334,16 @@ def test_results_markdown_and_chart():
     table = ev.summarize(_runs())
     md = ev.results_markdown(table)
     lines = md.splitlines()
-    assert lines[0].startswith("| bucketization | mixer | domains | seeds | target bpb")
-    assert lines[0].endswith("| tech bpb |") and len(lines) == 2 + 4
-    assert "| gem | uniform | 4 | 3 | **2.0000** ±" in md          # best of its mixer in bold
-    assert "| gem | natural | 4 | 3 | **2.2000** ±" in md
-    assert "| kmeans | natural | 4 | 3 | 2.3000 ±" in md
+    assert lines[0].startswith("| target | bucketization | mixer | domains | seeds | bpb") and len(lines) == 2 + 16
+    assert "| all | gem | uniform | 4 | 3 | **2.0000** ±" in md          # best of its target and mixer in bold
+    assert "| all | gem | natural | 4 | 3 | **2.2000** ±" in md
+    assert "| all | kmeans | natural | 4 | 3 | 2.3000 ±" in md
+    diffs = ev.differences_markdown(ev.paired_differences(_runs(), "gem"))
+    assert "| all | natural | kmeans | 3 | -0.1000 |" in diffs and "gem better" in diffs
     png = ev.bpb_chart(table)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
-    with pytest.raises(ValueError, match="bpb_food"):
-        ev.bpb_chart(table, stream="food")
+    with pytest.raises(ValueError, match="none of the targets"):
+        ev.bpb_chart(table.filter(pl.col("target") == "tech"), targets=["food"])
 
 
 # --------------------------------------------------------------------------- the corpus end to end
@@ -419,9 +370,8 @@ def _sample(frame, vectors, holdout=0.1, **kw):
 
 def test_evaluate_corpus_splits_buckets_and_reports():
     frame, vectors, sample = _frame()
-    fake = UnigramBackend()
     drawn = _sample(frame, vectors)
-    out = ev.evaluate_corpus(drawn, sample, 4, _config(), select=0.1, use_source=True, backend=fake.as_backend())
+    out = ev.evaluate_corpus(drawn, sample, 4, _config(), select=0.1, use_source=True)
     c = out.counts
     held = ev.holdout_split(frame["key"].to_list(), 0.1, 0)
     n_held = int(held.sum())                                   # 14 of 120 with this seed
@@ -433,13 +383,11 @@ def test_evaluate_corpus_splits_buckets_and_reports():
     assert all(sum(v.values()) == c["fit"] for v in out.bucket_counts.values())
     # well-separated embeddings: k-means finds the topics, so its buckets have the topics' sizes
     assert sorted(out.bucket_counts["kmeans"].values()) == sorted(out.bucket_counts["source"].values())
-    assert out.table.height == 12 and set(out.differences["versus"]) == {"source", "kmeans"}
+    n_targets = len(out.result.targets) + (len(out.result.targets) > 1)          # + the mean of the sources
+    assert out.table.height == 3 * 4 * n_targets and set(out.differences["versus"]) == {"source", "kmeans"}
     md = ev.report_markdown(out, _config())
     assert f"{n_held} held-out target + {n_select} weight-selection + {c['fit']} training + 0 without" in md
-    assert "| gem | regmix | 4 | 3 |" in md and "GEM minus the other bucketization" in md
-    # the held-out target set is never trained on (it is decided first, per key)
-    target_texts = set(frame["text"].filter(pl.Series(held)).to_list())
-    assert not any(t.encode() in s.tobytes() for t in target_texts for s in fake.trained_on)
+    assert "| all | gem | regmix | 4 | 3 |" in md and "GEM minus each other bucketization" in md
     # the pool's vectors are those of its documents
     pool = drawn.frame.filter(~pl.col("target"))
     rows = frame.join(pool.select("key"), on="key", how="semi").sort("key")["vec"].to_numpy()
@@ -448,27 +396,25 @@ def test_evaluate_corpus_splits_buckets_and_reports():
 
 def test_evaluate_corpus_without_source_and_with_unembedded_documents():
     frame, vectors, sample = _frame(embedded_every=2)        # half the documents have no embedding
-    fake = UnigramBackend()
     cfg = _config(mixers=("natural", "uniform"))
-    out = ev.evaluate_corpus(_sample(frame, vectors), sample, 4, cfg, select=0.1, use_source=False,
-                             backend=fake.as_backend())
+    out = ev.evaluate_corpus(_sample(frame, vectors), sample, 4, cfg, select=0.1, use_source=False)
     c = out.counts
     n_held = int(ev.holdout_split(frame["key"].to_list(), 0.1, 0).sum())
     assert c["target"] == n_held and c["fit"] + c["select"] + c["unusable"] == 120 - n_held and c["unusable"] >= 50
     assert list(out.bucket_counts) == ["kmeans", "gem"]
-    assert out.result.streams == ["target"]                      # no per-label streams without labels
+    assert out.result.targets == ["all"]                         # no source targets without labels
     with pytest.raises(ValueError, match="no document has a source label"):
         ev.evaluate_corpus(_sample(frame.with_columns(pl.lit(None, dtype=pl.String).alias("source")), vectors),
-                           sample, 4, _config(), select=0.1, use_source=True, backend=fake.as_backend())
+                           sample, 4, _config(), select=0.1, use_source=True)
     with pytest.raises(ValueError, match="at least 2"):
         ev.evaluate_corpus(_sample(frame.with_columns(pl.lit(None, dtype=pl.Int64).alias("gem")), vectors),
-                           sample, 4, _config(), select=0.1, use_source=False, backend=fake.as_backend())
+                           sample, 4, _config(), select=0.1, use_source=False)
     # a corpus too small to hold anything out says so
     tiny = frame.head(3)
     assert ev.holdout_split(tiny["key"].to_list(), 0.01, 0).sum() == 0
     with pytest.raises(ValueError, match="no document of 3 was held out"):
         ev.evaluate_corpus(_sample(tiny, vectors, holdout=0.01), sample, 4, cfg, select=0.1, use_source=False,
-                           backend=fake.as_backend())
+                           )
 
 
 def test_corpus_sampler_is_the_same_in_batches_in_any_order():
@@ -531,26 +477,24 @@ def test_texts_read_from_disk_give_the_same_evaluation(tmp_path):
         asked.append(rows.height)
         return ev.read_texts(layout, rows, batch_rows=5)
 
-    a = ev.evaluate_corpus(_sample(frame, vectors), sample, 4, _config(), select=0.1, use_source=True,
-                           backend=UnigramBackend().as_backend())
+    a = ev.evaluate_corpus(_sample(frame, vectors), sample, 4, _config(), select=0.1, use_source=True)
     b = ev.evaluate_corpus(_sample(frame.drop("text"), vectors), sample, 4, _config(), select=0.1,
-                           use_source=True, backend=UnigramBackend().as_backend(), texts=texts)
+                           use_source=True, texts=texts)
     assert a.counts == b.counts and sorted(asked) == sorted([a.counts["fit"], a.counts["select"], a.counts["target"]])
     assert a.result.runs.drop("train_seconds").equals(b.result.runs.drop("train_seconds"))
     assert a.result.weights == b.result.weights
     with pytest.raises(ValueError, match="texts="):
         ev.evaluate_corpus(_sample(frame.drop("text"), vectors), sample, 4, _config(), select=0.1,
-                           use_source=True, backend=UnigramBackend().as_backend())
+                           use_source=True)
     with pytest.raises(ValueError, match="not in their shard"):
         ev.read_texts(layout, pl.DataFrame({"shard": ["s0"], "id": ["nope"]}))
 
 
 def test_caps_bound_the_target_set_and_the_training_pool():
     frame, vectors, sample = _frame(n=200)
-    fake = UnigramBackend()
     cfg = _config(mixers=("natural", "uniform"))
     out = ev.evaluate_corpus(_sample(frame, vectors, holdout=0.2, max_target_documents=15, max_train_documents=60),
-                             sample, 4, cfg, select=0.1, use_source=False, backend=fake.as_backend())
+                             sample, 4, cfg, select=0.1, use_source=False)
     c = out.counts
     n_held = int(ev.holdout_split(frame["key"], 0.2, 0).sum())
     assert c["target"] == 15 and c["fit"] + c["select"] == 60

@@ -119,8 +119,9 @@ def regmix_runs(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, n_
     ----------
     streams : mapping of str to numpy.ndarray
         ``{domain: uint8 stream}`` (training split).
-    target_stream : numpy.ndarray
-        uint8 stream whose bits per byte each proxy is scored on.
+    target_stream : numpy.ndarray or mapping of str to numpy.ndarray
+        uint8 stream whose bits per byte each proxy is scored on; or ``{name: stream}`` to score
+        every run on several targets (one set of runs serves them all).
     n_runs : int
         Proxy runs M (>= 2).
     budget_tokens : int
@@ -138,35 +139,39 @@ def regmix_runs(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, n_
     Returns
     -------
     dict
-        ``domains`` (list), ``mixtures`` (M, K), ``losses`` (M,) target bits per byte,
-        ``run_seconds`` (M,), ``tokens`` (K,) stream lengths, ``budget_tokens``,
-        ``index_seconds`` (the count index, built once).
+        ``domains`` (list), ``mixtures`` (M, K), ``losses`` (M,) target bits per byte (a dict of
+        them per target name when several targets were given), ``run_seconds`` (M,), ``tokens``
+        (K,) stream lengths, ``budget_tokens``, ``index_seconds`` (the count index, built once).
     """
     from .regmix import sample_mixtures
 
     n_runs = check_int(n_runs, "n_runs", low=2)
-    target = np.asarray(target_stream)
-    if target.ndim != 1 or target.dtype != np.uint8 or target.size < 1:
-        raise ValueError("target_stream must be a non-empty 1-D uint8 byte stream")
+    several = isinstance(target_stream, Mapping)
+    targets = _check_streams(target_stream if several else {"target": target_stream}, "target_stream")
     t0 = time.perf_counter()
     proxies = ProxySet(streams, budget_tokens, order=order, max_grams=max_grams, seed=seed)
     if len(proxies.domains) < 2:
         raise ValueError("RegMix needs at least 2 domains with data")
-    lookup = proxies.index.lookup(target)
+    lookups = {name: proxies.index.lookup(t) for name, t in targets.items()}
     index_seconds = time.perf_counter() - t0
     tokens = proxies.tokens
     mixtures = sample_mixtures(tokens, n_runs, np.random.default_rng(seed), tokens_per_domain=tokens,
                                budget_tokens=float(proxies.budget_tokens), max_epochs=max_epochs)
     from tqdm.auto import tqdm
 
-    losses, run_seconds = np.empty(n_runs), np.empty(n_runs)
+    losses = {name: np.empty(n_runs) for name in targets}
+    run_seconds = np.empty(n_runs)
+    first = next(iter(targets))
     for i in tqdm(range(n_runs), desc="RegMix n-gram proxies", unit="run", disable=not progress):
         t1 = time.perf_counter()
-        losses[i] = lookup.bpb(proxies.fit(mixtures[i]))
+        model = proxies.fit(mixtures[i])
+        for name, lk in lookups.items():
+            losses[name][i] = lk.bpb(model)
         run_seconds[i] = time.perf_counter() - t1
         if on_run is not None:
-            on_run(i, mixtures[i], float(losses[i]))
-    return {"domains": proxies.domains, "mixtures": mixtures, "losses": losses, "run_seconds": run_seconds,
+            on_run(i, mixtures[i], float(losses[first][i]))
+    return {"domains": proxies.domains, "mixtures": mixtures, "losses": losses if several else losses["target"],
+            "run_seconds": run_seconds,
             "tokens": tokens, "budget_tokens": int(proxies.budget_tokens), "index_seconds": index_seconds}
 
 

@@ -1,7 +1,7 @@
 """The mixture evaluation: do GEM domains make better mixtures than other bucketizations?
 
-The experiment (DESIGN.md section 6), for a corpus whose documents each carry one bucket
-per bucketization (source labels, Euclidean k-means, GEM):
+The experiment, for a corpus whose documents each carry one bucket per bucketization (source
+labels, Euclidean k-means, GEM):
 
 1. :func:`holdout_split` holds out a seeded document-level target set of the whole corpus
    *first*: each document by a seeded hash of its key, so the decision needs no other document
@@ -9,22 +9,21 @@ per bucketization (source labels, Euclidean k-means, GEM):
    The target set is never trained on and never used to choose weights, and it is the same
    documents for every bucketization.
 2. :func:`select_split` cuts the remaining (training) documents once more, the same way for
-   every bucketization: the *fit* documents feed the byte streams every model trains on, the
-   *select* documents are the validation set RegMix minimizes (a natural-distribution
-   sample of the training pool, never the target set).
-3. For every bucketization and every mixer (natural byte shares, uniform, DoReMi, RegMix)
-   the mixture weights are computed (or reused when given), then target language models,
-   larger than the proxies, are trained on that mixture with several seeds at the same
-   token budget (:func:`run_experiment`), and their bits per byte are measured on the
-   target set and on each source label of it.
-4. :func:`summarize` gives the mean and the two-sided Student-t interval over seeds
-   (:func:`t_interval`); :func:`paired_differences` compares each bucketization with a
-   reference one under the same mixer, seed by seed; :func:`results_markdown` and
-   :func:`bpb_chart` make the table and the picture.
-
-The language models are reached through a :class:`MixingBackend` (by default the project's
-``lib/lm.py``, ``lib/doremi.py``, ``lib/regmix.py`` and ``lib/mixture.py``), so tests can
-inject fast fakes.
+   every bucketization: the *fit* documents are the pool every model reads, the *select*
+   documents are the sets RegMix minimizes (never the target set).
+3. Targets: (a) ``all``, the held-out documents of the whole corpus; (b) each source label in
+   turn, its held-out documents, RegMix choosing on its selection documents. In (b) the source
+   bucketization is an oracle upper bound; GEM against k-means is the question.
+4. For every bucketization and mixer (natural byte shares, uniform, DoReMi, RegMix) the weights
+   are computed (``lib.eval_backends.mixer_weights``), then for every seed a target model trains
+   on a fresh draw of documents of that mixture at one token budget, below the pool's size
+   (:func:`run_experiment`; byte n-grams on a CPU, transformers on a GPU), and its bits per byte
+   are measured on the targets.
+5. :func:`summarize` gives the mean and the two-sided Student-t interval over seeds
+   (:func:`t_interval`); :func:`paired_differences` compares each bucketization with GEM under
+   the same mixer and target, seed by seed (a seed draws the same document priorities for every
+   bucketization); :func:`results_markdown`, :func:`differences_markdown` and :func:`bpb_chart`
+   make the tables and the picture.
 """
 
 from __future__ import annotations
@@ -40,13 +39,14 @@ import polars as pl
 
 from ._checks import check_float, check_int
 from .bucketize import MISSING_LABEL, Bucketization
+from .eval_backends import MixerSettings
 from .sampling import BottomK, bottom_k_positions, check_cap, key_priorities, rng_for
 
 __all__ = [
     "MIXERS",
-    "TARGET",
+    "ALL",
+    "MEAN_OF_SOURCES",
     "EvaluationConfig",
-    "MixingBackend",
     "ExperimentResult",
     "holdout_split",
     "select_split",
@@ -55,8 +55,7 @@ __all__ = [
     "sample_frame",
     "sample_corpus",
     "t_interval",
-    "natural_weights",
-    "uniform_weights",
+    "differences_markdown",
     "run_experiment",
     "summarize",
     "paired_differences",
@@ -72,8 +71,10 @@ __all__ = [
 
 #: The mixers compared, in table order.
 MIXERS = ("natural", "uniform", "doremi", "regmix")
-#: Name of the whole held-out target set in the per-stream results.
-TARGET = "target"
+#: Target (a): the held-out documents of the whole corpus.
+ALL = "all"
+#: The mean over the source targets of setting (b), per seed.
+MEAN_OF_SOURCES = "mean_of_sources"
 
 
 # --------------------------------------------------------------------------- splits
@@ -200,23 +201,6 @@ def t_interval(values, confidence: float = 0.95) -> dict[str, float]:
     return {"n": int(n), "mean": mean, "std": std, "half_width": half, "low": mean - half, "high": mean + half}
 
 
-# --------------------------------------------------------------------------- simple mixers
-def natural_weights(streams: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Each domain's share of the training bytes (what sampling documents at random gives)."""
-    sizes = {k: int(np.asarray(v).size) for k, v in streams.items()}
-    total = sum(sizes.values())
-    if total <= 0:
-        raise ValueError("the domain streams hold no byte: nothing to mix")
-    return {k: s / total for k, s in sizes.items()}
-
-
-def uniform_weights(streams: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Equal weight on every domain."""
-    if not streams:
-        raise ValueError("no domain stream: nothing to mix")
-    return {k: 1.0 / len(streams) for k in streams}
-
-
 # --------------------------------------------------------------------------- configuration
 @dataclass(frozen=True)
 class EvaluationConfig:
@@ -224,158 +208,73 @@ class EvaluationConfig:
 
     Parameters
     ----------
-    target : object
-        Configuration of the target language models (``lib.lm.LMConfig``); must be larger
-        than ``proxy`` (no fewer layers and no narrower, and larger in one of the two).
-    proxy : object
-        Configuration of the proxy models DoReMi and RegMix train.
-    steps : int
-        Training steps of every target model (the token budget is ``steps * batch_size *
-        context``, the same for every bucketization and mixer).
+    budget_tokens : int
+        Bytes every target model trains on: the same for every bucketization, mixer and seed, and
+        below the training pool's size so that the mixture decides what is read.
     seeds : tuple of int
-        Seeds of the target models (at least 2; 3 or more for a meaningful interval).
-    batch_size, lr : int, float
-        Target models' batch size and learning rate.
-    doremi_steps : int
-        Steps of DoReMi's reference and proxy models.
-    regmix_runs, regmix_steps : int
-        Number of RegMix proxy runs and steps of each.
-    proxy_batch_size, proxy_lr : int, float
-        Proxy models' batch size and learning rate.
-    max_eval_tokens : int or None
-        At most this many bytes of each evaluated stream (the target set, each source
-        label); ``None``: all of them.
+        Seeds of the target models (at least 2; each redraws the documents of every mixture).
+    mixing : MixerSettings
+        How DoReMi's and RegMix's weights are computed (``lib.eval_backends``).
     mixers : tuple of str
         A subset of :data:`MIXERS`, in table order.
+    backend : {"ngram", "transformer"}
+        The target models: byte n-grams of ``order`` (CPU) or transformers (``transformer``
+        settings: ``config``, ``steps``, ``batch_size``, ``lr``, ``device``, ``max_eval_tokens``).
+    order : int
+        n-gram order of the target models.
+    max_epochs : float
+        No domain is read more than this many times by a target model.
+    valid_fraction : float
+        Share of each domain's training documents DoReMi measures excess losses on.
     confidence : float
         Level of the intervals.
     seed : int
-        Seed of the weight computations.
+        Seed of the weight computations and of the DoReMi split.
+    transformer : dict, optional
     device : str
-        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        Where k-means runs (``"auto"``, ``"cpu"``, ``"cuda"``).
     """
 
-    target: Any
-    proxy: Any
-    steps: int
-    seeds: tuple[int, ...] = (0, 1, 2)
-    batch_size: int = 16
-    lr: float = 3e-3
-    doremi_steps: int = 100
-    regmix_runs: int = 16
-    regmix_steps: int = 50
-    proxy_batch_size: int = 16
-    proxy_lr: float = 3e-3
-    max_eval_tokens: int | None = None
+    budget_tokens: int
+    seeds: tuple[int, ...] = tuple(range(10))
+    mixing: MixerSettings = field(default_factory=MixerSettings)
     mixers: tuple[str, ...] = MIXERS
+    backend: str = "ngram"
+    order: int = 5
+    max_epochs: float = 4.0
+    valid_fraction: float = 0.1
     confidence: float = 0.95
     seed: int = 0
+    transformer: Any = None
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        check_int(self.steps, "steps", low=1)
+        check_int(self.budget_tokens, "budget_tokens", low=1)
         seeds = tuple(int(check_int(s, "seed")) for s in self.seeds)
         if len(seeds) < 2 or len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must hold at least 2 distinct seeds (an interval needs them), got {self.seeds}")
         object.__setattr__(self, "seeds", seeds)
-        check_int(self.batch_size, "batch_size", low=1)
-        check_float(self.lr, "lr", low=0.0, strict=True)
-        check_int(self.doremi_steps, "doremi_steps", low=1)
-        check_int(self.regmix_runs, "regmix_runs", low=2)
-        check_int(self.regmix_steps, "regmix_steps", low=1)
-        check_int(self.proxy_batch_size, "proxy_batch_size", low=1)
-        check_float(self.proxy_lr, "proxy_lr", low=0.0, strict=True)
-        if self.max_eval_tokens is not None:
-            check_int(self.max_eval_tokens, "max_eval_tokens", low=2)
         bad = [m for m in self.mixers if m not in MIXERS]
         if bad or not self.mixers or len(set(self.mixers)) != len(self.mixers):
             raise ValueError(f"mixers must be distinct names from {MIXERS}, got {self.mixers}")
+        if self.backend not in ("ngram", "transformer"):
+            raise ValueError(f"backend must be 'ngram' or 'transformer', got {self.backend!r}")
+        if self.backend == "transformer" and not self.transformer:
+            raise ValueError("backend='transformer' needs the target models' settings (transformer=...)")
+        check_float(self.max_epochs, "max_epochs", low=0.0, strict=True)
+        _check_fraction(self.valid_fraction, "DoReMi validation")
         t = check_float(self.confidence, "confidence", low=0.0, strict=True)
         if t >= 1.0:
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
-        shape = lambda c: (int(getattr(c, "n_layer")), int(getattr(c, "d_model")))  # noqa: E731
-        (tl, td), (pl_, pd) = shape(self.target), shape(self.proxy)
-        if tl < pl_ or td < pd or (tl, td) == (pl_, pd):
-            raise ValueError(f"the target models must be larger than the proxies: target n_layer={tl}, "
-                             f"d_model={td} vs proxy n_layer={pl_}, d_model={pd}; raise the target's layers "
-                             "or width")
 
     def params(self) -> dict:
-        """The configuration as JSON-serialisable parameters (for fingerprints and tracking)."""
-        as_dict = lambda c: {k: getattr(c, k) for k in ("n_layer", "n_head", "d_model", "context", "dropout")  # noqa: E731
-                             if hasattr(c, k)}
-        return {"target": as_dict(self.target), "proxy": as_dict(self.proxy), "steps": self.steps,
-                "seeds": list(self.seeds), "batch_size": self.batch_size, "lr": self.lr,
-                "doremi_steps": self.doremi_steps, "regmix_runs": self.regmix_runs,
-                "regmix_steps": self.regmix_steps, "proxy_batch_size": self.proxy_batch_size,
-                "proxy_lr": self.proxy_lr, "max_eval_tokens": self.max_eval_tokens, "mixers": list(self.mixers),
-                "confidence": self.confidence, "seed": self.seed}
-
-    def mixer_params(self, mixer: str) -> dict:
-        """What determines the weights of one mixer on one bucketization (besides the data)."""
-        proxy = self.params()["proxy"]
-        if mixer == "doremi":
-            return {"proxy": proxy, "steps": self.doremi_steps, "batch_size": self.proxy_batch_size,
-                    "lr": self.proxy_lr, "seed": self.seed}
-        if mixer == "regmix":
-            return {"proxy": proxy, "n_runs": self.regmix_runs, "steps": self.regmix_steps,
-                    "batch_size": self.proxy_batch_size, "lr": self.proxy_lr, "seed": self.seed}
-        return {}
-
-
-@dataclass(frozen=True)
-class MixingBackend:
-    """The language-model functions the experiment calls (see ``lib/lm.py`` and friends).
-
-    ``streams(texts, keys)`` builds ``{key: uint8 byte stream}`` from documents and their
-    domain keys; ``train(streams, weights, config, steps, batch_size, lr, seed)`` returns an
-    object with ``model`` and ``tokens``; ``bpb(model, {name: stream}, max_tokens)`` returns
-    ``{name: bits per byte}``; ``doremi(streams, config, steps, batch_size, lr, seed)`` and
-    ``regmix(streams, target_stream, config, n_runs, steps, batch_size, lr, seed, budget)`` return
-    ``{key: weight}`` (``budget``: the bytes the target models train on, which sets the epoch
-    cap of RegMix's proposal).
-    """
-
-    streams: Callable[..., dict[str, np.ndarray]]
-    train: Callable[..., Any]
-    bpb: Callable[..., dict[str, float]]
-    doremi: Callable[..., dict[str, float]]
-    regmix: Callable[..., dict[str, float]]
-
-    @classmethod
-    def default(cls, device: str = "auto", eval_max_tokens: int | None = 65536,
-                report_max_tokens: int = 4096) -> "MixingBackend":
-        """The project's proxy LM, DoReMi, RegMix and stream builder.
-
-        ``eval_max_tokens`` caps the bytes RegMix scores each proxy run on;
-        ``report_max_tokens`` the bytes per domain DoReMi reports its two models' bits per byte
-        on (a by-product the weights do not depend on).
-        """
-        from . import doremi as _doremi
-        from . import lm as _lm
-        from . import mixture as _mixture
-        from . import regmix as _regmix
-
-        def streams(texts, keys):
-            return _mixture.texts_to_streams(texts, keys)
-
-        def train(streams, weights, config, steps, batch_size, lr, seed):
-            return _lm.train_lm(streams, weights, config, steps, batch_size=batch_size, lr=lr, seed=seed,
-                                device=device)
-
-        def bpb(model, streams, max_tokens):
-            return _lm.evaluate_bpb(model, dict(streams), max_tokens=max_tokens, device=device)
-
-        def doremi(streams, config, steps, batch_size, lr, seed):
-            return dict(_doremi.run_doremi(streams, None, config, steps, batch_size=batch_size, lr=lr, seed=seed,
-                                           device=device, eval_max_tokens=report_max_tokens).weights)
-
-        def regmix(streams, target, config, n_runs, steps, batch_size, lr, seed, budget):
-            return dict(_regmix.run_regmix(streams, target, config, n_runs, steps, batch_size=batch_size, lr=lr,
-                                           seed=seed, device=device, eval_max_tokens=eval_max_tokens,
-                                           proposal_budget_tokens=budget).weights)
-
-        return cls(streams=streams, train=train, bpb=bpb, doremi=doremi, regmix=regmix)
+        """The configuration as JSON-serialisable parameters (for tracking and reports)."""
+        mix = {k: getattr(self.mixing, k) for k in ("proxy", "proxy_tokens", "regmix_runs", "doremi_rounds",
+                                                     "budget_tokens", "order", "max_epochs", "seed")}
+        return {"budget_tokens": self.budget_tokens, "seeds": list(self.seeds), "mixers": list(self.mixers),
+                "backend": self.backend, "order": self.order, "max_epochs": self.max_epochs,
+                "valid_fraction": self.valid_fraction, "confidence": self.confidence, "seed": self.seed,
+                "mixing": mix}
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -386,101 +285,103 @@ class ExperimentResult:
     Attributes
     ----------
     runs : polars.DataFrame
-        One row per (bucketization, mixer, seed): ``bucketization``, ``mixer``, ``seed``,
-        ``domains``, ``tokens``, ``train_seconds`` and one ``bpb_<stream>`` column per
-        evaluated stream (``bpb_target`` and one per source label).
+        One row per (bucketization, mixer, target, seed): ``bucketization``, ``mixer``,
+        ``target``, ``seed``, ``domains``, ``tokens``, ``unique_documents``, ``train_seconds``
+        and ``bpb`` (the target model's bits per byte on that target).
     weights : dict
-        ``{bucketization: {mixer: {domain key: weight}}}``.
-    weight_sources : dict
-        ``{bucketization: {mixer: "computed" | "given"}}``.
+        ``{bucketization: {mixer: {target: {domain key: weight}}}}``.
     domains : dict
-        ``{bucketization: {domain key: fit bytes}}`` (empty buckets left out).
-    streams : list of str
-        The evaluated streams (``target`` first), with their sizes in ``stream_bytes``.
+        ``{bucketization: {domain key: training documents}}``.
+    targets : list of str
+        ``"all"`` (held-out documents of the whole corpus) then one per source label.
+    target_bytes : dict
+        Bytes of each target stream.
     seconds : dict
         Wall time of the weight computations and of the target models.
+    max_document_tokens : int
+        Tokens of the training pool's longest document (how far below the budget a sample of
+        whole documents can fall, per domain).
     """
 
     runs: pl.DataFrame
     weights: dict
-    weight_sources: dict
     domains: dict
-    streams: list[str]
-    stream_bytes: dict[str, int]
+    targets: list[str]
+    target_bytes: dict[str, int]
     seconds: dict = field(default_factory=dict)
+    max_document_tokens: int = 0
 
 
-def _check_inputs(fit_texts, bucketizations, target_texts, target_labels) -> None:
+def _check_inputs(pool_texts, bucketizations, target_texts, target_labels, select_texts, select_labels) -> None:
     if not bucketizations:
         raise ValueError("pass at least one bucketization")
     names = [b.name for b in bucketizations]
     if len(set(names)) != len(names):
         raise ValueError(f"bucketization names must be distinct, got {names}")
-    for b in bucketizations:
-        if b.labels.size != len(fit_texts):
-            raise ValueError(f"bucketization {b.name!r} labels {b.labels.size} documents but there are "
-                             f"{len(fit_texts)} training documents")
-    if not fit_texts:
+    if not pool_texts:
         raise ValueError("there is no training document")
+    for b in bucketizations:
+        if b.labels.size != len(pool_texts):
+            raise ValueError(f"bucketization {b.name!r} labels {b.labels.size} documents but there are "
+                             f"{len(pool_texts)} training documents")
     if not target_texts:
         raise ValueError("the target set is empty: hold out at least one document")
     if target_labels is not None and len(target_labels) != len(target_texts):
         raise ValueError(f"target_labels has {len(target_labels)} entries for {len(target_texts)} target documents")
+    if select_labels is not None and len(select_labels) != len(select_texts):
+        raise ValueError(f"select_labels has {len(select_labels)} entries for {len(select_texts)} selection documents")
 
 
-def _eval_streams(backend: MixingBackend, target_texts, target_labels) -> dict[str, np.ndarray]:
-    """The target set as one stream, and one stream per source label of it."""
-    out = dict(backend.streams(list(target_texts), [TARGET] * len(target_texts)))
-    if target_labels is not None:
-        keys = [MISSING_LABEL if v is None else str(v) for v in target_labels]
-        per = backend.streams(list(target_texts), keys)
-        for label in sorted(per):
-            if label == TARGET:
-                raise ValueError(f"a source label may not be named {TARGET!r}")
-            out[label] = per[label]
-    return out
+def _targets(target_texts, target_labels, select_texts, select_labels) -> tuple[dict, dict]:
+    """``{target: documents}`` and ``{target: selection documents}``: ``all``, then each source label
+    that has both target and selection documents (leave-one-source-out targets)."""
+    targets, select = {ALL: list(target_texts)}, {ALL: list(select_texts)}
+    if target_labels is not None and select_labels is not None:
+        for label in sorted({str(v) for v in target_labels if v is not None}):
+            if label in (ALL, MEAN_OF_SOURCES):
+                raise ValueError(f"a source label may not be named {label!r}")
+            t = [x for x, v in zip(target_texts, target_labels) if v is not None and str(v) == label]
+            s = [x for x, v in zip(select_texts, select_labels) if v is not None and str(v) == label]
+            if t and s:
+                targets[label], select[label] = t, s
+    return targets, select
 
 
 def run_experiment(
-    fit_texts: Sequence[str],
+    pool_texts: Sequence[str],
     bucketizations: Sequence[Bucketization],
     select_texts: Sequence[str],
     target_texts: Sequence[str],
     config: EvaluationConfig,
     *,
     target_labels: Sequence | None = None,
-    given_weights: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
-    backend: MixingBackend | None = None,
+    select_labels: Sequence | None = None,
+    targets_backend=None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> ExperimentResult:
-    """Train target models on every (bucketization, mixer) mixture and measure held-out bits per byte.
+    """Train target models on every (bucketization, mixer, target) mixture, seed by seed.
 
     Parameters
     ----------
-    fit_texts : sequence of str
-        The training documents (the training pool less the selection set).
+    pool_texts : sequence of str
+        The training pool: the documents target models (and the mixers' proxies) read.
     bucketizations : sequence of Bucketization
-        Each labels every document of ``fit_texts`` (same order).
+        Each labels every document of ``pool_texts`` (same order).
     select_texts : sequence of str
-        The weight-selection documents: RegMix's target loss is measured on them. Never the
-        target set.
+        Weight-selection documents: RegMix minimizes the loss on them (on those of the target's
+        source, for a source target). Never the target set, never trained on.
     target_texts : sequence of str
-        The held-out target set (never trained on, never used to choose weights).
+        The held-out target documents (never trained on, never used to choose weights).
     config : EvaluationConfig
-        Models, budgets, seeds, mixers.
-    target_labels : sequence, optional
-        Source label of each target document: bits per byte are also reported per label.
-    given_weights : mapping, optional
-        ``{bucketization: {mixer: {domain key: weight}}}`` to reuse instead of computing
-        (e.g. GEM's weights from the mixing assets when they were made the same way).
-        Keys must be exactly the bucketization's non-empty domain keys.
-    backend : MixingBackend, optional
-        Default :meth:`MixingBackend.default`.
+    target_labels, select_labels : sequence, optional
+        Source label of each target and selection document: each label becomes a target of its
+        own (its target documents, RegMix choosing on its selection documents).
+    targets_backend : object, optional
+        ``fit(multiplicity, seed)`` and ``bpb(model, target)`` (default from ``config.backend``:
+        :class:`~gem_assets.lib.eval_backends.NGramTargets` or ``TransformerTargets``).
     progress : bool
-        A tqdm bar over the target models.
     log : callable, optional
-        Receives one line per finished step.
 
     Returns
     -------
@@ -488,87 +389,78 @@ def run_experiment(
     """
     from tqdm.auto import tqdm
 
-    _check_inputs(fit_texts, bucketizations, target_texts, target_labels)
+    from .eval_backends import NGramTargets, TransformerTargets, mixer_weights, sample_documents
+    from .mixture import domain_streams
+
+    _check_inputs(pool_texts, bucketizations, target_texts, target_labels, select_texts, select_labels)
     if not select_texts and "regmix" in config.mixers:
         raise ValueError("RegMix needs a non-empty selection set (select_texts) to choose weights on")
-    backend = backend or MixingBackend.default(config.device, config.max_eval_tokens)
     say = log or (lambda _msg: None)
-    given_weights = given_weights or {}
-    fit_texts = list(fit_texts)
-
-    evals = _eval_streams(backend, target_texts, target_labels)
-    stream_bytes = {k: int(np.asarray(v).size) for k, v in evals.items()}
-    select_stream = None
-    if "regmix" in config.mixers:
-        select_stream = backend.streams(list(select_texts), ["select"] * len(select_texts))["select"]
+    pool_texts = list(pool_texts)
+    targets, selects = _targets(target_texts, target_labels, select_texts, select_labels)
+    if targets_backend is None:
+        if config.backend == "ngram":
+            targets_backend = NGramTargets(pool_texts, targets, order=config.order)
+        else:
+            tr = config.transformer
+            targets_backend = TransformerTargets(pool_texts, targets, tr["config"], tr["steps"], tr["batch_size"],
+                                                 tr.get("lr", 3e-3), tr.get("device", "auto"),
+                                                 tr.get("max_eval_tokens"))
+    doc_tokens = targets_backend.doc_tokens
+    select_streams = {t: _stream(v) for t, v in selects.items()}
 
     weights: dict = {}
-    sources: dict = {}
     domains: dict = {}
-    streams_by_b: dict = {}
+    vectors: dict = {}
     t_weights = time.perf_counter()
     for b in bucketizations:
         keys = b.keys()
-        streams = backend.streams(fit_texts, [keys[i] for i in b.labels])
-        streams = {k: streams[k] for k in keys if k in streams and np.asarray(streams[k]).size > 0}
-        if not streams:
+        train, valid = domain_streams(pool_texts, b.labels, keys, config.valid_fraction, config.seed)
+        if not train:
             raise ValueError(f"bucketization {b.name!r} has no training byte")
-        streams_by_b[b.name] = streams
-        domains[b.name] = {k: int(np.asarray(v).size) for k, v in streams.items()}
-        weights[b.name], sources[b.name] = {}, {}
+        counts = b.counts()
+        domains[b.name] = {k: int(c) for k, c in zip(keys, counts) if c > 0}
+        weights[b.name], vectors[b.name] = {}, {}
         for mixer in config.mixers:
-            given = given_weights.get(b.name, {}).get(mixer)
-            if given is not None:
-                if set(given) != set(streams):
-                    raise ValueError(f"the given {mixer} weights of {b.name!r} have domains {sorted(given)} but its "
-                                     f"non-empty domains are {sorted(streams)}")
-                w, src = {k: float(given[k]) for k in streams}, "given"
-            else:
-                t0 = time.perf_counter()
-                w, src = _mixer_weights(mixer, streams, select_stream, config, backend), "computed"
-                say(f"{b.name}/{mixer}: weights computed in {time.perf_counter() - t0:.1f} s")
-            weights[b.name][mixer] = _normalized(w, f"{b.name}/{mixer}")
-            sources[b.name][mixer] = src
+            by_target = mixer_weights(mixer, train, valid, select_streams, config.mixing, log=say)
+            weights[b.name][mixer] = {t: _normalized(by_target[t], f"{b.name}/{mixer}/{t}") for t in targets}
+            vectors[b.name][mixer] = {t: np.array([w.get(k, 0.0) for k in keys]) for t, w in
+                                      weights[b.name][mixer].items()}
+        say(f"{b.name}: weights of {len(config.mixers)} mixers computed")
     weight_seconds = time.perf_counter() - t_weights
 
     rows = []
-    grid = [(b.name, m, s) for b in bucketizations for m in config.mixers for s in config.seeds]
     t_models = time.perf_counter()
-    for name, mixer, seed in tqdm(grid, desc="target models", disable=not progress):
-        t0 = time.perf_counter()
-        trained = backend.train(streams_by_b[name], weights[name][mixer], config.target, config.steps,
-                                config.batch_size, config.lr, seed)
-        train_seconds = time.perf_counter() - t0
-        bpb = backend.bpb(trained.model, evals, config.max_eval_tokens)
-        missing = set(evals) - set(bpb)
-        if missing:
-            raise ValueError(f"the evaluator returned no bits per byte for {sorted(missing)}")
-        values = {f"bpb_{k}": float(bpb[k]) for k in evals}
-        bad = {k: v for k, v in values.items() if not np.isfinite(v) or v <= 0}
-        if bad:
-            raise ValueError(f"{name}/{mixer} seed {seed}: bits per byte must be finite and positive, got {bad}")
-        rows.append({"bucketization": name, "mixer": mixer, "seed": int(seed), "domains": len(streams_by_b[name]),
-                     "tokens": int(trained.tokens), "train_seconds": train_seconds, **values})
-        say(f"{name}/{mixer} seed {seed}: target bpb {values['bpb_' + TARGET]:.4f} ({train_seconds:.1f} s)")
+    grid = [(seed, b, m) for seed in config.seeds for b in bucketizations for m in config.mixers]
+    for seed, b, mixer in tqdm(grid, desc="target models", disable=not progress):
+        priority = np.random.default_rng([int(seed), 20231]).random(len(pool_texts))   # shared by b and mixer
+        # target-free mixers: one model scored on every target; RegMix: one model per target
+        groups = [(t, [t]) for t in targets] if mixer == "regmix" else [(ALL, list(targets))]
+        for wt, scored in groups:
+            t0 = time.perf_counter()
+            mult = sample_documents(doc_tokens, b.labels, vectors[b.name][mixer][wt], config.budget_tokens,
+                                    config.max_epochs, priority)
+            model = targets_backend.fit(mult, int(seed))
+            seconds = time.perf_counter() - t0
+            for t in scored:
+                rows.append({"bucketization": b.name, "mixer": mixer, "target": t, "seed": int(seed),
+                             "domains": len(domains[b.name]), "tokens": int((mult * doc_tokens).sum()),
+                             "unique_documents": int((mult > 0).sum()), "train_seconds": seconds,
+                             "bpb": float(targets_backend.bpb(model, t))})
     runs = pl.DataFrame(rows)
-    return ExperimentResult(runs=runs, weights=weights, weight_sources=sources, domains=domains,
-                            streams=list(evals), stream_bytes=stream_bytes,
-                            seconds={"weights": weight_seconds, "target_models": time.perf_counter() - t_models})
+    bad = runs.filter(~pl.col("bpb").is_finite() | (pl.col("bpb") <= 0))
+    if bad.height:
+        raise ValueError(f"bits per byte must be finite and positive, got {bad.head(3).to_dicts()}")
+    return ExperimentResult(runs=runs, weights=weights, domains=domains, targets=list(targets),
+                            target_bytes=dict(targets_backend.target_bytes),
+                            seconds={"weights": weight_seconds, "target_models": time.perf_counter() - t_models},
+                            max_document_tokens=int(doc_tokens.max()))
 
 
-def _mixer_weights(mixer: str, streams, select_stream, config: EvaluationConfig, backend: MixingBackend) -> dict:
-    if mixer == "natural":
-        return natural_weights(streams)
-    if mixer == "uniform":
-        return uniform_weights(streams)
-    if len(streams) < 2:  # one domain: there is nothing to optimize
-        return {k: 1.0 for k in streams}
-    if mixer == "doremi":
-        return backend.doremi(streams, config.proxy, config.doremi_steps, config.proxy_batch_size, config.proxy_lr,
-                              config.seed)
-    budget = config.steps * config.batch_size * int(config.target.context)   # what each target model trains on
-    return backend.regmix(streams, select_stream, config.proxy, config.regmix_runs, config.regmix_steps,
-                          config.proxy_batch_size, config.proxy_lr, config.seed, budget)
+def _stream(texts: Sequence[str]) -> np.ndarray:
+    from .eval_backends import document_bytes
+
+    return np.frombuffer(b"\x00".join(document_bytes(texts)) + b"\x00", dtype=np.uint8).copy()
 
 
 def _normalized(w: Mapping[str, float], what: str) -> dict[str, float]:
@@ -579,108 +471,122 @@ def _normalized(w: Mapping[str, float], what: str) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- tables
+def _with_mean_of_sources(runs: pl.DataFrame) -> pl.DataFrame:
+    """``runs`` plus, when there are source targets, their mean per (bucketization, mixer, seed)."""
+    sources = runs.filter(pl.col("target") != ALL)
+    if sources.height == 0:
+        return runs
+    n = sources["target"].n_unique()
+    mean = (sources.group_by("bucketization", "mixer", "seed", maintain_order=True)
+            .agg(pl.col("domains").first(), pl.col("tokens").first(), pl.col("unique_documents").first(),
+                 pl.col("train_seconds").sum(), pl.col("bpb").mean(), pl.len().alias("_n"))
+            .filter(pl.col("_n") == n).drop("_n")
+            .with_columns(pl.lit(MEAN_OF_SOURCES).alias("target")))
+    return pl.concat([runs, mean.select(runs.columns)])
+
+
 def summarize(runs: pl.DataFrame, confidence: float = 0.95) -> pl.DataFrame:
-    """Mean and t-interval over seeds of every ``bpb_*`` column, per (bucketization, mixer).
+    """Mean and t-interval over seeds of the bits per byte, per (bucketization, mixer, target).
 
     Parameters
     ----------
     runs : polars.DataFrame
         :attr:`ExperimentResult.runs`.
     confidence : float
-        Interval level.
 
     Returns
     -------
     polars.DataFrame
-        ``bucketization``, ``mixer``, ``seeds``, ``domains``, ``tokens``, then for each
-        stream ``s``: ``bpb_s`` (mean), ``bpb_s_low``, ``bpb_s_high``, ``bpb_s_half_width``;
-        rows in the order the pairs first appear in ``runs``.
+        ``target``, ``bucketization``, ``mixer``, ``seeds``, ``domains``, ``tokens``,
+        ``bpb_target`` (mean), ``bpb_target_low``, ``bpb_target_high``,
+        ``bpb_target_half_width``; with source targets, also their mean per seed as target
+        :data:`MEAN_OF_SOURCES`.
     """
-    cols = [c for c in runs.columns if c.startswith("bpb_")]
-    if not cols:
-        raise ValueError("runs has no bpb_* column")
-    pairs = runs.select("bucketization", "mixer").unique(maintain_order=True)
+    if runs.height == 0 or "bpb" not in runs.columns:
+        raise ValueError("runs has no bpb column or no row")
+    runs = _with_mean_of_sources(runs)
     rows = []
-    for name, mixer in pairs.iter_rows():
-        part = runs.filter((pl.col("bucketization") == name) & (pl.col("mixer") == mixer))
-        tokens = part["tokens"].unique()
-        row = {"bucketization": name, "mixer": mixer, "seeds": part.height, "domains": int(part["domains"][0]),
-               "tokens": int(tokens.max())}
-        for c in cols:
-            ci = t_interval(part[c].to_numpy(), confidence)
-            row.update({c: ci["mean"], f"{c}_low": ci["low"], f"{c}_high": ci["high"],
-                        f"{c}_half_width": ci["half_width"]})
-        rows.append(row)
+    for (target, name, mixer), part in runs.group_by("target", "bucketization", "mixer", maintain_order=True):
+        ci = t_interval(part["bpb"].to_numpy(), confidence)
+        rows.append({"target": target, "bucketization": name, "mixer": mixer, "seeds": part.height,
+                     "domains": int(part["domains"][0]), "tokens": int(part["tokens"].max()),
+                     "bpb_target": ci["mean"], "bpb_target_low": ci["low"], "bpb_target_high": ci["high"],
+                     "bpb_target_half_width": ci["half_width"]})
     return pl.DataFrame(rows)
 
 
-def paired_differences(runs: pl.DataFrame, reference: str, column: str = f"bpb_{TARGET}",
-                       confidence: float = 0.95) -> pl.DataFrame:
-    """``reference`` minus each other bucketization, same mixer and seed, with a t-interval.
+def paired_differences(runs: pl.DataFrame, reference: str, confidence: float = 0.95) -> pl.DataFrame:
+    """``reference`` minus each other bucketization, same mixer, target and seed, with a t-interval.
 
-    Negative: the reference bucketization gives the lower (better) bits per byte. Seeds
-    pair the models (same initialization and batch draws where the backend makes them so),
-    which removes the seed-to-seed variance both share.
+    Negative: the reference bucketization gives the lower (better) bits per byte. A seed draws
+    the same document priorities for every bucketization, so pairing by seed removes the draw's
+    variance both share.
 
     Returns
     -------
     polars.DataFrame
-        ``mixer``, ``versus``, ``seeds``, ``difference``, ``low``, ``high``; empty when the
-        reference is the only bucketization.
+        ``target``, ``mixer``, ``versus``, ``seeds``, ``difference``, ``low``, ``high``,
+        ``half_width``; empty when the reference is the only bucketization.
     """
     if reference not in set(runs["bucketization"].to_list()):
         raise ValueError(f"reference bucketization {reference!r} is not in the runs")
-    ref = runs.filter(pl.col("bucketization") == reference).select("mixer", "seed", pl.col(column).alias("_ref"))
+    runs = _with_mean_of_sources(runs)
+    ref = runs.filter(pl.col("bucketization") == reference).select("target", "mixer", "seed", pl.col("bpb").alias("_ref"))
     rows = []
     others = [b for b in runs["bucketization"].unique(maintain_order=True).to_list() if b != reference]
     for other in others:
-        part = runs.filter(pl.col("bucketization") == other).select("mixer", "seed", column)
-        joined = ref.join(part, on=["mixer", "seed"], how="inner")
-        for mixer in joined["mixer"].unique(maintain_order=True).to_list():
-            d = joined.filter(pl.col("mixer") == mixer)
-            diff = (d["_ref"] - d[column]).to_numpy()
+        part = runs.filter(pl.col("bucketization") == other).select("target", "mixer", "seed", "bpb")
+        joined = ref.join(part, on=["target", "mixer", "seed"], how="inner")
+        for (target, mixer), d in joined.group_by("target", "mixer", maintain_order=True):
+            diff = (d["_ref"] - d["bpb"]).to_numpy()
             if diff.size < 2:
                 continue
             ci = t_interval(diff, confidence)
-            rows.append({"mixer": mixer, "versus": other, "seeds": int(diff.size), "difference": ci["mean"],
-                         "low": ci["low"], "high": ci["high"]})
-    schema = {"mixer": pl.String, "versus": pl.String, "seeds": pl.Int64, "difference": pl.Float64,
-              "low": pl.Float64, "high": pl.Float64}
+            rows.append({"target": target, "mixer": mixer, "versus": other, "seeds": int(diff.size),
+                         "difference": ci["mean"], "low": ci["low"], "high": ci["high"],
+                         "half_width": ci["half_width"]})
+    schema = {"target": pl.String, "mixer": pl.String, "versus": pl.String, "seeds": pl.Int64,
+              "difference": pl.Float64, "low": pl.Float64, "high": pl.Float64, "half_width": pl.Float64}
     return pl.DataFrame(rows, schema=schema)
 
 
 def results_markdown(table: pl.DataFrame, *, confidence: float = 0.95, digits: int = 4) -> str:
-    """The summary table as Markdown: target bits per byte with its interval, then per-label means.
-
-    The lowest mean target bits per byte of each mixer is in bold.
-    """
-    streams = [c[len("bpb_"):] for c in table.columns
-               if c.startswith("bpb_") and not c.endswith(("_low", "_high", "_half_width"))]
-    if TARGET not in streams:
-        raise ValueError(f"the table has no bpb_{TARGET} column")
-    labels = [s for s in streams if s != TARGET]
-    best = {m: float(table.filter(pl.col("mixer") == m)[f"bpb_{TARGET}"].min())
-            for m in table["mixer"].unique().to_list()}
+    """The summary table as Markdown, one block of rows per target; the best of each (target, mixer) in bold."""
+    need = {"target", "bucketization", "mixer", "bpb_target", "bpb_target_low", "bpb_target_high",
+            "bpb_target_half_width"}
+    if need - set(table.columns):
+        raise ValueError(f"the table lacks the column(s) {sorted(need - set(table.columns))}")
+    best = {k: float(g["bpb_target"].min()) for k, g in table.group_by("target", "mixer")}
     pct = f"{confidence:.0%}"
-    head = ["bucketization", "mixer", "domains", "seeds", f"target bpb (mean ± {pct} half-width)", f"{pct} interval"]
-    head += [f"{s} bpb" for s in labels]
+    head = ["target", "bucketization", "mixer", "domains", "seeds", f"bpb (mean ± {pct} half-width)", f"{pct} interval"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     f = f"{{:.{digits}f}}"
     for r in table.iter_rows(named=True):
-        mean = f.format(r[f"bpb_{TARGET}"])
-        if r[f"bpb_{TARGET}"] == best[r["mixer"]]:
+        mean = f.format(r["bpb_target"])
+        if r["bpb_target"] == best[(r["target"], r["mixer"])]:
             mean = f"**{mean}**"
-        cells = [r["bucketization"], r["mixer"], str(r["domains"]), str(r["seeds"]),
-                 f"{mean} ± {f.format(r[f'bpb_{TARGET}_half_width'])}",
-                 f"[{f.format(r[f'bpb_{TARGET}_low'])}, {f.format(r[f'bpb_{TARGET}_high'])}]"]
-        cells += [f.format(r[f"bpb_{s}"]) for s in labels]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([r["target"], r["bucketization"], r["mixer"], str(r["domains"]), str(r["seeds"]),
+                                        f"{mean} ± {f.format(r['bpb_target_half_width'])}",
+                                        f"[{f.format(r['bpb_target_low'])}, {f.format(r['bpb_target_high'])}]"]) + " |")
     return "\n".join(lines)
 
 
-def bpb_chart(table: pl.DataFrame, *, confidence: float = 0.95, stream: str = TARGET,
+def differences_markdown(differences: pl.DataFrame, *, reference: str = "gem", confidence: float = 0.95) -> str:
+    """The paired differences as Markdown: one row per (target, mixer, other bucketization)."""
+    pct = f"{confidence:.0%}"
+    lines = [f"| target | mixer | versus | seeds | {reference} − other (bpb) | {pct} interval | half-width | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in differences.iter_rows(named=True):
+        verdict = (f"{reference} better" if r["high"] < 0 else f"{r['versus']} better" if r["low"] > 0
+                   else "no difference resolved")
+        lines.append(f"| {r['target']} | {r['mixer']} | {r['versus']} | {r['seeds']} | {r['difference']:+.4f} | "
+                     f"[{r['low']:+.4f}, {r['high']:+.4f}] | {r['half_width']:.4f} | {verdict} |")
+    return "\n".join(lines)
+
+
+def bpb_chart(table: pl.DataFrame, *, confidence: float = 0.95, targets: Sequence[str] | None = None,
               title: str | None = None) -> bytes:
-    """Bits per byte (mean and interval) by mixer, one marker colour per bucketization.
+    """Bits per byte (mean and interval) by mixer, one marker colour per bucketization, a panel per target.
 
     Returns
     -------
@@ -689,38 +595,38 @@ def bpb_chart(table: pl.DataFrame, *, confidence: float = 0.95, stream: str = TA
     """
     from .plots import _figure, _png
 
-    col = f"bpb_{stream}"
-    if col not in table.columns:
-        raise ValueError(f"the table has no {col} column")
+    have = table["target"].unique(maintain_order=True).to_list()
+    targets = [t for t in (targets or [t for t in (ALL, MEAN_OF_SOURCES) if t in have] or have[:1]) if t in have]
+    if not targets:
+        raise ValueError(f"none of the targets {targets} is in the table ({have})")
     mixers = table["mixer"].unique(maintain_order=True).to_list()
     names = table["bucketization"].unique(maintain_order=True).to_list()
-    fig = _figure(max(4.5, 1.3 * len(mixers) + 1.5), 3.2)
-    ax = fig.add_subplot()
-    width = 0.7 / max(1, len(names))
+    fig = _figure(max(4.5, 1.3 * len(mixers) + 1.5) * len(targets), 3.2)
     colors = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
-    for j, name in enumerate(names):
-        part = table.filter(pl.col("bucketization") == name)
-        x, y, lo, hi = [], [], [], []
-        for r in part.iter_rows(named=True):
-            x.append(mixers.index(r["mixer"]) + (j - (len(names) - 1) / 2) * width)
-            y.append(r[col])
-            lo.append(r[col] - r[f"{col}_low"])
-            hi.append(r[f"{col}_high"] - r[col])
-        ax.errorbar(x, y, yerr=[lo, hi], fmt="o", ms=5, capsize=3, color=colors[j % len(colors)], label=name)
-    ax.set_xticks(range(len(mixers)))
-    ax.set_xticklabels(mixers)
-    ax.set_xlabel("mixer")
-    ax.set_ylabel(f"{stream} bits per byte (lower is better)")
-    ax.set_title(title or f"held-out bits per byte, mean and {confidence:.0%} t-interval over seeds", fontsize=9)
-    ax.legend(fontsize=7, title="bucketization", title_fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
+    width = 0.7 / max(1, len(names))
+    for i, target in enumerate(targets):
+        ax = fig.add_subplot(1, len(targets), i + 1)
+        for j, name in enumerate(names):
+            part = table.filter((pl.col("bucketization") == name) & (pl.col("target") == target))
+            x = [mixers.index(m) + (j - (len(names) - 1) / 2) * width for m in part["mixer"].to_list()]
+            y = part["bpb_target"].to_numpy()
+            err = [y - part["bpb_target_low"].to_numpy(), part["bpb_target_high"].to_numpy() - y]
+            ax.errorbar(x, y, yerr=err, fmt="o", ms=5, capsize=3, color=colors[j % len(colors)], label=name)
+        ax.set_xticks(range(len(mixers)))
+        ax.set_xticklabels(mixers)
+        ax.set_xlabel("mixer")
+        ax.set_ylabel("bits per byte (lower is better)")
+        ax.set_title(f"target: {target}", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7, title="bucketization", title_fontsize=7)
+    fig.suptitle(title or f"held-out bits per byte, mean and {confidence:.0%} t-interval over seeds", fontsize=9)
     return _png(fig)
 
 
 def weights_json(result: ExperimentResult) -> str:
-    """The weights of every bucketization and mixer, and where they came from, as JSON text."""
-    return json.dumps({"weights": result.weights, "sources": result.weight_sources, "domain_bytes": result.domains},
-                      indent=2, sort_keys=True)
+    """The weights of every bucketization, mixer and target, and the domains' sizes, as JSON text."""
+    return json.dumps({"weights": result.weights, "domain_documents": result.domains}, indent=2, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- the corpus end to end
@@ -971,8 +877,7 @@ def evaluate_corpus(
     select: float,
     use_source: bool,
     kmeans: Mapping[str, Any] | None = None,
-    given_weights: Mapping | None = None,
-    backend: MixingBackend | None = None,
+    targets_backend=None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     texts: Callable[[pl.DataFrame], Sequence[str]] | None = None,
@@ -987,7 +892,10 @@ def evaluate_corpus(
     3. Bucketizations of the fit documents: the source labels (``use_source``), Euclidean
        k-means with K clusters fitted on ``sample_vectors`` (the teacher sample, as GEM
        was) with each document at its nearest centroid, and GEM's domains.
-    4. :func:`run_experiment`, :func:`summarize`, :func:`paired_differences` against GEM.
+    4. Targets: (a) ``all``, the held-out documents; (b) with ``use_source``, each source label
+       in turn (its held-out documents; RegMix chooses on its selection documents). In (b) the
+       source bucketization is an oracle upper bound (it knows the target's bucket).
+    5. :func:`run_experiment`, :func:`summarize`, :func:`paired_differences` against GEM.
 
     Parameters
     ----------
@@ -1005,7 +913,7 @@ def evaluate_corpus(
         Whether the source labels are a bucketization (and the target set is scored per label).
     kmeans : mapping, optional
         ``max_iter``, ``tol``, ``n_init`` of k-means.
-    given_weights, backend, progress, log
+    targets_backend, progress, log
         See :func:`run_experiment`.
     texts : callable, optional
         ``texts(rows)`` -> the texts of the documents of ``rows`` (a frame of ``shard`` and ``id``),
@@ -1061,9 +969,10 @@ def evaluate_corpus(
     buckets.append(kb)
     buckets.append(from_domains("gem", frame["gem"].gather(fit).to_numpy(), k))
     target_labels = frame["source"].gather(target_idx).to_list() if use_source else None
+    select_labels = frame["source"].gather(chosen).to_list() if use_source else None
     result = run_experiment(fit_texts, buckets, read(chosen), read(target_idx), config,
-                            target_labels=target_labels, given_weights=given_weights, backend=backend,
-                            progress=progress, log=log)
+                            target_labels=target_labels, select_labels=select_labels,
+                            targets_backend=targets_backend, progress=progress, log=log)
     del fit_texts
     release_memory()
     table = summarize(result.runs, config.confidence)
@@ -1076,34 +985,36 @@ def evaluate_corpus(
 
 
 def report_markdown(ev: CorpusEvaluation, config: EvaluationConfig, *, title: str = "Mixture evaluation") -> str:
-    """``results.md``: the table, the paired differences against GEM, and what was run."""
+    """``results.md``: the paired differences against GEM (the answer), the table, and what was run."""
     res, c = ev.result, ev.counts
     pct = f"{config.confidence:.0%}"
     tokens = int(res.runs["tokens"].max())
-    lines = [f"# {title}", "",
-             f"Held-out bits per byte (lower is better) of target models trained on each mixture; mean and {pct} "
-             f"Student-t interval over {len(config.seeds)} seeds. Bold: the best bucketization of each mixer.", "",
-             results_markdown(ev.table, confidence=config.confidence), ""]
+    mix = config.mixing
+    lines = [f"# {title}", ""]
     if ev.differences.height:
-        lines += [f"GEM minus the other bucketization, same mixer, paired by seed (negative: GEM better), {pct} "
-                  "interval:", "",
-                  "| mixer | versus | seeds | GEM − other (bpb) | interval |", "|---|---|---|---|---|"]
-        for r in ev.differences.iter_rows(named=True):
-            lines.append(f"| {r['mixer']} | {r['versus']} | {r['seeds']} | {r['difference']:+.4f} | "
-                         f"[{r['low']:+.4f}, {r['high']:+.4f}] |")
-        lines.append("")
+        worst = float(ev.differences.filter(pl.col("versus") == "kmeans")["half_width"].max() or float("nan"))
+        lines += [f"GEM minus each other bucketization, same mixer and target, paired by seed (negative: GEM better), "
+                  f"{pct} Student-t interval over {len(config.seeds)} seeds. Largest half-width of GEM − k-means: "
+                  f"{worst:.4f} bits per byte.", "", differences_markdown(ev.differences, confidence=config.confidence),
+                  ""]
+    lines += [f"Held-out bits per byte (lower is better) of target models trained on each mixture; mean and {pct} "
+              f"Student-t interval over {len(config.seeds)} seeds (each seed redraws the documents of every mixture). "
+              "Bold: the best bucketization of each target and mixer. Targets: `all` = held-out documents of the "
+              "whole corpus; a source name = that source's held-out documents, RegMix choosing on that source's "
+              f"selection documents (the `source` bucketization is then an oracle); `{MEAN_OF_SOURCES}` = their mean.",
+              "", results_markdown(ev.table, confidence=config.confidence), ""]
     lines += ["Setup:", "",
               f"- documents: {c['documents']} = {c['target']} held-out target + {c['select']} weight-selection + "
               f"{c['fit']} training + {c['unusable']} without an embedding or GEM domain (not used)"
               + (f" + {c['capped']} left out by the memory caps (target set / training pool)" if c.get("capped") else ""),
-              "- evaluated streams (bytes): " + ", ".join(f"{k} {v}" for k, v in res.stream_bytes.items())
-              + (f"; at most {config.max_eval_tokens} bytes of each" if config.max_eval_tokens else ""),
-              f"- target models: {config.params()['target']}, {config.steps} steps x batch {config.batch_size} "
-              f"= {tokens} training bytes each, seeds {list(config.seeds)}",
-              f"- proxies (DoReMi, RegMix): {config.params()['proxy']}; DoReMi {config.doremi_steps} steps; "
-              f"RegMix {config.regmix_runs} runs x {config.regmix_steps} steps",
-              "- weights: " + "; ".join(f"{b}: " + ", ".join(f"{m} {s}" for m, s in by.items())
-                                       for b, by in res.weight_sources.items()),
+              "- target streams (bytes): " + ", ".join(f"{k} {v}" for k, v in res.target_bytes.items()),
+              f"- target models: {config.backend}" + (f" order {config.order}" if config.backend == "ngram" else
+                                                       f" {config.transformer.get('config')}")
+              + f", {config.budget_tokens} training bytes each ({tokens} realized at most; whole documents, at most "
+              f"{config.max_epochs:g} passes over a domain), seeds {list(config.seeds)}",
+              f"- mixers' proxies: {mix.proxy}" + (f" order {mix.order}, {mix.proxy_tokens} bytes each" if mix.proxy == "ngram"
+                                                    else "") + f"; DoReMi {mix.doremi_rounds} rounds; RegMix "
+              f"{mix.regmix_runs} runs, proposal capped at {mix.max_epochs:g} epochs of the target models' budget",
               f"- wall time: weights {res.seconds.get('weights', 0.0):.1f} s, target models "
               f"{res.seconds.get('target_models', 0.0):.1f} s"]
     return "\n".join(lines) + "\n"
