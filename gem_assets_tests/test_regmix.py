@@ -7,8 +7,8 @@ import pytest
 
 from gem_assets.lib.lm import LMConfig
 from gem_assets.lib.mixture import texts_to_streams
-from gem_assets.lib.regmix import AUTO_MIN_RUNS, MixtureRegressor, cv_spearman, propose_mixture, run_regmix, \
-    sample_mixtures
+from gem_assets.lib.regmix import AUTO_MIN_RUNS, MixtureRegressor, auto_kind, cv_spearman, propose_mixture, \
+    run_regmix, sample_mixtures
 
 
 def test_mixtures_on_the_simplex_with_the_prior_mean():
@@ -61,7 +61,7 @@ def _linear_runs(m=200, seed=0):
     return W, W @ c + 0.01 * rng.standard_normal(m), c
 
 
-@pytest.mark.parametrize("kind", ["linear", "hgb"])
+@pytest.mark.parametrize("kind", ["linear", "hgb", "gp"])
 def test_regressor_direction_lower_loss_is_better(kind):
     W, y, _ = _linear_runs()
     reg = MixtureRegressor(kind).fit(W, y)
@@ -84,11 +84,20 @@ def test_proposal_respects_the_epoch_cap():
 
 
 def test_regressor_auto_kind_and_bad_input():
+    # auto: the candidate with the best out-of-fold Spearman; trees only from AUTO_MIN_RUNS runs
     W, y, _ = _linear_runs(m=AUTO_MIN_RUNS - 1)
-    assert MixtureRegressor().fit(W, y).kind_ == "linear"
+    kind, scores = auto_kind(W, y)
+    assert set(scores) == {"gp", "linear"} and scores[kind] == max(scores.values())
+    assert MixtureRegressor().fit(W, y).kind_ == kind
     W, y, _ = _linear_runs(m=AUTO_MIN_RUNS)
-    reg = MixtureRegressor().fit(W, y)
-    assert reg.kind_ == "hgb"
+    assert set(auto_kind(W, y)[1]) == {"gp", "linear", "hgb"}
+    # a smooth curved loss (log of each domain's share, as a learning curve): the GP beats the line
+    rng = np.random.default_rng(5)
+    Ws = sample_mixtures(np.ones(4), 300, rng)
+    curved = -np.log(Ws + 0.01) @ np.array([1.0, 0.5, 0.25, 0.1]) + 0.01 * rng.standard_normal(300)
+    k2, s2 = auto_kind(Ws, curved)
+    assert s2["gp"] > s2["linear"] + 0.05 and k2 in ("gp", "hgb") and s2[k2] == max(s2.values())
+    reg = MixtureRegressor("hgb").fit(W, y)
     with pytest.raises(ValueError, match="domains"):
         reg.predict(np.ones((2, 3)))
     with pytest.raises(ValueError, match="fit"):
@@ -121,7 +130,7 @@ def test_run_regmix_end_to_end():
     assert r.domains == ["cat", "noise"] and r.mixtures.shape == (5, 2) and r.losses.shape == (5,)
     assert [s[0] for s in seen] == list(range(5))
     np.testing.assert_allclose([s[2] for s in seen], r.losses)
-    assert np.isfinite(r.losses).all() and r.fit["kind"] == "linear" and r.fit["seconds"] >= 0
+    assert np.isfinite(r.losses).all() and r.fit["kind"] in ("gp", "linear") and r.fit["seconds"] >= 0
     assert sum(r.weights.values()) == pytest.approx(1.0)
     assert r.budget_tokens == 6 * 4 * 16
     tokens = np.array([streams[k].size for k in r.domains])
