@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/taxonomy.py --write docs/benchmarks.md
 	$(PY) benchmarks/regmix.py --write docs/benchmarks.md
 	$(PY) benchmarks/proxy.py --write docs/benchmarks.md
+	$(PY) benchmarks/ngram.py --write docs/benchmarks.md
 	$(PY) benchmarks/size_skew.py --write docs/benchmarks.md
 
 # the instance make run records into: $GEM_STATE/dagster (GEM_STATE defaults to a local GEM_HOME)
