@@ -65,6 +65,12 @@ Environment variables
 ``GEM_MIXTURE_TOKENS``
     Token (byte) budget of the curated mixture (default: the corpus's own size, so the
     mixture re-weights the corpus without growing it).
+``GEM_PROXY``
+    The proxy language models of the mixing stage and of the mixture evaluation: ``ngram``
+    (interpolated Witten-Bell byte n-grams, ``lib/ngram.py``: a proxy is counted in about a
+    second on a CPU), ``transformer`` (small byte transformers, ``lib/lm.py``: worth it on a GPU)
+    or ``auto`` (default): ``transformer`` when CUDA is available, else ``ngram``
+    (:attr:`Settings.effective_proxy`).
 ``GEM_MIX_TARGET``
     RegMix's target set: unset, a held-out sample of the whole corpus; a value of the source
     column (e.g. ``tech``), the held-out documents of that source.
@@ -82,6 +88,7 @@ Environment variables
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -92,6 +99,7 @@ from typing import Mapping
 __all__ = [
     "Profile",
     "PROFILES",
+    "PROXY_KINDS",
     "Settings",
     "Layout",
     "default_state_dir",
@@ -125,15 +133,31 @@ class Profile:
     eval_holdout, eval_select : float
         Mixture evaluation: share of the corpus held out as the target set, and share of the
         remaining documents set aside to choose RegMix's weights on.
+    eval_seeds : int
+        Seeds of the evaluation: each trains every target model on a fresh draw of its
+        mixture's documents.
+    eval_budget_tokens : int or None
+        Bytes every target model trains on; ``None``: the transformer target's
+        ``eval_steps * eval_batch_size * context``.
+    eval_proxy_tokens : int
+        Bytes each n-gram proxy of the evaluation's DoReMi and RegMix trains on.
+    eval_regmix_runs : int
+        RegMix's proxy runs per bucketization (either proxy kind).
+    eval_doremi_rounds : int
+        Rounds of DoReMi on n-gram proxies (``lib.count_proxy.doremi_rounds``).
+    eval_ngram_order : int
+        n-gram order of the evaluation's n-gram target models and proxies.
+    eval_max_epochs : float
+        Epoch cap of the evaluated mixtures and of RegMix's runs and proposals.
     eval_target_config, eval_proxy_config : tuple of (name, value) pairs
-        ``lib.lm.LMConfig`` fields of the evaluation's target models and of its DoReMi/RegMix
-        proxies (the target must be larger).
-    eval_steps, eval_batch_size, eval_seeds : int
-        Training steps, batch size and number of seeds of every target model.
-    eval_doremi_steps, eval_regmix_runs, eval_regmix_steps : int
-        DoReMi's reference/proxy steps; RegMix's proxy runs and steps per run.
+        Transformer path (``GEM_PROXY=transformer``): ``lib.lm.LMConfig`` fields of the
+        evaluation's target models and of its DoReMi/RegMix proxies (the target must be larger).
+    eval_steps, eval_batch_size : int
+        Transformer path: training steps and batch size of every target model.
+    eval_doremi_steps, eval_regmix_steps : int
+        Transformer path: DoReMi's reference/proxy steps; RegMix's steps per run.
     eval_max_tokens : int or None
-        At most this many bytes of each evaluated held-out stream (``None``: all).
+        Transformer path: at most this many bytes of each evaluated held-out stream (``None``: all).
     taxonomy_min_df, taxonomy_max_terms : int
         GIS taxonomy vocabulary: terms in at least ``taxonomy_min_df`` documents, at most
         ``taxonomy_max_terms`` of them (most frequent first).
@@ -146,8 +170,19 @@ class Profile:
         documents (fit + weight selection), a seeded uniform sample of each (bounded memory).
     taxonomy_top_terms, taxonomy_exemplars : int
         Top terms and exemplar documents kept per domain.
+    mix_ngram_order : int
+        n-gram order of the mixing stage's n-gram proxies (``GEM_PROXY=ngram``).
+    mix_proxy_tokens : int
+        Bytes each n-gram proxy of the mixing stage trains on (RegMix's runs, DoReMi's reference
+        and proxy of every round).
+    mix_ngram_max_grams : int or None
+        Most distinct n-grams kept per order in the n-gram proxies' count index (the most
+        frequent; bounds memory); ``None``: all.
+    mix_doremi_rounds : int
+        Rounds of DoReMi on n-gram proxies (``lib.count_proxy.doremi_rounds``).
     mix_proxy_config : tuple of (name, value) pairs
-        ``lib.lm.LMConfig`` fields of the mixing stage's proxy models (DoReMi and RegMix).
+        Transformer path (``GEM_PROXY=transformer``): ``lib.lm.LMConfig`` fields of the mixing
+        stage's proxy models (DoReMi and RegMix).
     mix_valid_fraction : float
         Share of each domain's documents held out (validation streams; RegMix's target set).
     mix_max_bytes_per_domain : int or None
@@ -156,17 +191,19 @@ class Profile:
         At most this many held-out documents in the proxy models' target stream, a seeded uniform
         sample (bounded memory: the stream is held in memory while the proxies are scored).
     mix_batch_size, mix_lr : int, float
-        Proxy training batch size and peak learning rate.
+        Transformer path: proxy training batch size and peak learning rate.
     mix_doremi_steps : int
-        Steps of DoReMi's reference model and of its proxy.
-    mix_regmix_runs, mix_regmix_steps : int
-        RegMix's proxy runs and steps per run.
+        Transformer path: steps of DoReMi's reference model and of its proxy.
+    mix_regmix_runs : int
+        RegMix's proxy runs (either proxy kind).
+    mix_regmix_steps : int
+        Transformer path: training steps of each RegMix proxy run.
     mix_top_k, mix_simulations : int
         RegMix: simulated mixtures scored, and the best ones averaged.
     mix_max_epochs : float
         Epoch cap of RegMix's mixtures and of the curated mixture.
     mix_eval_tokens : int or None
-        At most this many bytes of each stream evaluated per proxy (``None``: all).
+        Transformer path: at most this many bytes of each stream evaluated per proxy (``None``: all).
     mixture_rows_per_shard : int
         Rows per Parquet shard of the curated mixture.
     """
@@ -181,28 +218,34 @@ class Profile:
     student_dim: int = 64
     student_buckets: int = 1 << 18
     student_epochs: int = 5
-    # mixture evaluation (issue 7): target models larger than the proxies, the same token
-    # budget (eval_steps * eval_batch_size * context) for every bucketization and mixer
+    # mixture evaluation: the same token budget for every bucketization, mixer and seed; n-gram
+    # target models and proxies, or transformers (eval_*config, eval_*steps) for GEM_PROXY=transformer
     eval_holdout: float = 0.1
     eval_select: float = 0.1
     eval_target_config: tuple = (("n_layer", 3), ("n_head", 2), ("d_model", 64), ("context", 128))
     eval_proxy_config: tuple = (("n_layer", 2), ("n_head", 2), ("d_model", 64), ("context", 128))
     eval_steps: int = 120
     eval_batch_size: int = 16
-    eval_seeds: int = 3
+    eval_seeds: int = 10
+    eval_budget_tokens: int | None = 1_000_000
+    eval_proxy_tokens: int = 500_000
+    eval_doremi_rounds: int = 24
+    eval_ngram_order: int = 5
+    eval_max_epochs: float = 4.0
     eval_doremi_steps: int = 80
-    eval_regmix_runs: int = 10
+    eval_regmix_runs: int = 128
     eval_regmix_steps: int = 40
     eval_max_tokens: int | None = 16_384
     eval_max_target_documents: int = 20_000
     eval_max_train_documents: int = 100_000
-    # GIS taxonomy (issue 5): vocabulary of domain names, top terms and exemplars per domain
+    # GIS taxonomy: vocabulary of domain names, top terms and exemplars per domain
     taxonomy_min_df: int = 5
     taxonomy_max_terms: int = 50_000
     taxonomy_count_capacity: int = 500_000
     taxonomy_top_terms: int = 10
     taxonomy_exemplars: int = 5
-    # mixture optimization (issue 6): proxy LMs, DoReMi, RegMix and the curated mixture
+    # mixture optimization: proxy LMs (n-gram fields, transformer fields), DoReMi, RegMix and the
+    # curated mixture
     mix_proxy_config: tuple = (("n_layer", 2), ("n_head", 2), ("d_model", 64), ("context", 128))
     mix_valid_fraction: float = 0.1
     mix_max_bytes_per_domain: int | None = 4_000_000
@@ -210,7 +253,11 @@ class Profile:
     mix_batch_size: int = 16
     mix_lr: float = 3e-3
     mix_doremi_steps: int = 400
-    mix_regmix_runs: int = 48
+    mix_regmix_runs: int = 256
+    mix_ngram_order: int = 5
+    mix_proxy_tokens: int = 1_000_000
+    mix_ngram_max_grams: int | None = None
+    mix_doremi_rounds: int = 24
     mix_regmix_steps: int = 80
     mix_top_k: int = 128
     mix_simulations: int = 100_000
@@ -237,7 +284,10 @@ PROFILES: dict[str, Profile] = {
         eval_proxy_config=(("n_layer", 1), ("n_head", 2), ("d_model", 16), ("context", 32)),
         eval_steps=3,
         eval_batch_size=4,
-        eval_seeds=3,
+        eval_seeds=2,
+        eval_budget_tokens=20_000,
+        eval_proxy_tokens=10_000,
+        eval_doremi_rounds=2,
         eval_doremi_steps=3,
         eval_regmix_runs=4,
         eval_regmix_steps=2,
@@ -246,8 +296,10 @@ PROFILES: dict[str, Profile] = {
         mix_max_bytes_per_domain=20_000,
         mix_batch_size=4,
         mix_doremi_steps=3,
-        mix_regmix_runs=4,
+        mix_regmix_runs=8,
         mix_regmix_steps=2,
+        mix_proxy_tokens=20_000,
+        mix_doremi_rounds=3,
         mix_top_k=16,
         mix_simulations=2_000,
         mix_eval_tokens=1_024,
@@ -277,7 +329,9 @@ PROFILES: dict[str, Profile] = {
         eval_proxy_config=(("n_layer", 2), ("n_head", 4), ("d_model", 128), ("context", 512)),
         eval_steps=5_000,
         eval_batch_size=32,
-        eval_seeds=3,
+        eval_seeds=10,
+        eval_budget_tokens=None,
+        eval_proxy_tokens=2_000_000,
         eval_doremi_steps=2_000,
         eval_regmix_runs=64,
         eval_regmix_steps=500,
@@ -286,8 +340,10 @@ PROFILES: dict[str, Profile] = {
         mix_max_bytes_per_domain=None,
         mix_batch_size=32,
         mix_doremi_steps=2_000,
-        mix_regmix_runs=256,
+        mix_regmix_runs=512,
         mix_regmix_steps=500,
+        mix_proxy_tokens=4_000_000,
+        mix_ngram_max_grams=20_000_000,
         mix_eval_tokens=2_000_000,
         mixture_rows_per_shard=200_000,
         taxonomy_count_capacity=2_000_000,
@@ -298,6 +354,19 @@ PROFILES: dict[str, Profile] = {
 }
 
 _FALSE = {"0", "false", "no", "off", ""}
+
+#: Values of ``GEM_PROXY``.
+PROXY_KINDS = ("ngram", "transformer", "auto")
+
+
+@functools.lru_cache(maxsize=1)
+def _cuda_available() -> bool:
+    """Whether torch sees a CUDA device (``False`` without torch); imports torch on first call."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
@@ -350,6 +419,9 @@ class Settings:
         Token budget of the curated mixture; ``None``: the corpus's size (``GEM_MIXTURE_TOKENS``).
     mix_target : str or None
         Source label whose held-out documents are RegMix's target; ``None``: all held-out documents.
+    proxy : str
+        ``ngram``, ``transformer`` or ``auto`` (``GEM_PROXY``): the proxy language models of the
+        mixing stage and of the evaluation; :attr:`effective_proxy` resolves ``auto``.
     state : str or None
         Local folder of the Dagster instance and the default MLflow store (``GEM_STATE``);
         ``None``: ``home`` when local, else :func:`default_state_dir` of ``home``.
@@ -374,7 +446,8 @@ class Settings:
     mixer: str = "regmix"
     mixture_tokens: int | None = None
     mix_target: str | None = None
-    # memory caps (issue 8); None: the profile's
+    proxy: str = "auto"
+    # memory caps; None: the profile's
     taxonomy_max_terms: int | None = None
     taxonomy_count_capacity: int | None = None
     eval_max_target_documents: int | None = None
@@ -391,6 +464,10 @@ class Settings:
             raise ValueError(f"the number of domains must be >= 2, got GEM_K={self.k}")
         if self.mixer not in ("regmix", "doremi"):
             raise ValueError(f"GEM_MIXER must be 'regmix' or 'doremi', got {self.mixer!r}")
+        if self.proxy not in PROXY_KINDS:
+            raise ValueError(f"GEM_PROXY must be 'ngram' (byte n-gram proxy models), 'transformer' (small byte "
+                             f"transformers) or 'auto' (transformer when CUDA is available, else ngram), "
+                             f"got {self.proxy!r}")
         if self.mixture_tokens is not None and self.mixture_tokens < 1:
             raise ValueError(f"GEM_MIXTURE_TOKENS must be a positive number of tokens, got {self.mixture_tokens}")
         for name, env_name, low in (("taxonomy_max_terms", "GEM_TAXONOMY_MAX_TERMS", 1),
@@ -449,6 +526,7 @@ class Settings:
             mixer=env.get("GEM_MIXER", "").strip().lower() or "regmix",
             mixture_tokens=_env_int(env, "GEM_MIXTURE_TOKENS", None),
             mix_target=env.get("GEM_MIX_TARGET", "").strip() or None,
+            proxy=env.get("GEM_PROXY", "").strip().lower() or "auto",
             taxonomy_max_terms=_env_int(env, "GEM_TAXONOMY_MAX_TERMS", None),
             taxonomy_count_capacity=_env_int(env, "GEM_TAXONOMY_COUNT_CAP", None),
             eval_max_target_documents=_env_int(env, "GEM_EVAL_MAX_TARGET_DOCS", None),
@@ -493,6 +571,18 @@ class Settings:
         if self.source_column:
             return self.source_column
         return "source" if self.uses_default_corpus else None
+
+    @property
+    def effective_proxy(self) -> str:
+        """The proxy kind, ``ngram`` or ``transformer``: :attr:`proxy` with ``auto`` resolved.
+
+        ``auto`` is ``transformer`` when ``torch.cuda.is_available()`` (torch is imported here,
+        not when this module loads), else ``ngram``: a CPU trains byte transformers too slowly
+        for their losses to rank mixtures, and counts a good n-gram proxy in about a second.
+        """
+        if self.proxy != "auto":
+            return self.proxy
+        return "transformer" if _cuda_available() else "ngram"
 
     @property
     def effective_max_chars(self) -> int:
@@ -553,15 +643,29 @@ class Settings:
         }
 
     def evaluation_params(self) -> dict:
-        """Parameters that determine the mixture evaluation (with its inputs' fingerprints)."""
+        """Parameters that determine the mixture evaluation (with its inputs' fingerprints).
+
+        ``proxy`` is :attr:`effective_proxy`; ``budget_tokens`` is the profile's
+        ``eval_budget_tokens`` or, when that is ``None``, the transformer target's
+        ``steps * batch_size * context``.
+        """
         p = self.profile_def
+        target_config = dict(p.eval_target_config)
+        budget = p.eval_budget_tokens
+        if budget is None:
+            budget = p.eval_steps * p.eval_batch_size * int(target_config.get("context", 128))
+        source = self.effective_source_column
         return {
             "holdout": p.eval_holdout,
-            # how the target set is drawn: part of the fingerprint, so evaluations made with the earlier
-            # rule (an exact share by a permutation of all keys) are recomputed
-            "holdout_rule": "seeded hash of <shard>/<id>, per document",
             "select": p.eval_select,
-            "target_config": dict(p.eval_target_config),
+            "proxy": self.effective_proxy,
+            "budget_tokens": int(budget),
+            "proxy_tokens": p.eval_proxy_tokens,
+            "doremi_rounds": p.eval_doremi_rounds,
+            "ngram_order": p.eval_ngram_order,
+            "max_epochs": p.eval_max_epochs,
+            "targets": "all and each source" if source is not None else "all",
+            "target_config": target_config,
             "proxy_config": dict(p.eval_proxy_config),
             "steps": p.eval_steps,
             "batch_size": p.eval_batch_size,
@@ -574,7 +678,7 @@ class Settings:
             "max_target_documents": self.eval_max_target_documents or p.eval_max_target_documents,
             "max_train_documents": self.eval_max_train_documents or p.eval_max_train_documents,
             "kmeans": {"max_iter": p.max_iter, "tol": p.tol, "n_init": p.n_init},
-            "source_column": self.effective_source_column,
+            "source_column": source,
             "seed": self.seed,
         }
 
@@ -593,9 +697,20 @@ class Settings:
         }
 
     def mixture_params(self) -> dict:
-        """Parameters that determine the mixing stage (proxy corpus, DoReMi, RegMix, curated mixture)."""
+        """Parameters that determine the mixing stage (proxy corpus, DoReMi, RegMix, curated mixture).
+
+        ``proxy`` is :attr:`effective_proxy`; ``ngram_order``, ``proxy_tokens``,
+        ``ngram_max_grams`` and ``doremi_rounds`` are the n-gram path's, ``proxy_config``,
+        ``batch_size``, ``lr``, ``doremi_steps``, ``regmix_steps`` and ``eval_tokens`` the
+        transformer path's.
+        """
         p = self.profile_def
         return {
+            "proxy": self.effective_proxy,
+            "ngram_order": p.mix_ngram_order,
+            "proxy_tokens": p.mix_proxy_tokens,
+            "ngram_max_grams": p.mix_ngram_max_grams,
+            "doremi_rounds": p.mix_doremi_rounds,
             "proxy_config": dict(p.mix_proxy_config),
             "valid_fraction": p.mix_valid_fraction,
             "max_bytes_per_domain": p.mix_max_bytes_per_domain,

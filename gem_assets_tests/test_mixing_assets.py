@@ -1,8 +1,10 @@
-"""Mixing assets at the smoke profile on the tiny corpus: proxy corpus, DoReMi, RegMix, curated mixture."""
+"""Mixing assets at the smoke profile on the tiny corpus: proxy corpus, DoReMi, RegMix, curated mixture;
+the proxy kind (``GEM_PROXY``) and the parameters in the mixing fingerprints."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -10,9 +12,9 @@ import pytest
 from dagster import materialize
 
 from conftest import make_resources
-from gem_assets.config import PROFILES, Layout
-from gem_assets.defs.mixing import (MIXING_ASSETS, curated_mixture, doremi_weights, mixing_state, proxy_corpus,
-                                    regmix_runs, regmix_weights)
+from gem_assets.config import PROFILES, Layout, Settings
+from gem_assets.defs.mixing import (MIXING_ASSETS, curated_mixture, doremi_weights, mixing_fingerprints, mixing_state,
+                                    proxy_corpus, regmix_runs, regmix_weights)
 from gem_assets.defs.student import domain_stats, student_model
 from gem_assets.lib import storage
 from test_student_assets import _assign, _checks, _md, _teacher
@@ -26,7 +28,7 @@ def _up_to_stats(instance, res):
 
 
 def _old_index(layout):
-    """The mixing index as it was before issue 8's change: ids and sources held in memory."""
+    """The mixing index as it was when ids and sources were held in memory (the reference)."""
     from gem_assets.lib import artifacts, mixture
 
     shards = storage.read_json(layout.domain_stats_dir / "summary.json")["shards"]
@@ -70,9 +72,10 @@ def _assert_mixture_as_before(layout, p, tmp):
 
 
 def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance, tmp_path):
+    """The n-gram path (GEM_PROXY=ngram, what ``auto`` gives without CUDA) from domain stats to the mixture."""
     res = make_resources(gem_home, str(tiny_corpus / "*"), k=4, mlflow=True, student_min_agreement=0.0,
                          tracking_uri=f"sqlite:///{gem_home / 'mlflow.db'}", mixture_tokens=3000,
-                         mix_max_target_documents=5)
+                         mix_max_target_documents=5, proxy="ngram")
     _up_to_stats(instance, res)
     settings = res["gem"].settings()
     assert mixing_state(instance, settings)["stale_assets"]["proxy_corpus"] == "never materialized"
@@ -92,7 +95,7 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance, tmp_pat
     assert meta["target_documents"] == 5 and meta["target_documents_available"] == meta["valid_documents"] > 5
     target = storage.read_safetensors(layout.proxy_corpus_dir / "target.safetensors")["target"]
     assert int((target == 0).sum()) == 5    # one separator byte per document (mixture.SEPARATOR)
-    # the same documents as before issue 8's change (keys and sources in memory), byte for byte
+    # the same documents as the in-memory reference (keys and sources in memory), byte for byte
     np.testing.assert_array_equal(target, _old_target_stream(layout, settings.mixture_params()))
     assert math.isclose(sum(meta["natural_shares"].values()), 1.0)
     train = storage.read_safetensors(layout.proxy_corpus_dir / "train.safetensors")
@@ -107,11 +110,31 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance, tmp_pat
     doremi = storage.read_json(layout.weights_dir / "doremi.json")
     present = [n for n in meta["domains"] if n in train]
     assert min(doremi["weights"][n] for n in present) >= 1e-3 / len(present) - 1e-12
+    # DoReMi by rounds on n-gram proxies: mean excess loss (nats) per domain, the rounds' step size
+    assert doremi["proxy"]["kind"] == "ngram" and doremi["variant"] == "iterated rounds on n-gram proxies"
+    assert doremi["proxy"]["order"] == prof.mix_ngram_order and doremi["proxy"]["budget_tokens"] == prof.mix_proxy_tokens
+    assert set(doremi["excess_mean"]) == set(present)
+    assert all(math.isfinite(v) and v >= 0 for v in doremi["excess_mean"].values())
+    assert doremi["rounds"] == prof.mix_doremi_rounds and doremi["step_size"] > 0
+    assert set(doremi["reference_bpb"]) == set(doremi["proxy_bpb"]) == set(doremi["reference_weights"]) == set(present)
+    assert doremi["top_weight"] == pytest.approx(max(doremi["weights"].values()))
+    assert (layout.weights_dir / "doremi_excess.png").read_bytes()[:4] == b"\x89PNG"
     runs = pl.read_parquet(layout.regmix_runs_dir / "runs.parquet")
     assert runs.height == prof.mix_regmix_runs and runs["loss"].is_finite().all()
     assert np.allclose(runs.select(pl.col("^w_.*$")).to_numpy().sum(1), 1.0)
     regmix = storage.read_json(layout.weights_dir / "regmix.json")
-    assert regmix["fit"]["kind"] == "linear" and regmix["runs"] == prof.mix_regmix_runs
+    assert regmix["runs"] == prof.mix_regmix_runs and "spearman_cv" in regmix["fit"]
+    assert regmix["fit"]["kind"] in ("gp", "linear", "hgb")
+    # the runs' proxies: n-gram models of mix_proxy_tokens bytes; a count model beats 8 bits per byte
+    proxy = regmix["proxy"]
+    assert proxy["kind"] == "ngram" and proxy["order"] == prof.mix_ngram_order
+    assert proxy["budget_tokens"] == prof.mix_proxy_tokens
+    assert math.isfinite(proxy["median_target_bpb"]) and 0 < proxy["median_target_bpb"] < 8
+    assert proxy["median_target_bpb"] == pytest.approx(float(np.median(runs["loss"].to_numpy())))
+    w = np.array(list(regmix["weights"].values()))
+    assert regmix["proposal"]["entropy"] == pytest.approx(float(-(w[w > 0] * np.log(w[w > 0])).sum()))
+    assert regmix["proposal"]["top_weight"] == pytest.approx(w.max())
+    assert regmix["weights"][regmix["proposal"]["top_domain"]] == pytest.approx(w.max())
     # the proposal's epoch cap is taken at the curated mixture's budget (3,000 tokens here)
     assert regmix["proposal_budget_tokens"] == 3000
     for j, n in enumerate(meta["domains"]):
@@ -138,34 +161,66 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance, tmp_pat
 
     md = _md(result, "doremi_weights")
     assert md["weights_chart"].startswith("![DoReMi weights vs natural shares](data:image/png;base64,")
-    assert md["mlflow_status"] == "logged"
+    assert md["excess_chart"].startswith("![DoReMi mean excess loss](data:image/png;base64,")
+    assert md["mlflow_status"] == "logged" and md["proxy_kind"] == "ngram"
+    assert md["top_weight"] == pytest.approx(doremi["top_weight"])
     assert _md(result, "regmix_runs")["mlflow_status"] == "logged"
+    rmd = _md(result, "regmix_weights")
+    assert rmd["proxy_kind"] == "ngram" and rmd["median_target_bpb"] == pytest.approx(proxy["median_target_bpb"])
+    assert rmd["entropy"] == pytest.approx(regmix["proposal"]["entropy"])
+    assert rmd["top_weight"] == pytest.approx(regmix["proposal"]["top_weight"])
+    ranks = result.get_asset_check_evaluations()
+    ranks = next(e for e in ranks if e.check_name == "regressor_ranks_runs")
+    assert ranks.metadata["runs"].value == prof.mix_regmix_runs
     assert mixing_state(instance, settings) == {"stale": False, "reason": "up to date", "stale_assets": {}}
 
-    # MLflow: DoReMi's trajectory per step, one nested run per RegMix proxy run
+    # MLflow: DoReMi's trajectory per round; RegMix's runs as one run (losses as a history, the
+    # table as an artifact), no nested run per proxy
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{gem_home / 'mlflow.db'}")
     exp = client.get_experiment_by_name("gem-mixing")
     doremi_run = client.get_run(md["mlflow_run_id"])
-    assert len(client.get_metric_history(doremi_run.info.run_id, "weight/0")) == prof.mix_doremi_steps
+    assert len(client.get_metric_history(doremi_run.info.run_id, "weight/0")) == prof.mix_doremi_rounds
+    assert doremi_run.data.params["proxy_kind"] == "ngram"
     parent = _md(result, "regmix_runs")["mlflow_run_id"]
-    children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
-    assert len(children) == prof.mix_regmix_runs
-    assert sorted(c.data.metrics["final_target_bpb"] for c in children) == pytest.approx(sorted(runs["loss"]))
+    assert not client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    history = client.get_metric_history(parent, "loss")
+    assert sorted(m.value for m in history) == pytest.approx(sorted(runs["loss"]))
+    assert "runs.parquet" in {a.path for a in client.list_artifacts(parent)}
+    fit_run = client.get_run(rmd["mlflow_run_id"])
+    assert fit_run.data.params["proxy_kind"] == "ngram"
+    assert fit_run.data.metrics["final_median_target_bpb"] == pytest.approx(proxy["median_target_bpb"])
 
     # switching the mixer makes only the curated mixture stale
     doremi_res = make_resources(gem_home, str(tiny_corpus / "*"), k=4, student_min_agreement=0.0,
-                                mixture_tokens=3000, mixer="doremi")
+                                mixture_tokens=3000, mixer="doremi", proxy="ngram")
     assert mixing_state(instance, doremi_res["gem"].settings())["stale_assets"] == {
         "curated_mixture": "inputs or parameters changed"}
     assert materialize([curated_mixture], instance=instance, resources=doremi_res).success
     assert storage.read_json(layout.mixture_dir / "manifest.json")["mixer"] == "doremi"
     _assert_mixture_as_before(layout, doremi_res["gem"].settings().mixture_params(), tmp_path / "old-doremi")
 
+    # GEM_PROXY=transformer: the weights (not the proxy corpus) are stale, and today's transformer
+    # proxies (smoke sizes) still run and are recorded as such
+    trans = make_resources(gem_home, str(tiny_corpus / "*"), k=4, student_min_agreement=0.0, mixture_tokens=3000,
+                           proxy="transformer")
+    assert set(mixing_state(instance, trans["gem"].settings())["stale_assets"]) == {
+        "doremi_weights", "regmix_runs", "regmix_weights", "curated_mixture"}
+    t_result = materialize([doremi_weights, regmix_runs, regmix_weights], instance=instance, resources=trans)
+    assert t_result.success
+    regmix = storage.read_json(layout.weights_dir / "regmix.json")
+    assert regmix["proxy"]["kind"] == "transformer" and regmix["runs"] == prof.mix_regmix_runs
+    assert regmix["proxy"]["config"]["d_model"] == dict(prof.mix_proxy_config)["d_model"]
+    assert math.isfinite(regmix["proxy"]["median_target_bpb"]) and "spearman_cv" in regmix["fit"]
+    doremi = storage.read_json(layout.weights_dir / "doremi.json")
+    assert doremi["proxy"]["kind"] == "transformer" and doremi["variant"] == "online Group DRO on a transformer proxy"
+    assert math.isclose(sum(doremi["weights"].values()), 1.0, rel_tol=1e-9)
+    assert _md(t_result, "regmix_weights")["proxy_kind"] == _md(t_result, "doremi_weights")["proxy_kind"] == "transformer"
+
     # a source as the target (GEM_MIX_TARGET): the held-out documents of that source, sampled as before
     sport = make_resources(gem_home, str(tiny_corpus / "*"), k=4, student_min_agreement=0.0, mixture_tokens=3000,
-                           mix_target="sport", mix_max_target_documents=2)
+                           mix_target="sport", mix_max_target_documents=2, proxy="ngram")
     assert materialize([proxy_corpus], instance=instance, resources=sport).success
     meta = storage.read_json(layout.proxy_corpus_dir / "meta.json")
     assert meta["target"] == "sport" and meta["target_documents"] == 2 < meta["target_documents_available"]
@@ -184,9 +239,82 @@ def test_mixing_without_stats_fails_clearly(tiny_corpus, gem_home, instance):
         materialize([proxy_corpus], instance=instance, resources=res)
 
 
-def test_bad_mixer_is_rejected():
-    from gem_assets.config import Settings
+def test_proxy_setting_resolves_and_rejects_unknown_kinds(monkeypatch):
+    import gem_assets.config as config
+    from gem_assets.resources.config import GemConfig
 
+    assert Settings.from_env({}).proxy == "auto"
+    assert Settings.from_env({"GEM_PROXY": " NGram "}).effective_proxy == "ngram"
+    assert Settings.from_env({"GEM_PROXY": "transformer"}).mixture_params()["proxy"] == "transformer"
+    monkeypatch.setattr(config, "_cuda_available", lambda: True)
+    assert Settings.from_env({}).effective_proxy == "transformer"
+    assert Settings.from_env({"GEM_PROXY": "ngram"}).effective_proxy == "ngram"
+    monkeypatch.setattr(config, "_cuda_available", lambda: False)
+    assert Settings.from_env({}).mixture_params()["proxy"] == Settings.from_env({}).evaluation_params()["proxy"] == "ngram"
+    with pytest.raises(ValueError, match=r"GEM_PROXY must be 'ngram' .*'transformer' .*'auto'.*got 'bogus'"):
+        Settings.from_env({"GEM_PROXY": "bogus"})
+    with pytest.raises(ValueError, match="GEM_PROXY"):
+        GemConfig.from_env({"GEM_PROXY": "bogus"})
+    with pytest.raises(ValueError, match="GEM_PROXY"):
+        GemConfig(proxy="bogus").settings()
+    assert GemConfig.from_env({"GEM_PROXY": "transformer"}).settings().proxy == "transformer"
+
+
+def test_profile_sizes_of_the_proxies():
+    smoke, default, full = PROFILES["smoke"], PROFILES["default"], PROFILES["full"]
+    assert (default.mix_regmix_runs, smoke.mix_regmix_runs, full.mix_regmix_runs) == (256, 8, 512)
+    assert (default.mix_proxy_tokens, smoke.mix_proxy_tokens, full.mix_proxy_tokens) == (1_000_000, 20_000, 4_000_000)
+    assert (default.mix_ngram_max_grams, full.mix_ngram_max_grams) == (None, 20_000_000)
+    assert (default.mix_doremi_rounds, smoke.mix_doremi_rounds, default.mix_ngram_order) == (24, 3, 5)
+    p = Settings(profile="smoke", proxy="ngram").mixture_params()
+    assert (p["proxy"], p["ngram_order"], p["proxy_tokens"], p["ngram_max_grams"], p["doremi_rounds"]) == (
+        "ngram", 5, 20_000, None, 3)
+    # evaluation: the fields another stage reads through evaluation_params()
+    e = Settings(profile="smoke", proxy="ngram").evaluation_params()
+    assert (len(e["seeds"]), e["budget_tokens"], e["proxy_tokens"], e["regmix_runs"], e["doremi_rounds"]) == (
+        2, 20_000, 10_000, 4, 2)
+    # the default corpus has a source column: the evaluation targets all documents and each source
+    assert (e["proxy"], e["ngram_order"], e["max_epochs"], e["targets"]) == ("ngram", 5, 4.0, "all and each source")
+    assert "holdout_rule" not in e
+    e = Settings(profile="default", proxy="ngram").evaluation_params()
+    assert (len(e["seeds"]), e["budget_tokens"], e["proxy_tokens"], e["regmix_runs"], e["doremi_rounds"]) == (
+        10, 1_000_000, 500_000, 128, 24)
+    assert Settings(profile="default", corpus="x/*.jsonl", proxy="ngram").evaluation_params()["targets"] == "all"
+    # full: no byte budget of its own, the transformer target's steps * batch * context
+    e = Settings(profile="full", proxy="ngram").evaluation_params()
+    assert e["budget_tokens"] == full.eval_steps * full.eval_batch_size * dict(full.eval_target_config)["context"]
+    assert (len(e["seeds"]), e["proxy_tokens"], e["regmix_runs"]) == (10, 2_000_000, 64)
+
+
+def test_mixing_fingerprints_hold_the_proxy_parameters(monkeypatch):
+    """Changing the proxy kind or a parameter of the kind in use recomputes DoReMi, RegMix and the
+    mixture (``make run``), never the proxy corpus; a parameter of the other kind changes nothing."""
+    base = Settings(profile="smoke", proxy="ngram")
+    fps = mixing_fingerprints(base, "stats")
+    weights = ("doremi_weights", "regmix_runs", "regmix_weights", "curated_mixture")
+
+    def changed(settings):
+        new = mixing_fingerprints(settings, "stats")
+        return {k for k in fps if new[k] != fps[k]}
+
+    assert changed(base.with_(proxy="transformer")) == set(weights)
+    for field, value in (("mix_proxy_tokens", 30_000), ("mix_ngram_order", 4), ("mix_ngram_max_grams", 1_000),
+                         ("mix_doremi_rounds", 5), ("mix_regmix_runs", 9)):
+        monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], **{field: value}))
+        expected = {"doremi_weights"} if field == "mix_doremi_rounds" else (
+            {"regmix_runs", "regmix_weights", "curated_mixture"} if field == "mix_regmix_runs" else set(weights))
+        assert changed(base) == expected, field
+        monkeypatch.undo()
+    # a transformer parameter leaves the n-gram path's fingerprints alone, and moves the transformer path's
+    monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], mix_regmix_steps=7, mix_doremi_steps=7))
+    assert changed(base) == set()
+    monkeypatch.undo()
+    tfps = mixing_fingerprints(base.with_(proxy="transformer"), "stats")
+    monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], mix_regmix_steps=7))
+    assert mixing_fingerprints(base.with_(proxy="transformer"), "stats")["regmix_runs"] != tfps["regmix_runs"]
+
+
+def test_bad_mixer_is_rejected():
     with pytest.raises(ValueError, match="GEM_MIXER"):
         Settings.from_env({"GEM_MIXER": "uniform"})
     with pytest.raises(ValueError, match="GEM_MIXTURE_TOKENS"):

@@ -1,4 +1,4 @@
-"""Mixing assets: proxy corpus, DoReMi and RegMix weights, the curated mixture (DESIGN.md section 5).
+"""Mixing assets: proxy corpus, DoReMi and RegMix weights, the curated mixture.
 
 - ``proxy_corpus``: every document of the shards that ``domain_stats`` counted, with its student
   domain, split per domain by document (seeded) into train and validation byte streams; the
@@ -10,6 +10,12 @@
 - ``curated_mixture``: documents sampled per the weights of ``GEM_MIXER`` to the token budget
   (``GEM_MIXTURE_TOKENS``), never beyond the epoch cap -> ``outputs/mixture/`` (Parquet shards
   and ``manifest.json``).
+
+Proxy models (``GEM_PROXY``, resolved by ``Settings.effective_proxy``): ``ngram`` counts an
+interpolated byte n-gram model per mixture (``lib/count_proxy.py``; about a second a proxy on a
+CPU), and DoReMi is played in rounds on them; ``transformer`` trains small byte transformers
+(``lib/regmix.py``, ``lib/doremi.py``; online Group DRO), which needs a GPU to learn enough for
+its losses to rank mixtures. ``auto`` is ``transformer`` when CUDA is available, else ``ngram``.
 
 Tokens are UTF-8 bytes (plus one separator per document), the proxy models' vocabulary.
 Fingerprints chain: proxy corpus <- ``domain_stats`` fingerprint + split parameters; each
@@ -49,16 +55,30 @@ def _stats_summary(settings: Settings) -> dict | None:
     return storage.read_json(path) if path.is_file() else None
 
 
+#: Parameters of a proxy model of each kind (``GEM_PROXY``): part of the weights' fingerprints.
+_PROXY_KEYS = {"ngram": ("proxy", "ngram_order", "proxy_tokens", "ngram_max_grams", "seed"),
+               "transformer": ("proxy", "proxy_config", "batch_size", "lr", "eval_tokens", "seed")}
+#: DoReMi's and RegMix's own parameters for each proxy kind.
+_DOREMI_KEYS = {"ngram": ("doremi_rounds", "doremi_smoothing"),
+                "transformer": ("doremi_steps", "doremi_step_size", "doremi_smoothing")}
+_REGMIX_KEYS = {"ngram": ("regmix_runs", "max_epochs"), "transformer": ("regmix_runs", "regmix_steps", "max_epochs")}
+
+
 def mixing_fingerprints(settings: Settings, stats_fp: str) -> dict[str, str]:
-    """Expected input fingerprints of the five mixing assets, from ``domain_stats``' fingerprint."""
+    """Expected input fingerprints of the five mixing assets, from ``domain_stats``' fingerprint.
+
+    The weights' fingerprints hold the resolved proxy kind and that kind's parameters only:
+    switching ``GEM_PROXY`` recomputes DoReMi and RegMix, and so does changing a parameter of
+    the kind in use (e.g. ``mix_proxy_tokens`` for ``ngram``), not one of the other kind.
+    """
     p = settings.mixture_params()
-    train = {k: p[k] for k in ("proxy_config", "batch_size", "lr", "eval_tokens", "seed")}
+    kind = p["proxy"]
+    proxy = {k: p[k] for k in _PROXY_KEYS[kind]}
     fps = {"proxy_corpus": fingerprint("proxy_corpus", stats_fp, {k: p[k] for k in (
         "valid_fraction", "max_bytes_per_domain", "target", "source_column", "seed")})}
-    fps["doremi_weights"] = fingerprint("doremi_weights", fps["proxy_corpus"], train, {k: p[k] for k in (
-        "doremi_steps", "doremi_step_size", "doremi_smoothing")})
-    fps["regmix_runs"] = fingerprint("regmix_runs", fps["proxy_corpus"], train, {k: p[k] for k in (
-        "regmix_runs", "regmix_steps", "max_epochs")})
+    fps["doremi_weights"] = fingerprint("doremi_weights", fps["proxy_corpus"], proxy,
+                                        {k: p[k] for k in _DOREMI_KEYS[kind]})
+    fps["regmix_runs"] = fingerprint("regmix_runs", fps["proxy_corpus"], proxy, {k: p[k] for k in _REGMIX_KEYS[kind]})
     fps["regmix_weights"] = fingerprint("regmix_weights", fps["regmix_runs"], {k: p[k] for k in (
         "top_k", "n_simulations", "max_epochs", "mixture_tokens", "seed")})
     fps["curated_mixture"] = fingerprint("curated_mixture", stats_fp, fps[f"{p['mixer']}_weights"], {k: p[k] for k in (
@@ -118,7 +138,7 @@ def _index(settings: Settings, shards, target_source: str | None = None, key_see
     shard at a time; its numeric columns, with ``is_target`` for ``target_source`` and, given
     ``key_seed``, the target sample's key priorities, memory-mapped from unlinked files under the
     local state folder), and readers of the texts and of the ids of index positions, shard by shard
-    (bounded memory, issue 8)."""
+    (bounded memory)."""
     import polars as pl
 
     from gem_assets.lib import artifacts, mixture, storage
@@ -199,6 +219,33 @@ def _weights_table(weights: dict, natural: dict):
     return pl.DataFrame({"domain": list(weights), "weight": [round(v, 4) for v in weights.values()],
                          "natural_share": [round(natural[n], 4) for n in weights],
                          "ratio": [round(v / natural[n], 3) if natural[n] > 0 else None for n, v in weights.items()]})
+
+
+def _weights_summary(weights: dict) -> dict:
+    """``entropy`` (nats), ``top_weight`` and ``top_domain`` of ``{domain: weight}``."""
+    import math
+
+    top = max(weights, key=weights.get)
+    entropy = -sum(w * math.log(w) for w in weights.values() if w > 0)
+    return {"entropy": float(entropy), "top_weight": float(weights[top]), "top_domain": top}
+
+
+def _mlflow_params(p: dict, keys: tuple) -> dict:
+    """MLflow parameters of a weights run: ``proxy_kind``, the proxy kind's parameters, then ``keys``."""
+    return {("proxy_kind" if k == "proxy" else k): p[k] for k in _PROXY_KEYS[p["proxy"]] + keys}
+
+
+def _proxy_record(p: dict, budget_tokens: int) -> dict:
+    """The proxy models' description in the weights files: ``kind`` and its parameters."""
+    if p["proxy"] == "ngram":
+        return {"kind": "ngram", "order": p["ngram_order"], "budget_tokens": int(budget_tokens),
+                "max_grams": p["ngram_max_grams"]}
+    from dataclasses import asdict
+
+    from gem_assets.lib.lm import LMConfig
+
+    return {"kind": "transformer", "config": asdict(LMConfig(**p["proxy_config"])), "batch_size": p["batch_size"],
+            "lr": p["lr"], "budget_tokens": int(budget_tokens)}
 
 
 # --------------------------------------------------------------------------- proxy corpus
@@ -297,51 +344,101 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
 @asset(
     deps=[proxy_corpus],
     group_name="mixing",
-    kinds={"pytorch", "mlflow", "json"},
+    kinds={"numpy", "mlflow", "json"},
     check_specs=[AssetCheckSpec("weights_valid", asset="doremi_weights",
                                 description="Finite weights summing to 1; every domain with data has at least "
                                 "smoothing / K (DoReMi's smoothing floor).")],
 )
 def doremi_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTracker) -> MaterializeResult:
-    """DoReMi domain weights: a reference proxy on natural shares, a Group DRO proxy, the mean weights.
+    """DoReMi domain weights: a reference on natural shares, a proxy whose weights chase excess loss.
 
-    ``outputs/weights/doremi.json`` (weights, natural shares, both models' bits per byte per
-    domain, trajectory summary) and ``doremi.png``; the per-step weight trajectory goes to MLflow.
+    ``GEM_PROXY=ngram``: iterated rounds on n-gram proxies (``lib.count_proxy.doremi_rounds``):
+    each round trains a reference and a proxy of ``mix_proxy_tokens`` bytes on fresh documents,
+    measures each domain's excess loss on its validation stream and updates the weights; the
+    output is the mean weights over the ``mix_doremi_rounds`` rounds. ``transformer``: online
+    Group DRO on a transformer proxy (``lib.doremi.run_doremi``), the mean weights over its steps.
+
+    ``outputs/weights/doremi.json`` (``weights``, ``proxy``, ``variant``, natural shares, both
+    models' bits per byte per domain, ``excess_mean`` per domain in nats, and for ``ngram`` the
+    ``step_size``, ``rounds`` and ``reference_weights``), ``doremi.png`` (weights vs natural
+    shares) and ``doremi_excess.png`` (mean excess loss per domain); the weight trajectory (per
+    round or per step) goes to the metadata and to MLflow.
     """
     import numpy as np
 
-    from gem_assets.lib import plots
-    from gem_assets.lib.doremi import run_doremi
-    from gem_assets.lib.lm import LMConfig
+    from gem_assets.lib import plots, storage
 
     settings = gem.settings()
     p = settings.mixture_params()
+    kind = p["proxy"]
     stats = _require_stats(settings)
     fps = mixing_fingerprints(settings, stats["fingerprint"])
     meta, train, valid, _ = _read_proxy(settings, fps["proxy_corpus"])
-    res = run_doremi(train, None, LMConfig(**p["proxy_config"]), p["doremi_steps"], batch_size=p["batch_size"],
-                     lr=p["lr"], seed=p["seed"], step_size=p["doremi_step_size"], smoothing=p["doremi_smoothing"],
-                     progress=True, valid_streams=valid or None, eval_max_tokens=p["eval_tokens"])
+    try:
+        if kind == "ngram":
+            from gem_assets.lib.count_proxy import doremi_rounds
+
+            # a domain of one document has no held-out bytes: its training bytes stand in (recorded)
+            no_valid = [n for n in train if n not in valid]
+            res = doremi_rounds(train, {n: valid.get(n, train[n]) for n in train}, p["proxy_tokens"],
+                                rounds=p["doremi_rounds"], smoothing=p["doremi_smoothing"], order=p["ngram_order"],
+                                max_grams=p["ngram_max_grams"], seed=p["seed"], progress=True)
+        else:
+            from gem_assets.lib.doremi import run_doremi
+            from gem_assets.lib.lm import LMConfig
+
+            no_valid = []
+            res = run_doremi(train, None, LMConfig(**p["proxy_config"]), p["doremi_steps"],
+                             batch_size=p["batch_size"], lr=p["lr"], seed=p["seed"], step_size=p["doremi_step_size"],
+                             smoothing=p["doremi_smoothing"], progress=True, valid_streams=valid or None,
+                             eval_max_tokens=p["eval_tokens"])
+    except ValueError as exc:
+        raise Failure(description=f"DoReMi on {kind} proxies: {exc}", allow_retries=False) from exc
     weights = _full_weights(meta, res.weights)
+    summary = _weights_summary(weights)
+    excess_mean = (dict(zip(res.domains, res.excess.mean(0).tolist())) if res.excess is not None else {})
     fp = fps["doremi_weights"]
+    if kind == "ngram":
+        budget = p["proxy_tokens"]
+    else:
+        from gem_assets.lib.lm import LMConfig
+
+        budget = p["doremi_steps"] * p["batch_size"] * LMConfig(**p["proxy_config"]).context
     record = {"method": "doremi", "fingerprint": fp, "weights": weights, "natural_shares": meta["natural_shares"],
-              "reference_weights": res.reference_weights, "reference_bpb": res.reference_bpb,
-              "proxy_bpb": res.proxy_bpb, "final_weights": dict(zip(res.domains, res.trajectory[-1].tolist())),
+              "proxy": _proxy_record(p, budget),
+              "variant": "iterated rounds on n-gram proxies" if kind == "ngram" else
+                         "online Group DRO on a transformer proxy",
+              "top_weight": summary["top_weight"], "top_domain": summary["top_domain"], "entropy": summary["entropy"],
+              "excess_mean": excess_mean, "reference_weights": res.reference_weights,
+              "reference_bpb": res.reference_bpb, "proxy_bpb": res.proxy_bpb,
+              "final_weights": dict(zip(res.domains, res.trajectory[-1].tolist())),
               "seconds": res.seconds, "params": p, "proxy_corpus_fingerprint": fps["proxy_corpus"]}
+    if kind == "ngram":
+        record.update(step_size=res.step_size, rounds=int(res.trajectory.shape[0]), valid_from_train=no_valid)
+    unit = "round" if kind == "ngram" else "step"
+    excess_png = plots.values_bar_chart([excess_mean.get(n, 0.0) for n in res.domains], res.domains,
+                                        title=f"DoReMi mean excess loss per domain (over {unit}s)",
+                                        ylabel="excess loss (nats per byte)")
+    storage.write_bytes(settings.layout.weights_dir / "doremi_excess.png", excess_png)
     png = _weights_outputs(settings, "doremi", meta, weights, record, "DoReMi weights vs natural shares")
-    traj_png = plots.weight_trajectory(res.trajectory, res.domains, title="DoReMi weights per step")
-    history = [{"iteration": t + 1, **{f"weight/{n}": float(w) for n, w in zip(res.domains, row)}}
+    traj_png = plots.weight_trajectory(res.trajectory, res.domains, title=f"DoReMi weights per {unit}")
+    # per round (n-gram): weights and excess losses; per step (transformer): the weights, as before
+    history = [{"iteration": t + 1, **{f"weight/{n}": float(w) for n, w in zip(res.domains, row)},
+                **({f"excess/{n}": float(x) for n, x in zip(res.domains, res.excess[t])} if kind == "ngram" else {})}
                for t, row in enumerate(res.trajectory)]
     outcome = _tracker(mlflow).log_fit(
         settings.layout, run_name=f"doremi-{context.run.run_id[:8]}",
-        params={**{k: v for k, v in p.items() if k.startswith(("doremi", "proxy", "batch", "lr", "seed"))},
-                "fingerprint": fp},
+        params={**_mlflow_params(p, _DOREMI_KEYS[kind]), "variant": record["variant"], "fingerprint": fp},
         tags=_tags(context, "doremi_weights", settings), history=history,
-        metric_keys=[f"weight/{n}" for n in res.domains],
+        metric_keys=[f"weight/{n}" for n in res.domains] + ([f"excess/{n}" for n in res.domains] if kind == "ngram"
+                                                            else []),
         final_metrics={**{f"weight/{n}": w for n, w in weights.items()},
                        **{f"reference_bpb/{n}": v for n, v in res.reference_bpb.items()},
-                       **{f"proxy_bpb/{n}": v for n, v in res.proxy_bpb.items()}, "seconds": res.seconds},
-        artifacts=[settings.layout.weights_dir / "doremi.json", settings.layout.weights_dir / "doremi.png"],
+                       **{f"proxy_bpb/{n}": v for n, v in res.proxy_bpb.items()},
+                       **{f"excess_mean/{n}": v for n, v in excess_mean.items()},
+                       "top_weight": summary["top_weight"], "entropy": summary["entropy"], "seconds": res.seconds,
+                       **({"step_size": res.step_size} if kind == "ngram" else {})},
+        artifacts=[settings.layout.weights_dir / f for f in ("doremi.json", "doremi.png", "doremi_excess.png")],
         log=context.log,
     )
     w = np.array([weights[n] for n in res.domains])
@@ -356,6 +453,10 @@ def doremi_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
         metadata={"weights": MetadataValue.md(markdown_table(table)),
                   "weights_chart": MetadataValue.md(plots.markdown_image(png, "DoReMi weights vs natural shares")),
                   "trajectory": MetadataValue.md(plots.markdown_image(traj_png, "DoReMi weight trajectory")),
+                  "excess_chart": MetadataValue.md(plots.markdown_image(excess_png, "DoReMi mean excess loss")),
+                  "proxy_kind": kind, "variant": record["variant"],
+                  "top_weight": summary["top_weight"], "top_domain": summary["top_domain"],
+                  "entropy": summary["entropy"],
                   "reference_bpb_mean": float(np.mean(list(res.reference_bpb.values()))),
                   "proxy_bpb_mean": float(np.mean(list(res.proxy_bpb.values()))),
                   "seconds": round(res.seconds, 1), "input_fingerprint": fp,
@@ -369,83 +470,99 @@ def doremi_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
 @asset(
     deps=[proxy_corpus],
     group_name="mixing",
-    kinds={"pytorch", "mlflow", "parquet"},
+    kinds={"numpy", "mlflow", "parquet"},
     check_specs=[AssetCheckSpec("runs_complete", asset="regmix_runs",
                                 description="Every proxy run has a finite positive target loss and a mixture on the "
                                 "simplex within the epoch cap.")],
 )
 def regmix_runs(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTracker) -> MaterializeResult:
-    """RegMix's proxy runs: one small model per sampled mixture and its target bits per byte.
+    """RegMix's proxy runs: one proxy model per sampled mixture and its target bits per byte.
+
+    ``GEM_PROXY=ngram``: ``mix_regmix_runs`` n-gram proxies of ``mix_proxy_tokens`` bytes each
+    (``lib.count_proxy.regmix_runs``, one count index for all runs); ``transformer``: small
+    transformers of ``mix_regmix_steps`` steps (``lib.regmix.proxy_runs``).
 
     ``work/regmix_runs/``: ``runs.parquet`` (``run``, ``loss``, ``seconds``, one ``w_<domain>``
-    column per domain) and ``meta.json``. MLflow: a parent run with one nested run per proxy run.
+    column per domain) and ``meta.json`` (with ``proxy``: kind and parameters). MLflow: one run
+    with the losses as a history and ``runs.parquet`` as an artifact; there is no nested run per
+    proxy (each costs about 40 ms on a SQLite store, over 10 s for 256 runs), the table holds them.
     """
     import numpy as np
     import polars as pl
 
     from gem_assets.lib import storage
-    from gem_assets.lib.lm import LMConfig
-    from gem_assets.lib.regmix import proxy_runs
 
     settings = gem.settings()
     p = settings.mixture_params()
+    kind = p["proxy"]
     stats = _require_stats(settings)
     fps = mixing_fingerprints(settings, stats["fingerprint"])
     meta, train, _, target = _read_proxy(settings, fps["proxy_corpus"])
+    every = max(1, p["regmix_runs"] // 20) if kind == "ngram" else 1   # n-gram runs take well under a second
 
     def on_run(i, mix, loss):
-        context.log.info(f"RegMix proxy run {i + 1}/{p['regmix_runs']}: target {loss:.4f} bits per byte")
+        if (i + 1) % every == 0 or i + 1 == p["regmix_runs"]:
+            context.log.info(f"RegMix {kind} proxy run {i + 1}/{p['regmix_runs']}: target {loss:.4f} bits per byte")
 
     try:
-        runs = proxy_runs(train, target, LMConfig(**p["proxy_config"]), p["regmix_runs"], p["regmix_steps"],
-                          batch_size=p["batch_size"], lr=p["lr"], seed=p["seed"], max_epochs=p["max_epochs"],
-                          progress=True, on_run=on_run, eval_max_tokens=p["eval_tokens"])
+        if kind == "ngram":
+            from gem_assets.lib import count_proxy
+
+            runs = count_proxy.regmix_runs(train, target, p["regmix_runs"], p["proxy_tokens"], order=p["ngram_order"],
+                                           max_grams=p["ngram_max_grams"], max_epochs=p["max_epochs"],
+                                           seed=p["seed"], progress=True, on_run=on_run)
+        else:
+            from gem_assets.lib.lm import LMConfig
+            from gem_assets.lib.regmix import proxy_runs
+
+            runs = proxy_runs(train, target, LMConfig(**p["proxy_config"]), p["regmix_runs"], p["regmix_steps"],
+                              batch_size=p["batch_size"], lr=p["lr"], seed=p["seed"], max_epochs=p["max_epochs"],
+                              progress=True, on_run=on_run, eval_max_tokens=p["eval_tokens"])
     except ValueError as exc:
-        raise Failure(description=f"RegMix proxy runs: {exc}", allow_retries=False) from exc
+        raise Failure(description=f"RegMix runs on {kind} proxies: {exc}", allow_retries=False) from exc
     fp = fps["regmix_runs"]
     domains = runs["domains"]
-    frame = pl.DataFrame({"run": np.arange(len(runs["losses"])), "loss": runs["losses"], "seconds": runs["run_seconds"],
+    losses = np.asarray(runs["losses"], dtype=np.float64)
+    median = float(np.median(losses))
+    proxy = {**_proxy_record(p, runs["budget_tokens"]),
+             **({"index_seconds": round(float(runs["index_seconds"]), 3)} if "index_seconds" in runs else {}),
+             **({"steps": p["regmix_steps"]} if kind == "transformer" else {})}
+    frame = pl.DataFrame({"run": np.arange(len(losses)), "loss": losses, "seconds": runs["run_seconds"],
                           **{f"w_{n}": runs["mixtures"][:, j] for j, n in enumerate(domains)}})
     run_meta = {"fingerprint": fp, "domains": domains, "tokens": runs["tokens"].astype(np.int64).tolist(),
-                "budget_tokens": runs["budget_tokens"], "params": p, "proxy_corpus_fingerprint": fps["proxy_corpus"]}
+                "budget_tokens": runs["budget_tokens"], "proxy": proxy, "median_target_bpb": median, "params": p,
+                "proxy_corpus_fingerprint": fps["proxy_corpus"]}
     out = settings.layout.regmix_runs_dir
     with storage.atomic_dir(out) as tmp:
         frame.write_parquet(tmp / "runs.parquet")
         storage.write_json(tmp / "meta.json", run_meta)
 
-    tracker = _tracker(mlflow)
-    tags = _tags(context, "regmix_runs", settings)
-    parent = tracker.log_fit(
+    parent = _tracker(mlflow).log_fit(
         settings.layout, run_name=f"regmix-runs-{context.run.run_id[:8]}",
-        params={**{k: v for k, v in p.items() if k.startswith(("regmix", "proxy", "batch", "lr", "seed", "max_"))},
-                "fingerprint": fp},
-        tags=tags, history=[{"iteration": i, "loss": float(v)} for i, v in enumerate(runs["losses"])],
-        metric_keys=["loss"], final_metrics={"best_loss": float(runs["losses"].min()),
-                                             "mean_loss": float(runs["losses"].mean())},
+        params={**_mlflow_params(p, _REGMIX_KEYS[kind] + ("max_target_documents",)), "fingerprint": fp},
+        tags=_tags(context, "regmix_runs", settings),
+        history=[{"iteration": i, "loss": float(v), "seconds": float(t)}
+                 for i, (v, t) in enumerate(zip(losses, runs["run_seconds"]))],
+        metric_keys=["loss", "seconds"], final_metrics={"best_loss": float(losses.min()),
+                                                        "mean_loss": float(losses.mean()),
+                                                        "median_target_bpb": median},
         artifacts=[out / "runs.parquet", out / "meta.json"], log=context.log)
-    if parent.run_id:
-        for i, loss in enumerate(runs["losses"]):
-            tracker.log_fit(
-                settings.layout, run_name=f"regmix-proxy-{i:03d}",
-                params={f"w_{n}": round(float(w), 6) for n, w in zip(domains, runs["mixtures"][i])},
-                tags={**tags, "mlflow.parentRunId": parent.run_id}, history=[], metric_keys=(),
-                final_metrics={"target_bpb": float(loss), "seconds": float(runs["run_seconds"][i])}, artifacts=[],
-                log=context.log)
     tok = runs["tokens"]
     within = bool(np.all(runs["mixtures"] * runs["budget_tokens"] <= p["max_epochs"] * tok[None, :] + 1e-6))
-    finite = bool(np.all(np.isfinite(runs["losses"])) and np.all(runs["losses"] > 0))
+    finite = bool(np.all(np.isfinite(losses)) and np.all(losses > 0))
     simplex = bool(np.allclose(runs["mixtures"].sum(1), 1.0) and np.all(runs["mixtures"] >= 0))
     check = AssetCheckResult(check_name="runs_complete", passed=finite and simplex and within,
-                             metadata={"runs": len(runs["losses"]), "finite_losses": finite, "on_simplex": simplex,
+                             metadata={"runs": len(losses), "finite_losses": finite, "on_simplex": simplex,
                                        "within_epoch_cap": within},
-                             description=f"{len(runs['losses'])} runs; finite losses {finite}, on simplex {simplex}, "
+                             description=f"{len(losses)} runs; finite losses {finite}, on simplex {simplex}, "
                              f"within {p['max_epochs']} epochs {within}")
     return MaterializeResult(
-        metadata={"runs": len(runs["losses"]), "best_loss": float(runs["losses"].min()),
-                  "worst_loss": float(runs["losses"].max()), "budget_tokens_per_run": runs["budget_tokens"],
+        metadata={"runs": len(losses), "proxy_kind": kind, "median_target_bpb": median,
+                  "best_loss": float(losses.min()), "worst_loss": float(losses.max()),
+                  "budget_tokens_per_run": runs["budget_tokens"],
                   "seconds": round(float(runs["run_seconds"].sum()), 1), "input_fingerprint": fp,
                   "outputs": MetadataValue.path(str(out)), "mlflow_status": parent.status,
-                  "mlflow_run_id": parent.run_id or "", "dagster/row_count": len(runs["losses"])},
+                  "mlflow_run_id": parent.run_id or "", "dagster/row_count": len(losses)},
         check_results=[check],
     )
 
@@ -465,7 +582,10 @@ def regmix_runs(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTr
 def regmix_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTracker) -> MaterializeResult:
     """RegMix weights: a regressor from mixture to target loss, the mean of the best simulated mixtures.
 
-    ``outputs/weights/regmix.json`` (weights, natural shares, fit quality) and ``regmix.png``.
+    ``outputs/weights/regmix.json``: ``weights``, natural shares, ``runs``, ``fit`` (regressor
+    kind and quality, ``spearman_cv``), ``proxy`` (the runs' proxy kind, its parameters and
+    ``median_target_bpb``, the median over the runs of their target bits per byte) and
+    ``proposal`` (``entropy`` in nats, ``top_weight``, ``top_domain``); and ``regmix.png``.
     """
     import numpy as np
     import polars as pl
@@ -493,20 +613,26 @@ def regmix_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
     w, fit = fit_and_propose(W, y, tokens, budget, max_epochs=p["max_epochs"], top_k=p["top_k"],
                              n_simulations=p["n_simulations"], seed=p["seed"])
     weights = _full_weights(proxy_meta, dict(zip(domains, w.tolist())))
+    proposal = _weights_summary(weights)
+    median = float(np.median(y))
+    proxy = {**run_meta["proxy"], "median_target_bpb": median}
     fp = fps["regmix_weights"]
     record = {"method": "regmix", "fingerprint": fp, "weights": weights, "natural_shares": proxy_meta["natural_shares"],
-              "fit": fit, "runs": int(y.size), "budget_tokens": run_meta["budget_tokens"],
-              "proposal_budget_tokens": budget, "params": p,
+              "fit": fit, "runs": int(y.size), "proxy": proxy, "proposal": proposal,
+              "budget_tokens": run_meta["budget_tokens"], "proposal_budget_tokens": budget, "params": p,
               "regmix_runs_fingerprint": fps["regmix_runs"]}
     png = _weights_outputs(settings, "regmix", proxy_meta, weights, record, "RegMix weights vs natural shares")
     outcome = _tracker(mlflow).log_fit(
         settings.layout, run_name=f"regmix-fit-{context.run.run_id[:8]}",
         params={"kind": fit["kind"], "runs": fit["runs"], "top_k": p["top_k"], "n_simulations": p["n_simulations"],
-                "max_epochs": p["max_epochs"], "fingerprint": fp},
+                "max_epochs": p["max_epochs"], "proxy_kind": proxy["kind"], "top_domain": proposal["top_domain"],
+                "fingerprint": fp},
         tags=_tags(context, "regmix_weights", settings), history=[], metric_keys=(),
         final_metrics={"spearman_cv": fit["spearman_cv"], "spearman_train": fit["spearman_train"],
                        "fit_seconds": fit["seconds"], "predicted_loss": fit["predicted_loss"],
-                       "best_run_loss": fit["best_run_loss"], **{f"weight/{n}": v for n, v in weights.items()}},
+                       "best_run_loss": fit["best_run_loss"], "median_target_bpb": median,
+                       "entropy": proposal["entropy"], "top_weight": proposal["top_weight"],
+                       **{f"weight/{n}": v for n, v in weights.items()}},
         artifacts=[settings.layout.weights_dir / "regmix.json", settings.layout.weights_dir / "regmix.png"],
         log=context.log,
     )
@@ -517,7 +643,9 @@ def regmix_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
         AssetCheckResult(check_name="weights_valid", passed=ok, metadata={"sum": float(w.sum()), "within_cap": cap_ok},
                          description=f"sum {w.sum():.12f}; within {p['max_epochs']} epochs of each domain: {cap_ok}"),
         AssetCheckResult(check_name="regressor_ranks_runs", passed=bool(np.isfinite(rho) and rho >= 0.5),
-                         severity=AssetCheckSeverity.WARN, metadata={"spearman_cv": rho, "kind": fit["kind"]},
+                         severity=AssetCheckSeverity.WARN,
+                         metadata={"spearman_cv": rho, "kind": fit["kind"], "runs": int(y.size),
+                                   "proxy_kind": proxy["kind"]},
                          description=f"out-of-fold Spearman {rho:.3f} ({fit['kind']}, {fit['runs']} runs)"),
     ]
     table = _weights_table(weights, proxy_meta["natural_shares"])
@@ -525,6 +653,9 @@ def regmix_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
         metadata={"weights": MetadataValue.md(markdown_table(table)),
                   "weights_chart": MetadataValue.md(plots.markdown_image(png, "RegMix weights vs natural shares")),
                   "regressor": fit["kind"], "spearman_cv": rho, "spearman_train": fit["spearman_train"],
+                  "runs": int(y.size), "proxy_kind": proxy["kind"], "median_target_bpb": median,
+                  "entropy": proposal["entropy"], "top_weight": proposal["top_weight"],
+                  "top_domain": proposal["top_domain"],
                   "fit_seconds": round(fit["seconds"], 3), "predicted_loss": fit["predicted_loss"],
                   "best_run_loss": fit["best_run_loss"], "input_fingerprint": fp,
                   "outputs": MetadataValue.path(str(settings.layout.weights_dir / "regmix.json")),

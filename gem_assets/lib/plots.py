@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 __all__ = ["share_bar_chart", "objective_curve", "markdown_image", "taxonomy_dendrogram", "domain_map",
-           "weights_bar_chart", "weight_trajectory"]
+           "weights_bar_chart", "weight_trajectory", "values_bar_chart"]
 
 
 def _figure(width: float, height: float):
@@ -235,4 +235,35 @@ def weight_trajectory(trajectory, labels: Sequence[str], title: str = "Domain we
     ax.set_title(title, fontsize=10)
     if len(labels) <= 20:
         ax.legend(fontsize=6, ncol=2, loc="upper right")
+    return _png(fig)
+
+
+def values_bar_chart(values: Sequence[float], labels: Sequence[str], title: str = "Value per domain",
+                     ylabel: str = "value") -> bytes:
+    """One bar per domain (e.g. DoReMi's mean excess loss per domain).
+
+    Parameters
+    ----------
+    values : sequence of float
+        One value per domain.
+    labels : sequence of str
+        Domain names.
+    title, ylabel : str
+
+    Returns
+    -------
+    bytes
+        PNG image.
+    """
+    v = np.asarray(values, dtype=float)
+    k = v.size
+    fig = _figure(max(4.0, 0.35 * k + 2.0), 3.0)
+    ax = fig.add_subplot()
+    x = np.arange(k)
+    ax.bar(x, v, width=0.7, color="#DD8452")
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(s) for s in labels], fontsize=7)
+    ax.set_xlabel("domain")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     return _png(fig)

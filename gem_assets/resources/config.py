@@ -41,6 +41,7 @@ class GemConfig(ConfigurableResource):
     mixer: str = "regmix"
     mixture_tokens: Optional[int] = None
     mix_target: Optional[str] = None
+    proxy: str = "auto"
     # memory caps (None: the profile's)
     taxonomy_max_terms: Optional[int] = None
     taxonomy_count_capacity: Optional[int] = None
@@ -72,6 +73,7 @@ class GemConfig(ConfigurableResource):
             mixer=settings.mixer,
             mixture_tokens=settings.mixture_tokens,
             mix_target=settings.mix_target,
+            proxy=settings.proxy,
             taxonomy_max_terms=settings.taxonomy_max_terms,
             taxonomy_count_capacity=settings.taxonomy_count_capacity,
             eval_max_target_documents=settings.eval_max_target_documents,
@@ -107,6 +109,7 @@ class GemConfig(ConfigurableResource):
             mixer=self.mixer,
             mixture_tokens=self.mixture_tokens,
             mix_target=self.mix_target,
+            proxy=self.proxy,
             taxonomy_max_terms=self.taxonomy_max_terms,
             taxonomy_count_capacity=self.taxonomy_count_capacity,
             eval_max_target_documents=self.eval_max_target_documents,
