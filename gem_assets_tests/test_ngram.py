@@ -181,3 +181,15 @@ def test_offsets_wrap_around_and_redraw_the_partial_pass():
     np.testing.assert_array_equal(np.flatnonzero(m[sl]), [0, 1, 8, 9])   # bytes 8, 9, then 0, 1
     assert m.sum() == 4
     assert idx.seeded_offsets(0).tolist() != idx.seeded_offsets(1).tolist()   # seeds redraw the partial pass
+
+
+def test_segments_give_the_model_of_the_dense_multiplicity():
+    rng = np.random.default_rng(4)
+    streams = {k: rng.integers(97, 101, size=n).astype(np.uint8) for k, n in (("a", 300), ("b", 50), ("c", 120))}
+    idx = CountIndex(streams, order=4)
+    offsets = np.array([250, 10, 0])
+    dense = idx.fit_positions(idx.multiplicity([0.2, 0.5, 0.3], 400, offsets))
+    runs = idx.fit([0.2, 0.5, 0.3], 400, offsets)
+    for a, b in zip(dense.counts, runs.counts):
+        np.testing.assert_allclose(a, b)
+    assert runs.tokens == pytest.approx(400, abs=1)

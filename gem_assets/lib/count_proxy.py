@@ -64,6 +64,14 @@ def _check_streams(streams: Mapping[str, np.ndarray], name: str) -> dict[str, np
     return out
 
 
+def _document_prefix(stream: np.ndarray, max_bytes: int) -> np.ndarray:
+    """The stream's leading whole documents up to ``max_bytes`` (at least its first document's bytes)."""
+    if stream.size <= max_bytes:
+        return stream
+    ends = np.flatnonzero(stream[:max_bytes] == 0)
+    return stream[: int(ends[-1]) + 1] if ends.size else stream[:max_bytes]
+
+
 @dataclass
 class ProxySet:
     """n-gram proxies of mixtures of domain streams at one token budget (one index, one seed).
@@ -80,6 +88,12 @@ class ProxySet:
         Table cap per order (:class:`~gem_assets.lib.ngram.CountIndex`).
     seed : int
         Sets where each domain's partial pass starts (the same for every proxy of the set).
+
+    A proxy reads at most ``budget_tokens`` bytes of a domain (a weight is at most 1), so each
+    stream is indexed up to that many bytes: a random window of a longer stream is a random
+    window of its first B bytes too (documents are in a seeded order), and the index, built once,
+    stays within K * B positions whatever the corpus size. :attr:`tokens` keeps the full sizes
+    (RegMix's prior and epoch cap, DoReMi's reference weights).
     """
 
     streams: Mapping[str, np.ndarray]
@@ -93,7 +107,9 @@ class ProxySet:
     def __post_init__(self):
         self.streams = _check_streams(self.streams, "streams")
         self.budget_tokens = check_int(self.budget_tokens, "budget_tokens", low=1)
-        self.index = CountIndex(self.streams, order=self.order, max_grams=self.max_grams)
+        self._sizes = np.array([s.size for s in self.streams.values()], dtype=np.float64)
+        cut = {k: s[: self.budget_tokens] for k, s in self.streams.items()}
+        self.index = CountIndex(cut, order=self.order, max_grams=self.max_grams)
         self.offsets = self.index.seeded_offsets(check_int(self.seed, "seed", low=0))
 
     @property
@@ -102,8 +118,8 @@ class ProxySet:
 
     @property
     def tokens(self) -> np.ndarray:
-        """Bytes per domain stream, float64 (K,)."""
-        return self.index.lengths.astype(np.float64)
+        """Bytes per domain stream (whole, not as indexed), float64 (K,)."""
+        return self._sizes.copy()
 
     def fit(self, weights) -> NGramLM:
         """The proxy of one mixture (``{domain: w}`` or (K,) in :attr:`domains` order)."""
@@ -112,7 +128,8 @@ class ProxySet:
 
 def regmix_runs(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, n_runs: int, budget_tokens: int, *,
                 order: int = 5, max_grams: int | None = None, max_epochs: float = 4.0, seed: int = 0,
-                progress: bool = False, on_run: Callable[[int, np.ndarray, float], None] | None = None) -> dict:
+                max_target_bytes: int | None = 2_000_000, progress: bool = False,
+                on_run: Callable[[int, np.ndarray, float], None] | None = None) -> dict:
     """RegMix steps 1-2 on n-gram proxies: ``n_runs`` mixtures within the epoch cap, a proxy each.
 
     Parameters
@@ -131,6 +148,9 @@ def regmix_runs(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, n_
     max_epochs : float
     seed : int
         Seeds the mixtures and the documents every run reads.
+    max_target_bytes : int, optional
+        Each target is scored on its first documents up to this many bytes (target streams are
+        seeded samples, so a prefix is one too; bounds the lookups' memory, ~40 bytes a byte).
     progress : bool
         A tqdm bar over the runs.
     on_run : callable, optional
@@ -148,6 +168,9 @@ def regmix_runs(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, n_
     n_runs = check_int(n_runs, "n_runs", low=2)
     several = isinstance(target_stream, Mapping)
     targets = _check_streams(target_stream if several else {"target": target_stream}, "target_stream")
+    if max_target_bytes is not None:
+        targets = {k: _document_prefix(v, check_int(max_target_bytes, "max_target_bytes", low=1))
+                   for k, v in targets.items()}
     t0 = time.perf_counter()
     proxies = ProxySet(streams, budget_tokens, order=order, max_grams=max_grams, seed=seed)
     if len(proxies.domains) < 2:
@@ -210,7 +233,8 @@ class DoremiRounds:
 def doremi_rounds(streams: Mapping[str, np.ndarray], valid_streams: Mapping[str, np.ndarray], budget_tokens: int, *,
                   rounds: int = 24, step_size: float | None = None, step_scale: float = 1.0,
                   smoothing: float = 1e-3, reference_weights: Mapping[str, float] | None = None, order: int = 5,
-                  max_grams: int | None = None, seed: int = 0, progress: bool = False) -> DoremiRounds:
+                  max_grams: int | None = None, seed: int = 0, max_valid_bytes: int | None = 500_000,
+                  progress: bool = False) -> DoremiRounds:
     """DoReMi by rounds on n-gram proxies (see the module docstring).
 
     Parameters
@@ -234,6 +258,8 @@ def doremi_rounds(streams: Mapping[str, np.ndarray], valid_streams: Mapping[str,
         Default: each domain's share of the training bytes.
     order, max_grams, seed :
         The n-gram proxies (:class:`ProxySet`).
+    max_valid_bytes : int, optional
+        Excess losses are measured on each domain's first held-out documents up to this many bytes.
     progress : bool
 
     Returns
@@ -256,6 +282,8 @@ def doremi_rounds(streams: Mapping[str, np.ndarray], valid_streams: Mapping[str,
     missing = [k for k in keys if k not in valid]
     if missing:
         raise ValueError(f"valid_streams lacks domains {missing[:5]}: every training domain needs held-out bytes")
+    if max_valid_bytes is not None:
+        valid = {d: _document_prefix(v, check_int(max_valid_bytes, "max_valid_bytes", low=1)) for d, v in valid.items()}
     k = len(keys)
     if reference_weights is None:
         ref_w = proxies.tokens / proxies.tokens.sum()

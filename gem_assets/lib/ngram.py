@@ -290,13 +290,13 @@ class Lookup:
 
 
 def _find(sorted_codes: np.ndarray, codes: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Index of each code in ``sorted_codes``, -1 where absent or not valid (int64)."""
+    """Index of each code in ``sorted_codes``, -1 where absent or not valid (int32: tables hold < 2**31)."""
     if sorted_codes.size == 0:
-        return np.full(codes.size, -1, dtype=np.int64)
+        return np.full(codes.size, -1, dtype=np.int32)
     i = np.searchsorted(sorted_codes, codes)
     i = np.minimum(i, sorted_codes.size - 1)
     hit = valid & (sorted_codes[i] == codes)
-    return np.where(hit, i, -1).astype(np.int64)
+    return np.where(hit, i, -1).astype(np.int32)
 
 
 def mixture_multiplicity(weights: np.ndarray, lengths: np.ndarray, budget_tokens: float) -> tuple[np.ndarray, np.ndarray]:
@@ -402,6 +402,30 @@ class CountIndex:
             counts.append(c[:u])
         return NGramLM(self._tables, counts)
 
+    def fit_segments(self, segments) -> NGramLM:
+        """The model of a weighted sample given as ``(start, stop, copies)`` runs of positions.
+
+        The same model as :meth:`fit_positions` with ``copies`` on every position of each run,
+        at a cost that follows the runs' total length, not the index's: a mixture at a budget B
+        reads about B positions however large the streams are.
+        """
+        counts = []
+        for n in range(1, self.order + 1):
+            u = self.n_grams[n - 1]
+            ids, w = [], []
+            for start, stop, copies in segments:
+                lo, hi = int(start) - (n - 1), int(stop) - (n - 1)   # the n-gram predicting q starts at q - n + 1
+                lo = max(lo, 0)
+                if hi > lo and copies > 0:
+                    ids.append(self._ids[n - 1][lo:hi])
+                    w.append(np.full(hi - lo, float(copies)))
+            if ids:
+                c = np.bincount(np.concatenate(ids), weights=np.concatenate(w), minlength=u + 1)[:u]
+            else:
+                c = np.zeros(u)
+            counts.append(c)
+        return NGramLM(self._tables, counts)
+
     def positions(self, domain: str) -> slice:
         """The positions of one domain's bytes."""
         k = self.domains.index(str(domain))
@@ -415,12 +439,13 @@ class CountIndex:
             m[self.positions(d)] = 1.0
         return self.fit_positions(m)
 
-    def multiplicity(self, weights, budget_tokens: float, offsets: np.ndarray | None = None) -> np.ndarray:
-        """Per-position multiplicity of a mixture at a token budget (:func:`mixture_multiplicity`).
+    def segments(self, weights, budget_tokens: float, offsets: np.ndarray | None = None) -> list[tuple[int, int, int]]:
+        """The ``(start, stop, copies)`` runs of positions a mixture at a token budget reads.
 
-        ``offsets`` (K,) starts each domain's partial pass at that byte instead of at 0, wrapping
-        around the end of its stream: with the streams in a seeded document order, a seeded
-        offset is a fresh uniform draw of the domain's documents (see :meth:`seeded_offsets`).
+        Domain k is read ``floor(a_k)`` whole times, then ``prefix_k`` more bytes
+        (:func:`mixture_multiplicity`) starting at ``offsets[k]`` and wrapping around the end of
+        its stream: with the streams in a seeded document order, a seeded offset is a fresh
+        uniform draw of the domain's documents (see :meth:`seeded_offsets`).
         """
         w = self._weight_vector(weights)
         full, prefix = mixture_multiplicity(w, self.lengths, budget_tokens)
@@ -429,16 +454,25 @@ class CountIndex:
         offsets = np.asarray(offsets, dtype=np.int64)
         if offsets.shape != (len(self.domains),) or np.any(offsets < 0):
             raise ValueError(f"offsets must be {len(self.domains)} non-negative byte offsets, got {offsets.tolist()}")
-        m = np.zeros(self._positions)
+        out = []
         for k, d in enumerate(self.domains):
             sl = self.positions(d)
-            m[sl] = full[k]
             n, r = int(self.lengths[k]), int(prefix[k])
+            if full[k]:
+                out.append((sl.start, sl.stop, int(full[k])))
             if r:
                 o = int(offsets[k]) % n
                 first = min(r, n - o)
-                m[sl.start + o:sl.start + o + first] += 1.0
-                m[sl.start:sl.start + r - first] += 1.0           # the wrap-around
+                out.append((sl.start + o, sl.start + o + first, 1))
+                if r > first:
+                    out.append((sl.start, sl.start + r - first, 1))      # the wrap-around
+        return out
+
+    def multiplicity(self, weights, budget_tokens: float, offsets: np.ndarray | None = None) -> np.ndarray:
+        """Per-position multiplicity of a mixture at a token budget (the runs of :meth:`segments`)."""
+        m = np.zeros(self._positions)
+        for start, stop, copies in self.segments(weights, budget_tokens, offsets):
+            m[start:stop] += copies
         return m
 
     def seeded_offsets(self, seed: int) -> np.ndarray:
@@ -456,9 +490,9 @@ class CountIndex:
         budget_tokens : float
             Bytes the model trains on; see :func:`mixture_multiplicity`.
         offsets : numpy.ndarray of int, shape (K,), optional
-            Where each domain's partial pass starts (:meth:`multiplicity`).
+            Where each domain's partial pass starts (:meth:`segments`).
         """
-        return self.fit_positions(self.multiplicity(weights, budget_tokens, offsets))
+        return self.fit_segments(self.segments(weights, budget_tokens, offsets))
 
     def lookup(self, stream) -> Lookup:
         """The ids of ``stream``'s n-grams in this index's tables, to score many of its models fast."""

@@ -162,12 +162,17 @@ class MixtureRegressor:
         out-of-fold Spearman (:func:`auto_kind`).
     random_state : int
         Seed of the boosted trees.
+    kernel : sklearn kernel, optional
+        ``kind="gp"`` only: fixed kernel hyperparameters (e.g. ``model_.kernel_`` of a fit on all
+        runs, which cross-validation reuses: the out-of-fold predictions then refit everything
+        but the K + 2 kernel hyperparameters).
     """
 
-    def __init__(self, kind: str = "auto", random_state: int = 0):
+    def __init__(self, kind: str = "auto", random_state: int = 0, kernel=None):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         self.kind = kind
+        self.kernel = kernel
         self.random_state = check_int(random_state, "random_state", low=0)
         self.model_ = None
         self.kind_ = None
@@ -203,9 +208,12 @@ class MixtureRegressor:
             from sklearn.gaussian_process import GaussianProcessRegressor
             from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
-            kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(np.ones(W.shape[1]), (1e-2, 1e3))
-                      + WhiteKernel(1e-2, (1e-8, 1.0)))
-            model = GaussianProcessRegressor(kernel, normalize_y=True, random_state=self.random_state)
+            if self.kernel is not None:   # hyperparameters given: no marginal-likelihood search
+                model = GaussianProcessRegressor(self.kernel, normalize_y=True, optimizer=None)
+            else:
+                kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(np.ones(W.shape[1]), (1e-2, 1e3))
+                          + WhiteKernel(1e-2, (1e-8, 1.0)))
+                model = GaussianProcessRegressor(kernel, normalize_y=True, random_state=self.random_state)
             with warnings.catch_warnings():   # length scales at their bounds are a result, not a failure
                 warnings.simplefilter("ignore")
                 self.model_ = model.fit(W, y)
@@ -301,9 +309,12 @@ def cv_spearman(W: np.ndarray, y: np.ndarray, kind: str = "auto", folds: int = 5
         return scores[best]
     assign = np.random.default_rng(seed).permutation(m) % folds
     pred = np.empty(m)
+    kernel = None
+    if kind == "gp":   # the kernel's K + 2 hyperparameters are fitted once, on all runs; each fold refits the rest
+        kernel = MixtureRegressor("gp", random_state=seed).fit(W, y).model_.kernel_
     for f in range(folds):
         test = assign == f
-        reg = MixtureRegressor(kind, random_state=seed).fit(W[~test], y[~test])
+        reg = MixtureRegressor(kind, random_state=seed, kernel=kernel).fit(W[~test], y[~test])
         pred[test] = reg.predict(W[test])
     rho = spearmanr(pred, y).statistic
     return float(rho) if np.isfinite(rho) else float("nan")
