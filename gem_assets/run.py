@@ -406,12 +406,20 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
     if eval_path.is_file() and (layout.evaluation_dir / "results.csv").is_file():
         import polars as pl
 
-        table = storage.read_csv(layout.evaluation_dir / "results.csv")
+        table = storage.read_csv(layout.evaluation_dir / "results.csv").filter(pl.col("target") == "all")
         best = table.sort("bpb_target").row(0, named=True)
         gem = table.filter(pl.col("bucketization") == "gem").sort("bpb_target")
         gem_best = f"; best GEM pair gem/{gem['mixer'][0]} {gem['bpb_target'][0]:.4f}" if gem.height else ""
-        p(f"evaluation  {summary.get('evaluation')}: {table.height} bucketization x mixer pairs, best "
-          f"{best['bucketization']}/{best['mixer']} {best['bpb_target']:.4f} held-out bits per byte{gem_best} "
+        diffs = layout.evaluation_dir / "differences.csv"
+        km = ""
+        if diffs.is_file():
+            d = storage.read_csv(diffs).filter((pl.col("versus") == "kmeans")
+                                               & pl.col("target").is_in(["all", "mean_of_sources"]))
+            if d.height:
+                km = "; GEM - k-means " + ", ".join(f"{r['target']}/{r['mixer']} {r['difference']:+.4f} "
+                                                    f"(+-{r['half_width']:.4f})" for r in d.iter_rows(named=True))
+        p(f"evaluation  {summary.get('evaluation')}: {table.height} bucketization x mixer pairs on target 'all', best "
+          f"{best['bucketization']}/{best['mixer']} {best['bpb_target']:.4f} held-out bits per byte{gem_best}{km} "
           f"({layout.evaluation_dir / 'results.md'})")
     elif summary.get("evaluation"):
         p(f"evaluation  {summary['evaluation']}")

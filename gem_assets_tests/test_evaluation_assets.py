@@ -40,35 +40,37 @@ def test_mixture_evaluation_smoke_end_to_end(tiny_corpus, gem_home, instance):
     for name in ("results.csv", "runs.csv", "differences.csv", "results.md", "bpb.png", "weights.json", "summary.json"):
         assert (out / name).is_file(), name
 
-    # the table: every pair, n seeds, finite bits per byte, intervals around the mean
+    # the table: every (bucketization, mixer, target), n seeds, finite bits per byte, intervals around the mean
     table = pl.read_csv(out / "results.csv")
-    assert table.height == len(BUCKETIZATIONS) * len(MIXERS)
-    assert set(table.select("bucketization", "mixer").rows()) == {(b, m) for b in BUCKETIZATIONS for m in MIXERS}
+    targets = ["all", "food", "money", "sport", "tech"]      # (a) the whole held-out set, (b) each source in turn
+    assert set(table["target"]) == set(targets) | {"mean_of_sources"}
+    assert set(table.select("bucketization", "mixer", "target").rows()) == {
+        (b, m, t) for b in BUCKETIZATIONS for m in MIXERS for t in targets + ["mean_of_sources"]}
     assert table["seeds"].to_list() == [n_seeds] * table.height
-    streams = ["target", "food", "money", "sport", "tech"]   # the whole target set, then each source label
-    for s in streams:
-        mean, low, high = (table[f"bpb_{s}{x}"].to_numpy() for x in ("", "_low", "_high"))
-        assert np.all(np.isfinite(mean)) and np.all(mean > 0) and np.all(np.isfinite([low, high]))
-        assert np.all(low <= mean) and np.all(mean <= high)
-        # an untrained byte model is near log2(256) = 8 bits; a few steps cannot be far from it
-        assert np.all(mean < 9.0)
+    mean, low, high = (table[f"bpb_target{x}"].to_numpy() for x in ("", "_low", "_high"))
+    assert np.all(np.isfinite(mean)) and np.all(mean > 0) and np.all(np.isfinite([low, high]))
+    assert np.all(low <= mean) and np.all(mean <= high)
+    assert np.all(mean < 8.0)      # n-gram models of a few kB still beat a uniform byte guess
     assert table.filter(pl.col("bucketization") == "source")["domains"].unique().to_list() == [4]
 
     runs = pl.read_csv(out / "runs.csv")
-    assert runs.height == table.height * n_seeds
-    target_cfg = dict(prof.eval_target_config)
-    assert runs["tokens"].unique().to_list() == [prof.eval_steps * prof.eval_batch_size * target_cfg["context"]]
-    # the table's means and intervals are those of the seeds
-    for r in table.iter_rows(named=True):
-        ys = runs.filter((pl.col("bucketization") == r["bucketization"]) & (pl.col("mixer") == r["mixer"]))["bpb_target"]
-        assert sorted(runs.filter(pl.col("bucketization") == r["bucketization"])["seed"].unique().to_list()) == \
-            list(range(n_seeds))
-        assert math.isclose(r["bpb_target"], ys.mean(), rel_tol=1e-12)
+    assert runs.height == len(BUCKETIZATIONS) * len(MIXERS) * len(targets) * n_seeds
+    budget = settings.evaluation_params()["budget_tokens"]
+    assert runs["tokens"].max() <= budget and runs["tokens"].min() > 0.9 * budget
+    # the table's means are those of the seeds
+    for r in table.filter(pl.col("target") != "mean_of_sources").iter_rows(named=True):
+        ys = runs.filter((pl.col("bucketization") == r["bucketization"]) & (pl.col("mixer") == r["mixer"])
+                         & (pl.col("target") == r["target"]))["bpb"]
+        assert ys.len() == n_seeds and math.isclose(r["bpb_target"], ys.mean(), rel_tol=1e-12)
+    diffs = pl.read_csv(out / "differences.csv")
+    assert {"target", "mixer", "versus", "seeds", "difference", "low", "high"} <= set(diffs.columns)
+    assert set(diffs["versus"]) == {"source", "kmeans"} and set(diffs["target"]) == set(targets) | {"mean_of_sources"}
 
     weights = storage.read_json(out / "weights.json")
     for b in BUCKETIZATIONS:
         for m in MIXERS:
-            assert math.isclose(sum(weights["weights"][b][m].values()), 1.0, rel_tol=1e-9)
+            for t in targets:
+                assert math.isclose(sum(weights["weights"][b][m][t].values()), 1.0, rel_tol=1e-9)
     summary = storage.read_json(out / "summary.json")
     c = summary["counts"]
     assert c["target"] + c["select"] + c["fit"] + c["unusable"] + c["capped"] == c["documents"] == 120
@@ -80,7 +82,7 @@ def test_mixture_evaluation_smoke_end_to_end(tiny_corpus, gem_home, instance):
     md = _md(result, "mixture_evaluation")
     assert md["n_target_models"] == runs.height
     assert md["bpb_chart"].startswith("![held-out bits per byte](data:image/png;base64,")
-    assert "| source | natural | 4 | " in md["results"] and "GEM minus the other bucketization" in md["results"]
+    assert "| all | source | natural | 4 | " in md["results"] and "GEM minus each other bucketization" in md["results"]
     assert md["mlflow_status"] == "logged"
     assert md["input_fingerprint"] == summary["fingerprint"]
 
@@ -88,9 +90,9 @@ def test_mixture_evaluation_smoke_end_to_end(tiny_corpus, gem_home, instance):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{gem_home / 'mlflow.db'}")
     run = client.get_run(md["mlflow_run_id"])
-    assert math.isclose(run.data.metrics["final_bpb_target/gem/uniform"],
-                        table.filter((pl.col("bucketization") == "gem") & (pl.col("mixer") == "uniform"))["bpb_target"][0],
-                        rel_tol=1e-9)
+    assert math.isclose(run.data.metrics["final_bpb/all/gem/uniform"],
+                        table.filter((pl.col("bucketization") == "gem") & (pl.col("mixer") == "uniform")
+                                     & (pl.col("target") == "all"))["bpb_target"][0], rel_tol=1e-9)
     assert {a.path for a in client.list_artifacts(md["mlflow_run_id"])} >= {"results.csv", "results.md", "bpb.png"}
 
     # make run's view: up to date now; stale when an evaluation parameter changes
@@ -112,33 +114,35 @@ def test_make_run_ends_with_the_evaluation_and_reruns_nothing(tiny_corpus, gem_h
     assert not first["failed"] and first["evaluation"] == "computed"
     text = buf.getvalue()
     assert "evaluation: never materialized -> mixture_evaluation" in text
-    assert "evaluation  computed: 12 bucketization x mixer pairs, best " in text and "best GEM pair gem/" in text
+    assert "evaluation  computed: 12 bucketization x mixer pairs on target 'all', best " in text
+    assert "best GEM pair gem/" in text and "GEM - k-means all/natural" in text
     summary = gem_home / "outputs" / "evaluation" / "summary.json"
     mtime = summary.stat().st_mtime_ns
     second = run_pipeline(defs, instance, out=io.StringIO())
     assert second["evaluation"] == "up to date" and summary.stat().st_mtime_ns == mtime
 
 
-def test_checks_fail_on_a_missing_pair_a_short_seed_a_budget_mismatch_or_lost_documents():
+def test_checks_fail_on_a_missing_group_a_short_seed_a_budget_overrun_or_lost_documents():
     from gem_assets.defs.evaluation import _checks
     from gem_assets.lib.evaluation import summarize
 
-    rows = [{"bucketization": b, "mixer": m, "seed": s, "domains": 2, "tokens": 100, "train_seconds": 0.1,
-             "bpb_target": 3.0 + 0.01 * s} for b in ("kmeans", "gem") for m in ("natural", "uniform") for s in range(3)]
+    mixers = ("natural", "uniform")
+    rows = [{"bucketization": b, "mixer": m, "target": t, "seed": s, "domains": 2, "tokens": 95, "unique_documents": 5,
+             "train_seconds": 0.1, "bpb": 3.0 + 0.01 * s}
+            for b in ("kmeans", "gem") for m in mixers for t in ("all", "tech") for s in range(3)]
     runs = pl.DataFrame(rows)
     counts = {"documents": 10, "target": 2, "select": 1, "fit": 7, "unusable": 0}
-    ok = {c.check_name: c.passed for c in _checks(runs, summarize(runs), counts, 3, ("natural", "uniform"))}
-    assert ok == {"table_complete": True, "same_budget": True, "target_held_out": True}
 
-    missing = runs.filter(~((pl.col("bucketization") == "gem") & (pl.col("mixer") == "uniform")))
-    res = {c.check_name: c.passed for c in _checks(missing, summarize(missing), counts, 3, ("natural", "uniform"))}
-    assert res["table_complete"] is False
+    def passed(r, c=counts, budget=100, max_doc=10):
+        return {x.check_name: x.passed for x in _checks(r, summarize(r), c, 3, mixers, budget, max_doc)}
+
+    assert passed(runs) == {"table_complete": True, "same_budget": True, "target_held_out": True}
+    missing = runs.filter(~((pl.col("bucketization") == "gem") & (pl.col("mixer") == "uniform")
+                            & (pl.col("target") == "tech")))
+    assert passed(missing)["table_complete"] is False
     short = runs.filter(~((pl.col("bucketization") == "gem") & (pl.col("seed") == 2)))
-    assert {c.check_name: c.passed for c in _checks(short, summarize(short), counts, 3, ("natural", "uniform"))}[
-        "table_complete"] is False
-    budget = runs.with_columns(pl.when(pl.col("seed") == 1).then(200).otherwise(pl.col("tokens")).alias("tokens"))
-    assert {c.check_name: c.passed for c in _checks(budget, summarize(budget), counts, 3, ("natural", "uniform"))}[
-        "same_budget"] is False
-    lost = {**counts, "fit": 6}
-    assert {c.check_name: c.passed for c in _checks(runs, summarize(runs), lost, 3, ("natural", "uniform"))}[
-        "target_held_out"] is False
+    assert passed(short)["table_complete"] is False
+    over = runs.with_columns(pl.when(pl.col("seed") == 1).then(101).otherwise(pl.col("tokens")).alias("tokens"))
+    assert passed(over)["same_budget"] is False                       # more than the budget
+    assert passed(runs, budget=200)["same_budget"] is False            # far less than the budget: 95 < 200 - 2 * 10
+    assert passed(runs, c={**counts, "fit": 6})["target_held_out"] is False

@@ -3,14 +3,14 @@
 Holds out a seeded target set of the whole corpus, buckets the remaining documents three
 ways (source labels, Euclidean k-means with GEM's K, GEM's student domains), computes the
 weights of four mixers (natural shares, uniform, DoReMi, RegMix) on each, trains target
-language models larger than the proxies on every mixture with several seeds at one token
-budget, and reports held-out bits per byte with Student-t intervals
-(``lib/evaluation.py``). Written to ``outputs/evaluation/``.
+language models on a fresh draw of every mixture's documents for each seed at one token
+budget, and reports held-out bits per byte with Student-t intervals for two settings: the
+held-out documents of the whole corpus (``all``) and each source in turn (``lib/evaluation.py``).
+Written to ``outputs/evaluation/``.
 
 Fingerprint (recorded in metadata and ``summary.json``, used by ``make run``): the
 documents, embeddings and assignments fingerprints of every shard, the teacher sample's,
-the student's, the evaluation parameters, and the GEM weights reused from the mixing
-assets (if any).
+the student's and the evaluation parameters.
 """
 
 from dagster import (
@@ -37,9 +37,10 @@ __all__ = ["mixture_evaluation", "evaluation_fingerprint", "evaluation_state", "
 EVALUATION_EXPERIMENT = "gem-evaluation"
 
 EVALUATION_CHECKS = {
-    "table_complete": "Every (bucketization, mixer) pair has a row with the profile's number of seeds, finite "
+    "table_complete": "Every (bucketization, mixer, target) has a row with the profile's number of seeds, finite "
                       "positive bits per byte, and an interval that contains its mean.",
-    "same_budget": "Every target model was trained on the same number of tokens.",
+    "same_budget": "Every target model trained on at most the token budget, and on no less than the budget minus "
+                   "one document per domain (samples are whole documents).",
     "target_held_out": "The held-out target set, the weight-selection set and the training documents are disjoint "
                        "and together make up the corpus.",
 }
@@ -73,16 +74,30 @@ def evaluation_fingerprint(settings: Settings, inputs: dict, reused: dict | None
 
 
 def _config(settings: Settings):
+    """The evaluation's configuration from the profile: n-gram target models and proxies on a CPU,
+    transformers where ``GEM_PROXY`` resolves to ``transformer`` (a CUDA GPU by default)."""
+    from gem_assets.lib.eval_backends import MixerSettings
     from gem_assets.lib.evaluation import EvaluationConfig
     from gem_assets.lib.lm import LMConfig
 
     p = settings.evaluation_params()
-    return EvaluationConfig(
-        target=LMConfig(**p["target_config"]), proxy=LMConfig(**p["proxy_config"]), steps=p["steps"],
-        seeds=tuple(p["seeds"]), batch_size=p["batch_size"], doremi_steps=p["doremi_steps"],
-        regmix_runs=p["regmix_runs"], regmix_steps=p["regmix_steps"], proxy_batch_size=p["batch_size"],
-        max_eval_tokens=p["max_eval_tokens"], seed=p["seed"], device="auto",
-    )
+    transformer = None
+    budget = p["budget_tokens"]
+    if p["proxy"] == "transformer":
+        target = LMConfig(**p["target_config"])
+        transformer = {"config": target, "steps": p["steps"], "batch_size": p["batch_size"], "lr": 3e-3,
+                       "device": "auto", "max_eval_tokens": p["max_eval_tokens"]}
+    mixing = MixerSettings(
+        proxy=p["proxy"], proxy_tokens=p["proxy_tokens"], regmix_runs=p["regmix_runs"],
+        doremi_rounds=p["doremi_rounds"], budget_tokens=budget, order=p["ngram_order"], max_epochs=p["max_epochs"],
+        seed=p["seed"],
+        transformer=None if p["proxy"] != "transformer" else {
+            "config": LMConfig(**p["proxy_config"]), "doremi_steps": p["doremi_steps"],
+            "regmix_steps": p["regmix_steps"], "batch_size": p["batch_size"], "lr": 3e-3, "device": "auto",
+            "eval_max_tokens": p["max_eval_tokens"]})
+    return EvaluationConfig(budget_tokens=budget, seeds=tuple(p["seeds"]), mixing=mixing, backend=p["proxy"],
+                            order=p["ngram_order"], max_epochs=p["max_epochs"], seed=p["seed"],
+                            transformer=transformer, device="auto")
 
 
 @asset(
@@ -138,7 +153,7 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
     png = lib.bpb_chart(table, confidence=config.confidence)
     out = layout.evaluation_dir
     record = {"fingerprint": fp, "params": params, "counts": evaluation.counts, "buckets": evaluation.bucket_counts,
-              "streams": res.stream_bytes, "weight_sources": res.weight_sources, "seconds": res.seconds,
+              "targets": res.target_bytes, "config": config.params(), "seconds": res.seconds,
               "student_fingerprint": inputs["student"], "profile": settings.profile}
     with storage.atomic_dir(out) as tmp:
         table.write_csv(tmp / "results.csv")
@@ -151,7 +166,9 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
 
     tracker = MlflowTracker(tracking_uri=mlflow.tracking_uri, experiment=EVALUATION_EXPERIMENT,
                             enabled=mlflow.enabled, on_error=mlflow.on_error, probe_timeout_s=mlflow.probe_timeout_s)
-    final = {f"bpb_target/{r['bucketization']}/{r['mixer']}": r["bpb_target"] for r in table.iter_rows(named=True)}
+    final = {f"bpb/{r['target']}/{r['bucketization']}/{r['mixer']}": r["bpb_target"] for r in table.iter_rows(named=True)}
+    final.update({f"gem_minus/{r['versus']}/{r['target']}/{r['mixer']}": r["difference"]
+                  for r in evaluation.differences.iter_rows(named=True)})
     outcome = tracker.log_fit(
         layout, run_name=f"evaluation-{context.run.run_id[:8]}",
         params={**{k: v for k, v in params.items() if k != "kmeans"}, **evaluation.counts, "fingerprint": fp},
@@ -163,16 +180,21 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
         log=context.log,
     )
 
-    checks = _checks(res.runs, table, evaluation.counts, len(config.seeds), config.mixers)
-    best = table.sort("bpb_target").row(0, named=True)
-    md_table = table.select("bucketization", "mixer", "seeds", *[pl.col(c).round(4) for c in (
+    checks = _checks(res.runs, table, evaluation.counts, len(config.seeds), config.mixers, config.budget_tokens,
+                     res.max_document_tokens)
+    best = table.filter(pl.col("target") == lib.ALL).sort("bpb_target").row(0, named=True)
+    md_table = table.select("target", "bucketization", "mixer", "seeds", *[pl.col(c).round(4) for c in (
         "bpb_target", "bpb_target_low", "bpb_target_high")])
+    km = evaluation.differences.filter(pl.col("versus") == "kmeans")
     return MaterializeResult(
         metadata={
             "results": MetadataValue.md(report),
             "table": MetadataValue.md(markdown_table(md_table)),
             "bpb_chart": MetadataValue.md(plots.markdown_image(png, "held-out bits per byte")),
-            "best_pair": f"{best['bucketization']}/{best['mixer']} ({best['bpb_target']:.4f} bpb)",
+            "best_pair": f"{best['bucketization']}/{best['mixer']} ({best['bpb_target']:.4f} bpb on all)",
+            "gem_minus_kmeans_max_half_width": float(km["half_width"].max()) if km.height else float("nan"),
+            "targets": MetadataValue.json(res.target_bytes),
+            "proxy": config.backend,
             "n_target_models": res.runs.height,
             "tokens_per_model": int(res.runs["tokens"].max()),
             "documents": MetadataValue.json(evaluation.counts),
@@ -187,25 +209,29 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
     )
 
 
-def _checks(runs, table, counts: dict, n_seeds: int, mixers) -> list[AssetCheckResult]:
+def _checks(runs, table, counts: dict, n_seeds: int, mixers, budget: int, max_doc: int) -> list[AssetCheckResult]:
     import numpy as np
 
-    pairs = {(b, m) for b in runs["bucketization"].unique().to_list() for m in mixers}
-    seen = dict(zip(zip(table["bucketization"].to_list(), table["mixer"].to_list()), table["seeds"].to_list()))
-    bpb = [c for c in runs.columns if c.startswith("bpb_")]
-    values = runs.select(bpb).to_numpy()
+    targets = runs["target"].unique().to_list()
+    groups = {(b, m, t) for b in runs["bucketization"].unique().to_list() for m in mixers for t in targets}
+    seen = {(r["bucketization"], r["mixer"], r["target"]): r["seeds"] for r in table.iter_rows(named=True)
+            if r["target"] in targets}
+    values = runs["bpb"].to_numpy()
     contains = bool(((table["bpb_target_low"] <= table["bpb_target"]) & (table["bpb_target"] <= table["bpb_target_high"])).all())
-    complete = set(seen) == pairs and all(v == n_seeds for v in seen.values()) and bool(
+    complete = set(seen) == groups and all(v == n_seeds for v in seen.values()) and bool(
         np.all(np.isfinite(values)) and np.all(values > 0)) and contains
-    tokens = runs["tokens"].unique().to_list()
+    lo, hi = int(runs["tokens"].min()), int(runs["tokens"].max())
+    floor = budget - int(runs["domains"].max()) * max_doc
     parts = counts["target"] + counts["select"] + counts["fit"] + counts["unusable"] + counts.get("capped", 0)
     return [
         AssetCheckResult(check_name="table_complete", passed=complete,
-                         metadata={"pairs": len(seen), "expected_pairs": len(pairs), "seeds": n_seeds},
-                         description=f"{len(seen)} of {len(pairs)} pairs, {n_seeds} seeds each expected"),
-        AssetCheckResult(check_name="same_budget", passed=len(tokens) == 1,
-                         metadata={"tokens": MetadataValue.json(sorted(tokens))},
-                         description=f"tokens per target model: {sorted(tokens)}"),
+                         metadata={"groups": len(seen), "expected_groups": len(groups), "seeds": n_seeds},
+                         description=f"{len(seen)} of {len(groups)} (bucketization, mixer, target) groups, "
+                         f"{n_seeds} seeds each expected"),
+        AssetCheckResult(check_name="same_budget", passed=hi <= budget and lo >= floor,
+                         metadata={"min_tokens": lo, "max_tokens": hi, "budget": budget, "floor": floor},
+                         description=f"tokens per target model in [{lo}, {hi}] for a budget of {budget} "
+                         f"(floor {floor}: one document per domain short)"),
         AssetCheckResult(check_name="target_held_out", passed=parts == counts["documents"] and counts["target"] > 0,
                          metadata={k: int(v) for k, v in counts.items()},
                          description=f"{counts['target']} target + {counts['select']} selection + {counts['fit']} "
