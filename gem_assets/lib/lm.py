@@ -1,4 +1,4 @@
-"""Proxy language models: a compact causal transformer over bytes (DESIGN.md section 5).
+"""Proxy language models: a compact causal transformer over bytes.
 
 Mixture optimizers (DoReMi, RegMix) and the mixture evaluation train many small language models
 on byte streams, one stream per domain. Working on bytes (vocabulary 256) needs no tokenizer and
@@ -22,6 +22,9 @@ at the start, so a domain shorter than the context still yields full rows (its d
 separated by a separator byte, see ``lib/mixture.py``, so the wrap joins two documents as the
 stream does everywhere else).
 
+With ``stratified=True`` every domain is in every batch: each of the K domains gets
+``floor(B / K)`` or ``ceil(B / K)`` rows (DoReMi's proxy batches, ``lib/doremi.py``).
+
 Training
 --------
 AdamW (betas 0.9/0.95, no weight decay), linear warm-up over the first 5% of steps then cosine
@@ -29,6 +32,14 @@ decay to 10% of ``lr``, gradient clipping at norm 1. Seeded: ``torch.manual_seed
 the initial weights and a ``numpy.random.Generator(seed)`` the batches; on CPU
 ``torch.use_deterministic_algorithms`` is switched on for the duration (and restored), so the
 same seed, data and thread count give the same weights and losses.
+
+Many models at once
+-------------------
+:func:`train_lm_batch` trains M models of one shape, one per mixture, as one computation: the
+parameters are stacked with a leading model dimension and the forward pass is written with
+batched matrix products (:func:`batched_logits`); model m follows the recipe above with its own
+seed and mixture (the same as training it alone, up to floating-point rounding).
+:func:`evaluate_bpb_batch` scores M models on the same windows.
 
 Evaluation
 ----------
