@@ -113,8 +113,10 @@ def test_regressor_auto_kind_and_bad_input():
 def test_cv_spearman_high_on_a_linear_signal_and_low_on_noise():
     W, y, _ = _linear_runs(m=80)
     assert cv_spearman(W, y, "linear") > 0.95
-    noise = np.random.default_rng(3).standard_normal(80)
-    assert abs(cv_spearman(W, noise, "linear")) < 0.4
+    # on pure noise the out-of-fold correlation is ~0 (slightly negative: each fold's fit leans away
+    # from its held-out points), with a spread of ~0.16 per draw at 80 runs: averaged over 10 draws
+    rho = [cv_spearman(W, np.random.default_rng(s).standard_normal(80), "linear") for s in range(10)]
+    assert abs(np.mean(rho)) < 0.3
 
 
 def test_run_regmix_end_to_end():

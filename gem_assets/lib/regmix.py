@@ -6,13 +6,15 @@ Procedure
 ---------
 1. Draw M mixtures (:func:`sample_mixtures`): prior p = shares^temperature / sum (temperature 0.5
    by default), a strength s log-uniform in ``strength_range`` (default [0.1, 5]) per mixture, and
-   w ~ Dirichlet(p * s). With token counts n_k and the proxy run's token budget B, a mixture is
-   rejected when some domain would be read more than ``max_epochs`` times (w_k B > max_epochs n_k).
+   w ~ Dirichlet(p * s). With token counts n_k and the proxy run's token budget B, no domain may
+   be read more than ``max_epochs`` times (w_k B <= max_epochs n_k): each draw is mapped onto that
+   capped simplex by its KL projection (:func:`project_to_cap`; over-cap domains cut to their cap,
+   the excess spread over the others in proportion to their weight), so any number of domains works.
 2. Train one proxy model per mixture (same seed, same steps: only the mixture changes) and record
    its loss (bits per byte) on the target stream.
 3. Fit a regressor from mixture to loss (:class:`MixtureRegressor`).
-4. Score ``n_simulations`` further mixtures drawn the same way (so within the same epoch cap),
-   keep the ``top_k`` with the *lowest* predicted loss and output their mean. The mean of
+4. Score ``n_simulations`` further mixtures drawn the same way (so within the same epoch cap), in
+   chunks, keep the ``top_k`` with the *lowest* predicted loss and output their mean. The mean of
    mixtures that respect the cap respects it too (the cap is a convex constraint).
 
 Regressor choice
@@ -40,8 +42,8 @@ import numpy as np
 from ._checks import check_float, check_int
 from .lm import LMConfig, _check_training, check_streams, evaluate_bpb, train_lm
 
-__all__ = ["sample_mixtures", "MixtureRegressor", "propose_mixture", "cv_spearman", "auto_kind", "RegmixResult",
-           "proxy_runs", "fit_and_propose", "run_regmix", "AUTO_MIN_RUNS", "KINDS"]
+__all__ = ["sample_mixtures", "project_to_cap", "MixtureRegressor", "propose_mixture", "cv_spearman", "auto_kind",
+           "RegmixResult", "proxy_runs", "fit_and_propose", "run_regmix", "AUTO_MIN_RUNS", "KINDS"]
 
 #: With ``kind="auto"``, boosted trees are a candidate from this many runs on.
 AUTO_MIN_RUNS = 64
@@ -60,8 +62,8 @@ def _check_prior(prior) -> np.ndarray:
 
 def sample_mixtures(prior: np.ndarray, n: int, rng: np.random.Generator, temperature: float = 0.5,
                     strength_range=(0.1, 5.0), tokens_per_domain: np.ndarray | None = None,
-                    budget_tokens: float | None = None, max_epochs: float = 4.0, max_tries: int = 1000) -> np.ndarray:
-    """Draw mixtures from Dirichlet(prior^temperature * s), s log-uniform, within an epoch cap.
+                    budget_tokens: float | None = None, max_epochs: float = 4.0) -> np.ndarray:
+    """Draw mixtures from Dirichlet(prior^temperature * s), s log-uniform, mapped into an epoch cap.
 
     Parameters
     ----------
@@ -70,6 +72,8 @@ def sample_mixtures(prior: np.ndarray, n: int, rng: np.random.Generator, tempera
     n : int
         Mixtures wanted.
     rng : numpy.random.Generator
+        Source of the draws: the same seed gives the same mixtures (and the first rows of a larger
+        ``n`` are the mixtures of a smaller one).
     temperature : float
         Exponent on the shares (> 0; 0.5 flattens them towards uniform).
     strength_range : (float, float)
@@ -79,74 +83,268 @@ def sample_mixtures(prior: np.ndarray, n: int, rng: np.random.Generator, tempera
     budget_tokens : float, optional
         Tokens a run trains on.
     max_epochs : float
-        Cap on w_k * budget / tokens_k.
-    max_tries : int
-        Rounds of rejection sampling (each draws ``2 n`` candidates) before giving up.
+        Cap on w_k * budget / tokens_k (> 0).
 
     Returns
     -------
     numpy.ndarray, shape (n, K)
-        Rows on the simplex.
+        Rows on the simplex (float64), within the epoch cap when one is given.
+
+    Raises
+    ------
+    ValueError
+        On invalid arguments, or when the cap admits no mixture: the prior's domains cannot
+        absorb the budget, sum_k max_epochs * tokens_k < budget over the domains with prior > 0.
+
+    Notes
+    -----
+    With a = p^T / sum_j p_j^T over the domains with p_k > 0 (T the temperature), each row is
+    drawn as::
+
+        s ~ LogUniform(low, high),   w ~ Dirichlet(a * s)          # E[w] = a whatever s
+
+    Small s gives mixtures concentrated on a few domains, large s mixtures close to a. Without a
+    cap, w is the mixture. With a cap c_k = max_epochs * tokens_k / budget, w is mapped onto the
+    capped simplex C = {q : 0 <= q_k <= c_k, sum_k q_k = 1} by its information projection
+    (:func:`project_to_cap`)::
+
+        q = argmin_{q in C} KL(q || w),   q_k = min(c_k, t * w_k),   t >= 1 such that sum_k q_k = 1
+
+    Domains over their cap are cut to it and the excess goes to the others in proportion to their
+    weight, so every draw lands in C (no rejection, whatever K) and a row already in C is kept as
+    it is. The mixtures stay spread around the prior: rows keep the Dirichlet's diversity, and
+    the mean moves from a only by the mass the cap moves.
+
+    The Dirichlet is drawn in log space (log G = log Gamma(a + 1) + log(U) / a for the gamma
+    variates), so rows of tiny a (large K, small s) keep the order of their domains' weights far
+    below the smallest float64, which the projection needs when it spreads a capped row's mass.
     """
-    p = _check_prior(prior)
+    sampler = _MixtureSampler(prior, temperature, strength_range, tokens_per_domain, budget_tokens, max_epochs)
     n = check_int(n, "n", low=1)
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng must be a numpy Generator, got {type(rng).__name__}")
-    t = check_float(temperature, "temperature", low=0.0, strict=True)
-    try:
-        lo, hi = (float(v) for v in strength_range)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"strength_range must be two numbers (low, high), got {strength_range!r}") from err
-    if not (0 < lo <= hi < np.inf):
-        raise ValueError(f"strength_range must satisfy 0 < low <= high, got {strength_range!r}")
-    max_tries = check_int(max_tries, "max_tries", low=1)
-    cap = None
-    if (tokens_per_domain is None) != (budget_tokens is None):
-        raise ValueError("pass both tokens_per_domain and budget_tokens for the epoch cap, or neither")
-    if tokens_per_domain is not None:
-        tok = np.asarray(tokens_per_domain, dtype=np.float64)
-        if tok.shape != p.shape or not np.all(np.isfinite(tok)) or np.any(tok < 0):
-            raise ValueError(f"tokens_per_domain must be {p.size} finite values >= 0, got {tok.tolist()}")
-        budget = check_float(budget_tokens, "budget_tokens", low=0.0, strict=True)
-        cap = check_float(max_epochs, "max_epochs", low=0.0, strict=True) * tok / budget  # max weight per domain
-        if cap.sum() < 1.0:
-            raise ValueError(f"the epoch cap admits no mixture: max_epochs * tokens = {float(cap.sum() * budget):.0f} "
-                             f"< budget {budget:.0f}; raise max_epochs or lower the budget")
-    alpha = np.where(p > 0, p ** t, 0.0)
-    alpha /= alpha.sum()
-    support = alpha > 0
-    out = np.empty((n, p.size))  # filled in place: the first n accepted candidates, in order
-    got = 0
-    for _ in range(max_tries):
-        m = 2 * n
-        s = np.exp(rng.uniform(np.log(lo), np.log(hi), size=m))
-        w = np.zeros((m, p.size))
-        w[:, support] = _dirichlet(alpha[support][None, :] * s[:, None], rng)
-        ok = np.isfinite(w).all(1) & (w.sum(1) > 0)
-        if cap is not None:
-            ok &= (w <= cap[None, :] + 1e-12).all(1)
-        take = np.flatnonzero(ok)[: n - got]
-        out[got:got + take.size] = w[take]
-        got += take.size
-        del w
-        if got >= n:
-            return out / out.sum(1, keepdims=True)
-    raise ValueError(f"only {got} of {n} mixtures passed the epoch cap in {max_tries} rounds: "
-                     "raise max_epochs, lower the budget or merge tiny domains")
+    return sampler.draw(n, sampler.streams(rng))
 
 
-def _dirichlet(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Rows ~ Dirichlet(alpha_row), via gamma variates in log space (stable for tiny alpha).
+def project_to_cap(w, cap) -> np.ndarray:
+    """Information (KL) projection of mixtures onto the capped simplex.
 
-    For a < 1, Gamma(a) = Gamma(a + 1) * U^(1/a), so log G = log Gamma(a + 1) + log(U) / a; the
-    rows are normalized with a log-sum-exp, so no row underflows to all zeros.
+    Parameters
+    ----------
+    w : array_like, shape (K,) or (m, K)
+        Non-negative weights, each row with a positive sum (rows need not be normalized: the
+        projection of a * w is the projection of w).
+    cap : array_like, shape (K,)
+        Finite caps c_k >= 0 with sum_k c_k >= 1.
+
+    Returns
+    -------
+    numpy.ndarray, same shape as w
+        q = argmin KL(q || w) over C = {q : 0 <= q_k <= c_k, sum_k q_k = 1}, float64.
+
+    Raises
+    ------
+    ValueError
+        If w or cap are malformed, a row of w sums to 0, or sum_k c_k < 1 (C is empty).
+
+    Notes
+    -----
+    The Lagrangian sum_k q_k log(q_k / w_k) + lam (sum_k q_k - 1) + sum_k mu_k (q_k - c_k), with
+    mu_k >= 0 only where q_k = c_k, is stationary at q_k = w_k exp(-1 - lam - mu_k), i.e.::
+
+        q_k = min(c_k, t * w_k),   f(t) = sum_k min(c_k, t * w_k) = 1
+
+    f is continuous, non-decreasing and piecewise linear in t with breakpoints r_k = c_k / w_k,
+    and f(1) <= sum_k w_k = 1 for a normalized row, so t >= 1 (a row within C keeps t = 1). Per
+    row, with the ratios sorted ascending, r_(1) <= ... <= r_(K), on [r_(i-1), r_(i)] the first
+    i - 1 domains sit at their cap::
+
+        f(t) = C_(<i) + t * S_(>=i),      C_(<i) = sum_{l<i} c_(l),   S_(>=i) = sum_{l>=i} w_(l)
+        f(r_(i)) = C_(<=i) + D_i,         D_i = r_(i) * S_(>i) = sum_{l>i} c_(l) * r_(i) / r_(l)
+
+    The first i with f(r_(i)) >= 1 holds the root: t = (1 - C_(<i)) / S_(>=i), with
+    S_(>=i) = (c_(i) + D_i) / r_(i). D is computed backwards, D_i = (r_(i) / r_(i+1)) *
+    (c_(i+1) + D_(i+1)), from log-ratios: every factor is <= 1, so nothing overflows or
+    underflows to a wrong t even when the weights of a row span hundreds of orders of magnitude.
+    All rows are sorted and solved at once (O(m K log K)); there is no per-row Python loop.
+
+    Where the domains with w_k > 0 cannot absorb the row's mass even at their caps
+    (sum_{w_k > 0} c_k < 1, so t would be infinite), they take their caps and the remaining mass
+    goes to the domains with w_k = 0 in proportion to their slack c_k. Domains with c_k = 0 get 0.
+
+    Examples
+    --------
+    >>> project_to_cap([0.7, 0.2, 0.1], [0.4, 0.5, 0.5])   # t = 2
+    array([0.4, 0.4, 0.2])
     """
-    g = rng.standard_gamma(alpha + 1.0)
-    u = rng.random(alpha.shape)
-    logg = np.log(g) + np.log(u) / alpha
-    logg -= logg.max(1, keepdims=True)
-    w = np.exp(logg)
-    return w / w.sum(1, keepdims=True)
+    W = np.asarray(w, dtype=np.float64)
+    one = W.ndim == 1
+    W2 = W[None, :] if one else W
+    if W2.ndim != 2 or W2.shape[1] < 1 or W2.shape[0] < 1:
+        raise ValueError(f"w must be (K,) or (m, K) with K >= 1 and m >= 1, got shape {W.shape}")
+    if not np.all(np.isfinite(W2)) or np.any(W2 < 0):
+        raise ValueError("w must hold finite weights >= 0")
+    tot = W2.sum(1)
+    if np.any(tot <= 0):
+        raise ValueError(f"every row of w needs a positive weight; rows {np.flatnonzero(tot <= 0)[:5].tolist()} "
+                         "sum to 0")
+    c = _check_cap(cap, W2.shape[1])
+    out = np.zeros_like(W2)
+    pos = c > 0
+    with np.errstate(divide="ignore"):
+        lw = np.log(W2[:, pos])
+    out[:, pos] = _project_log(lw, c[pos])
+    return out[0] if one else out
+
+
+def _check_cap(cap, K: int) -> np.ndarray:
+    c = np.asarray(cap, dtype=np.float64)
+    if c.shape != (K,) or not np.all(np.isfinite(c)) or np.any(c < 0):
+        raise ValueError(f"cap must be {K} finite values >= 0, got {np.asarray(cap).tolist()}")
+    if c.sum() < 1.0:
+        raise ValueError(f"the cap admits no mixture: sum of caps {float(c.sum()):.6g} < 1")
+    return c
+
+
+def _shift_rows(lw: np.ndarray) -> np.ndarray:
+    """Per-row maxima of log-weights, (m, 1), with 0 for rows of -inf only (all weights 0)."""
+    mx = lw.max(1, keepdims=True)
+    return np.where(np.isfinite(mx), mx, 0.0)
+
+
+def _project_log(lw: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """:func:`project_to_cap` of rows given by their log-weights (-inf for a weight of 0).
+
+    lw : (m, K) log-weights, any per-row scale; c : (K,) caps > 0 with sum >= 1. Returns q, (m, K).
+    Every row goes through the sort: a row within the cap comes out as w / sum(w) (t = 1 / sum w).
+    """
+    m, K = lw.shape
+    lw = lw - _shift_rows(lw)                               # (m, K) <= 0: the largest weight of a row is 1
+    logc = np.log(c)                                        # (K,)
+    with np.errstate(invalid="ignore"):
+        lr = logc[None, :] - lw                             # (m, K) log r_k = log(c_k / w_k); +inf where w_k = 0
+    order = np.argsort(lr, axis=1)                          # (m, K) ascending r: first to reach its cap first
+    cT = c[order.T]                                         # (K, m) c_(i), one column per row (contiguous loops)
+    order += (np.arange(m) * K)[:, None]                    # flat indices into lr
+    lrT = lr.ravel()[order.T]                               # (K, m) log r_(i)
+    del order
+    has_zero = bool(np.isinf(lrT[-1]).any())                # +inf ratios sort last
+    with np.errstate(invalid="ignore", over="ignore"):
+        decay = np.exp(lrT[:-1] - lrT[1:])                  # (K-1, m) r_(i) / r_(i+1) in [0, 1]; nan: inf - inf
+    if has_zero:
+        decay[np.isnan(decay)] = 0.0                        # between zero-weight domains: no mass to carry
+    D = np.empty_like(cT)                                   # (K, m) D_i = sum_{l>i} c_(l) r_(i) / r_(l)
+    D[-1] = 0.0
+    for i in range(K - 2, -1, -1):
+        np.add(cT[i + 1], D[i + 1], out=D[i])
+        D[i] *= decay[i]
+    del decay
+    Cin = np.cumsum(cT, axis=0)                             # (K, m) C_(<=i)
+    ok = np.add(Cin, D) >= 1.0                              # f(r_(i)) = C_(<=i) + D_i >= 1
+    if has_zero:
+        ok &= np.isfinite(lrT)                              # only a domain with weight holds the root
+    found = ok.any(0)                                       # (m,)
+    i = ok.argmax(0)                                        # (m,) first i with f(r_(i)) >= 1: the root's segment
+    cols = np.arange(m)
+    ci, lri, Di = cT[i, cols], lrT[i, cols], D[i, cols]
+    # 1 - C_(<i) > 0: f(r_(i-1)) = C_(<i) + D_(i-1) < 1 (taken from the same cumulative sum, so it
+    # holds in floating point too and t > 0: the row's domain i gets a positive share)
+    rest = 1.0 - np.where(i > 0, Cin[np.maximum(i - 1, 0), cols], 0.0)
+    del D, Cin, lrT, cT, ok
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):   # (rows not found: fixed below)
+        logt = np.log(rest) - np.log(ci + Di) + lri         # log t = log(1 - C_(<i)) - log S_(>=i)
+        q = np.exp(lw + logt[:, None])                      # (m, K) t * w_k
+    np.minimum(q, c[None, :], out=q)
+    if not found.all():                                     # the weighted domains at their caps cannot absorb
+        bad = np.flatnonzero(~found)
+        zero = np.isneginf(lw[bad])                         # (b, K) domains with w_k = 0
+        qb = np.where(zero, 0.0, c[None, :])
+        slack = np.where(zero, c[None, :], 0.0)
+        need = np.maximum(1.0 - qb.sum(1, keepdims=True), 0.0)
+        tot = slack.sum(1, keepdims=True)
+        q[bad] = qb + slack * np.divide(need, tot, out=np.zeros_like(need), where=tot > 0)
+    q /= q.sum(1, keepdims=True)
+    return np.minimum(q, c[None, :], out=q)
+
+
+class _MixtureSampler:
+    """Validated arguments of :func:`sample_mixtures` and its draws, block by block.
+
+    The strengths, gamma variates and uniforms come from three generators seeded from ``rng``, each
+    consumed element by element in row order: the mixtures do not depend on how the rows are
+    split into blocks, so :func:`propose_mixture` scoring them chunk by chunk sees the very rows of
+    one :func:`sample_mixtures` call.
+    """
+
+    #: float64 values per block of rows drawn and projected at once (~8 MB per array)
+    block_values = 1 << 20
+
+    def __init__(self, prior, temperature=0.5, strength_range=(0.1, 5.0), tokens_per_domain=None,
+                 budget_tokens=None, max_epochs=4.0):
+        p = _check_prior(prior)
+        t = check_float(temperature, "temperature", low=0.0, strict=True)
+        try:
+            lo, hi = (float(v) for v in strength_range)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"strength_range must be two numbers (low, high), got {strength_range!r}") from err
+        if not (0 < lo <= hi < np.inf):
+            raise ValueError(f"strength_range must satisfy 0 < low <= high, got {strength_range!r}")
+        if (tokens_per_domain is None) != (budget_tokens is None):
+            raise ValueError("pass both tokens_per_domain and budget_tokens for the epoch cap, or neither")
+        alpha = np.where(p > 0, p ** t, 0.0)
+        alpha /= alpha.sum()
+        support = alpha > 0
+        self.cap = None                                      # (K,) max weight per domain, or None
+        if tokens_per_domain is not None:
+            tok = np.asarray(tokens_per_domain, dtype=np.float64)
+            if tok.shape != p.shape or not np.all(np.isfinite(tok)) or np.any(tok < 0):
+                raise ValueError(f"tokens_per_domain must be {p.size} finite values >= 0, got {tok.tolist()}")
+            budget = check_float(budget_tokens, "budget_tokens", low=0.0, strict=True)
+            epochs = check_float(max_epochs, "max_epochs", low=0.0, strict=True)
+            self.cap = np.where(support, epochs * tok / budget, 0.0)
+            if self.cap.sum() < 1.0:
+                raise ValueError(f"the epoch cap admits no mixture: max_epochs * tokens = "
+                                 f"{float(epochs * tok[support].sum()):.0f} over the prior's domains < budget "
+                                 f"{budget:.0f}; raise max_epochs or lower the budget")
+            support &= self.cap > 0                          # a domain capped at 0 gets 0
+        # Dirichlet aggregation: dropping domains and renormalizing a Dirichlet(a) draw is a
+        # Dirichlet(a restricted) draw, so the domains capped at 0 are simply not drawn
+        self.cols = np.flatnonzero(support)                  # (K',) domains drawn
+        self.alpha = alpha[self.cols]                        # (K',) a_k (sums to <= 1)
+        self.K = p.size
+        self.log_lo, self.log_hi = np.log(lo), np.log(hi)
+
+    @staticmethod
+    def streams(rng: np.random.Generator) -> tuple[np.random.Generator, ...]:
+        """Three generators (strengths, gammas, uniforms) seeded from ``rng``."""
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng must be a numpy Generator, got {type(rng).__name__}")
+        seq = np.random.SeedSequence(rng.integers(0, 2**63, size=4).tolist())
+        return tuple(np.random.default_rng(child) for child in seq.spawn(3))
+
+    def draw(self, n: int, streams) -> np.ndarray:
+        """The next n mixtures of ``streams``, (n, K)."""
+        s_rng, g_rng, u_rng = streams
+        out = np.zeros((n, self.K))
+        k = self.cols.size
+        rows = max(1, self.block_values // max(k, 1))
+        for a in range(0, n, rows):
+            b = min(n, a + rows)
+            s = np.exp(s_rng.uniform(self.log_lo, self.log_hi, size=b - a))   # (r,) strengths
+            alpha = self.alpha[None, :] * s[:, None]                          # (r, K')
+            # Gamma(a) = Gamma(a + 1) * U^(1/a): log G = log Gamma(a + 1) + log(U) / a, U in (0, 1]
+            lw = g_rng.standard_gamma(alpha + 1.0)
+            np.log(lw, out=lw)
+            u = u_rng.random(alpha.shape)
+            np.negative(u, out=u)
+            np.log1p(u, out=u)
+            u /= alpha
+            lw += u                                                           # (r, K') log-weights, unnormalized
+            del u, alpha
+            if self.cap is None:
+                w = np.exp(lw - _shift_rows(lw))
+                out[a:b, self.cols] = w / w.sum(1, keepdims=True)
+            else:
+                out[a:b, self.cols] = _project_log(lw, self.cap[self.cols])
+        return out
 
 
 class MixtureRegressor:
@@ -244,7 +442,7 @@ class MixtureRegressor:
 
 def propose_mixture(regressor, prior, n_simulations: int = 100_000, top_k: int = 128,
                     rng: np.random.Generator | None = None, tokens_per_domain=None, budget_tokens=None,
-                    max_epochs: float = 4.0, **sample_kwargs) -> np.ndarray:
+                    max_epochs: float = 4.0, chunk_size: int = 8192, **sample_kwargs) -> np.ndarray:
     """Mean of the ``top_k`` simulated mixtures with the lowest predicted loss.
 
     Parameters
@@ -258,23 +456,51 @@ def propose_mixture(regressor, prior, n_simulations: int = 100_000, top_k: int =
         Default: ``default_rng(0)``.
     tokens_per_domain, budget_tokens, max_epochs :
         The epoch cap, as in :func:`sample_mixtures`.
+    chunk_size : int
+        Simulations drawn and scored at once (>= 1). The result does not depend on it.
+    **sample_kwargs
+        ``temperature`` and ``strength_range`` of :func:`sample_mixtures`.
 
     Returns
     -------
     numpy.ndarray, shape (K,)
-        Sums to 1.
+        Sums to 1; within the epoch cap when one is given.
+
+    Notes
+    -----
+    The simulations are the rows of ``sample_mixtures(prior, n_simulations, rng, ...)``, drawn and
+    scored ``chunk_size`` rows at a time while a running top-k keeps the best rows seen so far,
+    ordered by (predicted loss, row index) as a stable sort of all the predictions would order
+    them. Memory is O(chunk_size * K + top_k * K) instead of O(n_simulations * K) (800 MB for
+    100,000 simulations of 1,000 domains).
     """
     n_simulations = check_int(n_simulations, "n_simulations", low=1)
     top_k = check_int(top_k, "top_k", low=1, high=n_simulations)
+    chunk_size = check_int(chunk_size, "chunk_size", low=1)
     rng = np.random.default_rng(0) if rng is None else rng
-    sims = sample_mixtures(prior, n_simulations, rng, tokens_per_domain=tokens_per_domain,
-                           budget_tokens=budget_tokens, max_epochs=max_epochs, **sample_kwargs)
-    pred = np.asarray(regressor.predict(sims), dtype=np.float64)
-    if pred.shape != (n_simulations,) or not np.all(np.isfinite(pred)):
-        raise ValueError("regressor.predict must return one finite loss per mixture")
-    best = np.argsort(pred, kind="stable")[:top_k]  # lowest predicted loss first
-    w = sims[best].mean(0)
-    return w / w.sum()
+    sampler = _MixtureSampler(prior, tokens_per_domain=tokens_per_domain, budget_tokens=budget_tokens,
+                              max_epochs=max_epochs, **sample_kwargs)
+    streams = sampler.streams(rng)
+    best_pred = np.empty(0)                                  # (<= top_k,) running top-k, best first
+    best_idx = np.empty(0, dtype=np.int64)                   # (<= top_k,) their simulation index
+    best_rows = np.empty((0, sampler.K))                     # (<= top_k, K)
+    for start in range(0, n_simulations, chunk_size):
+        r = min(chunk_size, n_simulations - start)
+        sims = sampler.draw(r, streams)                      # (r, K)
+        pred = np.asarray(regressor.predict(sims), dtype=np.float64)
+        if pred.shape != (r,) or not np.all(np.isfinite(pred)):
+            raise ValueError("regressor.predict must return one finite loss per mixture")
+        cand_pred = np.concatenate([best_pred, pred])
+        cand_idx = np.concatenate([best_idx, np.arange(start, start + r)])
+        keep = np.lexsort((cand_idx, cand_pred))[:top_k]      # lowest predicted loss first, ties by index
+        old = keep < best_pred.size
+        rows = np.empty((keep.size, sampler.K))
+        rows[old] = best_rows[keep[old]]
+        rows[~old] = sims[keep[~old] - best_pred.size]
+        best_pred, best_idx, best_rows = cand_pred[keep], cand_idx[keep], rows
+    w = best_rows.mean(0)
+    w /= w.sum()
+    return w if sampler.cap is None else np.minimum(w, sampler.cap)
 
 
 def auto_kind(W: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[str, dict[str, float]]:
