@@ -126,7 +126,7 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
         inputs = _inputs(settings, keys)
         params = settings.evaluation_params()
         # one pass over the shards, without texts: the held-out decisions and the capped target and
-        # training samples; nothing per document is kept (issue 8)
+        # training samples; nothing per document is kept
         sample = lib.sample_corpus(layout, keys, holdout=params["holdout"], seed=params["seed"],
                                    max_target_documents=params["max_target_documents"],
                                    max_train_documents=params["max_train_documents"], progress=True)

@@ -94,7 +94,7 @@ def _key_series(keys: Sequence[str] | pl.Series) -> pl.Series:
 
 def _sorted_order(keys: Sequence[str] | pl.Series) -> np.ndarray:
     """Positions of the keys in sorted order. Sorted as Arrow strings (UTF-8 bytes, which orders as
-    Python's code-point comparison does), so no Python string per document is held (issue 8: a
+    Python's code-point comparison does), so no Python string per document is held (a
     Python list, set and object array of the keys took ~100 bytes per document)."""
     s = _key_series(keys)
     if s.n_unique() != s.len():
@@ -125,7 +125,7 @@ def holdout_split(keys: Sequence[str] | pl.Series, fraction: float, seed: int) -
     ``(seed, "evaluation/holdout", key)``, a uniform 64-bit number, is below ``fraction * 2**64``:
     a Bernoulli(``fraction``) draw per document that needs no other document. So the split is one
     streaming pass with no per-document state (:class:`CorpusSampler`; a permutation of all keys
-    took ~36 bytes a document, issue 8), and a document's side does not change when shards are
+    took ~36 bytes a document), and a document's side does not change when shards are
     added to the corpus: evaluations of a growing corpus keep their old target documents.
 
     Parameters

@@ -1,4 +1,4 @@
-"""Domain byte streams for proxy models and the curated mixture itself (DESIGN.md section 5).
+"""Domain byte streams for proxy models and the curated mixture itself.
 
 Streams
 -------
@@ -24,7 +24,7 @@ The curated mixture
    repeats at most ``ceil(max_epochs)`` times.
 3. The selected (document, repeat) pairs are shuffled with the seed.
 
-Bounded memory (issue 8)
+Bounded memory
 ------------------------
 The mixing stage does not hold the corpus's texts. :func:`corpus_index` reads one shard at a time
 and keeps, per document, its shard, row, domain and token count, whether its source is the target

@@ -1,4 +1,4 @@
-"""RegMix: domain weights by regression on small proxy runs (DESIGN.md section 5).
+"""RegMix: domain weights by regression on small proxy runs.
 
 Liu et al., "RegMix: Data Mixture as Regression for Language Model Pre-training" (ICLR 2025).
 
