@@ -742,13 +742,16 @@ class _Rows:
         self.ar = torch.arange(context + 1, device=dev)
         self.p, self.batch_size, self.sampler, self.dev = p, batch_size, sampler, dev
         self.rngs = [np.random.default_rng(s) for s in seeds]
+        # train_lm normalizes its weights, then batch_from_streams normalizes them again: the same here,
+        # so that rng.choice sees bit-identical probabilities
+        self.p_exact = [row / row.sum() for row in p]
         cdf = np.cumsum(p, axis=1)
         self.cdf = cdf / cdf[:, -1:]
 
     def draw(self) -> tuple[np.ndarray, np.ndarray]:
         """Domains and starts, two (M, B) int64 arrays."""
         if self.sampler == "exact":
-            pairs = [_draw_rows(self.p[m], self.sizes, self.batch_size, rng) for m, rng in enumerate(self.rngs)]
+            pairs = [_draw_rows(pm, self.sizes, self.batch_size, rng) for pm, rng in zip(self.p_exact, self.rngs)]
             return np.stack([d for d, _ in pairs]), np.stack([s for _, s in pairs])
         u = np.stack([rng.random((self.batch_size, 2)) for rng in self.rngs])               # (M, B, 2)
         dom = (u[:, :, :1] >= self.cdf[:, None, :-1]).sum(2).astype(np.int64)               # (M, B)

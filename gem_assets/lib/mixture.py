@@ -25,7 +25,7 @@ The curated mixture
 3. The selected (document, repeat) pairs are shuffled with the seed.
 
 Bounded memory
-------------------------
+--------------
 The mixing stage does not hold the corpus's texts. :func:`corpus_index` reads one shard at a time
 and keeps, per document, its shard, row, domain and token count, whether its source is the target
 source and the priority of its key for the target sample (no text and, with ``spill_dir``, no
