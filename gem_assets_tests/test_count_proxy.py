@@ -101,3 +101,10 @@ def test_regmix_runs_score_several_targets_at_once(three_languages):
     np.testing.assert_allclose(runs["losses"]["c"], one["losses"])
     # each target's best run leans on its own language
     assert runs["mixtures"][np.argmin(runs["losses"]["a"]), 0] > runs["mixtures"][np.argmin(runs["losses"]["c"]), 0]
+
+
+def test_regmix_runs_on_a_corpus_smaller_than_the_budget_read_it_all(three_languages):
+    _, train, _, rng = three_languages
+    total = sum(s.size for s in train.values())
+    runs = regmix_runs(train, train["lang_a"], 4, budget_tokens=10 * total, seed=0)
+    assert runs["budget_tokens"] == total and np.isfinite(runs["losses"]).all()

@@ -278,7 +278,7 @@ def test_profile_sizes_of_the_proxies():
     assert "holdout_rule" not in e
     e = Settings(profile="default", proxy="ngram").evaluation_params()
     assert (len(e["seeds"]), e["budget_tokens"], e["proxy_tokens"], e["regmix_runs"], e["doremi_rounds"]) == (
-        10, 1_000_000, 500_000, 128, 24)
+        50, 1_000_000, 500_000, 128, 24)
     assert Settings(profile="default", corpus="x/*.jsonl", proxy="ngram").evaluation_params()["targets"] == "all"
     # full: no byte budget of its own, the transformer target's steps * batch * context
     e = Settings(profile="full", proxy="ngram").evaluation_params()

@@ -224,7 +224,10 @@ def test_kappa_mle_inverts_the_ratio(dim):
     np.testing.assert_allclose(a, rbar[inside], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(c, 1 - rbar[inside], rtol=1e-11, atol=0)
     order = np.argsort(rbar)
-    assert np.all(np.diff(kappa[order]) >= 0)
+    # non-decreasing up to rounding: rbar holds 0.5 twice (the grid's midpoint and the extra point), and the
+    # two solves may differ in the last bit
+    k = kappa[order]
+    assert np.all(np.diff(k) >= -4 * np.finfo(float).eps * k[1:])
 
 
 @settings(max_examples=60, deadline=None)

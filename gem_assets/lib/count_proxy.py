@@ -142,7 +142,8 @@ def regmix_runs(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, n_
     n_runs : int
         Proxy runs M (>= 2).
     budget_tokens : int
-        Bytes each proxy trains on; with ``max_epochs`` sets the cap w_k * B <= max_epochs * n_k.
+        Bytes each proxy trains on (at most the streams' total size); with ``max_epochs`` sets the
+        cap w_k * B <= max_epochs * n_k.
     order, max_grams :
         The n-gram models (:class:`~gem_assets.lib.ngram.CountIndex`).
     max_epochs : float
@@ -172,6 +173,9 @@ def regmix_runs(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, n_
         targets = {k: _document_prefix(v, check_int(max_target_bytes, "max_target_bytes", low=1))
                    for k, v in targets.items()}
     t0 = time.perf_counter()
+    streams = _check_streams(streams, "streams")
+    # a proxy reads at most the corpus's size: on a corpus smaller than the budget the runs read it all
+    budget_tokens = min(check_int(budget_tokens, "budget_tokens", low=1), int(sum(s.size for s in streams.values())))
     proxies = ProxySet(streams, budget_tokens, order=order, max_grams=max_grams, seed=seed)
     if len(proxies.domains) < 2:
         raise ValueError("RegMix needs at least 2 domains with data")

@@ -275,8 +275,10 @@ def mixer_weights(mixer: str, train: Mapping[str, np.ndarray], valid: Mapping[st
 
         runs = regmix_runs(train, dict(select), settings.regmix_runs, settings.proxy_tokens, order=settings.order,
                            max_epochs=settings.max_epochs, seed=settings.seed)
+        # the proposal's cap at the target models' budget, which never reads more than the pool
+        budget = min(settings.budget_tokens, float(runs["tokens"].sum()))
         for t in names:
-            w, _fit = fit_and_propose(runs["mixtures"], runs["losses"][t], runs["tokens"], settings.budget_tokens,
+            w, _fit = fit_and_propose(runs["mixtures"], runs["losses"][t], runs["tokens"], budget,
                                       max_epochs=settings.max_epochs, seed=settings.seed)
             out[t] = dict(zip(runs["domains"], w.tolist()))
     else:
