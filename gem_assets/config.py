@@ -676,6 +676,8 @@ class Settings:
             "regmix_runs": p.eval_regmix_runs,
             "regmix_steps": p.eval_regmix_steps,
             "regmix_proposal_budget": "target models' training bytes",   # sets the proposal's epoch cap
+            "top_k": p.mix_top_k,                    # RegMix's proposal, as in the mixing stage
+            "n_simulations": p.mix_simulations,
             "max_eval_tokens": p.eval_max_tokens,
             "max_target_documents": self.eval_max_target_documents or p.eval_max_target_documents,
             "max_train_documents": self.eval_max_train_documents or p.eval_max_train_documents,

@@ -19,7 +19,8 @@ from gem_assets.lib.sampling import key_priority
 
 def _config(**kw) -> ev.EvaluationConfig:
     base = dict(budget_tokens=3000, seeds=(0, 1, 2), order=3,
-                mixing=MixerSettings(proxy_tokens=2000, regmix_runs=8, doremi_rounds=3, budget_tokens=3000, order=3))
+                mixing=MixerSettings(proxy_tokens=2000, regmix_runs=8, doremi_rounds=3, budget_tokens=3000, order=3,
+                                     n_simulations=2000, top_k=16))
     base.update(kw)
     return ev.EvaluationConfig(**base)
 
@@ -266,7 +267,8 @@ def test_a_bucketization_that_isolates_the_target_gives_it_the_better_mixture():
     by_lang = from_labels("lang", langs.tolist())
     random = from_domains("random", rng.integers(0, 2, size=langs.size), 2)
     cfg = _config(budget_tokens=3000, seeds=tuple(range(10)), mixers=("natural", "regmix"),
-                  mixing=MixerSettings(proxy_tokens=2000, regmix_runs=12, doremi_rounds=2, budget_tokens=3000, order=3))
+                  mixing=MixerSettings(proxy_tokens=2000, regmix_runs=12, doremi_rounds=2, budget_tokens=3000, order=3,
+                                       n_simulations=2000, top_k=16))
     res = ev.run_experiment(pool, [by_lang, random], select, target, cfg)
     assert res.weights["lang"]["regmix"]["all"]["lang:z"] > 0.8
     # on the language buckets RegMix beats natural shares seed by seed (a resolved paired difference) ...

@@ -50,7 +50,10 @@ def test_mixture_evaluation_smoke_end_to_end(tiny_corpus, gem_home, instance):
     mean, low, high = (table[f"bpb_target{x}"].to_numpy() for x in ("", "_low", "_high"))
     assert np.all(np.isfinite(mean)) and np.all(mean > 0) and np.all(np.isfinite([low, high]))
     assert np.all(low <= mean) and np.all(mean <= high)
-    assert np.all(mean < 8.0)      # n-gram models of a few kB still beat a uniform byte guess
+    # a model of a few kB of every domain (natural shares) beats a uniform guess on every target; RegMix's
+    # weights from the smoke profile's 4 runs may leave a target's topic out, and a count model that never
+    # saw it can be worse than uniform
+    assert (table.filter(pl.col("mixer") == "natural")["bpb_target"] < 8.0).all()
     assert table.filter(pl.col("bucketization") == "source")["domains"].unique().to_list() == [4]
 
     runs = pl.read_csv(out / "runs.csv")

@@ -125,10 +125,12 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance, tmp_pat
     regmix = storage.read_json(layout.weights_dir / "regmix.json")
     assert regmix["runs"] == prof.mix_regmix_runs and "spearman_cv" in regmix["fit"]
     assert regmix["fit"]["kind"] in ("gp", "linear", "hgb")
-    # the runs' proxies: n-gram models of mix_proxy_tokens bytes; a count model beats 8 bits per byte
+    # the runs' proxies: n-gram models of mix_proxy_tokens bytes (or the whole corpus, when smaller); a count
+    # model beats 8 bits per byte
     proxy = regmix["proxy"]
     assert proxy["kind"] == "ngram" and proxy["order"] == prof.mix_ngram_order
-    assert proxy["budget_tokens"] == prof.mix_proxy_tokens
+    train_bytes = sum(int(v.size) for v in storage.read_safetensors(layout.proxy_corpus_dir / "train.safetensors").values())
+    assert proxy["budget_tokens"] == min(prof.mix_proxy_tokens, train_bytes)   # at most the corpus's size
     assert math.isfinite(proxy["median_target_bpb"]) and 0 < proxy["median_target_bpb"] < 8
     assert proxy["median_target_bpb"] == pytest.approx(float(np.median(runs["loss"].to_numpy())))
     w = np.array(list(regmix["weights"].values()))

@@ -90,7 +90,7 @@ def _config(settings: Settings):
     mixing = MixerSettings(
         proxy=p["proxy"], proxy_tokens=p["proxy_tokens"], regmix_runs=p["regmix_runs"],
         doremi_rounds=p["doremi_rounds"], budget_tokens=budget, order=p["ngram_order"], max_epochs=p["max_epochs"],
-        seed=p["seed"],
+        seed=p["seed"], n_simulations=p["n_simulations"], top_k=p["top_k"],
         transformer=None if p["proxy"] != "transformer" else {
             "config": LMConfig(**p["proxy_config"]), "doremi_steps": p["doremi_steps"],
             "regmix_steps": p["regmix_steps"], "batch_size": p["batch_size"], "lr": 3e-3, "device": "auto",

@@ -197,6 +197,8 @@ class MixerSettings:
         n-gram order of the proxies.
     max_epochs : float
     seed : int
+    n_simulations, top_k : int
+        RegMix's proposal: simulated mixtures scored, and the best ones averaged.
     transformer : dict, optional
         For ``proxy="transformer"``: ``config`` (LMConfig), ``doremi_steps``, ``regmix_steps``,
         ``batch_size``, ``lr``, ``device``, ``eval_max_tokens``.
@@ -210,6 +212,8 @@ class MixerSettings:
     order: int = 5
     max_epochs: float = 4.0
     seed: int = 0
+    n_simulations: int = 100_000
+    top_k: int = 128
     transformer: Any = None
 
     def __post_init__(self):
@@ -279,7 +283,8 @@ def mixer_weights(mixer: str, train: Mapping[str, np.ndarray], valid: Mapping[st
         budget = min(settings.budget_tokens, float(runs["tokens"].sum()))
         for t in names:
             w, _fit = fit_and_propose(runs["mixtures"], runs["losses"][t], runs["tokens"], budget,
-                                      max_epochs=settings.max_epochs, seed=settings.seed)
+                                      max_epochs=settings.max_epochs, seed=settings.seed, top_k=settings.top_k,
+                                      n_simulations=settings.n_simulations)
             out[t] = dict(zip(runs["domains"], w.tolist()))
     else:
         from .regmix import run_regmix
@@ -289,7 +294,8 @@ def mixer_weights(mixer: str, train: Mapping[str, np.ndarray], valid: Mapping[st
             res = run_regmix(train, select[t], tr["config"], settings.regmix_runs, tr["regmix_steps"],
                              batch_size=tr["batch_size"], lr=tr["lr"], seed=settings.seed, device=tr["device"],
                              eval_max_tokens=tr["eval_max_tokens"], proposal_budget_tokens=settings.budget_tokens,
-                             max_epochs=settings.max_epochs)
+                             max_epochs=settings.max_epochs, top_k=settings.top_k,
+                             n_simulations=settings.n_simulations)
             out[t] = dict(res.weights)
     say(f"regmix weights for {len(names)} target(s) in {time.perf_counter() - t0:.1f} s")
     return out
