@@ -34,11 +34,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gem_assets.lib import metrics as M  # noqa: E402
-from gem_assets.lib.baselines import KMeans, SphericalKMeans, VMFMixtureEM  # noqa: E402
-from gem_assets.lib.gem import DEFAULT_BALANCE, GEM  # noqa: E402
-from gem_assets.lib.seeding import kmeans_plusplus  # noqa: E402
-from gem_assets.lib.synthetic import make_cone_clusters  # noqa: E402
+from gem_assets.lib.util import metrics as M  # noqa: E402
+from gem_assets.lib.teacher.baselines import KMeans, SphericalKMeans, VMFMixtureEM  # noqa: E402
+from gem_assets.lib.teacher.gem import DEFAULT_BALANCE, GEM  # noqa: E402
+from gem_assets.lib.teacher.seeding import kmeans_plusplus  # noqa: E402
+from gem_assets.lib.teacher.synthetic import make_cone_clusters  # noqa: E402
 
 THREADS = 2
 MAX_ITER = 100
@@ -165,7 +165,7 @@ def speed_ratio(X: np.ndarray, K: int, rounds: int = 7, iters: int = 6, seed: in
 
 def bbc_embeddings(cache_dir: Path):
     """The default corpus embedded by the default teacher, cached under $GEM_HOME/bench_cache/."""
-    from gem_assets.lib.corpus import read_bbc_news
+    from gem_assets.lib.corpus.shards import read_bbc_news
 
     df = read_bbc_news()
     cache = cache_dir / "bbc_minilm.npz"
@@ -173,7 +173,7 @@ def bbc_embeddings(cache_dir: Path):
         z = np.load(cache, allow_pickle=False)
         if z["ids"].tolist() == df["id"].to_list():
             return z["X"], df["source"].to_numpy(), None
-    from gem_assets.lib.embed import SentenceEncoder
+    from gem_assets.lib.teacher.embed import SentenceEncoder
 
     enc = SentenceEncoder(device="cpu").load()
     t = time.perf_counter()

@@ -59,7 +59,7 @@ def child(path: str, n: int, iters: int, budget: int) -> dict:
     """Fit GEM on the first n rows of the saved data; returns the measurements (run in a fresh process)."""
     import torch
 
-    from gem_assets.lib.gem import GEM
+    from gem_assets.lib.teacher.gem import GEM
 
     torch.set_num_threads(THREADS)
     base_mb = peak_rss_mb()   # interpreter + torch, before the data
@@ -120,7 +120,7 @@ def main() -> None:
     import torch
 
     from clustering import gemm_peak
-    from gem_assets.lib.synthetic import make_cone_clusters
+    from gem_assets.lib.teacher.synthetic import make_cone_clusters
 
     torch.set_num_threads(THREADS)
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -40,8 +40,8 @@ def timed(fn):
 
 
 def check_gem(n: int) -> list[dict]:
-    from gem_assets.lib.gem import GEM
-    from gem_assets.lib.synthetic import make_cone_clusters
+    from gem_assets.lib.teacher.gem import GEM
+    from gem_assets.lib.teacher.synthetic import make_cone_clusters
 
     X, _, _ = make_cone_clusters(n, 384, 24, exponent=1.1, random_state=0)
     GEM(4, random_state=0, max_iter=2, device=DEV).fit(X[:2000])  # CUDA context and cuBLAS start outside the timings
@@ -60,7 +60,7 @@ def check_gem(n: int) -> list[dict]:
 
 
 def check_student() -> dict:
-    from gem_assets.lib.student import StudentClassifier
+    from gem_assets.lib.student.classifier import StudentClassifier
 
     rng = np.random.default_rng(0)
     vocab = [[f"w{k}_{j}" for j in range(50)] for k in range(4)]
@@ -75,7 +75,7 @@ def check_student() -> dict:
 
 
 def check_lm() -> dict:
-    from gem_assets.lib.lm import LMConfig, evaluate_bpb, train_lm
+    from gem_assets.lib.mixing.lm import LMConfig, evaluate_bpb, train_lm
 
     rng = np.random.default_rng(0)
     streams = {f"d{k}": rng.integers(97 + 5 * k, 102 + 5 * k, 200_000).astype(np.uint8) for k in range(3)}
@@ -89,7 +89,7 @@ def check_lm() -> dict:
 
 
 def check_embedder() -> dict:
-    from gem_assets.lib.embed import SentenceEncoder
+    from gem_assets.lib.teacher.embed import SentenceEncoder
 
     rng = np.random.default_rng(0)
     words = "markets football elections parliament season goals shares inflation recipe oven software chip".split()

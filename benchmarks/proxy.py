@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gem_assets.config import PROFILES  # noqa: E402
-from gem_assets.lib.lm import LMConfig, evaluate_bpb, train_lm  # noqa: E402
+from gem_assets.lib.mixing.lm import LMConfig, evaluate_bpb, train_lm  # noqa: E402
 
 
 def _rate(streams, cfg: LMConfig, steps: int, batch: int, device: str, threads: int | None) -> float:

@@ -8,7 +8,7 @@ the training streams are the 90% sides in a seeded document order, the targets t
 ``all`` (every category's held-out articles, shuffled together, the first ``--target-bytes``
 bytes of whole articles) and each category's own (first ``--target-bytes / 2`` bytes).
 
-Mixtures: ``--mixtures`` draws of ``gem_assets.lib.regmix.sample_mixtures`` (RegMix's Dirichlet
+Mixtures: ``--mixtures`` draws of ``gem_assets.lib.mixing.regmix.sample_mixtures`` (RegMix's Dirichlet
 around the token shares, epoch cap 4 at the run's budget).
 
 Transformer proxies: the default profile's shape (2 layers x 2 heads x 64, context 128, batch
@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_proxy import spearman  # noqa: E402  (benchmarks/ is on sys.path)
 
-from gem_assets.lib.lm import LMConfig, evaluate_bpb_batch, train_lm_batch  # noqa: E402
-from gem_assets.lib.ngram import CountIndex  # noqa: E402
-from gem_assets.lib.regmix import sample_mixtures  # noqa: E402
+from gem_assets.lib.mixing.lm import LMConfig, evaluate_bpb_batch, train_lm_batch  # noqa: E402
+from gem_assets.lib.mixing.ngram import CountIndex  # noqa: E402
+from gem_assets.lib.mixing.regmix import sample_mixtures  # noqa: E402
 
 CONFIG = LMConfig(n_layer=2, n_head=2, d_model=64, context=128)
 BATCH, LR, SEED = 16, 3e-3, 0
@@ -64,8 +64,8 @@ def _whole_documents(stream: np.ndarray, n_bytes: int) -> np.ndarray:
 
 def bbc_streams(target_bytes: int, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Training streams per category and the targets (``all`` and one per category)."""
-    from gem_assets.lib.corpus import read_bbc_news
-    from gem_assets.lib.mixture import split_documents, texts_to_streams
+    from gem_assets.lib.corpus.shards import read_bbc_news
+    from gem_assets.lib.mixing.mixture import split_documents, texts_to_streams
 
     df = read_bbc_news()
     texts, cats = df["text"].to_list(), np.array(df["source"].to_list())

@@ -27,7 +27,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gem_assets.lib.regmix import MixtureRegressor, propose_mixture  # noqa: E402
+from gem_assets.lib.mixing.regmix import MixtureRegressor, propose_mixture  # noqa: E402
 
 TARGET = "metric/the_pile_pile_cc_val_loss"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "regmix"

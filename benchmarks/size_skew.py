@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gem_assets.lib import metrics as M  # noqa: E402
-from gem_assets.lib.baselines import SphericalKMeans, VMFMixtureEM  # noqa: E402
-from gem_assets.lib.gem import DEFAULT_BALANCE, GEM  # noqa: E402
-from gem_assets.lib.seeding import kmeans_plusplus  # noqa: E402
-from gem_assets.lib.synthetic import make_cone_clusters  # noqa: E402
+from gem_assets.lib.util import metrics as M  # noqa: E402
+from gem_assets.lib.teacher.baselines import SphericalKMeans, VMFMixtureEM  # noqa: E402
+from gem_assets.lib.teacher.gem import DEFAULT_BALANCE, GEM  # noqa: E402
+from gem_assets.lib.teacher.seeding import kmeans_plusplus  # noqa: E402
+from gem_assets.lib.teacher.synthetic import make_cone_clusters  # noqa: E402
 
 EXPONENTS = (0.0, 0.5, 0.8, 1.1, 1.4)
 K = 24

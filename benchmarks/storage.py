@@ -55,7 +55,7 @@ def _start_s3() -> object:
 def child(kind: str, corpus_glob: str, work: Path) -> dict:
     """One measured pair of runs; returns seconds and counts."""
     from gem_assets.definitions import build_definitions
-    from gem_assets.lib import storage
+    from gem_assets.lib.io import storage
     from gem_assets.resources import GemConfig, MlflowTracker, SentenceTransformerEmbedder
     from gem_assets.run import open_instance, run_pipeline
 
@@ -86,7 +86,7 @@ def write_corpus(folder: Path, n_shards: int, docs: int, seed: int = 0) -> str:
     """``n_shards`` JSONL shards of ``docs`` BBC articles each; returns their glob."""
     import numpy as np
 
-    from gem_assets.lib.corpus import read_bbc_news
+    from gem_assets.lib.corpus.shards import read_bbc_news
 
     bbc = read_bbc_news()
     rng = np.random.default_rng(seed)

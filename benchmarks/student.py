@@ -44,7 +44,7 @@ START, END = "<!-- student:start -->", "<!-- student:end -->"
 
 def _label_rss(model_dir: str, shards: list[str]) -> None:
     """Child process: label shards one after another, print the peak RSS in MiB."""
-    from gem_assets.lib.student import StudentClassifier, label_parquet
+    from gem_assets.lib.student.classifier import StudentClassifier, label_parquet
 
     model = StudentClassifier.load(model_dir)
     out = Path(tempfile.mkdtemp(prefix="labels-"))
@@ -93,9 +93,9 @@ def main() -> None:
     import torch
 
     from gem_assets.config import Settings
-    from gem_assets.lib.corpus import read_bbc_news
-    from gem_assets.lib.gem import GEM
-    from gem_assets.lib.student import StudentClassifier, tokenize
+    from gem_assets.lib.corpus.shards import read_bbc_news
+    from gem_assets.lib.teacher.gem import GEM
+    from gem_assets.lib.student.classifier import StudentClassifier, tokenize
 
     home = Path(os.environ.get("GEM_HOME", ROOT / "data"))
     cache = home / "bench_cache" / "bbc_minilm.npz"
@@ -165,7 +165,7 @@ def main() -> None:
     ft_rate = len(big_ft) / (time.perf_counter() - t0)
     del big_ft, tok_cache
 
-    from gem_assets.lib.embed import SentenceEncoder
+    from gem_assets.lib.teacher.embed import SentenceEncoder
 
     enc = SentenceEncoder(device="cpu").load()
     sample = [texts[i] for i in rng.choice(n, size=args.n_teacher, replace=False)]

@@ -9,11 +9,11 @@ One process, one vocabulary, the same domains for every naming method:
 - domains: GEM (isotropy on, seed 0) refit at each K of ``--k``; every document labelled by the
   teacher's argmax, streamed in 5 batches of ~445 documents (as shards); plus, when ``make run`` has
   produced them under ``$GEM_HOME``, the pipeline's own teacher and student labels (row "pipeline");
-- vocabulary: words and bigrams of ``lib/terms.py`` in at least 5 documents (stop words and numbers
+- vocabulary: words and bigrams of ``lib/taxonomy/terms.py`` in at least 5 documents (stop words and numbers
   never), the same for every method;
-- names: the top-10 terms of each domain by GIS (four term posteriors, ``lib/gis.py``: the default
+- names: the top-10 terms of each domain by GIS (four term posteriors, ``lib/taxonomy/gis.py``: the default
   ``doc_posterior``, DESIGN.md's ``unit_direction``, ``mean_log_density`` and ``lift``) and by
-  c-TF-IDF (BERTopic's ``ClassTfidfTransformer`` defaults, ``lib/ctfidf.py``);
+  c-TF-IDF (BERTopic's ``ClassTfidfTransformer`` defaults, ``lib/taxonomy/ctfidf.py``);
 - measures: mean over domains of the mean pairwise NPMI of the top-10 terms, from document
   co-occurrence on the whole corpus; distinctiveness = share of top-10 slots whose term is in no
   other domain's top 10. Target: GIS at least c-TF-IDF on both.
@@ -40,8 +40,9 @@ N_TOP = 10
 
 def _score(stats, geometry, texts_batches) -> tuple[dict, dict]:
     """NPMI and distinctiveness of every method's top-10 terms; and the names."""
-    from gem_assets.lib import ctfidf, gis
-    from gem_assets.lib import taxonomy as tx
+    from gem_assets.lib.taxonomy import ctfidf
+    from gem_assets.lib.taxonomy import gis
+    from gem_assets.lib.taxonomy import build as tx
 
     tops = {}
     for method in gis.POSTERIORS:
@@ -59,10 +60,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from gem_assets.config import Settings
-    from gem_assets.lib import gis
-    from gem_assets.lib import taxonomy as tx
-    from gem_assets.lib.corpus import read_bbc_news
-    from gem_assets.lib.gem import GEM
+    from gem_assets.lib.taxonomy import gis
+    from gem_assets.lib.taxonomy import build as tx
+    from gem_assets.lib.corpus.shards import read_bbc_news
+    from gem_assets.lib.teacher.gem import GEM
 
     home = Path(os.environ.get("GEM_HOME", ROOT / "data"))
     cache = home / "bench_cache" / "bbc_minilm.npz"

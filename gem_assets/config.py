@@ -67,8 +67,8 @@ Environment variables
     mixture re-weights the corpus without growing it).
 ``GEM_PROXY``
     The proxy language models of the mixing stage and of the mixture evaluation: ``ngram``
-    (interpolated Witten-Bell byte n-grams, ``lib/ngram.py``: a proxy is counted in about a
-    second on a CPU), ``transformer`` (small byte transformers, ``lib/lm.py``: worth it on a GPU)
+    (interpolated Witten-Bell byte n-grams, ``lib/mixing/ngram.py``: a proxy is counted in about a
+    second on a CPU), ``transformer`` (small byte transformers, ``lib/mixing/lm.py``: worth it on a GPU)
     or ``auto`` (default): ``transformer`` when CUDA is available, else ``ngram``
     (:attr:`Settings.effective_proxy`).
 ``GEM_MIX_TARGET``
@@ -87,6 +87,8 @@ Environment variables
 """
 
 from __future__ import annotations
+
+from gem_assets.lib.util.hashing import fingerprint  # noqa: F401  (re-exported)
 
 import functools
 import hashlib
@@ -549,10 +551,10 @@ class Settings:
 
         ``home`` may be an fsspec URL (``s3://bucket/gem``, ``memory://gem``): the layout's
         paths are then :class:`upath.UPath` objects, which every asset reads and writes through
-        ``gem_assets.lib.storage``; the Dagster instance and the MLflow store stay in the local
+        ``gem_assets.lib.io.storage``; the Dagster instance and the MLflow store stay in the local
         :attr:`Layout.state_dir` (``GEM_STATE``; docs/scaling.md, storage).
         """
-        from gem_assets.lib.storage import as_path, is_remote
+        from gem_assets.lib.io.storage import as_path, is_remote
 
         if is_remote(self.state or ""):
             raise ValueError(f"GEM_STATE must be a local folder (it holds the Dagster instance and the MLflow "
@@ -894,19 +896,3 @@ def default_state_dir(home: str, env: Mapping[str, str] | None = None) -> Path:
     cache = env.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
     return Path(cache).expanduser().resolve() / "gem-assets" / "state" / f"{protocol or 'local'}-{slug}-{digest}"
 
-
-def fingerprint(*parts) -> str:
-    """A stable SHA-256 hex digest of JSON-serialisable parts.
-
-    Parameters
-    ----------
-    *parts
-        Values serialised with sorted keys.
-
-    Returns
-    -------
-    str
-        64 hex digits.
-    """
-    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()

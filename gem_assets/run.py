@@ -191,7 +191,7 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None, recon_repo
         raise ValueError(f"until must be one of {STAGES}, got {until!r}")
     from gem_assets.defs.partitions import SHARDS
     from gem_assets.defs.state import hash_shards, stale_shards, teacher_state
-    from gem_assets.lib import artifacts
+    from gem_assets.lib.io import artifacts
 
     out = out or sys.stdout
     t0 = time.perf_counter()
@@ -348,7 +348,8 @@ def _run_evaluation_stage(defs, instance, settings, shards, status, failed, out)
 
 
 def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
-    from gem_assets.lib import artifacts, storage
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.io import storage
 
     layout = settings.layout
     rows_in = kept = quarantined = 0

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from gem_assets.lib.baselines import KMeans, SphericalKMeans, VMFMixtureEM, _relocate_empty
-from gem_assets.lib.gem import GEM
-from gem_assets.lib.metrics import dead_domains, nmi, shares_from_labels
-from gem_assets.lib.synthetic import make_cone_clusters
+from gem_assets.lib.teacher.baselines import KMeans, SphericalKMeans, VMFMixtureEM, _relocate_empty
+from gem_assets.lib.teacher.gem import GEM
+from gem_assets.lib.util.metrics import dead_domains, nmi, shares_from_labels
+from gem_assets.lib.teacher.synthetic import make_cone_clusters
 
 
 def test_kmeans_two_groups_by_hand():

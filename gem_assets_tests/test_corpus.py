@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from conftest import make_docs, write_jsonl, write_parquet
-from gem_assets.lib import corpus
+from gem_assets.lib.corpus import shards as corpus
 
 
 def _jsonl_bytes(path, lines: list[bytes]):
@@ -164,7 +164,7 @@ def test_empty_and_all_bad_shards_are_accounted(tmp_path):
 
 
 def test_bbc_news_is_decoded_as_utf8_with_a_latin1_fallback():
-    from gem_assets.lib.corpus import read_bbc_news
+    from gem_assets.lib.corpus.shards import read_bbc_news
 
     text = " ".join(read_bbc_news()["text"].to_list())
     assert "£" in text and "Â£" not in text   # 646 files hold a UTF-8 pound sign

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gem_assets.lib.count_proxy import ProxySet, doremi_rounds, regmix_runs
-from gem_assets.lib.regmix import fit_and_propose
+from gem_assets.lib.mixing.count_proxy import ProxySet, doremi_rounds, regmix_runs
+from gem_assets.lib.mixing.regmix import fit_and_propose
 
 
 def _docs(rng, vocab, n_docs, words=12) -> np.ndarray:

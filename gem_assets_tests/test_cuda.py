@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from gem_assets.lib.doremi import run_doremi
-from gem_assets.lib.embed import SentenceEncoder
-from gem_assets.lib.gem import GEM
-from gem_assets.lib.lm import LMConfig, evaluate_bpb, train_lm
-from gem_assets.lib.student import StudentClassifier
-from gem_assets.lib.synthetic import make_cone_clusters
+from gem_assets.lib.mixing.doremi import run_doremi
+from gem_assets.lib.teacher.embed import SentenceEncoder
+from gem_assets.lib.teacher.gem import GEM
+from gem_assets.lib.mixing.lm import LMConfig, evaluate_bpb, train_lm
+from gem_assets.lib.student.classifier import StudentClassifier
+from gem_assets.lib.teacher.synthetic import make_cone_clusters
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

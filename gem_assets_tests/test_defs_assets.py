@@ -16,7 +16,8 @@ from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
 from gem_assets.defs.partitions import SHARDS
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
-from gem_assets.lib import artifacts, storage
+from gem_assets.lib.io import artifacts
+from gem_assets.lib.io import storage
 
 
 def _mat_metadata(result, asset: str) -> dict:
@@ -149,7 +150,7 @@ def test_teacher_sample_and_clusters(tiny_corpus, gem_home, instance):
     summary = storage.read_json(out / "summary.json")
     assert summary["nmi_vs_source"] > 0.5  # four separable topics
     assert (out / "shares.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from gem_assets.lib.gem import GEM
+    from gem_assets.lib.teacher.gem import GEM
 
     model = GEM.load(out / "model")
     assert np.array_equal(model.predict(np.load(out / "means.npy")).shape, (4,))

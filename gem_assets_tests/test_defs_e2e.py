@@ -10,7 +10,9 @@ import pytest
 
 from gem_assets.config import Layout
 from gem_assets.definitions import build_definitions
-from gem_assets.lib import artifacts, corpus, storage
+from gem_assets.lib.io import artifacts
+from gem_assets.lib.corpus import shards as corpus
+from gem_assets.lib.io import storage
 from gem_assets.resources import GemConfig, MlflowTracker, SentenceTransformerEmbedder
 from gem_assets.run import run_pipeline
 

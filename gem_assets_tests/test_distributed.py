@@ -20,7 +20,8 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from conftest import make_docs, make_resources, write_jsonl, write_parquet
 from gem_assets.defs.executors import EXECUTORS, ExecutionSettings, JobRequest, build_executor, run_jobs
-from gem_assets.lib import artifacts, storage
+from gem_assets.lib.io import artifacts
+from gem_assets.lib.io import storage
 
 HERE = Path(__file__).resolve().parent
 DEFS_FILE = HERE / "distributed_defs.py"

@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 
 from conftest import make_docs
-from gem_assets.lib import evaluation as ev
-from gem_assets.lib.eval_backends import MixerSettings, NGramTargets, sample_documents
-from gem_assets.lib.bucketize import MISSING_LABEL, Bucketization, from_domains, from_labels, kmeans_buckets
-from gem_assets.lib.metrics import nmi
-from gem_assets.lib.sampling import key_priority
+from gem_assets.lib.evaluation import experiment as ev
+from gem_assets.lib.evaluation.backends import MixerSettings, NGramTargets, sample_documents
+from gem_assets.lib.evaluation.bucketize import MISSING_LABEL, Bucketization, from_domains, from_labels, kmeans_buckets
+from gem_assets.lib.util.metrics import nmi
+from gem_assets.lib.mixing.sampling import key_priority
 
 
 def _config(**kw) -> ev.EvaluationConfig:

@@ -13,7 +13,8 @@ from conftest import make_resources
 from gem_assets.config import PROFILES, Layout, Settings
 from gem_assets.defs.evaluation import evaluation_state, mixture_evaluation
 from gem_assets.defs.student import student_model
-from gem_assets.lib import evaluation, storage
+from gem_assets.lib.evaluation import experiment as evaluation
+from gem_assets.lib.io import storage
 from test_student_assets import KEYS, _assign, _checks, _md, _teacher
 
 MIXERS = ["natural", "uniform", "doremi", "regmix"]
@@ -127,7 +128,7 @@ def test_make_run_ends_with_the_evaluation_and_reruns_nothing(tiny_corpus, gem_h
 
 def test_checks_fail_on_a_missing_group_a_short_seed_a_budget_overrun_or_lost_documents():
     from gem_assets.defs.evaluation import _checks
-    from gem_assets.lib.evaluation import summarize
+    from gem_assets.lib.evaluation.experiment import summarize
 
     mixers = ("natural", "uniform")
     rows = [{"bucketization": b, "mixer": m, "target": t, "seed": s, "domains": 2, "tokens": 95, "unique_documents": 5,

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from scipy.optimize import brentq, minimize
 from scipy.special import ive
 
-from gem_assets.lib.gem import GEM, balanced_e_step, objective_terms
-from gem_assets.lib.metrics import nmi, shares_from_labels
-from gem_assets.lib.synthetic import make_cone_clusters
+from gem_assets.lib.teacher.gem import GEM, balanced_e_step, objective_terms
+from gem_assets.lib.util.metrics import nmi, shares_from_labels
+from gem_assets.lib.teacher.synthetic import make_cone_clusters
 
 
 def _sphere(n, d, seed):
@@ -259,7 +259,7 @@ def test_predict_rejects_wrong_dim_and_unfitted():
 
 
 def test_fast_objective_terms_match_the_direct_formula():
-    from gem_assets.lib.gem import _terms
+    from gem_assets.lib.teacher.gem import _terms
 
     rng = np.random.default_rng(2)
     S = torch.from_numpy(rng.normal(scale=3.0, size=(300, 5)))
@@ -276,7 +276,7 @@ def test_fast_objective_terms_match_the_direct_formula():
 def test_e_step_by_products_equal_their_direct_formulas(warm):
     """sum Q S and the labels come from the first evaluation's pass when the warm start is accepted,
     from a pass of their own when Newton moved v: both must equal the direct formulas."""
-    from gem_assets.lib.gem import _moments
+    from gem_assets.lib.teacher.gem import _moments
 
     rng = np.random.default_rng(3)
     S = torch.from_numpy(rng.normal(scale=3.0, size=(500, 7)))
@@ -327,7 +327,7 @@ def test_memory_budget_selects_the_streamed_path(zipf_data):
 
 
 def test_streamed_pass_statistics_match_the_resident_matrices():
-    from gem_assets.lib.gem import _Resident, _Streamed
+    from gem_assets.lib.teacher.gem import _Resident, _Streamed
 
     rng = np.random.default_rng(4)
     X = torch.from_numpy(rng.normal(size=(257, 5)))
@@ -361,7 +361,7 @@ def test_predict_in_blocks_matches_predict_proba(zipf_data):
 
 
 def test_normalize_rows_keeps_unit_rows_without_a_copy_and_normalizes_others():
-    from gem_assets.lib._checks import normalize_rows, row_norms
+    from gem_assets.lib.util.checks import normalize_rows, row_norms
 
     X = torch.from_numpy(_sphere(70_000, 5, 1))            # more rows than one norm block
     assert normalize_rows(X) is X
@@ -375,7 +375,7 @@ def test_normalize_rows_keeps_unit_rows_without_a_copy_and_normalizes_others():
 def test_row_argmax_matches_torch_on_ties_slices_and_nan(dtype):
     """The numpy-backed row argmax used on CPU returns torch's answer: the first index among ties,
     a NaN counted as the maximum, and it writes into a slice of a larger label vector in place."""
-    from gem_assets.lib.gem import _argmax_rows
+    from gem_assets.lib.teacher.gem import _argmax_rows
 
     rng = np.random.default_rng(5)
     q = torch.from_numpy(rng.integers(0, 3, size=(200, 9)).astype(np.float64)).to(dtype)  # many ties
@@ -393,7 +393,7 @@ def test_resident_fit_reuses_q_buffers_without_changing_the_result(monkeypatch):
     """The resident path writes each E-step evaluation's Q into a pooled buffer that no live result
     uses: the fit is bit for bit the one with a fresh tensor per evaluation, and far fewer buffers
     than evaluations are ever allocated (here with many Newton steps, balance = 30)."""
-    from gem_assets.lib import gem as gem_mod
+    from gem_assets.lib.teacher import gem as gem_mod
 
     X, _, _ = make_cone_clusters(3000, 16, 6, random_state=4)
     pooled_calls, pools = [0], []

@@ -8,8 +8,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from gem_assets.lib import coherence, ctfidf, gis, terms, vmf
-from gem_assets.lib.gis import TeacherGeometry, TermBatch
+from gem_assets.lib.taxonomy import coherence
+from gem_assets.lib.taxonomy import ctfidf
+from gem_assets.lib.taxonomy import gis
+from gem_assets.lib.taxonomy import terms
+from gem_assets.lib.teacher import vmf
+from gem_assets.lib.taxonomy.gis import TeacherGeometry, TermBatch
 
 # three domains with planted vocabularies; "report" and "today" occur in every document
 PLANTED = {0: ["goal", "striker"], 1: ["chip", "software"], 2: ["garlic", "oven"]}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gem_assets.lib.lm import (ByteLM, LMConfig, batch_from_streams, evaluate_bpb, lr_at, normalize_weights,
+from gem_assets.lib.mixing.lm import (ByteLM, LMConfig, batch_from_streams, evaluate_bpb, lr_at, normalize_weights,
                                train_lm)
 
 TINY = LMConfig(n_layer=1, n_head=2, d_model=16, context=16)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gem_assets.lib.lm import (ByteLM, LMConfig, _Rows, batched_logits, evaluate_bpb, evaluate_bpb_batch,
+from gem_assets.lib.mixing.lm import (ByteLM, LMConfig, _Rows, batched_logits, evaluate_bpb, evaluate_bpb_batch,
                                stack_models, train_lm, train_lm_batch)
 
 TINY = LMConfig(n_layer=2, n_head=2, d_model=16, context=16)

@@ -11,7 +11,7 @@ from conftest import glibc_default_env
 
 _PROBE = """
 import ctypes
-from gem_assets.lib import allocator
+from gem_assets.lib.util import allocator
 
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -38,7 +38,7 @@ print(ok, *inside, *after)
 
 
 def test_large_buffers_are_mapped_inside_the_block_and_come_from_the_heap_after_it():
-    from gem_assets.lib import allocator
+    from gem_assets.lib.util import allocator
 
     out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True,
                          env=glibc_default_env()).stdout.split()
@@ -57,7 +57,8 @@ def test_large_buffers_are_mapped_inside_the_block_and_come_from_the_heap_after_
 def test_the_encoder_lowers_the_threshold_only_while_it_encodes(monkeypatch):
     """SentenceEncoder.encode runs its batches inside mapped_large_buffers, and loading the model
     no longer touches glibc's settings."""
-    from gem_assets.lib import allocator, embed
+    from gem_assets.lib.util import allocator
+    from gem_assets.lib.teacher import embed
 
     calls = []
 

@@ -14,8 +14,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from gem_assets.lib import allocator, gis, mixture, sampling, streaming, terms
-from gem_assets.lib.gis import TeacherGeometry, TermBatch
+from gem_assets.lib.util import allocator
+from gem_assets.lib.taxonomy import gis
+from gem_assets.lib.mixing import mixture
+from gem_assets.lib.mixing import sampling
+from gem_assets.lib.io import streaming
+from gem_assets.lib.taxonomy import terms
+from gem_assets.lib.taxonomy.gis import TeacherGeometry, TermBatch
 
 
 def _random_docs(n: int, seed: int, words_per_doc: int = 30, pool: int = 3_000) -> list[str]:
@@ -196,7 +201,7 @@ def test_bottom_k_is_uniform():
 def test_bpb_windows_are_the_evenly_spread_subset_built_without_the_full_list():
     """lm._windows builds only the windows it keeps (memory by max_tokens, not by the stream):
     the same windows as listing every window and then picking evenly spread ones."""
-    from gem_assets.lib import lm
+    from gem_assets.lib.mixing import lm
 
     def reference(n, context, max_tokens):
         out = [(s, min(context, n - 1 - s)) for s in range(0, n - 1, context)]
@@ -426,7 +431,7 @@ def test_proxy_streams_equal_the_in_memory_streams(tmp_path, cap, spill):
 def test_curated_parts_equal_the_in_memory_rows(tmp_path, monkeypatch, bucket_bytes, max_buckets, spill):
     import polars as pl
 
-    from gem_assets.lib import storage
+    from gem_assets.lib.io import storage
 
     opened = []
 
@@ -499,7 +504,7 @@ def test_release_memory_returns_freed_heap_pages():
 _MMAP_PROBE = """
 import sys
 import numpy as np
-from gem_assets.lib import allocator
+from gem_assets.lib.util import allocator
 if sys.argv[1] == "fix" and not allocator.fix_mmap_threshold():
     print("not-glibc")
     raise SystemExit(0)
@@ -547,7 +552,7 @@ def test_evaluation_key_order_is_pythons_on_arrow_strings():
     order is Python's, non-ASCII keys included, and a Series gives the same splits as a list."""
     import polars as pl
 
-    from gem_assets.lib import evaluation as ev
+    from gem_assets.lib.evaluation import experiment as ev
 
     rng = np.random.default_rng(0)
     alphabet = list("abzAZ09/-_éèßø日本語😀\u0100")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
-from gem_assets.lib import metrics as M
+from gem_assets.lib.util import metrics as M
 
 
 def test_shares_and_entropies_by_hand():

@@ -16,7 +16,7 @@ from gem_assets.config import PROFILES, Layout, Settings
 from gem_assets.defs.mixing import (MIXING_ASSETS, curated_mixture, doremi_weights, mixing_fingerprints, mixing_state,
                                     proxy_corpus, regmix_runs, regmix_weights)
 from gem_assets.defs.student import domain_stats, student_model
-from gem_assets.lib import storage
+from gem_assets.lib.io import storage
 from test_student_assets import _assign, _checks, _md, _teacher
 
 
@@ -29,7 +29,8 @@ def _up_to_stats(instance, res):
 
 def _old_index(layout):
     """The mixing index as it was when ids and sources were held in memory (the reference)."""
-    from gem_assets.lib import artifacts, mixture
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.mixing import mixture
 
     shards = storage.read_json(layout.domain_stats_dir / "summary.json")["shards"]
     index = mixture.corpus_index(lambda k: artifacts.read_documents(layout, k),
@@ -45,7 +46,8 @@ def _old_index(layout):
 
 def _old_target_stream(layout, p):
     """The target stream the proxy corpus held before (sources compared and keys built in memory)."""
-    from gem_assets.lib import mixture, sampling
+    from gem_assets.lib.mixing import mixture
+    from gem_assets.lib.mixing import sampling
 
     index, read_texts = _old_index(layout)
     held = mixture.split_documents(index.domains, p["valid_fraction"], p["seed"])
@@ -58,7 +60,7 @@ def _old_target_stream(layout, p):
 
 def _assert_mixture_as_before(layout, p, tmp):
     """The curated mixture's files are byte for byte those the in-memory index (ids held) writes."""
-    from gem_assets.lib import mixture
+    from gem_assets.lib.mixing import mixture
 
     manifest = storage.read_json(layout.mixture_dir / "manifest.json")
     index, read_texts = _old_index(layout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gem_assets.lib.mixture import (SEPARATOR, allocate_tokens, document_tokens, domain_streams,
+from gem_assets.lib.mixing.mixture import (SEPARATOR, allocate_tokens, document_tokens, domain_streams,
                                     sample_curated_mixture, split_documents, texts_to_streams)
 
 

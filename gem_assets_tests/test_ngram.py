@@ -7,7 +7,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from gem_assets.lib.ngram import CountIndex, NGramLM, mixture_multiplicity
+from gem_assets.lib.mixing.ngram import CountIndex, NGramLM, mixture_multiplicity
 
 
 def _b(text: bytes) -> np.ndarray:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gem_assets.lib.lm import LMConfig
-from gem_assets.lib.mixture import texts_to_streams
-from gem_assets.lib.regmix import AUTO_MIN_RUNS, MixtureRegressor, auto_kind, cv_spearman, propose_mixture, \
+from gem_assets.lib.mixing.lm import LMConfig
+from gem_assets.lib.mixing.mixture import texts_to_streams
+from gem_assets.lib.mixing.regmix import AUTO_MIN_RUNS, MixtureRegressor, auto_kind, cv_spearman, propose_mixture, \
     run_regmix, sample_mixtures
 
 

@@ -8,7 +8,7 @@ import pytest
 from scipy.optimize import minimize
 from scipy.spatial.distance import pdist
 
-from gem_assets.lib.regmix import _MixtureSampler, _project_log, project_to_cap, propose_mixture, \
+from gem_assets.lib.mixing.regmix import _MixtureSampler, _project_log, project_to_cap, propose_mixture, \
     sample_mixtures
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gem_assets.lib import sampling
+from gem_assets.lib.mixing import sampling
 
 
 def test_cap_sample_is_seeded_sorted_and_keyed():

@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 
 from conftest import HashingEmbedder, make_docs, write_jsonl, write_parquet
-from gem_assets.lib import corpus, streaming
+from gem_assets.lib.corpus import shards as corpus
+from gem_assets.lib.io import streaming
 
 
 def _messy_rows() -> list[dict]:
@@ -147,8 +148,8 @@ def test_embed_selected_equals_embedding_all_at_once(tmp_path):
 # --------------------------------------------------------------------------- device="auto"
 import torch  # noqa: E402
 
-from gem_assets.lib.embed import resolve_device  # noqa: E402
-from gem_assets.lib.student import StudentClassifier  # noqa: E402
+from gem_assets.lib.teacher.embed import resolve_device  # noqa: E402
+from gem_assets.lib.student.classifier import StudentClassifier  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 

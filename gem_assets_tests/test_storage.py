@@ -13,7 +13,9 @@ import pytest
 from upath import UPath
 
 from conftest import make_docs
-from gem_assets.lib import corpus, storage, streaming
+from gem_assets.lib.corpus import shards as corpus
+from gem_assets.lib.io import storage
+from gem_assets.lib.io import streaming
 
 
 @pytest.fixture
@@ -176,7 +178,7 @@ def test_shard_assets_write_to_an_object_store_home(store, request, tiny_corpus,
     from conftest import make_resources
     from gem_assets.definitions import ASSETS
     from gem_assets.defs.partitions import SHARDS
-    from gem_assets.lib import artifacts
+    from gem_assets.lib.io import artifacts
 
     home = f"{request.getfixturevalue('mem_root' if store == 'memory' else 's3_root')}/home"
     res = make_resources(home, str(tiny_corpus / "*"))
@@ -221,8 +223,8 @@ def test_corpus_on_an_object_store(mem_root):
 
 
 def test_gem_model_round_trips_on_every_kind_of_location(root):
-    from gem_assets.lib.gem import GEM
-    from gem_assets.lib.synthetic import make_cone_clusters
+    from gem_assets.lib.teacher.gem import GEM
+    from gem_assets.lib.teacher.synthetic import make_cone_clusters
 
     X, _, _ = make_cone_clusters(300, 8, 3, kappa=50.0, dtype=np.float64, random_state=1)
     model = GEM(3, isotropy=True, max_iter=20, random_state=0).fit(X)
@@ -282,9 +284,9 @@ def test_whole_pipeline_on_an_object_store_home(mem_root, tmp_path, monkeypatch)
     from conftest import make_resources
     from gem_assets.definitions import build_definitions
     from gem_assets.defs.state import hash_shards
-    from gem_assets.lib import artifacts
-    from gem_assets.lib.gem import GEM
-    from gem_assets.lib.student import StudentClassifier
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.teacher.gem import GEM
+    from gem_assets.lib.student.classifier import StudentClassifier
     from gem_assets.run import open_instance, run_pipeline
 
     monkeypatch.chdir(tmp_path)  # a URL mistaken for a local path would create ./memory:/... here

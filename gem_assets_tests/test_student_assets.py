@@ -17,8 +17,8 @@ from gem_assets.defs.embeddings import embeddings
 from gem_assets.defs.partitions import SHARDS
 from gem_assets.defs.student import domain_assignments, domain_stats, student_model
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
-from gem_assets.lib import storage
-from gem_assets.lib.student import StudentClassifier, share_kl
+from gem_assets.lib.io import storage
+from gem_assets.lib.student.classifier import StudentClassifier, share_kl
 from gem_assets.run import run_pipeline
 
 KEYS = ["a.jsonl", "b.jsonl", "c.parquet"]
@@ -134,7 +134,7 @@ def test_assigned_once_fails_on_a_dropped_document(tiny_corpus, gem_home, instan
     res = make_resources(gem_home, str(tiny_corpus / "*"), k=4)
     _teacher(instance, res, ["a.jsonl"])
     assert materialize([student_model], instance=instance, resources=res).success
-    from gem_assets.lib import student as lib
+    from gem_assets.lib.student import classifier as lib
 
     real = lib.label_parquet
 

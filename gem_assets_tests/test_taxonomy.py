@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from gem_assets.lib import gis, plots
-from gem_assets.lib import taxonomy as tx
-from gem_assets.lib.gis import TeacherGeometry, TermBatch
+from gem_assets.lib.taxonomy import gis
+from gem_assets.lib.util import plots
+from gem_assets.lib.taxonomy import build as tx
+from gem_assets.lib.taxonomy.gis import TeacherGeometry, TermBatch
 
 
 def _unit(deg: float) -> np.ndarray:

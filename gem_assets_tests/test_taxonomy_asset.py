@@ -18,8 +18,8 @@ from gem_assets.defs.partitions import SHARDS
 from gem_assets.defs.student import domain_assignments, student_model
 from gem_assets.defs.taxonomy import taxonomy, taxonomy_state
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
-from gem_assets.lib import storage
-from gem_assets.lib.terms import STOP_WORDS
+from gem_assets.lib.io import storage
+from gem_assets.lib.taxonomy.terms import STOP_WORDS
 from gem_assets.run import run_pipeline
 
 from conftest import make_resources

@@ -1,4 +1,4 @@
-"""Tests of gem_assets.lib.vmf against mpmath (50 digits) and against the vMF sampling law.
+"""Tests of gem_assets.lib.teacher.vmf against mpmath (50 digits) and against the vMF sampling law.
 
 Relative errors are measured as |ours - ref| <= rtol * |ref| + atol. The absolute floor ``atol``
 exists because log C_d(kappa) and log I_nu(x) cross zero (log C_384 near kappa ~ 987, log C_4096 near
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gem_assets.lib import vmf
+from gem_assets.lib.teacher import vmf
 
 mp.mp.dps = 50
 

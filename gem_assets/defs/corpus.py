@@ -42,7 +42,10 @@ def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResu
     read, or lacks the text column, fails this partition only.
     """
 
-    from gem_assets.lib import artifacts, corpus, storage, streaming
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.corpus import shards as corpus
+    from gem_assets.lib.io import storage
+    from gem_assets.lib.io import streaming
 
     key = context.partition_key
     settings = gem.settings()

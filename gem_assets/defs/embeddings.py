@@ -44,7 +44,10 @@ def embeddings(context: AssetExecutionContext, gem: GemConfig, embedder: Sentenc
     batches (``lib/streaming.embed_selected``). Written to
     ``work/embeddings/<shard>/`` (``vectors.safetensors``, ``index.parquet``, ``meta.json``).
     """
-    from gem_assets.lib import artifacts, embed, sampling, streaming
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.teacher import embed
+    from gem_assets.lib.mixing import sampling
+    from gem_assets.lib.io import streaming
 
     key = context.partition_key
     settings = gem.settings()

@@ -5,7 +5,7 @@ ways (source labels, Euclidean k-means with GEM's K, GEM's student domains), com
 weights of four mixers (natural shares, uniform, DoReMi, RegMix) on each, trains target
 language models on a fresh draw of every mixture's documents for each seed at one token
 budget, and reports held-out bits per byte with Student-t intervals for two settings: the
-held-out documents of the whole corpus (``all``) and each source in turn (``lib/evaluation.py``).
+held-out documents of the whole corpus (``all``) and each source in turn (``lib/evaluation/experiment.py``).
 Written to ``outputs/evaluation/``.
 
 Fingerprint (recorded in metadata and ``summary.json``, used by ``make run``): the
@@ -48,7 +48,8 @@ EVALUATION_CHECKS = {
 
 def _inputs(settings: Settings, keys) -> dict:
     """The fingerprints of what the evaluation reads; raises ``FileNotFoundError`` when one is missing."""
-    from gem_assets.lib import artifacts, storage
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.io import storage
 
     layout = settings.layout
     shards = {}
@@ -76,9 +77,9 @@ def evaluation_fingerprint(settings: Settings, inputs: dict, reused: dict | None
 def _config(settings: Settings):
     """The evaluation's configuration from the profile: n-gram target models and proxies on a CPU,
     transformers where ``GEM_PROXY`` resolves to ``transformer`` (a CUDA GPU by default)."""
-    from gem_assets.lib.eval_backends import MixerSettings
-    from gem_assets.lib.evaluation import EvaluationConfig
-    from gem_assets.lib.lm import LMConfig
+    from gem_assets.lib.evaluation.backends import MixerSettings
+    from gem_assets.lib.evaluation.experiment import EvaluationConfig
+    from gem_assets.lib.mixing.lm import LMConfig
 
     p = settings.evaluation_params()
     transformer = None
@@ -116,8 +117,10 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
     """
     import polars as pl
 
-    from gem_assets.lib import artifacts, plots, storage
-    from gem_assets.lib import evaluation as lib
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.util import plots
+    from gem_assets.lib.io import storage
+    from gem_assets.lib.evaluation import experiment as lib
 
     settings = gem.settings()
     layout = settings.layout
@@ -249,7 +252,7 @@ def evaluation_state(instance, settings: Settings, keys) -> dict:
         ``stale`` (bool), ``reason`` and ``fingerprint`` (``None`` when an input is missing).
     """
     from gem_assets.defs.state import latest_metadata
-    from gem_assets.lib import storage
+    from gem_assets.lib.io import storage
 
     try:
         inputs = _inputs(settings, keys)

@@ -12,9 +12,9 @@
   and ``manifest.json``).
 
 Proxy models (``GEM_PROXY``, resolved by ``Settings.effective_proxy``): ``ngram`` counts an
-interpolated byte n-gram model per mixture (``lib/count_proxy.py``; about a second a proxy on a
+interpolated byte n-gram model per mixture (``lib/mixing/count_proxy.py``; about a second a proxy on a
 CPU), and DoReMi is played in rounds on them; ``transformer`` trains small byte transformers
-(``lib/regmix.py``, ``lib/doremi.py``; online Group DRO), which needs a GPU to learn enough for
+(``lib/mixing/regmix.py``, ``lib/mixing/doremi.py``; online Group DRO), which needs a GPU to learn enough for
 its losses to rank mixtures. ``auto`` is ``transformer`` when CUDA is available, else ``ngram``.
 
 Tokens are UTF-8 bytes (plus one separator per document), the proxy models' vocabulary.
@@ -49,7 +49,7 @@ MIXING_EXPERIMENT = "gem-mixing"
 
 # --------------------------------------------------------------------------- fingerprints
 def _stats_summary(settings: Settings) -> dict | None:
-    from gem_assets.lib import storage
+    from gem_assets.lib.io import storage
 
     path = settings.layout.domain_stats_dir / "summary.json"
     return storage.read_json(path) if path.is_file() else None
@@ -102,7 +102,7 @@ def mixing_state(instance, settings: Settings) -> dict:
         ``stale`` (bool), ``reason`` and ``stale_assets`` ({asset: reason}).
     """
     from gem_assets.defs.state import latest_metadata
-    from gem_assets.lib import storage
+    from gem_assets.lib.io import storage
 
     stats = _stats_summary(settings)
     if stats is None:
@@ -141,8 +141,10 @@ def _index(settings: Settings, shards, target_source: str | None = None, key_see
     (bounded memory)."""
     import polars as pl
 
-    from gem_assets.lib import artifacts, mixture, storage
-    from gem_assets.lib.streaming import iter_selected_rows
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.mixing import mixture
+    from gem_assets.lib.io import storage
+    from gem_assets.lib.io.streaming import iter_selected_rows
 
     layout = settings.layout
     index = mixture.corpus_index(lambda key: artifacts.read_documents(layout, key),
@@ -163,13 +165,13 @@ def _index(settings: Settings, shards, target_source: str | None = None, key_see
 
 
 def _n_domains(settings: Settings) -> int:
-    from gem_assets.lib import storage
+    from gem_assets.lib.io import storage
 
     return storage.read_csv(settings.layout.domain_stats_dir / "domain_stats.csv").height
 
 
 def _read_proxy(settings: Settings, expected_fp: str) -> tuple[dict, dict, dict, dict]:
-    from gem_assets.lib import storage
+    from gem_assets.lib.io import storage
 
     d = settings.layout.proxy_corpus_dir
     meta_path = d / "meta.json"
@@ -202,7 +204,8 @@ def _tags(context: AssetExecutionContext, asset_name: str, settings: Settings) -
 
 def _weights_outputs(settings: Settings, name: str, meta: dict, weights: dict, record: dict, title: str):
     """Write ``outputs/weights/<name>.json`` and ``<name>.png`` (weights vs natural shares); return the picture."""
-    from gem_assets.lib import plots, storage
+    from gem_assets.lib.util import plots
+    from gem_assets.lib.io import storage
 
     natural = meta["natural_shares"]
     png = plots.weights_bar_chart(list(weights.values()), [natural[n] for n in weights], list(weights),
@@ -242,7 +245,7 @@ def _proxy_record(p: dict, budget_tokens: int) -> dict:
                 "max_grams": p["ngram_max_grams"]}
     from dataclasses import asdict
 
-    from gem_assets.lib.lm import LMConfig
+    from gem_assets.lib.mixing.lm import LMConfig
 
     return {"kind": "transformer", "config": asdict(LMConfig(**p["proxy_config"])), "batch_size": p["batch_size"],
             "lr": p["lr"], "budget_tokens": int(budget_tokens)}
@@ -266,7 +269,8 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     import numpy as np
     import polars as pl
 
-    from gem_assets.lib import mixture, storage
+    from gem_assets.lib.mixing import mixture
+    from gem_assets.lib.io import storage
 
     settings = gem.settings()
     p = settings.mixture_params()
@@ -366,7 +370,8 @@ def doremi_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
     """
     import numpy as np
 
-    from gem_assets.lib import plots, storage
+    from gem_assets.lib.util import plots
+    from gem_assets.lib.io import storage
 
     settings = gem.settings()
     p = settings.mixture_params()
@@ -376,7 +381,7 @@ def doremi_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
     meta, train, valid, _ = _read_proxy(settings, fps["proxy_corpus"])
     try:
         if kind == "ngram":
-            from gem_assets.lib.count_proxy import doremi_rounds
+            from gem_assets.lib.mixing.count_proxy import doremi_rounds
 
             # a domain of one document has no held-out bytes: its training bytes stand in (recorded)
             no_valid = [n for n in train if n not in valid]
@@ -384,8 +389,8 @@ def doremi_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
                                 rounds=p["doremi_rounds"], smoothing=p["doremi_smoothing"], order=p["ngram_order"],
                                 max_grams=p["ngram_max_grams"], seed=p["seed"], progress=True)
         else:
-            from gem_assets.lib.doremi import run_doremi
-            from gem_assets.lib.lm import LMConfig
+            from gem_assets.lib.mixing.doremi import run_doremi
+            from gem_assets.lib.mixing.lm import LMConfig
 
             no_valid = []
             res = run_doremi(train, None, LMConfig(**p["proxy_config"]), p["doremi_steps"],
@@ -401,7 +406,7 @@ def doremi_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
     if kind == "ngram":
         budget = p["proxy_tokens"]
     else:
-        from gem_assets.lib.lm import LMConfig
+        from gem_assets.lib.mixing.lm import LMConfig
 
         budget = p["doremi_steps"] * p["batch_size"] * LMConfig(**p["proxy_config"]).context
     record = {"method": "doremi", "fingerprint": fp, "weights": weights, "natural_shares": meta["natural_shares"],
@@ -490,7 +495,7 @@ def regmix_runs(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTr
     import numpy as np
     import polars as pl
 
-    from gem_assets.lib import storage
+    from gem_assets.lib.io import storage
 
     settings = gem.settings()
     p = settings.mixture_params()
@@ -506,14 +511,14 @@ def regmix_runs(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTr
 
     try:
         if kind == "ngram":
-            from gem_assets.lib import count_proxy
+            from gem_assets.lib.mixing import count_proxy
 
             runs = count_proxy.regmix_runs(train, target, p["regmix_runs"], p["proxy_tokens"], order=p["ngram_order"],
                                            max_grams=p["ngram_max_grams"], max_epochs=p["max_epochs"],
                                            seed=p["seed"], progress=True, on_run=on_run)
         else:
-            from gem_assets.lib.lm import LMConfig
-            from gem_assets.lib.regmix import proxy_runs
+            from gem_assets.lib.mixing.lm import LMConfig
+            from gem_assets.lib.mixing.regmix import proxy_runs
 
             runs = proxy_runs(train, target, LMConfig(**p["proxy_config"]), p["regmix_runs"], p["regmix_steps"],
                               batch_size=p["batch_size"], lr=p["lr"], seed=p["seed"], max_epochs=p["max_epochs"],
@@ -590,8 +595,9 @@ def regmix_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
     import numpy as np
     import polars as pl
 
-    from gem_assets.lib import plots, storage
-    from gem_assets.lib.regmix import fit_and_propose
+    from gem_assets.lib.util import plots
+    from gem_assets.lib.io import storage
+    from gem_assets.lib.mixing.regmix import fit_and_propose
 
     settings = gem.settings()
     p = settings.mixture_params()
@@ -689,7 +695,8 @@ def curated_mixture(context: AssetExecutionContext, gem: GemConfig) -> Materiali
     import numpy as np
     import polars as pl
 
-    from gem_assets.lib import mixture, storage
+    from gem_assets.lib.mixing import mixture
+    from gem_assets.lib.io import storage
 
     settings = gem.settings()
     p = settings.mixture_params()

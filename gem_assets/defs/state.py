@@ -52,8 +52,8 @@ def hash_shards(shards: Mapping[str, Path], cache: Mapping[str, list] | None = N
     cache : dict of str to list
         The updated cache.
     """
-    from gem_assets.lib.corpus import file_sha256
-    from gem_assets.lib.storage import file_signature
+    from gem_assets.lib.corpus.shards import file_sha256
+    from gem_assets.lib.io.storage import file_signature
 
     cache = dict(cache or {})
     hashes, new_cache = {}, {}
@@ -75,7 +75,7 @@ def stale_shards(instance: DagsterInstance, settings: Settings, model_id: str, h
     Compares the full fingerprint (bytes, validation and embedding parameters, embedder)
     recorded by the latest materialization, and the one in the files on disk.
     """
-    from gem_assets.lib import artifacts
+    from gem_assets.lib.io import artifacts
 
     layout = settings.layout
     out: dict[str, str] = {}
@@ -116,7 +116,7 @@ def teacher_state(instance: DagsterInstance, settings: Settings, hashes: Mapping
         ``stale`` (bool), ``reason``, ``fingerprint`` (of the current inputs, or ``None``
         when nothing is embedded), ``included`` and ``excluded`` shards.
     """
-    from gem_assets.lib import artifacts
+    from gem_assets.lib.io import artifacts
 
     layout = settings.layout
     included, excluded = artifacts.embedded_shards(layout, hashes)

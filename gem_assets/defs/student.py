@@ -59,7 +59,7 @@ def stats_fingerprint(assignment_fps: dict[str, str]) -> str:
 
 def _read_summary(directory, asset_name: str) -> dict:
     """``summary.json`` that ``asset_name`` wrote under ``directory``; a clear failure if it is missing."""
-    from gem_assets.lib import storage
+    from gem_assets.lib.io import storage
 
     path = directory / "summary.json"
     if not path.is_file():
@@ -100,9 +100,11 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
     import numpy as np
     import polars as pl
 
-    from gem_assets.lib import artifacts, plots, storage
-    from gem_assets.lib import student as lib
-    from gem_assets.lib.gem import GEM
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.util import plots
+    from gem_assets.lib.io import storage
+    from gem_assets.lib.student import classifier as lib
+    from gem_assets.lib.teacher.gem import GEM
 
     settings = gem.settings()
     layout = settings.layout
@@ -117,7 +119,7 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
     k = int(P.shape[1])
 
     # texts of the sampled documents, in sample order: only those rows, shard by shard (issue 8)
-    from gem_assets.lib.streaming import read_texts
+    from gem_assets.lib.io.streaming import read_texts
 
     try:
         texts = read_texts(layout.documents_path, sample.select("shard", "id"))
@@ -238,8 +240,9 @@ def domain_assignments(context: AssetExecutionContext, gem: GemConfig) -> Materi
     import numpy as np
     import polars as pl
 
-    from gem_assets.lib import artifacts, storage
-    from gem_assets.lib import student as lib
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.io import storage
+    from gem_assets.lib.student import classifier as lib
 
     key = context.partition_key
     settings = gem.settings()
@@ -318,7 +321,9 @@ def domain_stats(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     import numpy as np
     import polars as pl
 
-    from gem_assets.lib import artifacts, storage, streaming
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.io import storage
+    from gem_assets.lib.io import streaming
 
     settings = gem.settings()
     layout = settings.layout
@@ -401,7 +406,7 @@ def student_state(instance, settings: Settings) -> dict:
         ``stale`` (bool), ``reason`` and ``fingerprint`` (``None`` when there is no teacher).
     """
     from gem_assets.defs.state import latest_metadata
-    from gem_assets.lib import storage
+    from gem_assets.lib.io import storage
 
     layout = settings.layout
     path = layout.teacher_outputs_dir / "summary.json"
@@ -423,7 +428,8 @@ def stale_assignments(instance, settings: Settings, keys) -> dict[str, str]:
     """Shards (of ``keys`` that have documents) whose ``domain_assignments`` are missing or out of
     date with the student and their documents, with the reason."""
     from gem_assets.defs.state import latest_metadata
-    from gem_assets.lib import artifacts, storage
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.io import storage
 
     layout = settings.layout
     spath = layout.student_outputs_dir / "summary.json"
@@ -451,7 +457,8 @@ def stale_assignments(instance, settings: Settings, keys) -> dict[str, str]:
 def stats_state(instance, settings: Settings, keys) -> dict:
     """Whether ``domain_stats`` is up to date with the current assignments of ``keys``."""
     from gem_assets.defs.state import latest_metadata
-    from gem_assets.lib import artifacts, storage
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.io import storage
 
     layout = settings.layout
     spath = layout.student_outputs_dir / "summary.json"

@@ -50,7 +50,8 @@ def taxonomy_inputs(layout, keys) -> tuple[dict[str, dict], dict[str, str]]:
     excluded : dict
         Shard key -> reason.
     """
-    from gem_assets.lib import artifacts, storage
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.io import storage
 
     spath = layout.student_outputs_dir / "summary.json"
     if not spath.is_file():
@@ -102,9 +103,12 @@ def taxonomy(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTrack
     """
     import numpy as np
 
-    from gem_assets.lib import ctfidf, gis, plots, storage
-    from gem_assets.lib import taxonomy as tx
-    from gem_assets.lib.gem import GEM
+    from gem_assets.lib.taxonomy import ctfidf
+    from gem_assets.lib.taxonomy import gis
+    from gem_assets.lib.util import plots
+    from gem_assets.lib.io import storage
+    from gem_assets.lib.taxonomy import build as tx
+    from gem_assets.lib.teacher.gem import GEM
 
     settings = gem.settings()
     layout = settings.layout
@@ -204,7 +208,7 @@ def taxonomy(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTrack
 def taxonomy_state(instance, settings: Settings, keys) -> dict:
     """Whether ``taxonomy`` is up to date with the teacher and the current assignments of ``keys``."""
     from gem_assets.defs.state import latest_metadata
-    from gem_assets.lib import storage
+    from gem_assets.lib.io import storage
 
     layout = settings.layout
     tpath = layout.teacher_outputs_dir / "summary.json"

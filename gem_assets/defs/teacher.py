@@ -37,7 +37,9 @@ def teacher_sample(context: AssetExecutionContext, gem: GemConfig) -> Materializ
     import numpy as np
     import polars as pl
 
-    from gem_assets.lib import artifacts, corpus, sampling
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.corpus import shards as corpus
+    from gem_assets.lib.mixing import sampling
 
     settings = gem.settings()
     layout = settings.layout
@@ -99,7 +101,9 @@ def teacher_clusters(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlf
     ``outputs/teacher/`` (means, concentrations, isotropy centre, shares, assignments,
     MM history, pictures, summary); logs the fit as an MLflow run.
     """
-    from gem_assets.lib import artifacts, plots, teacher
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.util import plots
+    from gem_assets.lib.teacher import sample as teacher
 
     settings = gem.settings()
     layout = settings.layout

@@ -128,13 +128,13 @@ class GemConfig(ConfigurableResource):
         settings = self.settings()
         if settings.corpus:
             return settings.corpus
-        from gem_assets.lib.corpus import ensure_default_corpus
+        from gem_assets.lib.corpus.shards import ensure_default_corpus
 
         return ensure_default_corpus(settings.layout.corpus_dir)
 
     def shards(self) -> dict[str, Path]:
         """Partition key to file of every shard the corpus glob matches now."""
-        from gem_assets.lib.corpus import discover_shards
+        from gem_assets.lib.corpus.shards import discover_shards
 
         return discover_shards(self.corpus_glob())
 

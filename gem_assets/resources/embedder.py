@@ -55,7 +55,7 @@ class SentenceTransformerEmbedder(ConfigurableResource):
         )
 
     def _make_encoder(self):
-        from gem_assets.lib.embed import SentenceEncoder
+        from gem_assets.lib.teacher.embed import SentenceEncoder
 
         return SentenceEncoder(self.model_path or None, batch_size=self.batch_size,
                                max_seq_length=self.max_seq_length, device=self.device)
@@ -67,14 +67,14 @@ class SentenceTransformerEmbedder(ConfigurableResource):
     @property
     def model_id(self) -> str:
         """What determines the vectors (model folder and truncation), without loading the model."""
-        from gem_assets.lib.embed import default_model_path
+        from gem_assets.lib.teacher.embed import default_model_path
 
         return f"{self.model_path or default_model_path()}|max_seq_length={self.max_seq_length}"
 
     @property
     def device_name(self) -> str:
         """The device the model runs on."""
-        from gem_assets.lib.embed import resolve_device
+        from gem_assets.lib.teacher.embed import resolve_device
 
         return resolve_device(self.device)
 

@@ -90,7 +90,7 @@ class MlflowTracker(ConfigurableResource):
         layout : Layout
             For the default URI and artifact folder.
         run_name, params, tags, history, metric_keys, final_metrics, artifacts
-            See :func:`gem_assets.lib.tracking.log_fit`; ``artifacts`` may lie on an object store
+            See :func:`gem_assets.lib.util.tracking.log_fit`; ``artifacts`` may lie on an object store
             (they are logged from temporary local copies).
         log : logger, optional
             Receives the warning when the store is unreachable.
@@ -109,7 +109,8 @@ class MlflowTracker(ConfigurableResource):
             raise ValueError(f"on_error must be 'warn' or 'fail', got {self.on_error!r} (GEM_MLFLOW_ON_ERROR)")
         if not self.enabled:
             return TrackingOutcome("disabled", uri, None, "MLflow logging disabled (GEM_MLFLOW=0)")
-        from gem_assets.lib import storage, tracking
+        from gem_assets.lib.io import storage
+        from gem_assets.lib.util import tracking
 
         try:
             tracking.probe(uri, timeout_s=self.probe_timeout_s)

@@ -19,11 +19,11 @@ Batches
 position uniformly in that domain's stream; a row is ``context + 1`` consecutive bytes (inputs
 and next-byte targets). Streams are read cyclically: a window that runs past the end continues
 at the start, so a domain shorter than the context still yields full rows (its documents are
-separated by a separator byte, see ``lib/mixture.py``, so the wrap joins two documents as the
+separated by a separator byte, see ``lib/mixing/mixture.py``, so the wrap joins two documents as the
 stream does everywhere else).
 
 With ``stratified=True`` every domain is in every batch: each of the K domains gets
-``floor(B / K)`` or ``ceil(B / K)`` rows (DoReMi's proxy batches, ``lib/doremi.py``).
+``floor(B / K)`` or ``ceil(B / K)`` rows (DoReMi's proxy batches, ``lib/mixing/doremi.py``).
 
 Training
 --------
@@ -61,8 +61,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._checks import check_float, check_int
-from ._checks import resolve_device as _resolve_device
+from gem_assets.lib.util.checks import check_float, check_int
+from gem_assets.lib.util.checks import resolve_device as _resolve_device
 
 __all__ = ["LMConfig", "ByteLM", "resolve_device", "batch_from_streams", "TrainResult", "train_lm",
            "BatchTrainResult", "train_lm_batch", "evaluate_bpb_batch", "batched_logits", "stack_models",

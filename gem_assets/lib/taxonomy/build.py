@@ -13,7 +13,7 @@ domains of equal share the increase is a decreasing function of mu_A^T mu_B, so 
 merges first; a small domain merges earlier than a large one at the same angle. The node height is
 ``D(S)``, which never decreases towards the root (a proper dendrogram).
 
-Each node is named by GIS of the merged domain (:func:`gem_assets.lib.gis.gis_scores` with the node's
+Each node is named by GIS of the merged domain (:func:`gem_assets.lib.taxonomy.gis.gis_scores` with the node's
 domains as one group). Exemplars of a domain are the embedded documents of highest posterior for it.
 """
 
@@ -24,8 +24,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from gem_assets.lib import gis as G
-from gem_assets.lib.terms import STOP_WORDS
+from gem_assets.lib.taxonomy import gis as G
+from gem_assets.lib.taxonomy.terms import STOP_WORDS
 
 __all__ = ["Tree", "agglomerate", "build_taxonomy", "taxonomy_markdown", "stop_words_in", "shard_batches",
            "shard_texts", "name_quality"]
@@ -141,11 +141,11 @@ def build_taxonomy(stats: G.TermStats, geometry: G.TeacherGeometry, *, posterior
     Parameters
     ----------
     stats : TermStats
-        From :func:`gem_assets.lib.gis.collect_term_stats`.
+        From :func:`gem_assets.lib.taxonomy.gis.collect_term_stats`.
     geometry : TeacherGeometry
         The teacher.
     posterior : str
-        The term posterior of GIS (:func:`gem_assets.lib.gis.term_posteriors`).
+        The term posterior of GIS (:func:`gem_assets.lib.taxonomy.gis.term_posteriors`).
     n_top : int
         Top terms kept per node.
     name_terms : int
@@ -248,7 +248,7 @@ def stop_words_in(tax: dict) -> list[tuple[int, str]]:
 
 # --------------------------------------------------------------------------- reading the pipeline's shards
 def shard_batches(layout, keys: Sequence[str]) -> Iterator[G.TermBatch]:
-    """One :class:`gem_assets.lib.gis.TermBatch` per shard from the pipeline's files.
+    """One :class:`gem_assets.lib.taxonomy.gis.TermBatch` per shard from the pipeline's files.
 
     Texts from ``documents``, domains from the student's ``domain_assignments``, vectors from
     ``embeddings`` when the shard's embeddings were made from its current documents (otherwise the
@@ -261,7 +261,8 @@ def shard_batches(layout, keys: Sequence[str]) -> Iterator[G.TermBatch]:
     """
     import polars as pl
 
-    from gem_assets.lib import artifacts, storage
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.io import storage
 
     for key in keys:
         docs = artifacts.read_documents(layout, key).select("id", "text")
@@ -288,7 +289,7 @@ def shard_batches(layout, keys: Sequence[str]) -> Iterator[G.TermBatch]:
 
 def shard_texts(layout, keys: Sequence[str]) -> Iterator[list[str]]:
     """The texts of each shard's kept documents, one list per shard."""
-    from gem_assets.lib import artifacts
+    from gem_assets.lib.io import artifacts
 
     for key in keys:
         yield artifacts.read_documents(layout, key)["text"].to_list()
@@ -311,10 +312,10 @@ def name_quality(tops: dict[str, Sequence[Sequence[str]]], texts, progress: bool
     dict
         Method -> ``npmi`` (mean over domains), ``npmi_per_domain``, ``distinctiveness``.
     """
-    from gem_assets.lib import coherence
+    from gem_assets.lib.taxonomy import coherence
 
     vocab = sorted({t for lists in tops.values() for row in lists for t in row})
-    from gem_assets.lib.allocator import release_memory
+    from gem_assets.lib.util.allocator import release_memory
 
     co, n = coherence.cooccurrence(texts, vocab, progress=progress)
     release_memory()  # a whole pass over the corpus's texts: hand the freed pages back

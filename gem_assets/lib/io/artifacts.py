@@ -1,6 +1,7 @@
 """Reading and writing the per-shard and teacher-sample artifacts in plain formats.
 
-Layout (see :class:`gem_assets.config.Layout`)::
+Files under a pipeline layout (any object with the path methods of ``gem_assets.config.Layout``,
+passed in by the caller)::
 
     work/documents/<shard>.parquet        kept documents (row, id, text, n_chars[, source])
     work/documents/<shard>.json           counts and fingerprints of the shard
@@ -12,7 +13,7 @@ Layout (see :class:`gem_assets.config.Layout`)::
     work/teacher_sample/sample.parquet            shard, id[, source] of each sampled vector
     work/teacher_sample/meta.json                 shards used, fingerprint, sizes
 
-Folders are replaced atomically (:func:`gem_assets.lib.storage.atomic_dir`), files with
+Folders are replaced atomically (:func:`gem_assets.lib.io.storage.atomic_dir`), files with
 :func:`os.replace`.
 """
 
@@ -24,13 +25,12 @@ from typing import Mapping
 import numpy as np
 import polars as pl
 
-from gem_assets.config import Layout, fingerprint
-from gem_assets.lib import storage
+from gem_assets.lib.util.hashing import fingerprint
+from gem_assets.lib.io import storage
 
 __all__ = [
     "documents_fingerprint",
     "embeddings_fingerprint",
-    "write_documents",
     "read_documents",
     "read_documents_meta",
     "write_embeddings",
@@ -55,26 +55,7 @@ def embeddings_fingerprint(documents_fp: str, embedding_params: dict, model_id: 
 
 
 # --------------------------------------------------------------------------- documents
-def write_documents(layout: Layout, key: str, kept: pl.DataFrame, quarantine: pl.DataFrame, meta: dict) -> dict[str, Path]:
-    """Write a shard's kept documents, its quarantine table and its metadata (each atomically).
-
-    Returns
-    -------
-    dict of str to Path
-        ``documents``, ``quarantine`` and ``meta`` paths.
-    """
-    paths = {
-        "documents": layout.documents_path(key),
-        "quarantine": layout.quarantine_path(key),
-        "meta": layout.documents_meta_path(key),
-    }
-    storage.write_parquet(paths["documents"], kept)
-    storage.write_parquet(paths["quarantine"], quarantine)
-    storage.write_json(paths["meta"], meta)  # last: its presence means the shard is complete
-    return paths
-
-
-def read_documents(layout: Layout, key: str) -> pl.DataFrame:
+def read_documents(layout, key: str) -> pl.DataFrame:
     """The kept documents of a shard.
 
     Raises
@@ -90,14 +71,14 @@ def read_documents(layout: Layout, key: str) -> pl.DataFrame:
     return storage.read_parquet(path)
 
 
-def read_documents_meta(layout: Layout, key: str) -> dict | None:
+def read_documents_meta(layout, key: str) -> dict | None:
     """The metadata written with a shard's documents, or ``None``."""
     path = layout.documents_meta_path(key)
     return storage.read_json(path) if path.is_file() else None
 
 
 # --------------------------------------------------------------------------- embeddings
-def write_embeddings(layout: Layout, key: str, vectors: np.ndarray, index: pl.DataFrame, meta: dict) -> Path:
+def write_embeddings(layout, key: str, vectors: np.ndarray, index: pl.DataFrame, meta: dict) -> Path:
     """Write a shard's vectors, their index and metadata as one atomically replaced folder."""
     if vectors.shape[0] != index.height:
         raise ValueError(f"{vectors.shape[0]} vectors but {index.height} index rows")
@@ -110,7 +91,7 @@ def write_embeddings(layout: Layout, key: str, vectors: np.ndarray, index: pl.Da
     return dest
 
 
-def _embeddings_dir(layout: Layout, key: str):
+def _embeddings_dir(layout, key: str):
     d = layout.embeddings_dir(key)
     if not (d / "meta.json").is_file():
         raise FileNotFoundError(
@@ -119,7 +100,7 @@ def _embeddings_dir(layout: Layout, key: str):
     return d
 
 
-def read_embeddings(layout: Layout, key: str) -> tuple[np.ndarray, pl.DataFrame, dict]:
+def read_embeddings(layout, key: str) -> tuple[np.ndarray, pl.DataFrame, dict]:
     """A shard's vectors, index and metadata.
 
     Raises
@@ -132,7 +113,7 @@ def read_embeddings(layout: Layout, key: str) -> tuple[np.ndarray, pl.DataFrame,
     return vectors, storage.read_parquet(d / "index.parquet"), storage.read_json(d / "meta.json")
 
 
-def read_embeddings_index(layout: Layout, key: str) -> pl.DataFrame:
+def read_embeddings_index(layout, key: str) -> pl.DataFrame:
     """A shard's embedding index (which document each vector row is) without its vectors.
 
     Raises
@@ -143,13 +124,13 @@ def read_embeddings_index(layout: Layout, key: str) -> pl.DataFrame:
     return storage.read_parquet(_embeddings_dir(layout, key) / "index.parquet")
 
 
-def read_embeddings_meta(layout: Layout, key: str) -> dict | None:
+def read_embeddings_meta(layout, key: str) -> dict | None:
     """A shard's embedding metadata, or ``None`` when it has no embeddings."""
     path = layout.embeddings_dir(key) / "meta.json"
     return storage.read_json(path) if path.is_file() else None
 
 
-def embedded_shards(layout: Layout, shard_hashes: Mapping[str, str]) -> tuple[dict[str, dict], dict[str, str]]:
+def embedded_shards(layout, shard_hashes: Mapping[str, str]) -> tuple[dict[str, dict], dict[str, str]]:
     """Which current shards have embeddings of their current content.
 
     Parameters
@@ -192,7 +173,7 @@ def teacher_input_fingerprint(included: Mapping[str, dict], teacher_params: dict
 
 
 # --------------------------------------------------------------------------- teacher sample
-def write_teacher_sample(layout: Layout, vectors: np.ndarray, sample: pl.DataFrame, meta: dict) -> Path:
+def write_teacher_sample(layout, vectors: np.ndarray, sample: pl.DataFrame, meta: dict) -> Path:
     """Write the teacher sample (vectors, per-row shard/id, metadata) as one folder."""
     if vectors.shape[0] != sample.height:
         raise ValueError(f"{vectors.shape[0]} vectors but {sample.height} sample rows")
@@ -203,7 +184,7 @@ def write_teacher_sample(layout: Layout, vectors: np.ndarray, sample: pl.DataFra
     return layout.teacher_sample_dir
 
 
-def read_teacher_sample(layout: Layout) -> tuple[np.ndarray, pl.DataFrame, dict]:
+def read_teacher_sample(layout) -> tuple[np.ndarray, pl.DataFrame, dict]:
     """The teacher sample's vectors, rows and metadata.
 
     Raises

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._checks import check_int
+from gem_assets.lib.util.checks import check_int
 
 __all__ = ["Bucketization", "from_labels", "from_domains", "kmeans_buckets", "MISSING_LABEL"]
 
@@ -178,7 +178,7 @@ def kmeans_buckets(sample_vectors, vectors, k: int, *, seed: int = 0, max_iter: 
     ValueError
         If the dimensions differ, k exceeds the sample size, or an input holds NaN/inf.
     """
-    from .baselines import KMeans
+    from gem_assets.lib.teacher.baselines import KMeans
 
     k = check_int(k, "k", low=2)
     sample_vectors = np.asarray(sample_vectors)

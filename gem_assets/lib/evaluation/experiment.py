@@ -37,10 +37,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from ._checks import check_float, check_int
-from .bucketize import MISSING_LABEL, Bucketization
-from .eval_backends import MixerSettings
-from .sampling import BottomK, bottom_k_positions, check_cap, key_priorities, rng_for
+from gem_assets.lib.util.checks import check_float, check_int
+from gem_assets.lib.evaluation.bucketize import MISSING_LABEL, Bucketization
+from gem_assets.lib.evaluation.backends import MixerSettings
+from gem_assets.lib.mixing.sampling import BottomK, bottom_k_positions, check_cap, key_priorities, rng_for
 
 __all__ = [
     "MIXERS",
@@ -121,7 +121,7 @@ def _seeded_mask(keys: Sequence[str] | pl.Series, fraction: float, seed: int, pu
 def holdout_split(keys: Sequence[str] | pl.Series, fraction: float, seed: int) -> np.ndarray:
     """The held-out target set: each document held out by a seeded hash of its key.
 
-    Document ``key`` is held out when its priority :func:`gem_assets.lib.sampling.key_priority`
+    Document ``key`` is held out when its priority :func:`gem_assets.lib.mixing.sampling.key_priority`
     ``(seed, "evaluation/holdout", key)``, a uniform 64-bit number, is below ``fraction * 2**64``:
     a Bernoulli(``fraction``) draw per document that needs no other document. So the split is one
     streaming pass with no per-document state (:class:`CorpusSampler`; a permutation of all keys
@@ -379,7 +379,7 @@ def run_experiment(
         own (its target documents, RegMix choosing on its selection documents).
     targets_backend : object, optional
         ``fit(multiplicity, seed)`` and ``bpb(model, target)`` (default from ``config.backend``:
-        :class:`~gem_assets.lib.eval_backends.NGramTargets` or ``TransformerTargets``).
+        :class:`~gem_assets.lib.evaluation.backends.NGramTargets` or ``TransformerTargets``).
     progress : bool
     log : callable, optional
 
@@ -389,8 +389,8 @@ def run_experiment(
     """
     from tqdm.auto import tqdm
 
-    from .eval_backends import NGramTargets, TransformerTargets, mixer_weights, sample_documents
-    from .mixture import domain_streams
+    from gem_assets.lib.evaluation.backends import NGramTargets, TransformerTargets, mixer_weights, sample_documents
+    from gem_assets.lib.mixing.mixture import domain_streams
 
     _check_inputs(pool_texts, bucketizations, target_texts, target_labels, select_texts, select_labels)
     if not select_texts and "regmix" in config.mixers:
@@ -458,7 +458,7 @@ def run_experiment(
 
 
 def _stream(texts: Sequence[str]) -> np.ndarray:
-    from .eval_backends import document_bytes
+    from gem_assets.lib.evaluation.backends import document_bytes
 
     return np.frombuffer(b"\x00".join(document_bytes(texts)) + b"\x00", dtype=np.uint8).copy()
 
@@ -593,7 +593,7 @@ def bpb_chart(table: pl.DataFrame, *, confidence: float = 0.95, targets: Sequenc
     bytes
         PNG image.
     """
-    from .plots import _figure, _png
+    from gem_assets.lib.util.plots import _figure, _png
 
     have = table["target"].unique(maintain_order=True).to_list()
     targets = [t for t in (targets or [t for t in (ALL, MEAN_OF_SOURCES) if t in have] or have[:1]) if t in have]
@@ -635,7 +635,7 @@ SAMPLE_COLUMNS = ("key", "shard", "id", "source", "gem", "vec")
 
 
 class _Kept:
-    """The rows of a :class:`gem_assets.lib.sampling.BottomK` sample (all rows when ``cap`` is None)."""
+    """The rows of a :class:`gem_assets.lib.mixing.sampling.BottomK` sample (all rows when ``cap`` is None)."""
 
     def __init__(self, cap: int | None, seed: int, purpose: str) -> None:
         cap = check_cap(cap, purpose)
@@ -764,7 +764,8 @@ def sample_frame(frame: pl.DataFrame, vectors: np.ndarray, *, holdout: float, se
 def _shard_frame(layout, key: str) -> pl.DataFrame:
     """One shard's documents without texts, with their GEM domain and the row of their embedding in
     the shard's vectors (null when the document was not embedded); the vectors are not read."""
-    from . import artifacts, storage
+    from gem_assets.lib.io import artifacts
+    from gem_assets.lib.io import storage
 
     if not layout.documents_path(key).is_file() or not layout.documents_meta_path(key).is_file():
         raise FileNotFoundError(f"no documents for shard {key!r}: materialize the 'documents' partition first")
@@ -808,7 +809,7 @@ def sample_corpus(layout, keys: Sequence[str], *, holdout: float, seed: int,
     """
     from tqdm.auto import tqdm
 
-    from . import artifacts
+    from gem_assets.lib.io import artifacts
 
     keys = list(keys)
     if not keys:
@@ -837,7 +838,7 @@ def _non_text_columns(layout, key: str) -> list[str]:
     """The documents file's ``id`` and ``source`` columns (those it has), from its schema."""
     import pyarrow.parquet as pq
 
-    from . import storage
+    from gem_assets.lib.io import storage
 
     with storage.open_binary(layout.documents_path(key)) as f:
         names = pq.ParquetFile(f).schema_arrow.names
@@ -846,14 +847,14 @@ def _non_text_columns(layout, key: str) -> list[str]:
 
 def read_texts(layout, rows: pl.DataFrame, batch_rows: int = 8192) -> list[str]:
     """The texts of the given documents (``shard`` and ``id`` columns), in that order, read shard by
-    shard and batch by batch from the ``documents`` files (:func:`gem_assets.lib.streaming.read_texts`)."""
-    from .streaming import read_texts as _read
+    shard and batch by batch from the ``documents`` files (:func:`gem_assets.lib.io.streaming.read_texts`)."""
+    from gem_assets.lib.io.streaming import read_texts as _read
 
     return _read(layout.documents_path, rows, batch_rows=batch_rows)
 
 
 def capped_sample(idx: np.ndarray, keys: Sequence[str], cap: int | None, seed: int, purpose: str) -> np.ndarray:
-    """:func:`gem_assets.lib.sampling.bottom_k_positions` in the evaluation's namespace (``evaluation/<purpose>``)."""
+    """:func:`gem_assets.lib.mixing.sampling.bottom_k_positions` in the evaluation's namespace (``evaluation/<purpose>``)."""
     return bottom_k_positions(idx, keys, cap, seed, f"evaluation/{purpose}")
 
 
@@ -931,8 +932,8 @@ def evaluate_corpus(
         When no document is held out, fewer than 2 training documents are usable, or
         ``use_source`` is set and no document has a source label.
     """
-    from .allocator import release_memory
-    from .bucketize import from_domains, from_labels, kmeans_buckets
+    from gem_assets.lib.util.allocator import release_memory
+    from gem_assets.lib.evaluation.bucketize import from_domains, from_labels, kmeans_buckets
 
     release_memory()  # a long-lived process (make run) starts the stage with what earlier ones freed returned
     k = check_int(k, "k", low=2)

@@ -2,7 +2,7 @@
 
 A long-lived process (``make run`` in process, a Dagster worker) runs one shard after another; glibc
 keeps what each frees in its arenas unless told otherwise. These helpers are no-ops that say so
-(they return False) off glibc. Kept apart from :mod:`gem_assets.lib.streaming` so that the torch
+(they return False) off glibc. Kept apart from :mod:`gem_assets.lib.io.streaming` so that the torch
 paths (the sentence encoder) need neither polars nor pyarrow.
 """
 
@@ -53,7 +53,7 @@ def fix_mmap_threshold(threshold_bytes: int = 1 << 20) -> bool:
     Setting the threshold turns glibc's dynamic adjustment off for the whole process (as the
     ``MALLOC_MMAP_THRESHOLD_`` environment variable does), so large buffers go back to the OS
     when freed. :func:`mapped_large_buffers` applies it to a block of work only (what
-    :meth:`gem_assets.lib.embed.SentenceEncoder.encode` does).
+    :meth:`gem_assets.lib.teacher.embed.SentenceEncoder.encode` does).
 
     Parameters
     ----------

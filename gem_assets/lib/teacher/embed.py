@@ -45,7 +45,7 @@ def default_model_path() -> str:
 
 def resolve_device(device: str = "auto") -> str:
     """``"auto"`` becomes ``"cuda"`` when a CUDA device is present, else ``"cpu"`` (as a string)."""
-    from gem_assets.lib._checks import resolve_device as _resolve  # torch loads only when called
+    from gem_assets.lib.util.checks import resolve_device as _resolve  # torch loads only when called
 
     return str(_resolve(device))
 
@@ -142,14 +142,14 @@ class SentenceEncoder:
 
         Notes
         -----
-        The forward passes run inside :func:`gem_assets.lib.allocator.mapped_large_buffers`: their
+        The forward passes run inside :func:`gem_assets.lib.util.allocator.mapped_large_buffers`: their
         multi-MiB activations are mapped and unmapped per batch instead of fragmenting the heap,
         which kept a batch's peak resident set 30-70 MiB higher and wandering from batch to batch;
         afterwards the process's later large tensors come from the heap again.
         """
         from tqdm.auto import tqdm
 
-        from gem_assets.lib.allocator import mapped_large_buffers
+        from gem_assets.lib.util.allocator import mapped_large_buffers
 
         self.load()
         n = len(texts)

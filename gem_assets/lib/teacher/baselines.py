@@ -3,7 +3,7 @@ mixing weights (Banerjee et al. 2005, the collapse-prone classic).
 
 Each is a small scikit-learn-style estimator with ``fit(X)``, ``predict(X)``, ``labels_`` and a
 ``history_`` of one dict per iteration carrying at least ``objective``, ``effective_k``,
-``min_share``, ``max_share``, ``n_empty`` and ``seconds``, like :class:`gem_assets.lib.gem.GEM`.
+``min_share``, ``max_share``, ``n_empty`` and ``seconds``, like :class:`gem_assets.lib.teacher.gem.GEM`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import time
 import numpy as np
 import torch
 
-from ._checks import as_matrix, check_float, check_int, make_rng, normalize_rows, resolve_device
-from .gem import _moments, _softmax, vmf_m_step, vmf_scores
-from .metrics import balance_stats
-from .seeding import kmeans_plusplus
+from gem_assets.lib.util.checks import as_matrix, check_float, check_int, make_rng, normalize_rows, resolve_device
+from gem_assets.lib.teacher.gem import _moments, _softmax, vmf_m_step, vmf_scores
+from gem_assets.lib.util.metrics import balance_stats
+from gem_assets.lib.teacher.seeding import kmeans_plusplus
 
 __all__ = ["KMeans", "SphericalKMeans", "VMFMixtureEM"]
 

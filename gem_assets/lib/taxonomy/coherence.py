@@ -76,7 +76,7 @@ def cooccurrence(batches: Callable[[], Iterable[Sequence[str]]], terms: Sequence
     batches : callable returning an iterable of sequences of str
         The corpus, one batch (e.g. a shard's texts) at a time.
     terms : sequence of str
-        Terms, tokenized as in :mod:`gem_assets.lib.terms`.
+        Terms, tokenized as in :mod:`gem_assets.lib.taxonomy.terms`.
     bigrams : bool
         Whether the tokenizer makes bigram terms (must match how ``terms`` were made).
     progress : bool
@@ -90,7 +90,7 @@ def cooccurrence(batches: Callable[[], Iterable[Sequence[str]]], terms: Sequence
     """
     from tqdm.auto import tqdm
 
-    from gem_assets.lib.terms import term_matrix
+    from gem_assets.lib.taxonomy.terms import term_matrix
 
     uniq = list(dict.fromkeys(terms))
     if len(uniq) != len(terms):

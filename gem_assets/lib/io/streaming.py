@@ -12,8 +12,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import polars as pl
 
-from gem_assets.lib import storage
-from gem_assets.lib.allocator import release_memory
+from gem_assets.lib.io import storage
+from gem_assets.lib.util.allocator import release_memory
 
 __all__ = ["parquet_num_rows", "iter_selected_rows", "embed_selected", "read_texts"]
 
@@ -93,7 +93,7 @@ def embed_selected(encode: Callable[..., np.ndarray], path, rows: Sequence[int] 
     ----------
     encode : callable
         ``encode(texts, desc=...) -> (len(texts), d)`` float array (e.g.
-        :meth:`gem_assets.lib.embed.SentenceEncoder.encode` or the embedder resource's).
+        :meth:`gem_assets.lib.teacher.embed.SentenceEncoder.encode` or the embedder resource's).
     path : path, URL or UPath
         The documents Parquet file.
     rows : sequence of int, optional

@@ -47,8 +47,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ._checks import check_float, check_int
-from .sampling import check_cap, key_priorities
+from gem_assets.lib.util.checks import check_float, check_int
+from gem_assets.lib.mixing.sampling import check_cap, key_priorities
 
 __all__ = ["SEPARATOR", "texts_to_streams", "split_documents", "domain_streams", "document_tokens",
            "allocate_tokens", "CuratedSample", "sample_curated_mixture", "CorpusIndex", "corpus_index",
@@ -526,7 +526,7 @@ def bottom_k_by_priority(idx, priority: np.ndarray, cap: int | None,
 
     The same sample as ``sampling.bottom_k_positions(idx, document keys, cap, seed, purpose)`` when
     ``priority[i]`` is ``sampling.key_priority(seed, purpose, key of i)`` (the ``priority`` column of
-    :func:`corpus_index`), ties included: among equal priorities :class:`~gem_assets.lib.sampling.BottomK`
+    :func:`corpus_index`), ties included: among equal priorities :class:`~gem_assets.lib.mixing.sampling.BottomK`
     keeps the larger key, so do we. Nothing per candidate beyond two 8-byte arrays is built; keys
     are asked for only for candidates tied at the cut.
 
@@ -579,7 +579,7 @@ def read_index_texts(index: CorpusIndex, positions, read_rows: Callable[[str, np
         Positions in the index (any order; repeats allowed).
     read_rows : callable
         ``read_rows(shard_key, rows)`` -> the texts of those (increasing) rows of the shard's
-        documents file, in that order (e.g. with :func:`gem_assets.lib.streaming.iter_selected_rows`).
+        documents file, in that order (e.g. with :func:`gem_assets.lib.io.streaming.iter_selected_rows`).
 
     Returns
     -------
@@ -668,7 +668,7 @@ def proxy_streams(index: CorpusIndex, read_texts: Callable[[np.ndarray], Sequenc
             (train_out if part == "train" else valid_out)[name] = stream
     target = {"target": _join([enc[i] for i in target_idx.tolist()])} if target_idx.size else {}
     del enc
-    from .allocator import release_memory
+    from gem_assets.lib.util.allocator import release_memory
 
     release_memory()
     return train_out, valid_out, target
@@ -721,7 +721,7 @@ def write_curated_parts(index: CorpusIndex, sample: CuratedSample, read_texts: C
 
     import polars as pl
 
-    from . import storage
+    from gem_assets.lib.io import storage
 
     size = check_int(rows_per_file, "rows_per_file", low=1)
     bucket_bytes = check_int(bucket_bytes, "bucket_bytes", low=1)
@@ -777,7 +777,7 @@ def write_curated_parts(index: CorpusIndex, sample: CuratedSample, read_texts: C
             del rows
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    from .allocator import release_memory
+    from gem_assets.lib.util.allocator import release_memory
 
     release_memory()
     return files

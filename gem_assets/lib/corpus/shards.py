@@ -27,7 +27,7 @@ from typing import Iterator
 import numpy as np
 import polars as pl
 
-from gem_assets.lib import storage
+from gem_assets.lib.io import storage
 
 __all__ = [
     "SHARD_SUFFIXES",
@@ -40,7 +40,6 @@ __all__ = [
     "content_id",
     "DEFAULT_BATCH_ROWS",
     "iter_shard_batches",
-    "read_shard",
     "ValidationSummary",
     "kept_schema",
     "validate_shard",
@@ -316,35 +315,6 @@ def iter_shard_batches(path, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[t
         )
     reader = _iter_jsonl if fmt == "jsonl" else _iter_parquet
     yield from reader(path, int(batch_rows))
-
-
-def read_shard(path) -> tuple[pl.DataFrame, list[dict]]:
-    """Read one shard whole (the batches of :func:`iter_shard_batches`, concatenated).
-
-    Parameters
-    ----------
-    path : path or URL
-        A ``.jsonl``/``.ndjson``/``.json`` or ``.parquet`` file.
-
-    Returns
-    -------
-    df : DataFrame
-        The readable records, with an ``__row`` column (record index in the file).
-    bad : list of dict
-        Records that are not valid UTF-8: ``{"row", "obj", "detail"}``.
-
-    Raises
-    ------
-    ShardError
-        If the file is missing, has an unknown suffix or cannot be parsed.
-    """
-    frames, bad = [], []
-    for df, b in iter_shard_batches(path):
-        frames.append(df)
-        bad.extend(b)
-    if not frames:
-        return pl.DataFrame({"__row": pl.Series([], dtype=pl.Int64)}), bad
-    return pl.concat(frames, how="diagonal_relaxed"), bad
 
 
 # --------------------------------------------------------------------------- validation

@@ -50,8 +50,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ._checks import check_float, check_int
-from .lm import (LMConfig, _check_training, _Deterministic, batch_from_streams, check_stratified, check_streams,
+from gem_assets.lib.util.checks import check_float, check_int
+from gem_assets.lib.mixing.lm import (LMConfig, _check_training, _Deterministic, batch_from_streams, check_stratified, check_streams,
                  evaluate_bpb, lr_at, new_model, normalize_weights, optimizer_step, progress_steps, resolve_device,
                  token_losses, train_lm)
 

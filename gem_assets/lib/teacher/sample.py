@@ -1,6 +1,6 @@
 """The GEM teacher on the embedded sample: fit, summary, checks and plain-format outputs.
 
-:func:`fit_teacher` fits :class:`gem_assets.lib.gem.GEM`; :func:`summarize_teacher` turns
+:func:`fit_teacher` fits :class:`gem_assets.lib.teacher.gem.GEM`; :func:`summarize_teacher` turns
 the fitted model into tables (domains, assignments, MM history), checks and pictures;
 :func:`write_teacher_outputs` writes them under ``outputs/teacher/`` so that a user needs
 no Dagster API to consume them::
@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from gem_assets.lib import plots, storage
+from gem_assets.lib.util import plots
+from gem_assets.lib.io import storage
 
 __all__ = ["fit_teacher", "TeacherSummary", "summarize_teacher", "write_teacher_outputs"]
 
@@ -59,7 +60,7 @@ def fit_teacher(vectors: np.ndarray, *, k: int, balance: float | None, max_iter:
         Number of domains (2 <= k <= N).
     balance : float or None
         GEM's balance knob; ``None`` keeps the library default.
-    max_iter, tol, n_init, seed, isotropy : see :class:`gem_assets.lib.gem.GEM`.
+    max_iter, tol, n_init, seed, isotropy : see :class:`gem_assets.lib.teacher.gem.GEM`.
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
 
@@ -73,7 +74,7 @@ def fit_teacher(vectors: np.ndarray, *, k: int, balance: float | None, max_iter:
     ValueError
         If the sample is smaller than ``k``.
     """
-    from gem_assets.lib.gem import GEM
+    from gem_assets.lib.teacher.gem import GEM
 
     n = int(vectors.shape[0])
     if n < k:
@@ -119,7 +120,7 @@ def summarize_teacher(model, vectors: np.ndarray, sample: pl.DataFrame, params: 
         ``checks`` holds ``no_dead_domain`` and ``objective_non_decreasing`` as
         ``(passed, detail)``.
     """
-    from gem_assets.lib import metrics
+    from gem_assets.lib.util import metrics
 
     k = int(model.n_clusters)
     labels = np.asarray(model.labels_, dtype=np.int64)

@@ -1,16 +1,16 @@
 """Mixers on count-based proxies: RegMix's runs and an iterated DoReMi on byte n-gram models.
 
-A proxy "run" is a :class:`~gem_assets.lib.ngram.NGramLM` trained on ``budget_tokens`` bytes
+A proxy "run" is a :class:`~gem_assets.lib.mixing.ngram.NGramLM` trained on ``budget_tokens`` bytes
 drawn from the domain streams per a mixture (:meth:`CountIndex.fit`: whole passes over each
 domain, then a part of one more, starting at a seeded offset in the domain's seeded document
-order). One :class:`~gem_assets.lib.ngram.CountIndex` serves every run, so a run costs a few
+order). One :class:`~gem_assets.lib.mixing.ngram.CountIndex` serves every run, so a run costs a few
 ``numpy.bincount`` calls, and every run of one seed reads the same documents of a domain up to
 its share (common random numbers): two runs differ by their mixture only.
 
 RegMix (:func:`regmix_runs`)
-    M mixtures from :func:`gem_assets.lib.regmix.sample_mixtures` within the epoch cap at the
+    M mixtures from :func:`gem_assets.lib.mixing.regmix.sample_mixtures` within the epoch cap at the
     proxy budget, one proxy each, its bits per byte on the target stream. The regressor and the
-    proposal are :func:`gem_assets.lib.regmix.fit_and_propose`, as for transformer proxies.
+    proposal are :func:`gem_assets.lib.mixing.regmix.fit_and_propose`, as for transformer proxies.
 
 DoReMi, iterated by rounds (:func:`doremi_rounds`)
     DoReMi (Xie et al., 2023) trains a proxy with Group DRO against a reference model. A count
@@ -28,7 +28,7 @@ DoReMi, iterated by rounds (:func:`doremi_rounds`)
        stream of max(l_proxy - l_ref, 0) in nats (per token, then averaged, as in DoReMi; on
        held-out bytes because a count model's loss on its own training bytes is memorization);
     4. the exponentiated update ``log alpha += eta * excess``, renormalized, then smoothed
-       (:func:`gem_assets.lib.doremi.update_domain_weights`, the one update rule);
+       (:func:`gem_assets.lib.mixing.doremi.update_domain_weights`, the one update rule);
     5. the output is the mean of alpha over the rounds.
 
     The step size suits the number of updates: with R rounds and per-round excess of at most
@@ -46,8 +46,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ._checks import check_float, check_int
-from .ngram import CountIndex, NGramLM
+from gem_assets.lib.util.checks import check_float, check_int
+from gem_assets.lib.mixing.ngram import CountIndex, NGramLM
 
 __all__ = ["ProxySet", "regmix_runs", "doremi_rounds", "DoremiRounds"]
 
@@ -85,7 +85,7 @@ class ProxySet:
     order : int
         n-gram order (default 5).
     max_grams : int, optional
-        Table cap per order (:class:`~gem_assets.lib.ngram.CountIndex`).
+        Table cap per order (:class:`~gem_assets.lib.mixing.ngram.CountIndex`).
     seed : int
         Sets where each domain's partial pass starts (the same for every proxy of the set).
 
@@ -145,7 +145,7 @@ def regmix_runs(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, n_
         Bytes each proxy trains on (at most the streams' total size); with ``max_epochs`` sets the
         cap w_k * B <= max_epochs * n_k.
     order, max_grams :
-        The n-gram models (:class:`~gem_assets.lib.ngram.CountIndex`).
+        The n-gram models (:class:`~gem_assets.lib.mixing.ngram.CountIndex`).
     max_epochs : float
     seed : int
         Seeds the mixtures and the documents every run reads.
@@ -164,7 +164,7 @@ def regmix_runs(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, n_
         them per target name when several targets were given), ``run_seconds`` (M,), ``tokens``
         (K,) stream lengths, ``budget_tokens``, ``index_seconds`` (the count index, built once).
     """
-    from .regmix import sample_mixtures
+    from gem_assets.lib.mixing.regmix import sample_mixtures
 
     n_runs = check_int(n_runs, "n_runs", low=2)
     several = isinstance(target_stream, Mapping)
@@ -270,7 +270,7 @@ def doremi_rounds(streams: Mapping[str, np.ndarray], valid_streams: Mapping[str,
     -------
     DoremiRounds
     """
-    from .doremi import update_domain_weights
+    from gem_assets.lib.mixing.doremi import update_domain_weights
 
     t0 = time.perf_counter()
     rounds = check_int(rounds, "rounds", low=1)

@@ -1,6 +1,6 @@
 """Geometric Influence Score (GIS): which terms name a GEM domain, computed streaming over shards.
 
-For a term w (word or bigram, :mod:`gem_assets.lib.terms`) and a domain k (DESIGN.md section 4)::
+For a term w (word or bigram, :mod:`gem_assets.lib.taxonomy.terms`) and a domain k (DESIGN.md section 4)::
 
     GIS(w, k) = p(w | k) * post_k(w)
 
@@ -43,7 +43,7 @@ the sums of the raw embeddings, of the per-domain log densities and of the poste
 documents containing it, and keeps the highest-posterior exemplars of each domain.
 
 Bounded memory (issue 8): pass 1 counts with
-:class:`gem_assets.lib.terms.BoundedDocumentFrequency`, which holds at most ``count_capacity`` terms
+:class:`gem_assets.lib.taxonomy.terms.BoundedDocumentFrequency`, which holds at most ``count_capacity`` terms
 (lossy counting; exact while the corpus has fewer distinct terms), so the counting does not grow
 with the corpus; the vocabulary is at most ``max_terms``; pass 2 counts exactly over that vocabulary.
 Pass 2 keeps only the per-term sums the requested ``posteriors`` need: the (V, d) sum of raw
@@ -58,8 +58,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from gem_assets.lib import terms as T
-from gem_assets.lib.allocator import release_memory
+from gem_assets.lib.taxonomy import terms as T
+from gem_assets.lib.util.allocator import release_memory
 
 __all__ = ["TeacherGeometry", "TermBatch", "TermStats", "collect_term_stats", "term_posteriors", "gis_scores",
            "top_terms", "name_from_terms", "POSTERIORS"]
@@ -119,7 +119,7 @@ class TeacherGeometry:
 
     @classmethod
     def from_gem(cls, model) -> "TeacherGeometry":
-        """The geometry of a fitted :class:`gem_assets.lib.gem.GEM` (its isotropy centre included)."""
+        """The geometry of a fitted :class:`gem_assets.lib.teacher.gem.GEM` (its isotropy centre included)."""
         if not hasattr(model, "means_"):
             raise ValueError("the GEM model is not fitted: fit it or load a fitted one (GEM.load)")
         return cls(means=model.means_, concentrations=model.concentrations_, center=getattr(model, "center_", None),
@@ -161,7 +161,7 @@ class TeacherGeometry:
         Rows need not be unit: the expression is linear in r, so the mean of the log densities of
         several points is the log density expression at their mean.
         """
-        from gem_assets.lib import vmf
+        from gem_assets.lib.teacher import vmf
 
         R = np.asarray(R, dtype=np.float64)
         log_c = vmf.log_normalizer(self.concentrations, self.dim)
@@ -233,7 +233,7 @@ class TermStats:
         Documents seen (each pass) and embedded documents seen.
     counting : dict
         How pass 1 counted: ``capacity``, ``exact`` (no term forgotten), ``prunes``, ``error_bound``,
-        ``peak_terms`` (see :class:`gem_assets.lib.terms.BoundedDocumentFrequency`).
+        ``peak_terms`` (see :class:`gem_assets.lib.taxonomy.terms.BoundedDocumentFrequency`).
     """
 
     vocabulary: list[str]
@@ -305,7 +305,7 @@ def collect_term_stats(batches: Callable[[], Iterable[TermBatch]], geometry: Tea
         The fitted teacher.
     min_df, max_terms : int
         Vocabulary: terms in at least ``min_df`` documents, the ``max_terms`` most frequent
-        (:func:`gem_assets.lib.terms.select_vocabulary`).
+        (:func:`gem_assets.lib.taxonomy.terms.select_vocabulary`).
     bigrams : bool
         Bigram terms as well as words.
     n_exemplars : int
@@ -314,7 +314,7 @@ def collect_term_stats(batches: Callable[[], Iterable[TermBatch]], geometry: Tea
         Length of an exemplar's snippet (whitespace collapsed).
     count_capacity : int or None
         Most distinct terms held while counting document frequencies in pass 1
-        (:class:`gem_assets.lib.terms.BoundedDocumentFrequency`); ``None``: exact, unbounded. Must be
+        (:class:`gem_assets.lib.taxonomy.terms.BoundedDocumentFrequency`); ``None``: exact, unbounded. Must be
         at least ``2 * max_terms`` so that a prune never leaves fewer terms than the vocabulary.
     posteriors : sequence of str, optional
         The term posteriors (:data:`POSTERIORS`) the statistics must support; only their sums are

@@ -4,7 +4,7 @@ The mixture optimizers and the mixture evaluation need many language models, one
 each trained well enough that its loss says something about the data. On a CPU a small byte
 transformer trained for minutes is worse than a byte trigram; a smoothed byte 5-gram is far
 better and is fitted in a second. This module is that model, behind the same interface as the
-transformer proxy (``lib/lm.py``): fit on byte streams, bits per byte on a stream or per domain.
+transformer proxy (``lib/mixing/lm.py``): fit on byte streams, bits per byte on a stream or per domain.
 
 Model
 -----
@@ -52,7 +52,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ._checks import check_int
+from gem_assets.lib.util.checks import check_int
 
 __all__ = ["NGramLM", "CountIndex", "Lookup", "MAX_ORDER", "mixture_multiplicity"]
 

@@ -39,8 +39,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ._checks import check_float, check_int
-from .lm import LMConfig, _check_training, check_streams, evaluate_bpb, train_lm
+from gem_assets.lib.util.checks import check_float, check_int
+from gem_assets.lib.mixing.lm import LMConfig, _check_training, check_streams, evaluate_bpb, train_lm
 
 __all__ = ["sample_mixtures", "project_to_cap", "MixtureRegressor", "propose_mixture", "cv_spearman", "auto_kind",
            "RegmixResult", "proxy_runs", "fit_and_propose", "run_regmix", "AUTO_MIN_RUNS", "KINDS"]

@@ -10,7 +10,7 @@ the same for every bucketization and mixer of one seed (common random numbers): 
 one seed that want the same documents get the same ones, so paired differences between
 bucketizations carry the mixture's effect, not the draw's. Each seed redraws every priority.
 
-- :class:`NGramTargets` (the CPU backend): one :class:`~gem_assets.lib.ngram.CountIndex` over the
+- :class:`NGramTargets` (the CPU backend): one :class:`~gem_assets.lib.mixing.ngram.CountIndex` over the
   pool's documents; a model is a weighted count (document multiplicities), scored on looked-up
   target streams. Exact: n-grams never cross a document, so the order of the sample is irrelevant.
 - :class:`TransformerTargets` (the GPU backend): the sampled documents, shuffled by the seed, as
@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._checks import check_float, check_int
+from gem_assets.lib.util.checks import check_float, check_int
 
 __all__ = ["sample_documents", "NGramTargets", "TransformerTargets", "MixerSettings", "mixer_weights",
            "document_bytes"]
@@ -41,7 +41,7 @@ __all__ = ["sample_documents", "NGramTargets", "TransformerTargets", "MixerSetti
 
 def document_bytes(texts: Sequence[str]) -> list[bytes]:
     """UTF-8 bytes of each text, NUL bytes replaced by spaces (byte 0 separates documents)."""
-    from .mixture import _encode
+    from gem_assets.lib.mixing.mixture import _encode
 
     return _encode(texts)
 
@@ -68,7 +68,7 @@ def sample_documents(doc_tokens: np.ndarray, labels: np.ndarray, weights, budget
     -------
     numpy.ndarray of int64, shape (N,)
     """
-    from .mixture import allocate_tokens
+    from gem_assets.lib.mixing.mixture import allocate_tokens
 
     tok = np.asarray(doc_tokens, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)
@@ -113,7 +113,7 @@ class NGramTargets:
 
     def __init__(self, pool_texts: Sequence[str], targets: Mapping[str, Sequence[str]], order: int = 5,
                  max_grams: int | None = None):
-        from .ngram import CountIndex
+        from gem_assets.lib.mixing.ngram import CountIndex
 
         enc = document_bytes(pool_texts)
         self.doc_tokens = np.fromiter((len(b) + 1 for b in enc), dtype=np.int64, count=len(enc))
@@ -161,7 +161,7 @@ class TransformerTargets:
         self.device, self.max_eval_tokens = device, max_eval_tokens
 
     def fit(self, multiplicity: np.ndarray, seed: int):
-        from .lm import train_lm
+        from gem_assets.lib.mixing.lm import train_lm
 
         idx = np.repeat(np.arange(len(self.enc)), np.asarray(multiplicity, dtype=np.int64))
         idx = idx[np.random.default_rng(seed).permutation(idx.size)]
@@ -170,7 +170,7 @@ class TransformerTargets:
                         seed=seed, device=self.device).model
 
     def bpb(self, model, target: str) -> float:
-        from .lm import evaluate_bpb
+        from gem_assets.lib.mixing.lm import evaluate_bpb
 
         return float(evaluate_bpb(model, self.targets[target], max_tokens=self.max_eval_tokens, device=self.device))
 
@@ -256,13 +256,13 @@ def mixer_weights(mixer: str, train: Mapping[str, np.ndarray], valid: Mapping[st
     t0 = time.perf_counter()
     if mixer == "doremi":
         if settings.proxy == "ngram":
-            from .count_proxy import doremi_rounds
+            from gem_assets.lib.mixing.count_proxy import doremi_rounds
 
             v = {k: valid[k] if k in valid and valid[k].size else train[k] for k in keys}
             w = doremi_rounds(train, v, settings.proxy_tokens, rounds=settings.doremi_rounds, order=settings.order,
                               seed=settings.seed).weights
         else:
-            from .doremi import run_doremi
+            from gem_assets.lib.mixing.doremi import run_doremi
 
             tr = settings.transformer
             w = run_doremi(train, None, tr["config"], tr["doremi_steps"], batch_size=tr["batch_size"], lr=tr["lr"],
@@ -271,11 +271,11 @@ def mixer_weights(mixer: str, train: Mapping[str, np.ndarray], valid: Mapping[st
         return {t: dict(w) for t in names}
     if mixer != "regmix":
         raise ValueError(f"unknown mixer {mixer!r}")
-    from .regmix import fit_and_propose
+    from gem_assets.lib.mixing.regmix import fit_and_propose
 
     out = {}
     if settings.proxy == "ngram":
-        from .count_proxy import regmix_runs
+        from gem_assets.lib.mixing.count_proxy import regmix_runs
 
         runs = regmix_runs(train, dict(select), settings.regmix_runs, settings.proxy_tokens, order=settings.order,
                            max_epochs=settings.max_epochs, seed=settings.seed)
@@ -287,7 +287,7 @@ def mixer_weights(mixer: str, train: Mapping[str, np.ndarray], valid: Mapping[st
                                       n_simulations=settings.n_simulations)
             out[t] = dict(zip(runs["domains"], w.tolist()))
     else:
-        from .regmix import run_regmix
+        from gem_assets.lib.mixing.regmix import run_regmix
 
         tr = settings.transformer
         for t in names:

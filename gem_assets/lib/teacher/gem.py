@@ -36,10 +36,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import storage, vmf
-from ._checks import as_matrix, check_float, check_int, make_rng, normalize_rows, resolve_device, row_norms
-from .metrics import balance_stats
-from .seeding import kmeans_plusplus
+from gem_assets.lib.io import storage
+from gem_assets.lib.teacher import vmf
+from gem_assets.lib.util.checks import as_matrix, check_float, check_int, make_rng, normalize_rows, resolve_device, row_norms
+from gem_assets.lib.util.metrics import balance_stats
+from gem_assets.lib.teacher.seeding import kmeans_plusplus
 
 __all__ = ["GEM", "DEFAULT_BALANCE", "balanced_e_step", "objective_terms", "vmf_m_step", "vmf_scores"]
 
@@ -839,7 +840,7 @@ class GEM:
         """Write the fitted model as ``model.safetensors`` + ``model.json`` into ``directory``.
 
         ``directory`` may be a local path, an fsspec URL or a UPath; each file is written
-        atomically (:mod:`gem_assets.lib.storage`), ``model.json`` last.
+        atomically (:mod:`gem_assets.lib.io.storage`), ``model.json`` last.
         """
         self._check_fitted()
         directory = storage.as_path(directory)

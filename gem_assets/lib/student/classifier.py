@@ -566,7 +566,7 @@ class StudentClassifier:
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into folder ``path`` (replaced atomically)."""
-        from gem_assets.lib import storage
+        from gem_assets.lib.io import storage
 
         self._check_fitted()
         path = storage.as_path(path)
@@ -595,7 +595,7 @@ class StudentClassifier:
         """
         import torch
 
-        from gem_assets.lib import storage
+        from gem_assets.lib.io import storage
 
         path = storage.as_path(path)
         cfg_path, st_path = path / "config.json", path / "model.safetensors"
@@ -659,7 +659,7 @@ def label_parquet(model: StudentClassifier, src, dest, *, text_column: str = "te
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gem_assets.lib import storage
+    from gem_assets.lib.io import storage
 
     k = model.n_classes
     counts = np.zeros(k, dtype=np.int64)
@@ -688,7 +688,7 @@ def label_parquet(model: StudentClassifier, src, dest, *, text_column: str = "te
                                schema=schema)
                 writer.write_table(out)
                 n += len(texts)
-    from gem_assets.lib.allocator import release_memory
+    from gem_assets.lib.util.allocator import release_memory
 
     release_memory()  # a long-lived process labels one shard after another: give the freed pages back
     seconds = time.perf_counter() - t0
@@ -705,7 +705,7 @@ def confusion_matrix(teacher: np.ndarray, student: np.ndarray, k: int) -> np.nda
 
 def confusion_png(matrix: np.ndarray, title: str = "student vs teacher (held out)") -> bytes:
     """The confusion matrix as a PNG heat map, rows normalized (each teacher domain sums to 1)."""
-    from gem_assets.lib.plots import _figure, _png
+    from gem_assets.lib.util.plots import _figure, _png
 
     m = np.asarray(matrix, dtype=np.float64)
     k = m.shape[0]

@@ -113,7 +113,7 @@ def taxonomy_dendrogram(linkage, labels: Sequence[str], title: str = "GEM domain
     Parameters
     ----------
     linkage : array (K-1, 4)
-        scipy linkage convention (``gem_assets.lib.taxonomy.agglomerate``).
+        scipy linkage convention (``gem_assets.lib.taxonomy.build.agglomerate``).
     labels : sequence of str
         One label per domain.
     title : str

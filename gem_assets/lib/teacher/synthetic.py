@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import vmf
+from gem_assets.lib.teacher import vmf
 
 __all__ = ["zipf_sizes", "make_cone_clusters"]
 

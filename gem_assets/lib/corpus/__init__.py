@@ -1,0 +1,1 @@
+"""Corpus shards: discovery, keys, hashing, reading, validation, the default corpus."""

@@ -1,0 +1,1 @@
+"""The mixture evaluation: bucketizations, target models, the paired experiment and its reports."""

@@ -1,0 +1,1 @@
+"""The fastText-style student distilled from the teacher."""

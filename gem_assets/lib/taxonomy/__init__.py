@@ -1,0 +1,1 @@
+"""The GIS taxonomy: terms, c-TF-IDF, names, the tree, coherence."""

@@ -1,0 +1,1 @@
+"""Shared helpers: argument checks, memory release, pictures, tracking, clustering metrics."""
