@@ -1,132 +1,243 @@
-"""``make run``: materialize the asset graph on the configured corpus, incrementally.
+"""``make run``: bring the asset graph up to date on the configured corpus, as Dagster sees it.
 
-``python -m gem_assets.run`` (what ``make run`` calls):
+``python -m gem_assets.run`` (what ``make run`` calls) is a thin driver over Dagster's own
+machinery:
 
-1. resolves the corpus (``GEM_CORPUS``; unset: the BBC News default corpus, written once
-   under ``$GEM_HOME/corpus/``) and registers a ``shards`` partition per shard file;
-2. runs ``shard_job`` (documents + embeddings) for each shard that is new or whose bytes,
-   parameters or embedder changed, one run per shard (a bad shard fails its own run only);
-3. runs ``teacher_job`` (teacher sample + GEM fit) when its inputs changed;
-4. runs ``student_job`` (the distilled student) when the teacher or the student parameters
-   changed, ``assign_job`` (student labels) for each shard whose student or documents changed,
-   and ``stats_job`` (per-domain stats) when any assignment changed; then ``taxonomy_job`` (GIS
-   names, tree, exemplars) when the teacher or any assignment changed; then ``mixing_job`` (proxy
-   corpus, DoReMi and RegMix weights, curated mixture) when the stats or the mixing parameters changed;
-5. runs ``evaluation_job`` (the mixture evaluation) when its inputs or parameters changed;
-6. prints where the outputs are.
+1. resolves the corpus (``GEM_CORPUS``; unset: the BBC News default corpus, written once under
+   ``$GEM_HOME/corpus/``) and registers a ``shards`` partition per new shard file;
+2. runs the ``observe_shards`` job, which records a data version (content hash) per shard file;
+3. asks Dagster which assets and partitions are MISSING or STALE -- the stale status the UI
+   shows, from a ``dagster-webserver`` it starts on 127.0.0.1 over the same instance and
+   ``workspace.yaml`` (GraphQL ``staleStatus`` / ``staleStatusByPartition``) -- and materializes
+   them in dependency order, one layer at a time, asking again after each layer that ran
+   something (Dagster's staleness looks one dependency back); partitioned assets get one run per
+   partition, a failed run fails that partition only (its downstream is skipped, the other
+   shards go on);
+4. stops the webserver and prints a summary and where the outputs are.
 
 Runs are recorded in a persistent Dagster instance at ``$GEM_STATE/dagster`` (``DAGSTER_HOME``;
 ``GEM_STATE`` defaults to ``GEM_HOME`` when it is a local folder), the one ``make ui`` opens, so
 everything done here shows up there. ``GEM_HOME`` may be an object-store URL (``s3://...``):
 every asset's outputs then go there, the instance and the MLflow store stay local.
-Re-running with nothing changed recomputes nothing.
+Re-running with nothing changed materializes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import graphlib
+import json
 import logging
 import os
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["run_pipeline", "open_instance", "prepare_dagster_home", "main"]
+__all__ = ["CodeLocation", "StaleStatusServer", "run_pipeline", "open_instance", "prepare_dagster_home", "main"]
 
 _QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+_TAGS = {"gem/launched_by": "gem_assets.run"}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: Stages after which ``run_pipeline(until=...)`` / ``--until`` can stop, and the assets of the
+#: stages after each (by name; the mixing assets are read from gem_assets.defs.mixing).
+STAGES = ("stats", "taxonomy", "mixing", "evaluation")
+
+#: Labels of failures and summary entries of unpartitioned assets (default: the asset's name).
+_STAGE_OF = {"teacher_sample": "teacher", "teacher_clusters": "teacher", "student_model": "student",
+             "domain_stats": "stats", "taxonomy": "taxonomy", "mixture_evaluation": "evaluation"}
 
 
-def _failure_message(result) -> str:
-    """The first step failure of an in-process run, as one line."""
-    for event in result.all_events:
-        if event.event_type_value == "STEP_FAILURE":
-            data = event.step_failure_data
-            if data is not None and data.user_failure_data is not None and data.user_failure_data.description:
-                return data.user_failure_data.description
-            if data is not None and data.error is not None:
-                return data.error.message.strip().splitlines()[-1] if data.error.message else data.error.cls_name
-    return "run failed (see the run's logs in the UI)"
+def _stage_assets() -> dict[str, set[str]]:
+    from gem_assets.defs.mixing import MIXING_ASSETS
+
+    mixing = {k.to_user_string() for a in MIXING_ASSETS for k in a.keys}
+    return {"taxonomy": {"taxonomy"}, "mixing": mixing, "evaluation": {"mixture_evaluation"}}
 
 
-#: How runs are launched (set by :func:`run_pipeline` on every call): ``recon`` is the code
-#: pointer runs are launched from when ``GEM_EXECUTOR`` is not ``in_process`` (else ``None``),
-#: ``parallel`` how many shard runs go at once (see gem_assets/defs/executors.py).
-_DISPATCH: dict = {"recon": None, "parallel": 1}
+# --------------------------------------------------------------------------- the code location
+@dataclass(frozen=True)
+class CodeLocation:
+    """Where the webserver and out-of-process runs load the definitions from.
 
-
-def _set_dispatch(defs_given: bool, recon_repo, out: TextIO) -> None:
-    from gem_assets.defs.executors import ExecutionSettings
-
-    execution = ExecutionSettings.from_env()
-    recon = None
-    if execution.needs_reconstructable:
-        if recon_repo is None and not defs_given:
-            from dagster._core.definitions.reconstruct import ReconstructableRepository
-
-            recon_repo = ReconstructableRepository.for_module("gem_assets.definitions", "defs",
-                                                              working_directory=os.getcwd())
-        if recon_repo is None:
-            print(f"GEM_EXECUTOR={execution.executor} needs a code pointer to the definitions; "
-                  "running in process", file=out, flush=True)
-        recon = recon_repo
-    _DISPATCH.update(recon=recon, parallel=execution.parallel_runs if recon is not None else 1)
-
-
-def _execute(defs, job_name: str, instance, failed: dict, label: str, partition_key=None) -> bool:
-    """Run one job; on failure record its first step failure under ``failed[label]``.
-
-    In process, or (``GEM_EXECUTOR`` other than ``in_process``) launched from the code pointer
-    with the job's own executor.
+    Exactly one of ``module_name`` / ``python_file``; the default is the project's
+    ``workspace.yaml`` entry (``gem_assets.definitions:defs``, location ``gem_assets``).
     """
-    if _DISPATCH["recon"] is not None:
-        from gem_assets.defs.executors import JobRequest, run_jobs
 
-        message = run_jobs(_DISPATCH["recon"], instance, [JobRequest(job_name, label, partition_key)],
-                           run_config=_QUIET_RUN_CONFIG, tags={"gem/launched_by": "gem_assets.run"})[label]
-        if message is not None:
-            failed[label] = message
-        return message is None
-    result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=instance, partition_key=partition_key, raise_on_error=False,
-        run_config=_QUIET_RUN_CONFIG, tags={"gem/launched_by": "gem_assets.run"},
-    )
-    if not result.success:
-        failed[label] = _failure_message(result)
-    return result.success
+    module_name: str | None = "gem_assets.definitions"
+    python_file: str | None = None
+    attribute: str = "defs"
+    location_name: str = "gem_assets"
+    working_directory: str = str(REPO_ROOT)
 
+    def workspace_yaml(self) -> str:
+        kind, key, target = (("python_module", "module_name", self.module_name) if self.module_name
+                             else ("python_file", "relative_path", str(Path(self.python_file).resolve())))
+        return (f"load_from:\n  - {kind}:\n      {key}: {json.dumps(target)}\n"
+                f"      attribute: {self.attribute}\n      location_name: {self.location_name}\n"
+                f"      working_directory: {json.dumps(self.working_directory)}\n")
 
-def _execute_shards(defs, job_name: str, instance, failed: dict, stale: dict, what: str, label, out: TextIO) -> dict:
-    """Run ``job_name`` for each stale shard (``stale``: key to reason), ``_DISPATCH["parallel"]``
-    at a time; failures go into ``failed`` under ``label(key)``. Returns key to success."""
-    parallel = _DISPATCH["parallel"]
-    for i, (key, reason) in enumerate(stale.items(), 1):
-        if parallel > 1:  # all at once: announce them all first
-            print(f"[{i}/{len(stale)}] shard {key}: {reason} -> {what}", file=out, flush=True)
-    ok: dict = {}
-    if parallel > 1 and len(stale) > 1:
-        from gem_assets.defs.executors import JobRequest, run_jobs
+    def reconstructable_job(self):
+        from gem_assets.defs.executors import reconstructable_asset_job
 
-        print(f"    {len(stale)} runs, {parallel} at a time ({job_name}, GEM_EXECUTOR=multiprocess)", file=out, flush=True)
-        labels = {label(key): key for key in stale}
-        results = run_jobs(_DISPATCH["recon"], instance, [JobRequest(job_name, lb, k) for lb, k in labels.items()],
-                           parallel=parallel, run_config=_QUIET_RUN_CONFIG,
-                           tags={"gem/launched_by": "gem_assets.run"})
-        for lb, message in results.items():
-            ok[labels[lb]] = message is None
-            if message is not None:
-                failed[lb] = message
-                print(f"    FAILED {labels[lb]}: {message}", file=out, flush=True)
-        return {key: ok[key] for key in stale}
-    for i, (key, reason) in enumerate(stale.items(), 1):
-        if parallel <= 1:
-            print(f"[{i}/{len(stale)}] shard {key}: {reason} -> {what}", file=out, flush=True)
-        ok[key] = _execute(defs, job_name, instance, failed, label(key), partition_key=key)
-        if not ok[key]:
-            print(f"    FAILED: {failed[label(key)]}", file=out, flush=True)
-    return ok
+        return reconstructable_asset_job(self.module_name, self.python_file, self.attribute, self.working_directory)
 
 
+# --------------------------------------------------------------------------- Dagster's stale status
+_Q_NODES = """query GemNodes { assetNodes { assetKey { path } isPartitioned isObservable isMaterializable
+  dependencyKeys { path } staleStatus
+  staleCauses { key { path } partitionKey category reason dependency { path } dependencyPartitionKey } } }"""
+
+_Q_PARTS = """query GemParts($keys: [AssetKeyInput!]) { assetNodes(assetKeys: $keys) { assetKey { path }
+  partitionKeys staleStatusByPartition
+  staleCausesByPartition { key { path } partitionKey category reason dependency { path } dependencyPartitionKey } } }"""
+
+_Q_LOCATION = """{ workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus
+  locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cause(c: dict) -> str:
+    dep = c.get("dependency") or c.get("key")
+    where = "/".join(dep["path"]) if dep else ""
+    part = c.get("dependencyPartitionKey") if c.get("dependency") else c.get("partitionKey")
+    return c["reason"] + (f" <- {where}" + (f"[{part}]" if part else "") if where else "")
+
+
+class StaleStatusServer:
+    """A ``dagster-webserver`` subprocess on 127.0.0.1 and a free port, over ``dagster_home``
+    and a workspace with ``location``, asked for stale status over GraphQL (the resolver the UI
+    uses: Dagster 1.13 has no public Python API for it). A context manager: on exit the
+    webserver's process group is stopped (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, dagster_home: Path, location: CodeLocation, startup_timeout_s: float = 180.0):
+        self.dagster_home = Path(dagster_home)
+        self.location = location
+        self.startup_timeout_s = startup_timeout_s
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def __enter__(self) -> "StaleStatusServer":
+        self._tmp = tempfile.TemporaryDirectory(prefix="gem-ws-")
+        ws = Path(self._tmp.name) / "workspace.yaml"
+        ws.write_text(self.location.workspace_yaml())
+        port = _free_port()
+        exe = Path(sys.executable).with_name("dagster-webserver")
+        cmd = [str(exe) if exe.exists() else "dagster-webserver", "-w", str(ws), "-h", "127.0.0.1", "-p", str(port)]
+        env = {**os.environ, "DAGSTER_HOME": str(self.dagster_home)}
+        self._log_path = self.dagster_home / "gem_run_webserver.log"
+        self._log = open(self._log_path, "wb")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}/graphql"
+        self._ready = False
+        return self
+
+    def wait_ready(self) -> None:
+        """Block until the code location is loaded (started by ``__enter__``, in the background)."""
+        if self._ready:
+            return
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dagster-webserver exited ({self.proc.returncode}): "
+                                   f"{self._log_path.read_text(errors='replace')[-3000:]}")
+            try:
+                entries = self._post(_Q_LOCATION, None, 5)["workspaceOrError"].get("locationEntries") or []
+            except (urllib.error.URLError, OSError, ValueError, RuntimeError):
+                entries = []
+            entry = next((e for e in entries if e["name"] == self.location.location_name), None)
+            if entry is not None and entry["loadStatus"] == "LOADED":
+                err = entry["locationOrLoadError"] or {}
+                if err.get("__typename") == "PythonError":
+                    raise RuntimeError(f"the code location failed to load in the webserver: {err['message']}")
+                self._ready = True
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"dagster-webserver not ready after {self.startup_timeout_s:.0f} s "
+                                   f"(log: {self._log_path})")
+            time.sleep(0.25)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        if self.proc is not None:  # the code server it started lives in the same process group
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+        if getattr(self, "_tmp", None) is not None:
+            self._tmp.cleanup()
+
+    def query(self, query: str, variables: dict | None = None, timeout: float = 300) -> dict:
+        """The ``data`` of a GraphQL query (waits for the code location first)."""
+        self.wait_ready()
+        return self._post(query, variables, timeout)
+
+    def _post(self, query: str, variables: dict | None, timeout: float) -> dict:
+        req = urllib.request.Request(self.url, data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            out = json.loads(resp.read())
+        if out.get("errors"):
+            raise RuntimeError(f"GraphQL errors: {out['errors']}")
+        return out["data"]
+
+    def graph(self) -> dict[str, set[str]]:
+        """Materializable asset to the materializable assets it depends on."""
+        nodes = self.query(_Q_NODES)["assetNodes"]
+        mat = {"/".join(n["assetKey"]["path"]) for n in nodes if n["isMaterializable"]}
+        return {"/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]} & mat
+                for n in nodes if n["isMaterializable"]}
+
+    def flagged(self) -> dict[tuple[str, str | None], tuple[str, list[str]]]:
+        """``(asset, partition or None)`` to ``(MISSING or STALE, causes)`` for every materializable
+        asset (partition) that is not FRESH."""
+        nodes = self.query(_Q_NODES)["assetNodes"]
+        res: dict = {}
+        parted = []
+        for n in nodes:
+            if not n["isMaterializable"]:
+                continue
+            if n["isPartitioned"]:
+                parted.append({"path": n["assetKey"]["path"]})
+            elif n["staleStatus"] != "FRESH":
+                res[("/".join(n["assetKey"]["path"]), None)] = (n["staleStatus"], [_cause(c) for c in n["staleCauses"]])
+        if parted:
+            for n in self.query(_Q_PARTS, {"keys": parted})["assetNodes"]:
+                key = "/".join(n["assetKey"]["path"])
+                for pk, st, causes in zip(n["partitionKeys"], n["staleStatusByPartition"], n["staleCausesByPartition"]):
+                    if st != "FRESH":
+                        res[(key, pk)] = (st, [_cause(c) for c in causes])
+        return res
+
+
+# --------------------------------------------------------------------------- the instance
 def prepare_dagster_home(dagster_home: Path | None = None) -> Path:
     """Create the (local) Dagster instance folder and return it.
 
@@ -156,60 +267,133 @@ def open_instance(dagster_home: Path):
     os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(dagster_home))
     return DagsterInstance.get()
 
+# --------------------------------------------------------------------------- the driver
+@dataclass
+class _Progress:
+    """What ran in this invocation: (asset, partition or None) to success, and failures by label."""
 
-#: Stages after which ``run_pipeline(until=...)`` / ``--until`` can stop.
-STAGES = ("stats", "taxonomy", "mixing", "evaluation")
+    ran: dict = field(default_factory=dict)
+    failed: dict = field(default_factory=dict)
+    failed_partitions: set = field(default_factory=set)
+    failed_assets: set = field(default_factory=set)
 
 
-def run_pipeline(defs=None, instance=None, out: TextIO | None = None, recon_repo=None,
-                 until: str = "evaluation") -> dict:
-    """Bring every asset of the graph up to date and return a summary.
+def _label(asset: str, pk: str | None) -> str:
+    if pk is None:
+        return _STAGE_OF.get(asset, asset)
+    if asset in ("documents", "embeddings"):
+        return pk
+    return f"assign {pk}" if asset == "domain_assignments" else f"{asset}[{pk}]"
+
+
+def _reason(statuses: list[tuple[str, list[str]]]) -> str:
+    st = "MISSING" if any(s == "MISSING" for s, _ in statuses) else "STALE"
+    causes = sorted({c for _, cs in statuses for c in cs})
+    if st == "MISSING" or not causes:
+        return st.lower()
+    return "stale: " + "; ".join(causes[:3]) + (f" (+{len(causes) - 3} more)" if len(causes) > 3 else "")
+
+
+def _run_layer(defs, instance, layer_runs: list, progress: _Progress, execution, location: CodeLocation | None,
+               out: TextIO) -> None:
+    """Execute one layer's runs: ``(partition or None, [asset names], reason)`` each."""
+    from dagster import AssetKey
+
+    from gem_assets.defs.executors import JobRequest, failure_message, run_jobs
+
+    parted = [r for r in layer_runs if r[0] is not None]
+    for i, (pk, assets, reason) in enumerate(layer_runs, 1):
+        what = ", ".join(assets)
+        if pk is None:
+            print(f"{_label(assets[0], None)}: {reason} -> {what}", file=out, flush=True)
+        else:
+            print(f"[{parted.index((pk, assets, reason)) + 1}/{len(parted)}] shard {pk}: {reason} -> {what}",
+                  file=out, flush=True)
+
+    def record(pk, assets, message, done) -> None:
+        done = {k.to_user_string() for k in done}
+        for a in assets:
+            ok = message is None and a in done
+            progress.ran[(a, pk)] = ok
+            if not ok:
+                (progress.failed_partitions.add(pk) if pk is not None else progress.failed_assets.add(a))
+        if message is not None:
+            progress.failed[_label(assets[0], pk)] = message
+            print(f"    FAILED {_label(assets[0], pk)}: {message}", file=out, flush=True)
+
+    if execution is None:  # in process
+        job = defs.get_implicit_global_asset_job_def()
+        for pk, assets, _ in layer_runs:
+            result = job.execute_in_process(instance=instance, partition_key=pk, raise_on_error=False,
+                                            asset_selection=[AssetKey.from_user_string(a) for a in assets],
+                                            run_config=_QUIET_RUN_CONFIG, tags=_TAGS)
+            record(pk, assets, None if result.success else failure_message(result),
+                   [e.asset_key for e in result.get_asset_materialization_events()])
+        return
+    job = location.reconstructable_job()
+    requests = {f"{pk}|{','.join(a)}": (pk, a) for pk, a, _ in layer_runs}
+    reqs = [JobRequest(job, lb, pk, tuple(AssetKey.from_user_string(x) for x in a)) for lb, (pk, a) in requests.items()]
+    parallel = execution.parallel_runs if len(parted) > 1 else 1
+    if parallel > 1:
+        print(f"    {len(reqs)} runs, {parallel} at a time (GEM_EXECUTOR={execution.executor})", file=out, flush=True)
+    for lb, (message, done) in run_jobs(instance, reqs, parallel=parallel, run_config=_QUIET_RUN_CONFIG,
+                                        tags=_TAGS).items():
+        record(*requests[lb], message, done)
+
+
+def run_pipeline(defs=None, instance=None, out: TextIO | None = None, until: str = "evaluation",
+                 location: CodeLocation | None = None) -> dict:
+    """Bring every asset of the graph up to date, as Dagster's stale status has it; return a summary.
 
     Parameters
     ----------
     defs : Definitions, optional
         Default: :data:`gem_assets.definitions.defs` (resources from the environment).
     instance : DagsterInstance, optional
-        Default: the persistent instance at ``$GEM_STATE/dagster`` (``Layout.dagster_home``).
+        A persistent instance. Default: the one at ``$GEM_STATE/dagster`` (``Layout.dagster_home``).
     out : text stream, optional
-        Where the summary is printed (default stdout; ``None`` from tests prints to stdout).
-    recon_repo : ReconstructableRepository, optional
-        Code pointer to ``defs`` for ``GEM_EXECUTOR`` other than ``in_process`` (runs are then
-        launched from it, shard runs ``GEM_MAX_CONCURRENT`` at a time with ``multiprocess``);
-        default: ``gem_assets.definitions:defs`` when ``defs`` is not given.
+        Where progress and the summary are printed (default stdout).
     until : {"stats", "taxonomy", "mixing", "evaluation"}, default "evaluation"
         Last stage to bring up to date; later stages are reported as skipped.
+    location : CodeLocation, optional
+        Where the webserver (and, with ``GEM_EXECUTOR`` other than ``in_process``, the runs) load
+        the same definitions as ``defs`` from; default ``gem_assets.definitions:defs``.
 
     Returns
     -------
     dict
-        ``shards`` (key to status), ``ran_shards``, ``failed`` (key to message),
-        ``teacher`` (``refit``/``up to date``/``failed``), ``embed_docs``, ``embed_seconds``,
-        ``outputs`` and ``seconds``.
+        ``shards`` (key to ``embedded``/``up to date``/``failed``), ``ran_shards``, ``failed``
+        (label to message), ``teacher``, ``student``, ``assigned_shards``, ``stats``, ``taxonomy``,
+        ``mixing``, ``evaluation``, ``materialized`` (``asset`` or ``asset[partition]`` of every
+        successful materialization), ``embed_docs``, ``embed_seconds``, ``outputs``, ``seconds``.
     """
     if until not in STAGES:
         raise ValueError(f"until must be one of {STAGES}, got {until!r}")
+    from gem_assets.defs.executors import ExecutionSettings
     from gem_assets.defs.partitions import SHARDS
-    from gem_assets.defs.state import hash_shards, stale_shards, teacher_state
     from gem_assets.lib.io import artifacts
 
     out = out or sys.stdout
     t0 = time.perf_counter()
-    _set_dispatch(defs is not None, recon_repo, out)
+    location = location or CodeLocation()
     if defs is None:
         from gem_assets.definitions import defs
     gem = defs.resources["gem"]
-    embedder = defs.resources["embedder"]
     settings = gem.settings()
     layout = settings.layout  # GEM_HOME may be an object-store URL; the instance lives in layout.state_dir
+    execution = ExecutionSettings.from_env()
+    if not execution.needs_reconstructable:
+        execution = None
     if isinstance(layout.home, Path):
         layout.home.mkdir(parents=True, exist_ok=True)
-    elif _DISPATCH["recon"] is not None and getattr(layout.home, "protocol", "") == "memory":
+    elif execution is not None and getattr(layout.home, "protocol", "") == "memory":
         raise SystemExit(f"GEM_HOME={settings.home} lives in this process's memory, which the runs launched by "
                          "GEM_EXECUTOR (other than in_process) cannot see: use GEM_EXECUTOR=in_process, or a store "
                          "every process reaches (s3://, gs://, a local folder)")
     if instance is None:
         instance = open_instance(layout.dagster_home)
+    if not instance.is_persistent or instance.root_directory is None:
+        raise ValueError("run_pipeline needs a persistent Dagster instance (the webserver it asks reads it)")
 
     pattern = gem.corpus_glob()
     shards = gem.shards()
@@ -219,132 +403,105 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None, recon_repo
         )
     print(f"gem-assets: {len(shards)} shard(s) from {pattern}  [profile {settings.profile}, K={settings.k}, "
           f"GEM_HOME={layout.home}]", file=out, flush=True)
-    registered = set(instance.get_dynamic_partitions(SHARDS))
-    new = [key for key in shards if key not in registered]
-    if new:
-        instance.add_dynamic_partitions(SHARDS, new)
+    progress = _Progress()
+    with StaleStatusServer(Path(instance.root_directory), location) as server:  # loads while we observe
+        registered = set(instance.get_dynamic_partitions(SHARDS))
+        new = [key for key in shards if key not in registered]
+        if new:
+            instance.add_dynamic_partitions(SHARDS, new)
+        if "observe_shards" in {j.name for j in (defs.jobs or [])}:
+            result = defs.get_job_def("observe_shards").execute_in_process(
+                instance=instance, raise_on_error=False, run_config=_QUIET_RUN_CONFIG, tags=_TAGS)
+            if not result.success:
+                progress.failed["observe_shards"] = failure_message_of(result)
+        graph = server.graph()
+        excluded = set().union(*(names for stage, names in _stage_assets().items()
+                                 if STAGES.index(stage) > STAGES.index(until)))
+        sorter = graphlib.TopologicalSorter(graph)
+        sorter.prepare()
+        flagged = None
+        while sorter.is_active():
+            layer = sorted(sorter.get_ready())
+            if flagged is None:
+                flagged = server.flagged()
+            runs: dict = {}
+            for (asset, pk), status in sorted(flagged.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+                if asset not in layer or asset in excluded or pk in progress.failed_partitions:
+                    continue
+                if _ancestors(graph, asset) & (progress.failed_assets | excluded):
+                    continue
+                runs.setdefault(pk, []).append((asset, status))
+            layer_runs = [(pk, [a for a, _ in items], _reason([s for _, s in items]))
+                          for pk, items in sorted(runs.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))]
+            if layer_runs:
+                _run_layer(defs, instance, layer_runs, progress, execution, location, out)
+                flagged = None  # staleness looks one dependency back: ask again
+            sorter.done(*layer)
 
-    hashes, _ = hash_shards(shards)
-    stale = stale_shards(instance, settings, embedder.model_id, hashes)
-    status = {key: "up to date" for key in shards}
-    failed: dict[str, str] = {}
-    embed_docs, embed_seconds = 0, 0.0
-    ran = _execute_shards(defs, "shard_job", instance, failed, stale, "documents, embeddings", lambda k: k, out)
-    for key, success in ran.items():
-        if success:
+    ran_ok = {k for k, ok in progress.ran.items() if ok}
+    status = {}
+    for key in shards:
+        if key in progress.failed_partitions and any(progress.ran.get((a, key)) is False
+                                                     for a in ("documents", "embeddings")):
+            status[key] = "failed"
+        elif ("embeddings", key) in ran_ok:
             status[key] = "embedded"
+        else:
+            status[key] = "up to date"
+    embed_docs, embed_seconds = 0, 0.0
+    for key in shards:
+        if status[key] == "embedded":
             meta = artifacts.read_embeddings_meta(layout, key) or {}
             embed_docs += int(meta.get("n_vectors", 0))
             embed_seconds += float(meta.get("seconds", 0.0))
-        else:
-            status[key] = "failed"
 
-    state = teacher_state(instance, settings, hashes)
-    teacher = "up to date"
-    if not state["included"]:
-        teacher = "failed"
-        failed["teacher"] = "no shard could be embedded"
-    elif state["stale"]:
-        print(f"teacher: {state['reason']} -> teacher_sample, teacher_clusters", file=out, flush=True)
-        teacher = "refit" if _execute(defs, "teacher_job", instance, failed, "teacher") else "failed"
-    student, assigned, stats = _run_student_stages(defs, instance, settings, shards, status, failed, out)
-    later = STAGES[STAGES.index(until) + 1:]
-    skipped = f"skipped (until {until})"
-    taxonomy = skipped if "taxonomy" in later else _run_taxonomy_stage(
-        defs, instance, settings, [k for k in shards if status.get(k) != "failed"], failed, out)
-    mixing = skipped if "mixing" in later else _run_mixing_stage(defs, instance, settings, stats, failed, out)
-    evaluation = skipped if "evaluation" in later else _run_evaluation_stage(
-        defs, instance, settings, shards, status, failed, out)
-    seconds = time.perf_counter() - t0
+    def stage(assets: set[str], done_word: str, name: str) -> str:
+        if name in _stage_assets() and STAGES.index(name) > STAGES.index(until):
+            return f"skipped (until {until})"
+        if any(progress.ran.get((a, None)) is False for a in assets):
+            return "failed"
+        if any((a, None) in ran_ok for a in assets):
+            return done_word
+        if any(_ancestors(graph, a) & progress.failed_assets for a in assets):
+            return "skipped (an upstream stage failed)"
+        return "up to date"
+
     summary = {
         "shards": status,
-        "ran_shards": [k for k in stale if status[k] == "embedded"],
-        "failed": failed,
-        "teacher": teacher,
-        "student": student,
-        "assigned_shards": assigned,
-        "stats": stats,
-        "taxonomy": taxonomy,
-        "mixing": mixing,
-        "evaluation": evaluation,
+        "ran_shards": [k for k in shards if status[k] == "embedded"],
+        "failed": progress.failed,
+        "teacher": stage({"teacher_sample", "teacher_clusters"}, "refit", "teacher"),
+        "student": stage({"student_model"}, "trained", "student"),
+        "assigned_shards": [pk for (a, pk) in sorted(ran_ok, key=lambda k: (k[0], k[1] or "")) if a == "domain_assignments"],
+        "stats": stage({"domain_stats"}, "computed", "stats"),
+        "taxonomy": stage({"taxonomy"}, "computed", "taxonomy"),
+        "mixing": stage(_stage_assets()["mixing"], "computed", "mixing"),
+        "evaluation": stage({"mixture_evaluation"}, "computed", "evaluation"),
+        "materialized": sorted(a if pk is None else f"{a}[{pk}]" for a, pk in ran_ok),
         "embed_docs": embed_docs,
         "embed_seconds": embed_seconds,
         "outputs": str(layout.outputs_dir),
-        "seconds": seconds,
+        "seconds": time.perf_counter() - t0,
     }
     _print_summary(summary, settings, defs, shards, out)
     return summary
 
 
-def _run_student_stages(defs, instance, settings, shards, status, failed, out) -> tuple[str, list[str], str]:
-    """Student, per-shard assignments and stats, each only when its inputs changed.
+def failure_message_of(result) -> str:
+    from gem_assets.defs.executors import failure_message
 
-    Returns ``(student, assigned_shards, stats)`` statuses; failures go into ``failed``.
-    """
-    from gem_assets.defs.student import stale_assignments, stats_state, student_state
-
-    state = student_state(instance, settings)
-    student = "up to date"
-    if state["fingerprint"] is None:
-        return "skipped (no teacher)", [], "skipped"
-    if state["stale"]:
-        print(f"student: {state['reason']} -> student_model", file=out, flush=True)
-        if not _execute(defs, "student_job", instance, failed, "student"):
-            return "failed", [], "skipped"
-        student = "trained"
-    keys = [k for k in shards if status.get(k) != "failed"]
-    stale = stale_assignments(instance, settings, keys)
-    ran = _execute_shards(defs, "assign_job", instance, failed, stale, "domain_assignments", lambda k: f"assign {k}", out)
-    assigned = [key for key, success in ran.items() if success]
-    sstate = stats_state(instance, settings, keys)
-    stats = "up to date" if sstate["fingerprint"] is not None else "skipped"
-    if sstate["stale"]:
-        print(f"stats: {sstate['reason']} -> domain_stats", file=out, flush=True)
-        stats = "computed" if _execute(defs, "stats_job", instance, failed, "stats") else "failed"
-    return student, assigned, stats
+    return failure_message(result)
 
 
-def _run_taxonomy_stage(defs, instance, settings, keys, failed, out) -> str:
-    """The GIS taxonomy, only when the teacher, the assignments or its parameters changed."""
-    from gem_assets.defs.taxonomy import taxonomy_state
-
-    state = taxonomy_state(instance, settings, keys)
-    if state["fingerprint"] is None:
-        return "skipped"
-    if not state["stale"]:
-        return "up to date"
-    print(f"taxonomy: {state['reason']} -> taxonomy", file=out, flush=True)
-    return "computed" if _execute(defs, "taxonomy_job", instance, failed, "taxonomy") else "failed"
-
-
-def _run_mixing_stage(defs, instance, settings, stats: str, failed, out) -> str:
-    """Proxy corpus, DoReMi, RegMix and the curated mixture, when ``domain_stats`` or the mixing
-    parameters changed (the whole ``mixing_job`` runs when any of its assets is stale)."""
-    from gem_assets.defs.mixing import mixing_state
-
-    if stats in ("failed", "skipped"):
-        return f"skipped (stats {stats})"
-    state = mixing_state(instance, settings)
-    if not state["stale"]:
-        return "up to date" if state["reason"] == "up to date" else f"skipped ({state['reason']})"
-    print(f"mixing: {state['reason']} -> mixing_job", file=out, flush=True)
-    return "computed" if _execute(defs, "mixing_job", instance, failed, "mixing") else "failed"
-
-
-def _run_evaluation_stage(defs, instance, settings, shards, status, failed, out) -> str:
-    """``mixture_evaluation`` when its inputs or parameters changed (it needs every shard assigned)."""
-    from gem_assets.defs.evaluation import evaluation_state
-
-    if any(k in failed for k in ("teacher", "student")) or any(k.startswith("assign ") for k in failed):
-        return "skipped (an upstream stage failed)"
-    keys = [k for k in shards if status.get(k) != "failed"]
-    state = evaluation_state(instance, settings, keys)
-    if state["fingerprint"] is None:
-        return f"skipped ({state['reason']})"
-    if not state["stale"]:
-        return "up to date"
-    print(f"evaluation: {state['reason']} -> mixture_evaluation", file=out, flush=True)
-    return "computed" if _execute(defs, "evaluation_job", instance, failed, "evaluation") else "failed"
+def _ancestors(graph: dict[str, set[str]], asset: str) -> set[str]:
+    seen: set[str] = set()
+    stack = list(graph.get(asset, ()))
+    while stack:
+        a = stack.pop()
+        if a not in seen:
+            seen.add(a)
+            stack.extend(graph.get(a, ()))
+    return seen
 
 
 def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
@@ -445,7 +602,7 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (1 when a shard or the teacher failed)."""
+    """Command-line entry point; returns the exit status (1 when any run failed)."""
     parser = argparse.ArgumentParser(prog="python -m gem_assets.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--until", choices=STAGES, default="evaluation",
                         help="last stage to bring up to date (default: the whole graph)")
@@ -459,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no table-creation chatter
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # SIGTERM ends the driver like Ctrl-C, so the webserver it started is stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     summary = run_pipeline(until=args.until)
     return 1 if summary["failed"] else 0
 

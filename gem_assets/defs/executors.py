@@ -37,7 +37,8 @@ from typing import Mapping, Sequence
 
 from dagster import ExecutorDefinition, in_process_executor, multiprocess_executor
 
-__all__ = ["EXECUTORS", "ExecutionSettings", "build_executor", "executor_from_env", "run_jobs", "JobRequest"]
+__all__ = ["EXECUTORS", "ExecutionSettings", "build_executor", "executor_from_env", "run_jobs", "JobRequest",
+           "failure_message", "reconstructable_asset_job"]
 
 #: Values of ``GEM_EXECUTOR``.
 EXECUTORS = ("in_process", "multiprocess", "dask", "k8s")
@@ -214,33 +215,80 @@ def executor_from_env(env: Mapping[str, str] | None = None) -> ExecutorDefinitio
 
 
 # --------------------------------------------------------------------------- dispatching runs
+def failure_message(result) -> str:
+    """The first step failure of a finished run (in process or not), as one line."""
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            data = event.step_failure_data
+            if data is not None and data.user_failure_data is not None and data.user_failure_data.description:
+                return data.user_failure_data.description
+            if data is not None and data.error is not None:
+                return data.error.message.strip().splitlines()[-1] if data.error.message else data.error.cls_name
+    return "run failed (see the run's logs in the UI)"
+
+
+def load_asset_job(module_name: str | None, python_file: str | None, attribute: str, nonce: str = ""):
+    """Reconstructor of :func:`reconstructable_asset_job`: the implicit asset job of the
+    ``Definitions`` at ``module_name:attribute`` or ``python_file:attribute`` (``nonce`` only makes
+    code pointers with different environments distinct: Dagster caches a job per pointer)."""
+    import importlib
+    import importlib.util
+
+    if module_name is not None:
+        module = importlib.import_module(module_name)
+    else:
+        path = os.path.abspath(python_file)
+        name = f"gem_location_{abs(hash((path, nonce)))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return getattr(module, attribute).get_implicit_global_asset_job_def()
+
+
+def reconstructable_asset_job(module_name: str | None = None, python_file: str | None = None,
+                              attribute: str = "defs", working_directory: str | None = None):
+    """A code pointer (public ``build_reconstructable_job``) to the implicit asset job of a code
+    location: what runs whose steps leave this process (multiprocess, Dask, k8s) are launched from."""
+    from dagster import build_reconstructable_job
+
+    if (module_name is None) == (python_file is None):
+        raise ValueError("give exactly one of module_name and python_file")
+    nonce = "|".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(("GEM_", "AWS_")))
+    return build_reconstructable_job("gem_assets.defs.executors", "load_asset_job",
+                                     reconstructable_args=(module_name, python_file, attribute, nonce),
+                                     reconstructor_working_directory=working_directory or os.getcwd())
+
+
 @dataclass(frozen=True)
 class JobRequest:
-    """One run to launch: a job, optionally for one partition, and a label for messages."""
+    """One run to launch: a reconstructable job, the assets to materialize (``None``: all), an
+    optional partition, and a label for messages."""
 
-    job_name: str
+    job: object
     label: str
     partition_key: str | None = None
+    asset_selection: tuple | None = None
 
 
-def _execute_one(recon_repo, instance_ref, request: JobRequest, run_config: dict, tags: dict) -> tuple[str, bool, str]:
-    """Run one job from its code pointer with its own executor (in a worker process or inline)."""
+def _execute_one(instance_ref, request: JobRequest, run_config: dict, tags: dict) -> tuple[str, bool, str, list]:
+    """Run one job from its code pointer with its own executor (in a worker process or inline).
+    Returns ``(label, success, message, materialized asset keys)``."""
     from dagster import DagsterInstance, execute_job
-
-    from gem_assets.run import _failure_message
 
     run_tags = dict(tags)
     if request.partition_key is not None:
         run_tags["dagster/partition"] = request.partition_key
+    selection = list(request.asset_selection) if request.asset_selection is not None else None
     with DagsterInstance.from_ref(instance_ref) as instance:
-        with execute_job(recon_repo.get_reconstructable_job(request.job_name), instance=instance,
-                         run_config=run_config, tags=run_tags) as result:
-            return request.label, bool(result.success), "" if result.success else _failure_message(result)
+        with execute_job(request.job, instance=instance, run_config=run_config, tags=run_tags,
+                         asset_selection=selection) as result:
+            done = [e.asset_key for e in result.get_asset_materialization_events()]
+            return request.label, bool(result.success), "" if result.success else failure_message(result), done
 
 
-def run_jobs(recon_repo, instance, requests: Sequence[JobRequest], *, parallel: int = 1,
-             run_config: dict | None = None, tags: dict | None = None, on_done=None) -> dict[str, str | None]:
-    """Launch runs from a code pointer, up to ``parallel`` at once, each in its own process.
+def run_jobs(instance, requests: Sequence[JobRequest], *, parallel: int = 1, run_config: dict | None = None,
+             tags: dict | None = None, on_done=None) -> dict[str, tuple[str | None, list]]:
+    """Launch runs from code pointers, up to ``parallel`` at once, each in its own process.
 
     Each run uses the executor its job was defined with (e.g. the multiprocess executor, whose
     steps are processes of their own). With ``parallel > 1`` runs are spread over worker
@@ -248,12 +296,10 @@ def run_jobs(recon_repo, instance, requests: Sequence[JobRequest], *, parallel: 
 
     Parameters
     ----------
-    recon_repo : ReconstructableRepository
-        Where worker processes load the code location from.
     instance : DagsterInstance
         A persistent instance (its ref is handed to the workers).
     requests : sequence of JobRequest
-        The runs.
+        The runs (``job``: a reconstructable job, e.g. :func:`reconstructable_asset_job`).
     parallel : int
         Runs at once.
     run_config, tags : dict, optional
@@ -263,8 +309,9 @@ def run_jobs(recon_repo, instance, requests: Sequence[JobRequest], *, parallel: 
 
     Returns
     -------
-    dict of str to (str or None)
-        Label to ``None`` for a successful run, else its first failure message.
+    dict of str to (str or None, list of AssetKey)
+        Label to (``None`` for a successful run, else its first failure message; the assets it
+        materialized).
     """
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1, got {parallel}")
@@ -274,27 +321,27 @@ def run_jobs(recon_repo, instance, requests: Sequence[JobRequest], *, parallel: 
     ref = instance.get_ref()
     run_config = run_config or {}
     tags = tags or {}
-    out: dict[str, str | None] = {}
+    out: dict[str, tuple[str | None, list]] = {}
 
-    def record(label: str, ok: bool, message: str) -> None:
-        out[label] = None if ok else message
+    def record(label: str, ok: bool, message: str, done: list) -> None:
+        out[label] = (None if ok else message, done)
         if on_done is not None:
             on_done(label, ok, message)
 
     if parallel == 1 or len(requests) <= 1:
         for r in requests:
-            record(*_execute_one(recon_repo, ref, r, run_config, tags))
+            record(*_execute_one(ref, r, run_config, tags))
         return out
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(max_workers=min(parallel, len(requests)),
                              mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_execute_one, recon_repo, ref, r, run_config, tags): r for r in requests}
+        futures = {pool.submit(_execute_one, ref, r, run_config, tags): r for r in requests}
         for fut in as_completed(futures):
             r = futures[fut]
             try:
                 record(*fut.result())
             except Exception as exc:  # a crashed worker fails its run only
-                record(r.label, False, f"{type(exc).__name__}: {exc}")
+                record(r.label, False, f"{type(exc).__name__}: {exc}", [])
     return out
