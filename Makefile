@@ -37,10 +37,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/ngram.py --write docs/benchmarks.md
 	$(PY) benchmarks/size_skew.py --write docs/benchmarks.md
 
-# the instance make run records into: $GEM_STATE/dagster (GEM_STATE defaults to a local GEM_HOME)
+# webserver + daemon over the instance make run records into ($GEM_STATE/dagster; GEM_STATE defaults
+# to a local GEM_HOME) and the code location of workspace.yaml (the one make run's driver asks)
 ui: $(STAMP)
 	DAGSTER_HOME=$$($(PY) -m gem_assets.run --dagster-home) && export DAGSTER_HOME && \
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -m gem_assets.definitions
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:
 	rm -rf $(VENV)
