@@ -1,122 +1,76 @@
-"""The settings resource: environment variables (``GEM_*``) as a Dagster resource."""
+"""The settings resource: environment variables (``GEM_*``) as a Dagster resource.
+
+:class:`GemConfig`'s fields are generated from the declarations of
+:class:`gem_assets.config.Settings` (:mod:`gem_assets.config.schema`): one resource field per
+setting, with the setting's type, default and doc (the Dagster launchpad's description, which
+names the ``GEM_*`` variable). A setting whose type Dagster config cannot express declares how
+the resource holds it (:class:`gem_assets.config.schema.Portable`: ``embed_cap`` holds the
+embedding cap as an integer, ``-1`` for the profile's); ``home`` and ``state`` are held as
+absolute paths, so that runs in other processes read the same folders. Adding a setting to
+``Settings`` adds it here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import typing
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 from dagster import ConfigurableResource
+from pydantic import Field
 
-from gem_assets.config import Layout, Settings
+from gem_assets.config import Layout, Settings, schema
 
-__all__ = ["GemConfig"]
+__all__ = ["GemConfig", "GemResource", "with_settings_fields"]
 
 
-class GemConfig(ConfigurableResource):
-    """Corpus, columns, K, profile, ``GEM_HOME`` and ``GEM_STATE`` of the pipeline.
+def _resource_fields(settings_cls: type) -> dict[str, tuple[str, Any, Any, str]]:
+    """Setting name to ``(resource field name, type, default, description)``."""
+    defaults = {f.name: f.default for f in dataclasses.fields(settings_cls)}
+    out = {}
+    for name, spec in schema.specs(settings_cls).items():
+        portable = spec.portable
+        if portable.type is not None:
+            type_ = portable.type
+        else:
+            base, optional = schema.field_type(settings_cls, name)
+            if typing.get_origin(base) is not None:
+                raise TypeError(f"setting {name} ({base}) needs a Portable(type=...) to be held by a Dagster resource")
+            type_ = Optional[base] if optional else base
+        description = " ".join(f"{spec.doc} {portable.doc}".split()) + f" ({spec.env})"
+        out[name] = (portable.name or name, type_, portable.encode(defaults[name]), description)
+    return out
 
-    Built from the environment by :meth:`from_env` when the code location loads (reading
-    a few variables; nothing is written or loaded then). Field meanings are those of
-    :class:`gem_assets.config.Settings`; ``embed_cap`` is ``-1`` for the profile's cap,
-    ``0`` for no cap, or a positive cap; ``teacher_sample_size`` is ``-1`` for the
-    profile's size.
+
+class GemResource(ConfigurableResource):
+    """What :class:`GemConfig` does with its fields; :func:`with_settings_fields` adds the fields.
+
+    ``settings_class`` is the schema the fields come from (:class:`~gem_assets.config.Settings`).
     """
 
-    home: str = "data"
-    corpus: Optional[str] = None
-    text_column: str = "text"
-    id_column: str = "id"
-    source_column: Optional[str] = None
-    k: int = 16
-    balance: Optional[float] = None
-    profile: str = "default"
-    seed: int = 0
-    max_chars: Optional[int] = None
-    embed_cap: int = -1
-    teacher_sample_size: int = -1
-    isotropy: bool = True
-    student_min_agreement: float = 0.85
-    student_drift_kl: float = 0.1
-    mixer: str = "regmix"
-    mixture_tokens: Optional[int] = None
-    mix_target: Optional[str] = None
-    proxy: str = "auto"
-    # memory caps (None: the profile's)
-    taxonomy_max_terms: Optional[int] = None
-    taxonomy_count_capacity: Optional[int] = None
-    eval_max_target_documents: Optional[int] = None
-    eval_max_train_documents: Optional[int] = None
-    mix_max_target_documents: Optional[int] = None
-    state: Optional[str] = None
+    settings_class: ClassVar[type] = Settings
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "GemConfig":
+    def from_settings(cls, settings: Settings) -> "GemResource":
         """The resource holding ``settings``."""
-        cap = settings.embed_cap_per_shard
-        return cls(
-            home=settings.home if "://" in settings.home else str(Path(settings.home).expanduser().resolve()),
-            corpus=settings.corpus,
-            text_column=settings.text_column,
-            id_column=settings.id_column,
-            source_column=settings.source_column,
-            k=settings.k,
-            balance=settings.balance,
-            profile=settings.profile,
-            seed=settings.seed,
-            max_chars=settings.max_chars,
-            embed_cap=-1 if cap == "profile" else (0 if cap is None else int(cap)),
-            teacher_sample_size=-1 if settings.teacher_sample_size is None else int(settings.teacher_sample_size),
-            isotropy=settings.isotropy,
-            student_min_agreement=settings.student_min_agreement,
-            student_drift_kl=settings.student_drift_kl,
-            mixer=settings.mixer,
-            mixture_tokens=settings.mixture_tokens,
-            mix_target=settings.mix_target,
-            proxy=settings.proxy,
-            taxonomy_max_terms=settings.taxonomy_max_terms,
-            taxonomy_count_capacity=settings.taxonomy_count_capacity,
-            eval_max_target_documents=settings.eval_max_target_documents,
-            eval_max_train_documents=settings.eval_max_train_documents,
-            mix_max_target_documents=settings.mix_max_target_documents,
-            state=str(Path(settings.state).expanduser().resolve()) if settings.state else None,
-        )
+        values = {}
+        for name, spec in schema.specs(cls.settings_class).items():
+            values[spec.portable.name or name] = spec.portable.encode(spec.portable.resolve(getattr(settings, name)))
+        return cls(**values)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "GemConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "GemResource":
         """The resource for the ``GEM_*`` environment variables (see :mod:`gem_assets.config`)."""
-        return cls.from_settings(Settings.from_env(os.environ if env is None else env))
+        return cls.from_settings(cls.settings_class.from_env(os.environ if env is None else env))
 
     def settings(self) -> Settings:
         """The plain :class:`~gem_assets.config.Settings`."""
-        cap = "profile" if self.embed_cap < 0 else (None if self.embed_cap == 0 else self.embed_cap)
-        return Settings(
-            home=self.home,
-            corpus=self.corpus,
-            text_column=self.text_column,
-            id_column=self.id_column,
-            source_column=self.source_column,
-            k=self.k,
-            balance=self.balance,
-            profile=self.profile,
-            seed=self.seed,
-            max_chars=self.max_chars,
-            embed_cap_per_shard=cap,
-            teacher_sample_size=None if self.teacher_sample_size < 0 else self.teacher_sample_size,
-            isotropy=self.isotropy,
-            student_min_agreement=self.student_min_agreement,
-            student_drift_kl=self.student_drift_kl,
-            mixer=self.mixer,
-            mixture_tokens=self.mixture_tokens,
-            mix_target=self.mix_target,
-            proxy=self.proxy,
-            taxonomy_max_terms=self.taxonomy_max_terms,
-            taxonomy_count_capacity=self.taxonomy_count_capacity,
-            eval_max_target_documents=self.eval_max_target_documents,
-            eval_max_train_documents=self.eval_max_train_documents,
-            mix_max_target_documents=self.mix_max_target_documents,
-            state=self.state,
-        )
+        values = {}
+        for name, spec in schema.specs(self.settings_class).items():
+            values[name] = spec.portable.decode(getattr(self, spec.portable.name or name))
+        return self.settings_class(**values)
 
     @property
     def layout(self) -> Layout:
@@ -153,3 +107,31 @@ class GemConfig(ConfigurableResource):
                 f"({len(shards)} shards match); restore the file or delete the partition"
             )
         return shards[key]
+
+
+def with_settings_fields(settings_cls: type, base: type = GemResource) -> type:
+    """A subclass of ``base`` with one field per setting of ``settings_cls`` (and that
+    ``settings_class``)."""
+    fields = _resource_fields(settings_cls)
+    annotations: dict[str, Any] = {rname: type_ for rname, type_, _, _ in fields.values()}
+    annotations["settings_class"] = ClassVar[type]
+    namespace: dict[str, Any] = {
+        "__module__": __name__,
+        "__qualname__": f"{base.__name__}[{settings_cls.__name__}]",
+        "__annotations__": annotations,
+        "__doc__": f"The fields of {settings_cls.__name__}, generated from its declarations.",
+        "settings_class": settings_cls,
+    }
+    for rname, _, default, description in fields.values():
+        namespace[rname] = Field(default=default, description=description)
+    return type(f"{base.__name__}Fields", (base,), namespace)
+
+
+class GemConfig(with_settings_fields(Settings)):
+    """Corpus, columns, K, profile, ``GEM_HOME``, ``GEM_STATE`` and every other setting.
+
+    One field per :class:`gem_assets.config.Settings` field, with its meaning (the field's
+    description names its ``GEM_*`` variable); ``embed_cap`` is ``-1`` for the profile's cap,
+    ``0`` for no cap, or a positive cap. Built from the environment by :meth:`from_env` when the
+    code location loads (reading a few variables; nothing is written or loaded then).
+    """
