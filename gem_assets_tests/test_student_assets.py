@@ -145,7 +145,12 @@ def test_assigned_once_fails_on_a_dropped_document(tiny_corpus, gem_home, instan
         return out
 
     monkeypatch.setattr(lib, "label_parquet", dropping)
-    run = _assign(instance, res, ["a.jsonl"])["a.jsonl"]
+    # a blocking check: the failed conservation check fails the run (and stops anything downstream in it);
+    # a wrong count is deterministic, so the step is not retried
+    run = materialize([domain_assignments], partition_key="a.jsonl", instance=instance, resources=res,
+                      raise_on_error=False)
+    assert not run.success
+    assert not [e for e in run.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     passed, severity = _checks(run)["assigned_once"]
     assert not passed and severity == "ERROR"
     ev = [e for e in run.get_asset_check_evaluations() if e.check_name == "assigned_once"][0]

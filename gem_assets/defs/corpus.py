@@ -13,6 +13,8 @@ from dagster import (
 
 from gem_assets.defs._format import markdown_table
 from gem_assets.defs.partitions import shards_partitions
+from gem_assets.defs.shards import shard_files
+from gem_assets.defs.versions import STORE_RETRY, code_version, data_version
 from gem_assets.resources.config import GemConfig
 
 __all__ = ["documents"]
@@ -20,12 +22,16 @@ __all__ = ["documents"]
 
 @asset(
     partitions_def=shards_partitions,
+    deps=[shard_files],
     group_name="corpus",
     kinds={"polars", "parquet"},
+    code_version=code_version("documents"),
+    retry_policy=STORE_RETRY,
     check_specs=[
         AssetCheckSpec(
             "document_conservation",
             asset="documents",
+            blocking=True,
             description="Every row of the shard is counted once: rows in = kept + quarantined, "
             "and the files written hold exactly those rows.",
         )
@@ -114,5 +120,6 @@ def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResu
         metadata={"rows_in": result.rows_in, "kept": kept_on_disk, "quarantined": quarantined_on_disk},
         description=f"{result.rows_in} in = {kept_on_disk} kept + {quarantined_on_disk} quarantined",
     )
-    return MaterializeResult(metadata=metadata, data_version=DataVersion(fp[:16]), check_results=[check])
+    return MaterializeResult(metadata=metadata, data_version=DataVersion(data_version("documents", fp)),
+                            check_results=[check])
 

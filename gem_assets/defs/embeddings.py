@@ -15,6 +15,7 @@ from dagster import (
 
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.partitions import shards_partitions
+from gem_assets.defs.versions import STORE_RETRY, code_version, data_version
 from gem_assets.resources.config import GemConfig
 from gem_assets.resources.embedder import SentenceTransformerEmbedder
 
@@ -34,7 +35,10 @@ EMBEDDING_CHECKS = {
     deps=[documents],
     group_name="corpus",
     kinds={"pytorch", "safetensors"},
-    check_specs=[AssetCheckSpec(name, asset="embeddings", description=d) for name, d in EMBEDDING_CHECKS.items()],
+    code_version=code_version("embeddings"),
+    retry_policy=STORE_RETRY,
+    check_specs=[AssetCheckSpec(name, asset="embeddings", description=d, blocking=True)
+                 for name, d in EMBEDDING_CHECKS.items()],
 )
 def embeddings(context: AssetExecutionContext, gem: GemConfig, embedder: SentenceTransformerEmbedder) -> MaterializeResult:
     """Teacher embeddings of one shard: (n, d) float32 unit-norm vectors with their ids.
@@ -110,4 +114,5 @@ def embeddings(context: AssetExecutionContext, gem: GemConfig, embedder: Sentenc
         "docs_per_s": round(docs_per_s, 2),
         "path": MetadataValue.path(str(out)),
     }
-    return MaterializeResult(metadata=metadata, data_version=DataVersion(fp[:16]), check_results=checks)
+    return MaterializeResult(metadata=metadata, data_version=DataVersion(data_version("embeddings", fp)),
+                            check_results=checks)

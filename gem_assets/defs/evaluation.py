@@ -17,6 +17,7 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
+    DataVersion,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -27,6 +28,7 @@ from gem_assets.config import Settings, fingerprint
 from gem_assets.defs._format import markdown_table
 from gem_assets.defs.student import domain_assignments
 from gem_assets.defs.teacher import teacher_sample
+from gem_assets.defs.versions import STORE_RETRY, code_version, data_version
 from gem_assets.resources.config import GemConfig
 from gem_assets.resources.mlflow import MlflowTracker
 
@@ -105,7 +107,9 @@ def _config(settings: Settings):
     deps=[domain_assignments, teacher_sample],
     group_name="evaluation",
     kinds={"pytorch", "mlflow", "csv"},
-    check_specs=[AssetCheckSpec(name, asset="mixture_evaluation", description=d)
+    code_version=code_version("mixture_evaluation"),
+    retry_policy=STORE_RETRY,
+    check_specs=[AssetCheckSpec(name, asset="mixture_evaluation", description=d, blocking=True)
                  for name, d in EVALUATION_CHECKS.items()],
 )
 def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTracker) -> MaterializeResult:
@@ -208,6 +212,7 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
             "outputs": MetadataValue.path(str(out)),
             "mlflow_status": outcome.status, "mlflow_run_id": outcome.run_id or "", "mlflow_message": outcome.message,
         },
+        data_version=DataVersion(data_version("mixture_evaluation", fp)),
         check_results=checks,
     )
 

@@ -28,6 +28,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    DataVersion,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -37,6 +38,7 @@ from dagster import (
 from gem_assets.config import Settings, fingerprint
 from gem_assets.defs._format import markdown_table
 from gem_assets.defs.student import domain_stats
+from gem_assets.defs.versions import STORE_RETRY, code_version, data_version
 from gem_assets.resources.config import GemConfig
 from gem_assets.resources.mlflow import MlflowTracker
 
@@ -256,7 +258,9 @@ def _proxy_record(p: dict, budget_tokens: int) -> dict:
     deps=[domain_stats],
     group_name="mixing",
     kinds={"numpy", "safetensors"},
-    check_specs=[AssetCheckSpec("documents_conserved", asset="proxy_corpus",
+    code_version=code_version("proxy_corpus"),
+    retry_policy=STORE_RETRY,
+    check_specs=[AssetCheckSpec("documents_conserved", asset="proxy_corpus", blocking=True,
                                 description="Every counted document is in exactly one split (train or validation), "
                                 "and the target set is drawn from validation documents only.")],
 )
@@ -335,6 +339,7 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
                     f"{' (streams capped at max_bytes_per_domain)' if capped else ''}; target from validation: {disjoint}",
     )
     return MaterializeResult(
+        data_version=DataVersion(data_version("proxy_corpus", fp)),
         metadata={"domains": MetadataValue.md(markdown_table(table)), "documents": int(labels.size),
                   "train_bytes": int(sum(s.size for s in train.values())),
                   "valid_bytes": int(sum(s.size for s in valid.values())), "target_bytes": meta["target_bytes"],
@@ -349,7 +354,9 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     deps=[proxy_corpus],
     group_name="mixing",
     kinds={"numpy", "mlflow", "json"},
-    check_specs=[AssetCheckSpec("weights_valid", asset="doremi_weights",
+    code_version=code_version("doremi_weights"),
+    retry_policy=STORE_RETRY,
+    check_specs=[AssetCheckSpec("weights_valid", asset="doremi_weights", blocking=True,
                                 description="Finite weights summing to 1; every domain with data has at least "
                                 "smoothing / K (DoReMi's smoothing floor).")],
 )
@@ -455,6 +462,7 @@ def doremi_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
                              description=f"sum {sum(weights.values()):.12f}, min {w.min():.3g} vs floor {floor:.3g}")
     table = _weights_table(weights, meta["natural_shares"])
     return MaterializeResult(
+        data_version=DataVersion(data_version("doremi_weights", fp)),
         metadata={"weights": MetadataValue.md(markdown_table(table)),
                   "weights_chart": MetadataValue.md(plots.markdown_image(png, "DoReMi weights vs natural shares")),
                   "trajectory": MetadataValue.md(plots.markdown_image(traj_png, "DoReMi weight trajectory")),
@@ -476,7 +484,9 @@ def doremi_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
     deps=[proxy_corpus],
     group_name="mixing",
     kinds={"numpy", "mlflow", "parquet"},
-    check_specs=[AssetCheckSpec("runs_complete", asset="regmix_runs",
+    code_version=code_version("regmix_runs"),
+    retry_policy=STORE_RETRY,
+    check_specs=[AssetCheckSpec("runs_complete", asset="regmix_runs", blocking=True,
                                 description="Every proxy run has a finite positive target loss and a mixture on the "
                                 "simplex within the epoch cap.")],
 )
@@ -562,6 +572,7 @@ def regmix_runs(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTr
                              description=f"{len(losses)} runs; finite losses {finite}, on simplex {simplex}, "
                              f"within {p['max_epochs']} epochs {within}")
     return MaterializeResult(
+        data_version=DataVersion(data_version("regmix_runs", fp)),
         metadata={"runs": len(losses), "proxy_kind": kind, "median_target_bpb": median,
                   "best_loss": float(losses.min()), "worst_loss": float(losses.max()),
                   "budget_tokens_per_run": runs["budget_tokens"],
@@ -576,8 +587,10 @@ def regmix_runs(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTr
     deps=[regmix_runs],
     group_name="mixing",
     kinds={"scikitlearn", "mlflow", "json"},
+    code_version=code_version("regmix_weights"),
+    retry_policy=STORE_RETRY,
     check_specs=[
-        AssetCheckSpec("weights_valid", asset="regmix_weights",
+        AssetCheckSpec("weights_valid", asset="regmix_weights", blocking=True,
                        description="Finite weights summing to 1 within the epoch cap at the curated mixture's budget."),
         AssetCheckSpec("regressor_ranks_runs", asset="regmix_weights", blocking=False,
                        description="The regressor's out-of-fold Spearman correlation with the run losses is at least "
@@ -656,6 +669,7 @@ def regmix_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
     ]
     table = _weights_table(weights, proxy_meta["natural_shares"])
     return MaterializeResult(
+        data_version=DataVersion(data_version("regmix_weights", fp)),
         metadata={"weights": MetadataValue.md(markdown_table(table)),
                   "weights_chart": MetadataValue.md(plots.markdown_image(png, "RegMix weights vs natural shares")),
                   "regressor": fit["kind"], "spearman_cv": rho, "spearman_train": fit["spearman_train"],
@@ -675,11 +689,13 @@ def regmix_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflo
     deps=[doremi_weights, regmix_weights],
     group_name="mixing",
     kinds={"parquet", "json"},
+    code_version=code_version("curated_mixture"),
+    retry_policy=STORE_RETRY,
     check_specs=[
-        AssetCheckSpec("counts_match_manifest", asset="curated_mixture",
+        AssetCheckSpec("counts_match_manifest", asset="curated_mixture", blocking=True,
                        description="The Parquet shards hold exactly the documents and tokens per domain that "
                        "manifest.json states."),
-        AssetCheckSpec("epoch_cap", asset="curated_mixture",
+        AssetCheckSpec("epoch_cap", asset="curated_mixture", blocking=True,
                        description="No domain is repeated more than the epoch cap."),
     ],
 )
@@ -755,6 +771,7 @@ def curated_mixture(context: AssetExecutionContext, gem: GemConfig) -> Materiali
         "domain", pl.col("weight").round(4), pl.col("realized_weight").round(4), "documents", "unique_documents",
         "tokens", pl.col("epochs").round(3))
     return MaterializeResult(
+        data_version=DataVersion(data_version("curated_mixture", fps["curated_mixture"])),
         metadata={"mixer": p["mixer"], "budget_tokens": budget, "tokens": sample.tokens, "documents": n_rows,
                   "unique_documents": manifest["unique_documents"], "max_epochs_used": round(worst, 3),
                   "domains": MetadataValue.md(markdown_table(table)), "files": len(files),

@@ -19,6 +19,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    DataVersion,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -30,6 +31,7 @@ from gem_assets.defs._format import markdown_table
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.partitions import shards_partitions
 from gem_assets.defs.teacher import teacher_clusters
+from gem_assets.defs.versions import STORE_RETRY, code_version, data_version
 from gem_assets.resources.config import GemConfig
 from gem_assets.resources.mlflow import MlflowTracker
 
@@ -80,6 +82,8 @@ def _student_meta(layout) -> dict:
     deps=[teacher_clusters, documents],
     group_name="student",
     kinds={"pytorch", "safetensors", "mlflow"},
+    code_version=code_version("student_model"),
+    retry_policy=STORE_RETRY,
     check_specs=[
         AssetCheckSpec(
             "heldout_agreement", asset="student_model", blocking=False,
@@ -215,6 +219,7 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
             "outputs": MetadataValue.path(str(out)),
             "mlflow_status": outcome.status, "mlflow_run_id": outcome.run_id or "", "mlflow_message": outcome.message,
         },
+        data_version=DataVersion(data_version("student_model", fp)),
         check_results=[check],
     )
 
@@ -224,8 +229,10 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
     partitions_def=shards_partitions,
     group_name="student",
     kinds={"pytorch", "parquet"},
+    code_version=code_version("domain_assignments"),
+    retry_policy=STORE_RETRY,
     check_specs=[
-        AssetCheckSpec("assigned_once", asset="domain_assignments",
+        AssetCheckSpec("assigned_once", asset="domain_assignments", blocking=True,
                        description="Every kept document of the shard has exactly one assignment, and no other id "
                        "has one (conservation against 'documents')."),
         AssetCheckSpec("share_drift", asset="domain_assignments", blocking=False,
@@ -296,6 +303,7 @@ def domain_assignments(context: AssetExecutionContext, gem: GemConfig) -> Materi
             "shares": MetadataValue.md(markdown_table(table)),
             "fingerprint": fp, "path": MetadataValue.path(str(dest)), "dagster/row_count": res["n"],
         },
+        data_version=DataVersion(data_version("domain_assignments", fp)),
         check_results=checks,
     )
 
@@ -304,8 +312,10 @@ def domain_assignments(context: AssetExecutionContext, gem: GemConfig) -> Materi
     deps=[domain_assignments],
     group_name="student",
     kinds={"polars", "csv"},
+    code_version=code_version("domain_stats"),
+    retry_policy=STORE_RETRY,
     check_specs=[
-        AssetCheckSpec("documents_conserved", asset="domain_stats",
+        AssetCheckSpec("documents_conserved", asset="domain_stats", blocking=True,
                        description="The stats count every kept document of the included shards exactly once "
                        "(documents per domain sum to the kept documents)."),
     ],
@@ -392,6 +402,7 @@ def domain_stats(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
             "shards": MetadataValue.json(sorted(included)), "excluded_shards": MetadataValue.json(excluded),
             "input_fingerprint": fp, "outputs": MetadataValue.path(str(out)),
         },
+        data_version=DataVersion(data_version("domain_stats", fp)),
         check_results=[check],
     )
 

@@ -19,6 +19,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    DataVersion,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -30,6 +31,7 @@ from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
 from gem_assets.defs.student import _student_meta, _teacher_summary, assignments_fingerprint, domain_assignments
 from gem_assets.defs.teacher import teacher_clusters
+from gem_assets.defs.versions import STORE_RETRY, code_version, data_version
 from gem_assets.resources.config import GemConfig
 from gem_assets.resources.mlflow import MlflowTracker
 
@@ -85,6 +87,8 @@ def taxonomy_fingerprint(settings: Settings, teacher_input_fp: str, included: di
     deps=[teacher_clusters, domain_assignments, embeddings, documents],
     group_name="taxonomy",
     kinds={"json", "mlflow"},
+    code_version=code_version("taxonomy"),
+    retry_policy=STORE_RETRY,
     check_specs=[
         AssetCheckSpec("named_domains", asset="taxonomy",
                        description="Every domain and every internal node of the tree has a non-empty name made "
@@ -201,6 +205,7 @@ def taxonomy(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTrack
             "input_fingerprint": fp, "path": MetadataValue.path(str(layout.taxonomy_path)),
             "mlflow_status": outcome.status, "mlflow_run_id": outcome.run_id or "", "mlflow_message": outcome.message,
         },
+        data_version=DataVersion(data_version("taxonomy", fp)),
         check_results=checks,
     )
 

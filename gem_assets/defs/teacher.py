@@ -6,6 +6,7 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
+    DataVersion,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -14,6 +15,7 @@ from dagster import (
 
 from gem_assets.defs._format import markdown_table
 from gem_assets.defs.embeddings import embeddings
+from gem_assets.defs.versions import STORE_RETRY, code_version, data_version
 from gem_assets.resources.config import GemConfig
 from gem_assets.resources.mlflow import MlflowTracker
 
@@ -25,7 +27,8 @@ TEACHER_CHECKS = {
 }
 
 
-@asset(deps=[embeddings], group_name="teacher", kinds={"numpy", "safetensors"})
+@asset(deps=[embeddings], group_name="teacher", kinds={"numpy", "safetensors"},
+       code_version=code_version("teacher_sample"), retry_policy=STORE_RETRY)
 def teacher_sample(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResult:
     """A seeded sample of the embedded documents, stratified by shard.
 
@@ -84,7 +87,8 @@ def teacher_sample(context: AssetExecutionContext, gem: GemConfig) -> Materializ
             "excluded_shards": MetadataValue.json(excluded),
             "input_fingerprint": fp,
             "path": MetadataValue.path(str(out)),
-        }
+        },
+        data_version=DataVersion(data_version("teacher_sample", fp)),
     )
 
 
@@ -92,6 +96,8 @@ def teacher_sample(context: AssetExecutionContext, gem: GemConfig) -> Materializ
     deps=[teacher_sample],
     group_name="teacher",
     kinds={"pytorch", "mlflow"},
+    code_version=code_version("teacher_clusters"),
+    retry_policy=STORE_RETRY,
     check_specs=[AssetCheckSpec(name, asset="teacher_clusters", description=d) for name, d in TEACHER_CHECKS.items()],
 )
 def teacher_clusters(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTracker) -> MaterializeResult:
@@ -192,5 +198,6 @@ def teacher_clusters(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlf
         "mlflow_message": outcome.message,
     }
     metadata = {k: v for k, v in metadata.items() if v is not None}
-    return MaterializeResult(metadata=metadata, check_results=checks)
+    dv = data_version("teacher_clusters", sample_meta["fingerprint"], params)
+    return MaterializeResult(metadata=metadata, data_version=DataVersion(dv), check_results=checks)
 
