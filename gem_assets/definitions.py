@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dagster import Definitions, ExecutorDefinition
 
-from gem_assets.defs.automation import daily_backfill, shard_sensor, teacher_sensor
+from gem_assets.defs.automation import automation_sensors, with_automation
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
 from gem_assets.defs.evaluation import mixture_evaluation
@@ -53,11 +53,10 @@ def build_definitions(
     Definitions
     """
     return Definitions(
-        assets=ASSETS,
+        assets=with_automation(ASSETS),
         jobs=[shard_job, teacher_job, student_job, assign_job, stats_job, taxonomy_job, evaluation_job,
               mixing_job],
-        sensors=[shard_sensor, teacher_sensor],
-        schedules=[daily_backfill],
+        sensors=automation_sensors(),
         resources={
             "gem": gem or GemConfig.from_env(),
             "embedder": embedder or SentenceTransformerEmbedder.from_env(),
