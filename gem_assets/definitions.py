@@ -13,9 +13,10 @@ from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
 from gem_assets.defs.evaluation import mixture_evaluation
 from gem_assets.defs.executors import executor_from_env
-from gem_assets.defs.jobs import (assign_job, evaluation_job, mixing_job, shard_job, stats_job, student_job,
+from gem_assets.defs.jobs import (assets_job, assign_job, evaluation_job, mixing_job, shard_job, stats_job, student_job,
                                   taxonomy_job, teacher_job)
 from gem_assets.defs.mixing import MIXING_ASSETS
+from gem_assets.defs.shards import observe_shards, shard_files
 from gem_assets.defs.student import domain_assignments, domain_stats, student_model
 from gem_assets.defs.taxonomy import taxonomy
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
@@ -23,7 +24,8 @@ from gem_assets.resources import GemConfig, MlflowTracker, SentenceTransformerEm
 
 __all__ = ["ASSETS", "build_definitions", "defs"]
 
-#: Every asset of this part of the graph, upstream first.
+#: Every materializable asset of the graph, upstream first (``shard_files``, the observable
+#: source they start from, is added by :func:`build_definitions`).
 ASSETS = [documents, embeddings, teacher_sample, teacher_clusters, student_model, domain_assignments, domain_stats,
           taxonomy, mixture_evaluation, *MIXING_ASSETS]
 
@@ -53,10 +55,10 @@ def build_definitions(
     Definitions
     """
     return Definitions(
-        assets=with_automation(ASSETS),
-        jobs=[shard_job, teacher_job, student_job, assign_job, stats_job, taxonomy_job, evaluation_job,
-              mixing_job],
-        sensors=automation_sensors(),
+        assets=[shard_files, *with_automation(ASSETS)],
+        jobs=[observe_shards, shard_job, teacher_job, student_job, assign_job, stats_job, taxonomy_job, evaluation_job,
+              mixing_job, assets_job],
+        sensors=automation_sensors([observe_shards]),
         resources={
             "gem": gem or GemConfig.from_env(),
             "embedder": embedder or SentenceTransformerEmbedder.from_env(),

@@ -45,6 +45,8 @@ __all__ = ["CodeLocation", "StaleStatusServer", "run_pipeline", "open_instance",
 
 _QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 _TAGS = {"gem/launched_by": "gem_assets.run"}
+#: The job of every asset (gem_assets/defs/jobs.py) that runs are made of, with an asset selection.
+ASSETS_JOB = "gem_assets_job"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Stages after which ``run_pipeline(until=...)`` / ``--until`` can stop, and the assets of the
@@ -322,7 +324,7 @@ def _run_layer(defs, instance, layer_runs: list, progress: _Progress, execution,
             print(f"    FAILED {_label(assets[0], pk)}: {message}", file=out, flush=True)
 
     if execution is None:  # in process
-        job = defs.get_implicit_global_asset_job_def()
+        job = _job(defs, ASSETS_JOB)
         for pk, assets, _ in layer_runs:
             result = job.execute_in_process(instance=instance, partition_key=pk, raise_on_error=False,
                                             asset_selection=[AssetKey.from_user_string(a) for a in assets],
@@ -410,7 +412,7 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None, until: str
         if new:
             instance.add_dynamic_partitions(SHARDS, new)
         if "observe_shards" in {j.name for j in (defs.jobs or [])}:
-            result = defs.get_job_def("observe_shards").execute_in_process(
+            result = _job(defs, "observe_shards").execute_in_process(
                 instance=instance, raise_on_error=False, run_config=_QUIET_RUN_CONFIG, tags=_TAGS)
             if not result.success:
                 progress.failed["observe_shards"] = failure_message_of(result)
@@ -485,6 +487,16 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None, until: str
     }
     _print_summary(summary, settings, defs, shards, out)
     return summary
+
+
+def _job(defs, name: str):
+    """``defs.get_job_def(name)`` without its warning that asset jobs given to ``Definitions``
+    resolve there (they do: ``get_job_def`` is the public way)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Found asset job named", category=UserWarning)
+        return defs.get_job_def(name)
 
 
 def failure_message_of(result) -> str:

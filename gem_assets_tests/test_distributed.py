@@ -15,13 +15,13 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
-from dagster import in_process_executor, instance_for_test, validate_run_config
-from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster import AssetKey, in_process_executor, instance_for_test, validate_run_config
 
 from conftest import make_docs, make_resources, write_jsonl, write_parquet
 from gem_assets.defs.executors import EXECUTORS, ExecutionSettings, JobRequest, build_executor, run_jobs
 from gem_assets.lib.io import artifacts
 from gem_assets.lib.io import storage
+from gem_assets.run import CodeLocation
 
 HERE = Path(__file__).resolve().parent
 DEFS_FILE = HERE / "distributed_defs.py"
@@ -63,9 +63,9 @@ def test_build_executor_for_each_choice():
 
 def test_run_jobs_refuses_an_ephemeral_instance(instance):
     with pytest.raises(ValueError, match="persistent Dagster instance"):
-        run_jobs(None, instance, [JobRequest("shard_job", "x", "x")])
+        run_jobs(instance, [JobRequest(None, "x", "x")])
     with pytest.raises(ValueError, match="parallel must be >= 1"):
-        run_jobs(None, instance, [], parallel=0)
+        run_jobs(instance, [], parallel=0)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -91,16 +91,13 @@ def _load_defs():
     return module.defs
 
 
-def _recon():
-    """A code pointer to distributed_defs.py that loads it afresh: dagster keeps the file's module in
-    sys.modules and the last job definition of a reconstructable job (lru_cache), so a second test in
-    this process would otherwise run with the first one's environment (e.g. its Dask scheduler)."""
-    from dagster._core.definitions.reconstruct import ReconstructableJob
+def _job():
+    """A public code pointer (build_reconstructable_job) to gem_assets_job of distributed_defs.py; it
+    carries the GEM_* environment, so a test with another environment gets a job of its own."""
+    return CodeLocation(module_name=None, python_file=str(DEFS_FILE), working_directory=str(HERE)).reconstructable_job()
 
-    sys.modules.pop(DEFS_FILE.stem, None)
-    ReconstructableJob.get_definition.cache_clear()
-    ReconstructableJob.get_repository_definition.cache_clear()
-    return ReconstructableRepository.for_file(str(DEFS_FILE), "defs", working_directory=str(HERE))
+
+SHARD_ASSETS = (AssetKey("documents"), AssetKey("embeddings"))
 
 
 def _step_pids(instance, run_id: str) -> set[int]:
@@ -127,7 +124,6 @@ def test_shard_runs_in_parallel_with_the_multiprocess_executor(home, tmp_path, m
     """Shard runs two at a time, each step in a process of its own, with GEM_HOME a local folder or
     an S3 bucket (a local S3 server the step processes reach through AWS_ENDPOINT_URL, as they would
     reach MinIO or S3): outputs equal those of an in-process run."""
-    from gem_assets import run
     from gem_assets.defs.partitions import SHARDS
 
     glob = _corpus(tmp_path / "corpus", 2)
@@ -143,13 +139,12 @@ def test_shard_runs_in_parallel_with_the_multiprocess_executor(home, tmp_path, m
     good = [k for k in keys if k != "part-9.jsonl"]
     with instance_for_test() as inst:
         inst.add_dynamic_partitions(SHARDS, keys)
-        out, failed = io.StringIO(), {}
-        run._set_dispatch(True, _recon(), out)  # what run_pipeline does: GEM_EXECUTOR=multiprocess -> 2 at a time
-        ok = run._execute_shards(defs, "shard_job", inst, failed, {k: "new" for k in keys}, "documents, embeddings",
-                                 lambda k: k, out)
-        assert ok == {"part-0.jsonl": True, "part-1.parquet": True, "part-9.jsonl": False}, out.getvalue()
-        assert list(failed) == ["part-9.jsonl"] and "record 1 is not valid JSON" in failed["part-9.jsonl"]
-        assert "3 runs, 2 at a time (shard_job, GEM_EXECUTOR=multiprocess)" in out.getvalue()
+        job = _job()  # what run_pipeline does with GEM_EXECUTOR=multiprocess: shard runs 2 at a time
+        results = run_jobs(inst, [JobRequest(job, k, k, SHARD_ASSETS) for k in keys], parallel=2)
+        ok = {k: message is None for k, (message, _) in results.items()}
+        assert ok == {"part-0.jsonl": True, "part-1.parquet": True, "part-9.jsonl": False}, results
+        assert "record 1 is not valid JSON" in results["part-9.jsonl"][0]
+        assert set(results["part-0.jsonl"][1]) == set(SHARD_ASSETS)
         runs = [r for r in inst.get_run_records() if r.dagster_run.tags["dagster/partition"] in good]
         assert len(runs) == 2 and all(r.dagster_run.is_success for r in runs)
         pids = set()
@@ -184,50 +179,84 @@ def test_shard_runs_in_parallel_with_the_multiprocess_executor(home, tmp_path, m
 
 
 # --------------------------------------------------------------------------- dask
+def _dask_env(cluster, monkeypatch, tmp_path, request, home: str, glob: str, distributed) -> set[int]:
+    if home == "s3":
+        bucket = request.getfixturevalue("s3_server")
+        _set_env(monkeypatch, f"{bucket}/dask-{os.getpid()}", glob, "dask",
+                 GEM_DASK_ADDRESS=cluster.scheduler_address, GEM_STATE=str(tmp_path / "state"))
+    else:
+        _set_env(monkeypatch, tmp_path / "home", glob, "dask", GEM_DASK_ADDRESS=cluster.scheduler_address)
+    # the workers were started before the variables were set: hand them the environment
+    with distributed.Client(cluster) as client:
+        env = {k: v for k, v in os.environ.items() if k.startswith(("GEM_", "AWS_"))}
+        client.run(lambda e: os.environ.update(e), env)
+        return set(client.run(os.getpid).values())
+
+
 @pytest.mark.parametrize("home", ["local", "s3"])
-def test_smoke_pipeline_end_to_end_on_a_local_dask_cluster(home, tmp_path, monkeypatch, request):
-    """The shard stages, teacher, student, assignments and stats as Dask-launched runs on worker
-    processes, with GEM_HOME a local folder or an S3 bucket (the local S3 server, reached by the
-    workers through AWS_ENDPOINT_URL as a cluster reaches S3 or MinIO)."""
+def test_shard_runs_on_a_local_dask_cluster(home, tmp_path, monkeypatch, request):
+    """A shard partition's run (documents + embeddings) with every step a task on a Dask worker
+    process, GEM_HOME a local folder or an S3 bucket (the local S3 server, reached by the workers
+    through AWS_ENDPOINT_URL as a cluster reaches S3 or MinIO); outputs equal an in-process run's."""
+    distributed = pytest.importorskip("distributed")
+    from dagster import materialize
+
+    from gem_assets.defs.partitions import SHARDS
+
+    glob = _corpus(tmp_path / "corpus", 1)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster:
+        worker_pids = _dask_env(cluster, monkeypatch, tmp_path, request, home, glob, distributed)
+        defs = _load_defs()
+        with instance_for_test() as inst:
+            inst.add_dynamic_partitions(SHARDS, ["part-0.jsonl"])
+            results = run_jobs(inst, [JobRequest(_job(), "part-0.jsonl", "part-0.jsonl", SHARD_ASSETS)])
+            assert results["part-0.jsonl"][0] is None, _step_failures(inst)
+            (run,) = inst.get_run_records()
+            step_pids = _step_pids(inst, run.dagster_run.run_id)
+            assert len(step_pids) >= 1 and step_pids <= worker_pids  # every step ran on a Dask worker
+    layout = defs.resources["gem"].settings().layout
+    if home == "s3":
+        assert str(layout.home).startswith("s3://") and not (tmp_path / "home").exists()
+    ref = make_resources(tmp_path / "ref", glob)
+    with instance_for_test() as inst:
+        inst.add_dynamic_partitions(SHARDS, ["part-0.jsonl"])
+        from gem_assets.definitions import ASSETS
+
+        assert materialize(ASSETS[:2], resources=ref, instance=inst, partition_key="part-0.jsonl").success
+    v, _, _ = artifacts.read_embeddings(layout, "part-0.jsonl")
+    np.testing.assert_array_equal(v, artifacts.read_embeddings(ref["gem"].settings().layout, "part-0.jsonl")[0])
+
+
+@pytest.mark.skipif(os.environ.get("GEM_TEST_DASK_PIPELINE") != "1",
+                    reason="minutes per Dask-launched run on 2 cores: GEM_TEST_DASK_PIPELINE=1 to run it")
+def test_smoke_pipeline_end_to_end_on_a_local_dask_cluster(tmp_path, monkeypatch, request):
+    """make run's driver through the stats with every run launched on a local Dask cluster."""
     distributed = pytest.importorskip("distributed")
     from gem_assets.run import run_pipeline
 
     glob = _corpus(tmp_path / "corpus", 2)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   silence_logs=40) as cluster:
-        if home == "s3":
-            bucket = request.getfixturevalue("s3_server")
-            _set_env(monkeypatch, f"{bucket}/dask-{os.getpid()}", glob, "dask",
-                     GEM_DASK_ADDRESS=cluster.scheduler_address, GEM_STATE=str(tmp_path / "state"))
-        else:
-            _set_env(monkeypatch, tmp_path / "home", glob, "dask", GEM_DASK_ADDRESS=cluster.scheduler_address)
-        # the workers were started before the variables were set: hand them the environment
-        with distributed.Client(cluster) as client:
-            env = {k: v for k, v in os.environ.items() if k.startswith(("GEM_", "AWS_"))}
-            client.run(lambda e: os.environ.update(e), env)
-            worker_pids = set(client.run(os.getpid).values())
+        worker_pids = _dask_env(cluster, monkeypatch, tmp_path, request, "local", glob, distributed)
         defs = _load_defs()
         with instance_for_test() as inst:
             out = io.StringIO()
-            # through the shard-level stages and the teacher/student: each Dask-launched run costs ~1 min
-            # here, and the later whole-corpus stages are covered in process by the other tests
-            summary = run_pipeline(defs=defs, instance=inst, out=out, recon_repo=_recon(), until="stats")
+            summary = run_pipeline(defs=defs, instance=inst, out=out, until="stats",
+                                   location=CodeLocation(module_name=None, python_file=str(DEFS_FILE),
+                                                         working_directory=str(HERE)))
             assert summary["failed"] == {}, out.getvalue() + _step_failures(inst)
             assert set(summary["shards"].values()) == {"embedded"}
             assert summary["teacher"] == "refit" and summary["student"] == "trained"
             assert sorted(summary["assigned_shards"]) == sorted(summary["shards"]) and summary["stats"] == "computed"
             step_pids = set()
             for r in inst.get_run_records():
-                step_pids |= _step_pids(inst, r.dagster_run.run_id)
+                if r.dagster_run.job_name != "observe_shards":
+                    step_pids |= _step_pids(inst, r.dagster_run.run_id)
             assert step_pids and step_pids <= worker_pids  # every step ran on a Dask worker
     layout = defs.resources["gem"].settings().layout
-    if home == "s3":
-        assert str(layout.home).startswith("s3://") and not (tmp_path / "home").exists()
     stats = storage.read_csv(layout.domain_stats_dir / "domain_stats.csv")
     assert int(stats["documents"].sum()) == 80  # every document of both shards counted once
-    for key in summary["shards"]:
-        assign = storage.read_parquet(layout.assignments_path(key))
-        assert assign.height == 40 and assign["id"].n_unique() == 40
 
 
 # --------------------------------------------------------------------------- kubernetes

@@ -228,7 +228,7 @@ def failure_message(result) -> str:
 
 
 def load_asset_job(module_name: str | None, python_file: str | None, attribute: str, nonce: str = ""):
-    """Reconstructor of :func:`reconstructable_asset_job`: the implicit asset job of the
+    """Reconstructor of :func:`reconstructable_asset_job`: the job ``gem_assets_job`` (every asset) of the
     ``Definitions`` at ``module_name:attribute`` or ``python_file:attribute`` (``nonce`` only makes
     code pointers with different environments distinct: Dagster caches a job per pointer)."""
     import importlib
@@ -242,12 +242,16 @@ def load_asset_job(module_name: str | None, python_file: str | None, attribute: 
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-    return getattr(module, attribute).get_implicit_global_asset_job_def()
+    import warnings
+
+    with warnings.catch_warnings():  # get_job_def is the public way to an asset job given to Definitions
+        warnings.filterwarnings("ignore", message="Found asset job named", category=UserWarning)
+        return getattr(module, attribute).get_job_def("gem_assets_job")
 
 
 def reconstructable_asset_job(module_name: str | None = None, python_file: str | None = None,
                               attribute: str = "defs", working_directory: str | None = None):
-    """A code pointer (public ``build_reconstructable_job``) to the implicit asset job of a code
+    """A code pointer (public ``build_reconstructable_job``) to ``gem_assets_job`` (every asset) of a code
     location: what runs whose steps leave this process (multiprocess, Dask, k8s) are launched from."""
     from dagster import build_reconstructable_job
 

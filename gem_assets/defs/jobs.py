@@ -1,4 +1,4 @@
-"""Jobs: ``shard_job`` (one shard: documents + embeddings) and ``teacher_job``."""
+"""Jobs: per-stage jobs (``shard_job``: one shard's documents + embeddings, ...) and ``gem_assets_job`` (every asset, for make run)."""
 
 from dagster import AssetSelection, define_asset_job
 
@@ -11,7 +11,7 @@ from gem_assets.defs.taxonomy import taxonomy
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
 
 __all__ = ["shard_job", "teacher_job", "student_job", "assign_job", "stats_job", "taxonomy_job", "evaluation_job",
-           "mixing_job"]
+           "mixing_job", "assets_job"]
 
 shard_job = define_asset_job(
     "shard_job",
@@ -59,4 +59,12 @@ mixing_job = define_asset_job(
     "mixing_job",
     selection=AssetSelection.assets(*MIXING_ASSETS),
     description="Mixture optimization: proxy corpus, DoReMi and RegMix weights, and the curated mixture.",
+)
+
+#: Every materializable asset: ``make run`` (gem_assets/run.py) runs it with an asset selection,
+#: one run per shard partition for the shard assets, one run for the unpartitioned ones.
+assets_job = define_asset_job(
+    "gem_assets_job",
+    selection=AssetSelection.all(),
+    description="Every asset of the graph; make run selects the stale ones (per partition for shard assets).",
 )
