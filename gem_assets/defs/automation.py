@@ -6,9 +6,14 @@ Everything here is on by default when the code location is loaded with a daemon
 
 Conditions (:data:`CONDITIONS`, applied by :func:`with_automation`)
 -------------------------------------------------------------------
-Two families. Both also wait for every upstream **blocking** asset check to have passed
-(``all_deps_blocking_checks_passed``): a shard whose ``documents`` failed
-``document_conservation`` is not embedded, a teacher that failed a blocking check is not distilled.
+Two families. Both wait until no input is missing or running and no input's latest
+materialization failed one of its **blocking** checks: a shard whose ``documents`` failed
+``document_conservation`` is not embedded, a proxy corpus that failed ``documents_conserved``
+is not trained on. (Not ``all_deps_blocking_checks_passed()``: it also blocks an asset whose
+input is requested on the same tick, so a new shard would move one layer per tick, and a
+check never evaluated would block for ever; see :func:`_no_failed_blocking_checks`.) An
+unpartitioned asset cannot share a run with shard partitions: ``domain_stats`` and
+``teacher_sample`` follow on the tick after their shard partitions are built.
 
 ``per_shard`` (``documents``, ``embeddings``, ``domain_assignments``) and ``aggregate``
 (``domain_stats``)
