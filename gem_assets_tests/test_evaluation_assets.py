@@ -7,11 +7,12 @@ import math
 
 import numpy as np
 import polars as pl
-from dagster import materialize
+from dagster import AssetKey, materialize
 
 from conftest import make_resources
 from gem_assets.config import PROFILES, Layout, Settings
-from gem_assets.defs.evaluation import evaluation_state, mixture_evaluation
+from gem_assets.defs.evaluation import mixture_evaluation
+from gem_assets.defs.versions import code_version_for, data_version
 from gem_assets.defs.student import student_model
 from gem_assets.lib.evaluation import experiment as evaluation
 from gem_assets.lib.io import storage
@@ -28,7 +29,7 @@ def test_mixture_evaluation_smoke_end_to_end(tiny_corpus, gem_home, instance):
     assert materialize([student_model], instance=instance, resources=res).success
     assert all(r.success for r in _assign(instance, res).values())
     settings = res["gem"].settings()
-    assert evaluation_state(instance, settings, KEYS)["reason"] == "never materialized"
+    assert instance.get_latest_materialization_event(AssetKey("mixture_evaluation")) is None
 
     result = materialize([mixture_evaluation], instance=instance, resources=res)
     assert result.success
@@ -99,11 +100,12 @@ def test_mixture_evaluation_smoke_end_to_end(tiny_corpus, gem_home, instance):
                                      & (pl.col("target") == "all"))["bpb_target"][0], rel_tol=1e-9)
     assert {a.path for a in client.list_artifacts(md["mlflow_run_id"])} >= {"results.csv", "results.md", "bpb.png"}
 
-    # make run's view: up to date now; stale when an evaluation parameter changes
-    assert evaluation_state(instance, settings, KEYS) == {"stale": False, "reason": "up to date",
-                                                          "fingerprint": summary["fingerprint"]}
+    # Dagster's view: the data version follows the recorded fingerprint; an evaluation parameter
+    # gives the asset a new code version (stale in the UI and for make run)
+    event = instance.get_latest_materialization_event(AssetKey("mixture_evaluation")).asset_materialization
+    assert event.tags["dagster/data_version"] == data_version("mixture_evaluation", summary["fingerprint"])
     other = Settings(**{**settings.as_dict(), "seed": 1})
-    assert evaluation_state(instance, other, KEYS)["stale"]
+    assert code_version_for("mixture_evaluation", other) != code_version_for("mixture_evaluation", settings)
 
 
 def test_make_run_ends_with_the_evaluation_and_reruns_nothing(tiny_corpus, gem_home, instance):

@@ -9,15 +9,22 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 import pytest
-from dagster import materialize
+from dagster import AssetKey, materialize
 
 from conftest import make_resources
 from gem_assets.config import PROFILES, Layout, Settings
-from gem_assets.defs.mixing import (MIXING_ASSETS, curated_mixture, doremi_weights, mixing_fingerprints, mixing_state,
+from gem_assets.defs.mixing import (MIXING_ASSETS, curated_mixture, doremi_weights, mixing_fingerprints,
                                     proxy_corpus, regmix_runs, regmix_weights)
 from gem_assets.defs.student import domain_stats, student_model
+from gem_assets.defs.versions import code_version_for, data_version
 from gem_assets.lib.io import storage
 from test_student_assets import _assign, _checks, _md, _teacher
+
+
+def _new_code_versions(before: Settings, after: Settings) -> set[str]:
+    """Mixing assets whose code version differs between two settings (what Dagster shows stale)."""
+    names = [a.key.to_user_string() for a in MIXING_ASSETS]
+    return {n for n in names if code_version_for(n, before) != code_version_for(n, after)}
 
 
 def _up_to_stats(instance, res):
@@ -80,7 +87,7 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance, tmp_pat
                          mix_max_target_documents=5, proxy="ngram")
     _up_to_stats(instance, res)
     settings = res["gem"].settings()
-    assert mixing_state(instance, settings)["stale_assets"]["proxy_corpus"] == "never materialized"
+    assert instance.get_latest_materialization_event(AssetKey("proxy_corpus")) is None
     result = materialize(MIXING_ASSETS, instance=instance, resources=res)
     assert result.success
     checks = _checks(result)
@@ -176,7 +183,10 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance, tmp_pat
     ranks = result.get_asset_check_evaluations()
     ranks = next(e for e in ranks if e.check_name == "regressor_ranks_runs")
     assert ranks.metadata["runs"].value == prof.mix_regmix_runs
-    assert mixing_state(instance, settings) == {"stale": False, "reason": "up to date", "stale_assets": {}}
+    for name, fp in mixing_fingerprints(settings, storage.read_json(layout.domain_stats_dir / "summary.json")
+                                        ["fingerprint"]).items():  # data versions follow the recorded fingerprints
+        event = instance.get_latest_materialization_event(AssetKey(name)).asset_materialization
+        assert event.tags["dagster/data_version"] == data_version(name, fp)
 
     # MLflow: DoReMi's trajectory per round; RegMix's runs as one run (losses as a history, the
     # table as an artifact), no nested run per proxy
@@ -196,21 +206,20 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance, tmp_pat
     assert fit_run.data.params["proxy_kind"] == "ngram"
     assert fit_run.data.metrics["final_median_target_bpb"] == pytest.approx(proxy["median_target_bpb"])
 
-    # switching the mixer makes only the curated mixture stale
+    # switching the mixer gives only the curated mixture a new code version (stale)
     doremi_res = make_resources(gem_home, str(tiny_corpus / "*"), k=4, student_min_agreement=0.0,
                                 mixture_tokens=3000, mixer="doremi", proxy="ngram")
-    assert mixing_state(instance, doremi_res["gem"].settings())["stale_assets"] == {
-        "curated_mixture": "inputs or parameters changed"}
+    assert _new_code_versions(settings, settings.with_(mixer="doremi")) == {"curated_mixture"}
     assert materialize([curated_mixture], instance=instance, resources=doremi_res).success
     assert storage.read_json(layout.mixture_dir / "manifest.json")["mixer"] == "doremi"
     _assert_mixture_as_before(layout, doremi_res["gem"].settings().mixture_params(), tmp_path / "old-doremi")
 
-    # GEM_PROXY=transformer: the weights (not the proxy corpus) are stale, and today's transformer
-    # proxies (smoke sizes) still run and are recorded as such
+    # GEM_PROXY=transformer: the proxy models (not the proxy corpus) get new code versions (stale; the
+    # RegMix weights and the mixture follow once their new data versions are recorded), and today's
+    # transformer proxies (smoke sizes) still run and are recorded as such
     trans = make_resources(gem_home, str(tiny_corpus / "*"), k=4, student_min_agreement=0.0, mixture_tokens=3000,
                            proxy="transformer")
-    assert set(mixing_state(instance, trans["gem"].settings())["stale_assets"]) == {
-        "doremi_weights", "regmix_runs", "regmix_weights", "curated_mixture"}
+    assert _new_code_versions(settings, settings.with_(proxy="transformer")) == {"doremi_weights", "regmix_runs"}
     t_result = materialize([doremi_weights, regmix_runs, regmix_weights], instance=instance, resources=trans)
     assert t_result.success
     regmix = storage.read_json(layout.weights_dir / "regmix.json")

@@ -8,7 +8,7 @@ budget, and reports held-out bits per byte with Student-t intervals for two sett
 held-out documents of the whole corpus (``all``) and each source in turn (``lib/evaluation/experiment.py``).
 Written to ``outputs/evaluation/``.
 
-Fingerprint (recorded in metadata and ``summary.json``, used by ``make run``): the
+Fingerprint (recorded in metadata and ``summary.json``; the data version is derived from it): the
 documents, embeddings and assignments fingerprints of every shard, the teacher sample's,
 the student's and the evaluation parameters.
 """
@@ -32,7 +32,7 @@ from gem_assets.defs.versions import STORE_RETRY, code_version, data_version
 from gem_assets.resources.config import GemConfig
 from gem_assets.resources.mlflow import MlflowTracker
 
-__all__ = ["mixture_evaluation", "evaluation_fingerprint", "evaluation_state", "EVALUATION_EXPERIMENT",
+__all__ = ["mixture_evaluation", "evaluation_fingerprint", "EVALUATION_EXPERIMENT",
            "EVALUATION_CHECKS"]
 
 #: MLflow experiment of the evaluation runs.
@@ -246,30 +246,3 @@ def _checks(runs, table, counts: dict, n_seeds: int, mixers, budget: int, max_do
                          f"training + {counts['unusable']} unused + {counts.get('capped', 0)} left out by the caps = {parts} of "
                          f"{counts['documents']} documents"),
     ]
-
-
-def evaluation_state(instance, settings: Settings, keys) -> dict:
-    """Whether ``mixture_evaluation`` is up to date with its inputs now on disk.
-
-    Returns
-    -------
-    dict
-        ``stale`` (bool), ``reason`` and ``fingerprint`` (``None`` when an input is missing).
-    """
-    from gem_assets.defs.state import latest_metadata
-    from gem_assets.lib.io import storage
-
-    try:
-        inputs = _inputs(settings, keys)
-    except FileNotFoundError as exc:
-        return {"stale": False, "reason": f"inputs missing ({exc})", "fingerprint": None}
-    fp = evaluation_fingerprint(settings, inputs)
-    recorded = latest_metadata(instance, "mixture_evaluation")
-    if recorded is None:
-        return {"stale": True, "reason": "never materialized", "fingerprint": fp}
-    if recorded.get("input_fingerprint") != fp:
-        return {"stale": True, "reason": "inputs or parameters changed", "fingerprint": fp}
-    summary = settings.layout.evaluation_dir / "summary.json"
-    if not summary.is_file() or storage.read_json(summary).get("fingerprint") != fp:
-        return {"stale": True, "reason": "outputs missing or stale", "fingerprint": fp}
-    return {"stale": False, "reason": "up to date", "fingerprint": fp}

@@ -43,7 +43,7 @@ from gem_assets.resources.config import GemConfig
 from gem_assets.resources.mlflow import MlflowTracker
 
 __all__ = ["proxy_corpus", "doremi_weights", "regmix_runs", "regmix_weights", "curated_mixture", "MIXING_ASSETS",
-           "MIXING_EXPERIMENT", "mixing_fingerprints", "mixing_state"]
+           "MIXING_EXPERIMENT", "mixing_fingerprints"]
 
 #: MLflow experiment of the mixing runs.
 MIXING_EXPERIMENT = "gem-mixing"
@@ -86,41 +86,6 @@ def mixing_fingerprints(settings: Settings, stats_fp: str) -> dict[str, str]:
     fps["curated_mixture"] = fingerprint("curated_mixture", stats_fp, fps[f"{p['mixer']}_weights"], {k: p[k] for k in (
         "mixer", "mixture_tokens", "max_epochs", "rows_per_shard", "seed")})
     return fps
-
-
-def _output_files(settings: Settings) -> dict:
-    layout = settings.layout
-    return {"proxy_corpus": layout.proxy_corpus_dir / "meta.json", "doremi_weights": layout.weights_dir / "doremi.json",
-            "regmix_runs": layout.regmix_runs_dir / "meta.json", "regmix_weights": layout.weights_dir / "regmix.json",
-            "curated_mixture": layout.mixture_dir / "manifest.json"}
-
-
-def mixing_state(instance, settings: Settings) -> dict:
-    """Whether the mixing assets are up to date with ``domain_stats`` and the parameters.
-
-    Returns
-    -------
-    dict
-        ``stale`` (bool), ``reason`` and ``stale_assets`` ({asset: reason}).
-    """
-    from gem_assets.defs.state import latest_metadata
-    from gem_assets.lib.io import storage
-
-    stats = _stats_summary(settings)
-    if stats is None:
-        return {"stale": False, "reason": "no domain stats", "stale_assets": {}}
-    out = {}
-    files = _output_files(settings)
-    for name, fp in mixing_fingerprints(settings, stats["fingerprint"]).items():
-        recorded = latest_metadata(instance, name)
-        if recorded is None:
-            out[name] = "never materialized"
-        elif recorded.get("input_fingerprint") != fp:
-            out[name] = "inputs or parameters changed"
-        elif not files[name].is_file() or storage.read_json(files[name]).get("fingerprint") != fp:
-            out[name] = "outputs missing or stale"
-    reason = "up to date" if not out else "; ".join(f"{k}: {v}" for k, v in out.items())
-    return {"stale": bool(out), "reason": reason, "stale_assets": out}
 
 
 # --------------------------------------------------------------------------- shared readers

@@ -6,7 +6,8 @@ embeddings), with a seeded held-out split. It then labels every kept document of
 shard without embedding it (``domain_assignments``, one partition per shard, streamed in
 batches), and ``domain_stats`` sums documents, bytes and tokens per domain over all shards.
 
-Fingerprints (recorded in metadata and in the files, used by ``make run``):
+Fingerprints (recorded in metadata and in the files as provenance; the data versions reported to
+Dagster are derived from them, ``defs/versions.py``):
 
 - student: the teacher's input fingerprint + the student parameters;
 - a shard's assignments: the student fingerprint + the shard's ``documents`` fingerprint;
@@ -35,8 +36,7 @@ from gem_assets.defs.versions import STORE_RETRY, code_version, data_version
 from gem_assets.resources.config import GemConfig
 from gem_assets.resources.mlflow import MlflowTracker
 
-__all__ = ["student_model", "domain_assignments", "domain_stats", "student_fingerprint", "student_state",
-           "stale_assignments", "stats_state",
+__all__ = ["student_model", "domain_assignments", "domain_stats", "student_fingerprint",
            "assignments_fingerprint", "stats_fingerprint", "STUDENT_EXPERIMENT"]
 
 #: MLflow experiment of the student's training runs.
@@ -405,94 +405,3 @@ def domain_stats(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
         data_version=DataVersion(data_version("domain_stats", fp)),
         check_results=[check],
     )
-
-
-# --------------------------------------------------------------------------- what is up to date
-def student_state(instance, settings: Settings) -> dict:
-    """Whether ``student_model`` is up to date with the teacher now on disk.
-
-    Returns
-    -------
-    dict
-        ``stale`` (bool), ``reason`` and ``fingerprint`` (``None`` when there is no teacher).
-    """
-    from gem_assets.defs.state import latest_metadata
-    from gem_assets.lib.io import storage
-
-    layout = settings.layout
-    path = layout.teacher_outputs_dir / "summary.json"
-    if not path.is_file():
-        return {"stale": False, "reason": "no teacher", "fingerprint": None}
-    fp = student_fingerprint(settings, storage.read_json(path)["params"]["input_fingerprint"])
-    recorded = latest_metadata(instance, "student_model")
-    on_disk = layout.student_outputs_dir / "summary.json"
-    if recorded is None:
-        return {"stale": True, "reason": "never materialized", "fingerprint": fp}
-    if recorded.get("input_fingerprint") != fp:
-        return {"stale": True, "reason": "teacher or parameters changed", "fingerprint": fp}
-    if not on_disk.is_file() or storage.read_json(on_disk).get("fingerprint") != fp:
-        return {"stale": True, "reason": "outputs missing or stale", "fingerprint": fp}
-    return {"stale": False, "reason": "up to date", "fingerprint": fp}
-
-
-def stale_assignments(instance, settings: Settings, keys) -> dict[str, str]:
-    """Shards (of ``keys`` that have documents) whose ``domain_assignments`` are missing or out of
-    date with the student and their documents, with the reason."""
-    from gem_assets.defs.state import latest_metadata
-    from gem_assets.lib.io import artifacts
-    from gem_assets.lib.io import storage
-
-    layout = settings.layout
-    spath = layout.student_outputs_dir / "summary.json"
-    if not spath.is_file():
-        return {}
-    student_fp = storage.read_json(spath)["fingerprint"]
-    out: dict[str, str] = {}
-    for key in keys:
-        docs_meta = artifacts.read_documents_meta(layout, key)
-        if docs_meta is None:
-            continue
-        expected = assignments_fingerprint(student_fp, docs_meta["fingerprint"])
-        recorded = latest_metadata(instance, "domain_assignments", key)
-        meta_path = layout.assignments_meta_path(key)
-        if recorded is None:
-            out[key] = "never assigned"
-        elif recorded.get("fingerprint") != expected:
-            out[key] = "student or documents changed"
-        elif not meta_path.is_file() or storage.read_json(meta_path).get("fingerprint") != expected \
-                or not layout.assignments_path(key).is_file():
-            out[key] = "assignment files missing or stale"
-    return out
-
-
-def stats_state(instance, settings: Settings, keys) -> dict:
-    """Whether ``domain_stats`` is up to date with the current assignments of ``keys``."""
-    from gem_assets.defs.state import latest_metadata
-    from gem_assets.lib.io import artifacts
-    from gem_assets.lib.io import storage
-
-    layout = settings.layout
-    spath = layout.student_outputs_dir / "summary.json"
-    if not spath.is_file():
-        return {"stale": False, "reason": "no student", "fingerprint": None}
-    student_fp = storage.read_json(spath)["fingerprint"]
-    fps = {}
-    for key in keys:
-        docs_meta = artifacts.read_documents_meta(layout, key)
-        meta_path = layout.assignments_meta_path(key)
-        if docs_meta is None or not meta_path.is_file():
-            continue
-        fp = storage.read_json(meta_path).get("fingerprint")
-        if fp == assignments_fingerprint(student_fp, docs_meta["fingerprint"]):
-            fps[key] = fp
-    if not fps:
-        return {"stale": False, "reason": "no assigned shard", "fingerprint": None}
-    fp = stats_fingerprint(fps)
-    recorded = latest_metadata(instance, "domain_stats")
-    if recorded is None:
-        return {"stale": True, "reason": "never materialized", "fingerprint": fp}
-    if recorded.get("input_fingerprint") != fp:
-        return {"stale": True, "reason": "assignments changed", "fingerprint": fp}
-    if not (layout.domain_stats_dir / "summary.json").is_file():
-        return {"stale": True, "reason": "outputs missing", "fingerprint": fp}
-    return {"stale": False, "reason": "up to date", "fingerprint": fp}

@@ -11,7 +11,7 @@ passes) and writes:
 - ``outputs/taxonomy/``: ``taxonomy.md``, ``dendrogram.png``, ``domain_map.png``.
 
 Fingerprint: the teacher's input fingerprint, the assignments (and embeddings) fingerprint of each
-included shard, and the taxonomy parameters; ``make run`` recomputes it only when one changes.
+included shard, and the taxonomy parameters (provenance; the data version is derived from it).
 """
 
 from dagster import (
@@ -35,7 +35,7 @@ from gem_assets.defs.versions import STORE_RETRY, code_version, data_version
 from gem_assets.resources.config import GemConfig
 from gem_assets.resources.mlflow import MlflowTracker
 
-__all__ = ["taxonomy", "taxonomy_inputs", "taxonomy_fingerprint", "taxonomy_state", "TAXONOMY_EXPERIMENT"]
+__all__ = ["taxonomy", "taxonomy_inputs", "taxonomy_fingerprint", "TAXONOMY_EXPERIMENT"]
 
 #: MLflow experiment of the taxonomy runs.
 TAXONOMY_EXPERIMENT = "gem-taxonomy"
@@ -208,24 +208,3 @@ def taxonomy(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTrack
         data_version=DataVersion(data_version("taxonomy", fp)),
         check_results=checks,
     )
-
-
-def taxonomy_state(instance, settings: Settings, keys) -> dict:
-    """Whether ``taxonomy`` is up to date with the teacher and the current assignments of ``keys``."""
-    from gem_assets.defs.state import latest_metadata
-    from gem_assets.lib.io import storage
-
-    layout = settings.layout
-    tpath = layout.teacher_outputs_dir / "summary.json"
-    included, _ = taxonomy_inputs(layout, keys)
-    if not tpath.is_file() or not included:
-        return {"stale": False, "reason": "no assigned shard", "fingerprint": None}
-    fp = taxonomy_fingerprint(settings, storage.read_json(tpath)["params"]["input_fingerprint"], included)
-    recorded = latest_metadata(instance, "taxonomy")
-    if recorded is None:
-        return {"stale": True, "reason": "never materialized", "fingerprint": fp}
-    if recorded.get("input_fingerprint") != fp:
-        return {"stale": True, "reason": "teacher, assignments or parameters changed", "fingerprint": fp}
-    if not layout.taxonomy_path.is_file() or storage.read_json(layout.taxonomy_path).get("fingerprint") != fp:
-        return {"stale": True, "reason": "taxonomy.json missing or stale", "fingerprint": fp}
-    return {"stale": False, "reason": "up to date", "fingerprint": fp}
