@@ -1,151 +1,105 @@
-"""Incremental behaviour: make run's no-op re-run, changed and new shards, the sensors and the schedule."""
+"""make run as a driver over Dagster's stale status: a no-op re-run, a changed, a new and a bad
+shard, and a changed parameter. The driver asks a dagster-webserver it starts over the same
+instance; the code location is gem_assets_tests/distributed_defs.py (resources from the GEM_*
+environment, the hashing embedder of conftest.py, MLflow off)."""
 
 from __future__ import annotations
 
-import datetime
+import importlib.util
 import io
-import json
+import os
+from pathlib import Path
 
-from dagster import AssetKey, build_schedule_context, build_sensor_context
+from dagster import AssetKey
 
-from conftest import make_docs, make_resources, write_jsonl
-from gem_assets.definitions import build_definitions
-from gem_assets.defs.automation import daily_backfill, shard_sensor, teacher_sensor
+from conftest import make_docs, write_jsonl
 from gem_assets.defs.partitions import SHARDS
-from gem_assets.run import run_pipeline
+from gem_assets.run import CodeLocation, run_pipeline
+
+HERE = Path(__file__).resolve().parent
+DEFS_FILE = HERE / "distributed_defs.py"
+LOCATION = CodeLocation(module_name=None, python_file=str(DEFS_FILE), working_directory=str(HERE))
+PER_SHARD = ("documents", "embeddings", "domain_assignments")
 
 
-def _n_materializations(instance, asset: str) -> int:
-    return len(instance.fetch_materializations(AssetKey(asset), limit=1000).records)
-
-
-def _counts(instance) -> dict[str, int]:
-    return {a: _n_materializations(instance, a) for a in ("documents", "embeddings", "teacher_sample", "teacher_clusters")}
-
-
-def _sensor_tick(sensor_fn, **kwargs):
-    """Evaluate a sensor; the context is closed afterwards (it holds resources and an instance)."""
-    with build_sensor_context(**kwargs) as ctx:
-        return sensor_fn(ctx)
-
-
-def _schedule_tick(schedule_fn, **kwargs):
-    with build_schedule_context(**kwargs) as ctx:
-        return schedule_fn(ctx)
-
-
-def _run(defs, instance):
+def drive(monkeypatch, instance, home: Path, corpus: Path, until: str = "stats", **env) -> tuple[dict, str]:
+    """One ``make run`` on ``corpus`` (smoke profile, K=4 unless given) with ``instance``."""
+    values = {"GEM_HOME": str(home), "GEM_CORPUS": str(corpus / "*"), "GEM_PROFILE": "smoke", "GEM_K": "4",
+              "GEM_SOURCE_COLUMN": "source", "GEM_MLFLOW": "0", "GEM_EXECUTOR": "in_process", **env}
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    spec = importlib.util.spec_from_file_location(f"gem_test_defs_{os.getpid()}", DEFS_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # afresh: code versions follow the environment
     buf = io.StringIO()
-    summary = run_pipeline(defs, instance, out=buf)
+    summary = run_pipeline(module.defs, instance, out=buf, until=until, location=LOCATION)
     return summary, buf.getvalue()
 
 
-def test_rerun_without_new_shard_recomputes_nothing(tiny_corpus, gem_home, instance):
-    defs = build_definitions(**make_resources(gem_home, str(tiny_corpus / "*")))
-    first, text = _run(defs, instance)
+def _materialized(summary: dict, asset: str) -> set:
+    return {m[len(asset) + 1:-1] if "[" in m else None for m in summary["materialized"]
+            if m == asset or m.startswith(asset + "[")}
+
+
+def test_second_run_materializes_nothing(tiny_corpus, gem_home, disk_instance, monkeypatch):
+    first, text = drive(monkeypatch, disk_instance, gem_home, tiny_corpus, until="evaluation")
+    assert not first["failed"], text
     assert first["ran_shards"] == ["a.jsonl", "b.jsonl", "c.parquet"] and first["teacher"] == "refit"
-    assert not first["failed"]
+    for asset in PER_SHARD:
+        assert _materialized(first, asset) == {"a.jsonl", "b.jsonl", "c.parquet"}
+    assert {"teacher_clusters", "student_model", "domain_stats", "taxonomy", "curated_mixture",
+            "mixture_evaluation"} <= set(first["materialized"])
     assert "120 in = 120 kept + 0 quarantined" in text and "outputs/teacher" in text
-    assert set(instance.get_dynamic_partitions(SHARDS)) == {"a.jsonl", "b.jsonl", "c.parquet"}
-    before = _counts(instance)
-    assert before == {"documents": 3, "embeddings": 3, "teacher_sample": 1, "teacher_clusters": 1}
+    assert set(disk_instance.get_dynamic_partitions(SHARDS)) == {"a.jsonl", "b.jsonl", "c.parquet"}
     mtime = (gem_home / "outputs" / "teacher" / "summary.json").stat().st_mtime_ns
 
-    second, text = _run(defs, instance)
-    assert second["ran_shards"] == [] and second["teacher"] == "up to date"
-    assert set(second["shards"].values()) == {"up to date"}
-    assert _counts(instance) == before  # nothing materialized again
+    second, text = drive(monkeypatch, disk_instance, gem_home, tiny_corpus, until="evaluation")
+    assert second["materialized"] == [] and not second["failed"], text
+    assert set(second["shards"].values()) == {"up to date"} and second["teacher"] == "up to date"
+    assert second["evaluation"] == second["mixing"] == second["taxonomy"] == "up to date"
     assert (gem_home / "outputs" / "teacher" / "summary.json").stat().st_mtime_ns == mtime
     assert "nothing to embed" in text
+    assert len(disk_instance.fetch_materializations(AssetKey("documents"), limit=100).records) == 3
 
 
-def test_new_and_changed_shards_only_are_processed(tiny_corpus, gem_home, instance):
-    defs = build_definitions(**make_resources(gem_home, str(tiny_corpus / "*")))
-    _run(defs, instance)
+def test_changed_shard_reruns_that_shard_and_the_aggregates(tiny_corpus, gem_home, disk_instance, monkeypatch):
+    drive(monkeypatch, disk_instance, gem_home, tiny_corpus)
+    write_jsonl(tiny_corpus / "a.jsonl", make_docs(35, seed=1, prefix="a"))  # new bytes
+    summary, text = drive(monkeypatch, disk_instance, gem_home, tiny_corpus)
+    assert not summary["failed"], text
+    assert _materialized(summary, "documents") == _materialized(summary, "embeddings") == {"a.jsonl"}
+    assert "a.jsonl" in _materialized(summary, "domain_assignments")
+    assert {"teacher_sample", "teacher_clusters", "domain_stats"} <= set(summary["materialized"])
+    assert summary["ran_shards"] == ["a.jsonl"] and summary["teacher"] == "refit"
+    assert "[1/1] shard a.jsonl: stale" in text
+
+
+def test_new_shard_is_processed_alone(tiny_corpus, gem_home, disk_instance, monkeypatch):
+    drive(monkeypatch, disk_instance, gem_home, tiny_corpus)
     write_jsonl(tiny_corpus / "d.jsonl", make_docs(30, seed=7, prefix="d"))
-    write_jsonl(tiny_corpus / "a.jsonl", make_docs(35, seed=1, prefix="a"))  # changed bytes
-    summary, _ = _run(defs, instance)
-    assert sorted(summary["ran_shards"]) == ["a.jsonl", "d.jsonl"]
-    assert summary["shards"]["b.jsonl"] == summary["shards"]["c.parquet"] == "up to date"
-    assert summary["teacher"] == "refit"
-    assert _counts(instance) == {"documents": 5, "embeddings": 5, "teacher_sample": 2, "teacher_clusters": 2}
+    summary, text = drive(monkeypatch, disk_instance, gem_home, tiny_corpus)
+    assert _materialized(summary, "documents") == _materialized(summary, "embeddings") == {"d.jsonl"}, text
+    assert summary["shards"]["d.jsonl"] == "embedded" and summary["shards"]["b.jsonl"] == "up to date"
+    assert "d.jsonl" in disk_instance.get_dynamic_partitions(SHARDS)
 
 
-def test_changed_parameters_recompute(tiny_corpus, gem_home, instance):
-    _run(build_definitions(**make_resources(gem_home, str(tiny_corpus / "*"))), instance)
-    summary, _ = _run(build_definitions(**make_resources(gem_home, str(tiny_corpus / "*"), embed_cap=10)), instance)
-    assert len(summary["ran_shards"]) == 3 and summary["teacher"] == "refit"
-    summary, _ = _run(build_definitions(**make_resources(gem_home, str(tiny_corpus / "*"), embed_cap=10, k=3)), instance)
-    assert summary["ran_shards"] == [] and summary["teacher"] == "refit"  # only the teacher depends on K
+def test_changed_k_reruns_the_teacher_and_downstream_not_the_shards(tiny_corpus, gem_home, disk_instance,
+                                                                      monkeypatch):
+    drive(monkeypatch, disk_instance, gem_home, tiny_corpus)
+    summary, text = drive(monkeypatch, disk_instance, gem_home, tiny_corpus, GEM_K="3")
+    assert not summary["failed"], text
+    assert not _materialized(summary, "documents") and not _materialized(summary, "embeddings")
+    assert {"teacher_clusters", "student_model", "domain_stats"} <= set(summary["materialized"])
+    assert _materialized(summary, "domain_assignments") == {"a.jsonl", "b.jsonl", "c.parquet"}
+    assert summary["teacher"] == "refit" and summary["ran_shards"] == []
 
 
-def test_bad_shard_does_not_block_the_rest(tiny_corpus, gem_home, instance):
+def test_bad_shard_fails_alone(tiny_corpus, gem_home, disk_instance, monkeypatch):
     (tiny_corpus / "zz.parquet").write_bytes(b"not parquet")
-    defs = build_definitions(**make_resources(gem_home, str(tiny_corpus / "*")))
-    summary, text = _run(defs, instance)
+    summary, text = drive(monkeypatch, disk_instance, gem_home, tiny_corpus)
     assert summary["shards"]["zz.parquet"] == "failed"
-    assert "zz.parquet" in summary["failed"]["zz.parquet"] and "corrupt shard" in summary["failed"]["zz.parquet"]
-    assert summary["teacher"] == "refit"
-    assert "FAILED" in text
-
-
-def test_shard_sensor_registers_and_requests(tiny_corpus, gem_home, instance):
-    res = make_resources(gem_home, str(tiny_corpus / "*"))
-    result = _sensor_tick(shard_sensor, instance=instance, resources={"gem": res["gem"]})
-    (add,) = result.dynamic_partitions_requests
-    assert sorted(add.partition_keys) == ["a.jsonl", "b.jsonl", "c.parquet"]
-    assert sorted(r.partition_key for r in result.run_requests) == ["a.jsonl", "b.jsonl", "c.parquet"]
-    cursor = json.loads(result.cursor)
-    assert set(cursor) == {"a.jsonl", "b.jsonl", "c.parquet"}
-
-    # after the runs: nothing new, nothing requested
-    defs = build_definitions(**res)
-    _run(defs, instance)
-    quiet = _sensor_tick(shard_sensor, instance=instance, cursor=result.cursor, resources={"gem": res["gem"]})
-    assert not quiet.run_requests and not quiet.dynamic_partitions_requests and quiet.skip_reason
-
-    # a new file: one partition added, one run requested, keyed by its content
-    write_jsonl(tiny_corpus / "e.jsonl", make_docs(12, seed=5, prefix="e"))
-    new = _sensor_tick(shard_sensor, instance=instance, cursor=quiet.cursor, resources={"gem": res["gem"]})
-    assert new.dynamic_partitions_requests[0].partition_keys == ["e.jsonl"]
-    (req,) = new.run_requests
-    assert req.partition_key == "e.jsonl" and req.run_key.startswith("e.jsonl@")
-
-    # a changed file (already registered) is requested again under a new run key
-    write_jsonl(tiny_corpus / "b.jsonl", make_docs(41, seed=2, prefix="b"))
-    changed = _sensor_tick(shard_sensor, instance=instance, cursor=new.cursor, resources={"gem": res["gem"]})
-    assert {r.partition_key for r in changed.run_requests} == {"b.jsonl", "e.jsonl"}
-    assert not [r for r in changed.dynamic_partitions_requests if "b.jsonl" in r.partition_keys]
-
-
-def test_daily_schedule_backfills_missing_partitions(tiny_corpus, gem_home, disk_instance):
-    instance = disk_instance
-    when = datetime.datetime(2026, 1, 2, 3, 0, tzinfo=datetime.timezone.utc)
-    res = make_resources(gem_home, str(tiny_corpus / "*"))
-    instance.add_dynamic_partitions(SHARDS, ["a.jsonl"])
-    requests = _schedule_tick(daily_backfill, instance=instance, resources={"gem": res["gem"]},
-                              scheduled_execution_time=when)
-    assert sorted(r.partition_key for r in requests) == ["a.jsonl", "b.jsonl", "c.parquet"]
-    assert all(r.run_key.startswith("backfill-2026-01-02-") for r in requests)
-    assert set(instance.get_dynamic_partitions(SHARDS)) == {"a.jsonl", "b.jsonl", "c.parquet"}
-    _run(build_definitions(**res), instance)
-    skip = _schedule_tick(daily_backfill, instance=instance, resources={"gem": res["gem"]},
-                          scheduled_execution_time=when)
-    assert "all 3 shard partition(s)" in skip.skip_message
-
-
-def test_teacher_sensor_follows_embeddings(tiny_corpus, gem_home, instance):
-    res = make_resources(gem_home, str(tiny_corpus / "*"))
-    defs = build_definitions(**res)
-    first = _sensor_tick(teacher_sensor, instance=instance, resources={"gem": res["gem"]})
-    assert not first.run_requests  # nothing embedded yet
-    instance.add_dynamic_partitions(SHARDS, ["a.jsonl", "b.jsonl", "c.parquet"])
-    shard_job = defs.resolve_job_def("shard_job")
-    for key in ("a.jsonl", "b.jsonl"):
-        assert shard_job.execute_in_process(instance=instance, partition_key=key).success
-    req = _sensor_tick(teacher_sensor, instance=instance, resources={"gem": res["gem"]})
-    (run,) = req.run_requests
-    assert run.run_key.startswith("teacher@")
-    assert defs.resolve_job_def("teacher_job").execute_in_process(instance=instance).success
-    up = _sensor_tick(teacher_sensor, instance=instance, resources={"gem": res["gem"]})
-    assert not up.run_requests and "up to date" in up.skip_reason.skip_message
+    assert "zz.parquet" in summary["failed"] and "corrupt shard" in summary["failed"]["zz.parquet"], summary["failed"]
+    assert summary["teacher"] == "refit" and summary["stats"] == "computed"
+    assert _materialized(summary, "domain_assignments") == {"a.jsonl", "b.jsonl", "c.parquet"}
+    assert "FAILED zz.parquet" in text
+    assert list(summary["failed"]) == ["zz.parquet"]
