@@ -10,39 +10,60 @@ unpartitioned run records every partition); do not give ``shard_files`` an autom
 from __future__ import annotations
 
 import threading
+from pathlib import Path
+from typing import Mapping
 
 from dagster import DataVersion, DataVersionsByPartition, define_asset_job, observable_source_asset
 
 from gem_assets.defs.partitions import shards_partitions
 
-__all__ = ["shard_files", "observe_shards", "shard_hashes"]
+__all__ = ["shard_files", "observe_shards", "shard_hashes", "hash_shards"]
 
-#: ``{location: (size, version token, sha256)}``: files re-hashed only when their size or version changed.
-_CACHE: dict[str, tuple[int, str, str]] = {}
+#: ``{location: [size, version token, sha256]}`` of this process (the code server's, or a run's).
+_CACHE: dict[str, list] = {}
 _LOCK = threading.Lock()
 
 
-def shard_hashes(shards) -> dict[str, str]:
-    """SHA-256 of every shard file (``{key: path}``), re-hashing only files whose size or mtime changed.
+def hash_shards(shards: Mapping[str, Path], cache: Mapping[str, list] | None = None) -> tuple[dict[str, str], dict[str, list]]:
+    """SHA-256 of every shard, re-hashing only files whose size or version changed.
 
-    The cache lives in the process (the code server's, or a run's), keyed by the file's location.
+    Parameters
+    ----------
+    shards : mapping of str to Path
+        Key to file.
+    cache : mapping, optional
+        ``{key: [size, version, sha256]}`` from a previous call; ``version`` is the modification
+        time in ns (local files) or the object store's mtime or ETag.
+
+    Returns
+    -------
+    hashes : dict of str to str
+    cache : dict of str to list
+        The updated cache.
     """
     from gem_assets.lib.corpus.shards import file_sha256
     from gem_assets.lib.io.storage import file_signature
 
-    out = {}
-    for key, path in sorted(shards.items()):
-        size, version = file_signature(path)
-        with _LOCK:
-            cached = _CACHE.get(str(path))
-        if cached and cached[0] == size and cached[1] == str(version):
-            sha = cached[2]
-        else:
-            sha = file_sha256(path)
-            with _LOCK:
-                _CACHE[str(path)] = (size, str(version), sha)
-        out[key] = sha
-    return out
+    cache = dict(cache or {})
+    hashes, new_cache = {}, {}
+    for key, path in shards.items():
+        size, version = file_signature(path)  # local: size and mtime_ns; object stores: size and mtime/ETag
+        old = cache.get(key)
+        sha = old[2] if old and old[0] == size and str(old[1]) == str(version) else file_sha256(path)
+        hashes[key] = sha
+        new_cache[key] = [size, version, sha]
+    return hashes, new_cache
+
+
+def shard_hashes(shards: Mapping[str, Path]) -> dict[str, str]:
+    """SHA-256 of every shard file (``{key: path}``), with this process's size+mtime cache."""
+    by_location = {str(path): path for path in shards.values()}
+    with _LOCK:
+        cached = {loc: _CACHE[loc] for loc in by_location if loc in _CACHE}
+    hashes, fresh = hash_shards(by_location, cached)
+    with _LOCK:
+        _CACHE.update(fresh)
+    return {key: hashes[str(path)] for key, path in sorted(shards.items())}
 
 
 @observable_source_asset(
