@@ -18,7 +18,8 @@ from gem_assets.run import run_pipeline
 
 
 @pytest.mark.slow
-def test_end_to_end_real_model(tmp_path, instance, monkeypatch):
+def test_end_to_end_real_model(tmp_path, disk_instance, monkeypatch):
+    instance = disk_instance  # persistent: make run's driver asks a webserver over it
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     bbc = corpus.read_bbc_news()
     picked = pl.concat([bbc.filter(pl.col("source") == s).head(4) for s in ("sports", "tech", "politics")])
@@ -27,13 +28,17 @@ def test_end_to_end_real_model(tmp_path, instance, monkeypatch):
     picked[:6].write_parquet(root / "p0.parquet")
     picked[6:].write_parquet(root / "p1.parquet")
     home = tmp_path / "home"
+    # the webserver the driver asks loads gem_assets.definitions from this environment: same settings
+    for k, v in {"GEM_HOME": str(home), "GEM_CORPUS": str(root / "*.parquet"), "GEM_K": "3", "GEM_PROFILE": "smoke",
+                 "GEM_SOURCE_COLUMN": "source", "GEM_EXECUTOR": "in_process"}.items():
+        monkeypatch.setenv(k, v)
     defs = build_definitions(
         gem=GemConfig(home=str(home), corpus=str(root / "*.parquet"), k=3, profile="smoke", source_column="source"),
         embedder=SentenceTransformerEmbedder(max_seq_length=128, batch_size=16, device="cpu", progress=False),
         mlflow=MlflowTracker(),
     )
     buf = io.StringIO()
-    summary = run_pipeline(defs, instance, out=buf)
+    summary = run_pipeline(defs, instance, out=buf, until="stats")
     assert not summary["failed"] and summary["teacher"] == "refit", buf.getvalue()
     assert summary["embed_docs"] == 12 and summary["embed_seconds"] > 0
 
