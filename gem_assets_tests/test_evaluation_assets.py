@@ -108,26 +108,6 @@ def test_mixture_evaluation_smoke_end_to_end(tiny_corpus, gem_home, instance):
     assert code_version_for("mixture_evaluation", other) != code_version_for("mixture_evaluation", settings)
 
 
-def test_make_run_ends_with_the_evaluation_and_reruns_nothing(tiny_corpus, gem_home, instance):
-    import io
-
-    from gem_assets.definitions import build_definitions
-    from gem_assets.run import run_pipeline
-
-    defs = build_definitions(**make_resources(gem_home, str(tiny_corpus / "*"), k=4))
-    buf = io.StringIO()
-    first = run_pipeline(defs, instance, out=buf)
-    assert not first["failed"] and first["evaluation"] == "computed"
-    text = buf.getvalue()
-    assert "evaluation: never materialized -> mixture_evaluation" in text
-    assert "evaluation  computed: 12 bucketization x mixer pairs on target 'all', best " in text
-    assert "best GEM pair gem/" in text and "GEM - k-means all/natural" in text
-    summary = gem_home / "outputs" / "evaluation" / "summary.json"
-    mtime = summary.stat().st_mtime_ns
-    second = run_pipeline(defs, instance, out=io.StringIO())
-    assert second["evaluation"] == "up to date" and summary.stat().st_mtime_ns == mtime
-
-
 def test_checks_fail_on_a_missing_group_a_short_seed_a_budget_overrun_or_lost_documents():
     from gem_assets.defs.evaluation import _checks
     from gem_assets.lib.evaluation.experiment import summarize

@@ -348,24 +348,3 @@ def test_memory_caps_reach_the_dagster_resource():
     assert GemConfig.from_env({}).settings().mixture_params()["max_target_documents"] == PROFILES["default"].mix_max_target_documents
     with pytest.raises(ValueError, match="GEM_MIX_MAX_TARGET_DOCS"):
         GemConfig.from_env({"GEM_MIX_MAX_TARGET_DOCS": "0"})
-
-
-def test_make_run_runs_the_mixing_stage_once(tiny_corpus, gem_home, instance):
-    import io
-
-    from dagster import AssetKey
-
-    from gem_assets.definitions import build_definitions
-    from gem_assets.run import run_pipeline
-
-    defs = build_definitions(**make_resources(gem_home, str(tiny_corpus / "*"), k=4))
-    buf = io.StringIO()
-    first = run_pipeline(defs, instance, out=buf)
-    assert first["mixing"] == "computed" and "mixing" not in first["failed"]
-    assert "curated mixture" in buf.getvalue() and "mixing_job" in buf.getvalue()
-    manifest = Layout(gem_home.resolve()).mixture_dir / "manifest.json"
-    mtime = manifest.stat().st_mtime_ns
-    second = run_pipeline(defs, instance, out=io.StringIO())
-    assert second["mixing"] == "up to date"
-    assert manifest.stat().st_mtime_ns == mtime
-    assert len(instance.fetch_materializations(AssetKey("curated_mixture"), limit=10).records) == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import polars as pl
@@ -11,7 +10,6 @@ from dagster import AssetKey, materialize
 
 from conftest import make_docs, make_resources, write_jsonl
 from gem_assets.config import Layout
-from gem_assets.definitions import build_definitions
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
 from gem_assets.defs.partitions import SHARDS
@@ -19,7 +17,6 @@ from gem_assets.defs.student import domain_assignments, domain_stats, student_mo
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
 from gem_assets.lib.io import storage
 from gem_assets.lib.student.classifier import StudentClassifier, share_kl
-from gem_assets.run import run_pipeline
 
 KEYS = ["a.jsonl", "b.jsonl", "c.parquet"]
 
@@ -164,34 +161,6 @@ def test_stats_without_student_or_assignments_fail_clearly(tiny_corpus, gem_home
     desc = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0] \
         .step_failure_data.user_failure_data.description
     assert "materialize 'student_model' first" in desc
-
-
-def _counts(instance) -> dict[str, int]:
-    return {a: len(instance.fetch_materializations(AssetKey(a), limit=1000).records)
-            for a in ("student_model", "domain_assignments", "domain_stats")}
-
-
-def test_make_run_materializes_the_student_and_reruns_nothing(tiny_corpus, gem_home, instance):
-    defs = build_definitions(**make_resources(gem_home, str(tiny_corpus / "*"), k=4))
-    buf = io.StringIO()
-    first = run_pipeline(defs, instance, out=buf)
-    assert not first["failed"] and first["student"] == "trained" and first["stats"] == "computed"
-    assert first["assigned_shards"] == KEYS
-    assert "held-out agreement with the teacher" in buf.getvalue()
-    assert _counts(instance) == {"student_model": 1, "domain_assignments": 3, "domain_stats": 1}
-    mtime = (gem_home / "outputs" / "domain_stats" / "summary.json").stat().st_mtime_ns
-
-    second = run_pipeline(defs, instance, out=io.StringIO())
-    assert second["student"] == "up to date" and second["assigned_shards"] == [] and second["stats"] == "up to date"
-    assert _counts(instance) == {"student_model": 1, "domain_assignments": 3, "domain_stats": 1}
-    assert (gem_home / "outputs" / "domain_stats" / "summary.json").stat().st_mtime_ns == mtime
-
-    # a new shard: the teacher is refit, so the student is retrained and every shard relabelled
-    write_jsonl(tiny_corpus / "d.jsonl", make_docs(20, seed=5, prefix="d"))
-    third = run_pipeline(defs, instance, out=io.StringIO())
-    assert third["student"] == "trained" and sorted(third["assigned_shards"]) == sorted(KEYS + ["d.jsonl"])
-    stats = storage.read_json(gem_home / "outputs" / "domain_stats" / "summary.json")
-    assert stats["documents"] == stats["kept_documents"] == 140
 
 
 def test_student_training_curve_logged_to_mlflow(tiny_corpus, gem_home, instance):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -11,7 +10,6 @@ from dagster import AssetKey, materialize
 
 from conftest import TOPICS
 from gem_assets.config import Layout
-from gem_assets.definitions import build_definitions
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
 from gem_assets.defs.partitions import SHARDS
@@ -19,9 +17,7 @@ from gem_assets.defs.student import domain_assignments, student_model
 from gem_assets.defs.taxonomy import taxonomy
 from gem_assets.defs.versions import data_version
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
-from gem_assets.lib.io import storage
 from gem_assets.lib.taxonomy.terms import STOP_WORDS
-from gem_assets.run import run_pipeline
 
 from conftest import make_resources
 
@@ -99,17 +95,3 @@ def test_taxonomy_without_assignments_fails_clearly(tiny_corpus, gem_home, insta
     desc = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0] \
         .step_failure_data.user_failure_data.description
     assert "materialize 'teacher_clusters' first" in desc
-
-
-def test_make_run_builds_the_taxonomy_once(tiny_corpus, gem_home, instance):
-    defs = build_definitions(**make_resources(gem_home, str(tiny_corpus / "*"), k=4))
-    buf = io.StringIO()
-    first = run_pipeline(defs, instance, out=buf)
-    assert not first["failed"] and first["taxonomy"] == "computed"
-    assert "named domains in a tree of 7 nodes" in buf.getvalue()
-    path = gem_home / "outputs" / "taxonomy.json"
-    mtime = path.stat().st_mtime_ns
-    second = run_pipeline(defs, instance, out=io.StringIO())
-    assert second["taxonomy"] == "up to date" and path.stat().st_mtime_ns == mtime
-    assert len(instance.fetch_materializations(AssetKey("taxonomy"), limit=10).records) == 1
-    assert storage.read_json(path)["n_documents"] == 120
