@@ -79,13 +79,13 @@ def shard_files(context) -> DataVersionsByPartition:
     Only registered ``shards`` partitions are reported (the shard sensor or ``make run`` registers
     new files); a file not registered yet is logged.
     """
-    gem = context.resources.gem
-    hashes = shard_hashes(gem.shards())
+    files = context.resources.gem.shards()
     known = set(context.instance.get_dynamic_partitions(shards_partitions.name))
-    unregistered = sorted(set(hashes) - known)
+    unregistered = sorted(set(files) - known)
     if unregistered:
         context.log.info(f"{len(unregistered)} shard file(s) not registered as partitions yet: {unregistered[:10]}")
-    return DataVersionsByPartition({key: DataVersion(sha) for key, sha in hashes.items() if key in known})
+    hashes = shard_hashes({key: path for key, path in files.items() if key in known})
+    return DataVersionsByPartition({key: DataVersion(sha) for key, sha in hashes.items()})
 
 
 #: One unpartitioned run that records an observation of every registered shard partition.
