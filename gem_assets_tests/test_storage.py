@@ -212,7 +212,7 @@ def _object_store_corpus(mem_root) -> str:
 def test_corpus_on_an_object_store(mem_root):
     """GEM_CORPUS as an fsspec URL glob: discovery and hashing (with its cache). The whole pipeline on
     such a corpus runs in test_whole_pipeline_on_an_object_store_home."""
-    from gem_assets.defs.state import hash_shards
+    from gem_assets.defs.shards import hash_shards
 
     shards = corpus.discover_shards(_object_store_corpus(mem_root))
     assert list(shards) == ["2024__a.jsonl", "b.parquet"] and all(isinstance(p, UPath) for p in shards.values())
@@ -283,7 +283,7 @@ def test_whole_pipeline_on_an_object_store_home(mem_root, tmp_path, monkeypatch)
 
     from conftest import make_resources
     from gem_assets.definitions import build_definitions
-    from gem_assets.defs.state import hash_shards
+    from gem_assets.defs.shards import hash_shards
     from gem_assets.lib.io import artifacts
     from gem_assets.lib.teacher.gem import GEM
     from gem_assets.lib.student.classifier import StudentClassifier
