@@ -1,32 +1,39 @@
-"""How the steps of a run execute, and how ``make run`` dispatches shard runs.
+"""How the steps of a run execute, and how ``make run`` launches its runs.
 
 ``GEM_EXECUTOR`` selects the executor of every job of the code location:
 
 ``in_process`` (default)
     Every step of a run in the run's process, one after another: the embedding model loads
-    once per run (what ``make run`` has always done).
+    once per run. ``make run`` executes its runs in its own process
+    (``execute_in_process``), one after another.
 ``multiprocess``
-    Dagster's multiprocess executor: every step in its own process, at most
-    ``GEM_MAX_CONCURRENT`` at a time. ``make run`` then also runs the shard-level jobs
-    (``shard_job``, ``assign_job``) of up to ``GEM_MAX_CONCURRENT`` shards at once, each run
-    in its own worker process (:func:`run_jobs`).
+    Dagster's multiprocess executor (forkserver start): every step in its own process, at most
+    ``GEM_MAX_CONCURRENT`` at a time. ``make run`` launches its runs (``gem_assets_job`` with
+    the asset selection Dagster reports missing or stale, one run per shard partition) from a
+    code pointer (:func:`reconstructable_asset_job`), and the shard runs of one layer up to
+    ``GEM_MAX_CONCURRENT`` at once, each in its own worker process (:func:`run_jobs`).
 ``dask``
     dagster-dask's executor: every step a task on a Dask cluster, the one at
     ``GEM_DASK_ADDRESS`` (``tcp://host:8786``) or, without it, a local cluster of
     ``GEM_MAX_CONCURRENT`` single-threaded worker processes started per run. dagster-dask
-    0.29.27 as released fails every partitioned run with dask 2026.8 (dask's task spec
-    iterates the tuples it is given and Dagster's records refuse iteration) and names a step's
+    0.29.27 as released fails every partitioned run (dask's task spec iterates the tuples it is
+    given and Dagster's records refuse iteration; found with dask 2026.8) and names a step's
     task ``<job>.<step>``, so concurrent runs of one job on a shared cluster collide
     (dagster-io/dagster#21418). :class:`GemDaskExecutor` is its executor with both fixed (the
     arguments travel opaque, the task key carries the run id) for the ``existing`` and
-    ``local`` clusters; ``make run`` still dispatches runs one at a time on this executor.
+    ``local`` clusters; the Dagster internals it needs come from :mod:`gem_assets.defs._compat`,
+    which refuses a dagster or dagster-dask release other than the pinned one. ``make run``
+    launches its runs from a code pointer, one at a time.
 ``k8s``
     dagster-k8s's ``k8s_job_executor``: every step a Kubernetes Job (the production path;
     configuration in ``deploy/`` and docs/scaling.md). Its settings (namespace, image,
     volumes, resources, ``max_concurrent``) come from the run config the deployment supplies
-    (``deploy/k8s/run_config.yaml``), not from ``GEM_MAX_CONCURRENT``.
+    (``deploy/k8s/run_config.yaml``), not from ``GEM_MAX_CONCURRENT``. ``make run`` launches
+    its runs from a code pointer, one at a time.
 
-The integration libraries are imported only when their executor is selected.
+The integration libraries are imported only when their executor is selected. Runs launched by
+the daemon (automation, backfills, the UI) use the same executor; how many run at once is the
+instance's run queue limit.
 """
 
 from __future__ import annotations
@@ -88,7 +95,7 @@ class ExecutionSettings:
 
     @property
     def parallel_runs(self) -> int:
-        """How many shard runs ``make run`` executes at once (1 unless multiprocess)."""
+        """How many shard runs of one layer ``make run`` executes at once (1 unless multiprocess)."""
         return self.max_concurrent if self.executor == "multiprocess" else 1
 
     @property
@@ -158,6 +165,10 @@ def _dask_executor_def() -> ExecutorDefinition:
         raise ImportError("GEM_EXECUTOR=dask needs dagster-dask: pip install -e '.[dist]'") from exc
     from dagster import executor, multiple_process_executor_requirements
 
+    # Dagster's private names GemDaskExecutor needs; fails here, when the executor is built, with
+    # a clear error if dagster / dagster-dask are not the releases it was written for
+    from gem_assets.defs import _compat
+
     class GemDaskExecutor(DaskExecutor):
         """dagster-dask's executor with opaque task arguments and run-scoped task keys."""
 
@@ -166,9 +177,6 @@ def _dask_executor_def() -> ExecutorDefinition:
                 yield from super().execute(plan_context, execution_plan)
                 return
             import dask.distributed
-            from dagster._core.errors import raise_execution_interrupts
-            from dagster._core.events import DagsterEvent
-            from dagster._utils import iterate_with_context
 
             if not plan_context.instance.is_persistent:
                 raise ValueError("Dask execution requires a persistent Dagster instance")
@@ -192,9 +200,9 @@ def _dask_executor_def() -> ExecutorDefinition:
                             by_step[step.key] = fut
                             ordered.append(fut)
                     done = dask.distributed.as_completed(ordered, with_results=True)
-                    for _, result in iterate_with_context(raise_execution_interrupts, done):
+                    for _, result in _compat.iterate_with_interrupts(done):
                         for event in result.args:
-                            assert isinstance(event, DagsterEvent)
+                            assert isinstance(event, _compat.DagsterEvent)
                             yield event
             finally:
                 if owned is not None:
