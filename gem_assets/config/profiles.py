@@ -52,13 +52,13 @@ class Profile:
     eval_regmix_runs : int
         RegMix's proxy runs per bucketization (either proxy kind).
     eval_doremi_rounds : int
-        Rounds of DoReMi on n-gram proxies (``lib.count_proxy.doremi_rounds``).
+        Rounds of DoReMi on n-gram proxies (``lib.mixing.count_proxy.doremi_rounds``).
     eval_ngram_order : int
         n-gram order of the evaluation's n-gram target models and proxies.
     eval_max_epochs : float
         Epoch cap of the evaluated mixtures and of RegMix's runs and proposals.
     eval_target_config, eval_proxy_config : tuple of (name, value) pairs
-        Transformer path (``GEM_PROXY=transformer``): ``lib.lm.LMConfig`` fields of the
+        Transformer path (``GEM_PROXY=transformer``): ``lib.mixing.lm.LMConfig`` fields of the
         evaluation's target models and of its DoReMi/RegMix proxies (the target must be larger).
     eval_steps, eval_batch_size : int
         Transformer path: training steps and batch size of every target model.
@@ -71,7 +71,7 @@ class Profile:
         ``taxonomy_max_terms`` of them (most frequent first).
     taxonomy_count_capacity : int
         Most distinct terms held while counting document frequencies for the vocabulary (a
-        bounded lossy counter, ``lib.terms.BoundedDocumentFrequency``; about 130 bytes a term);
+        bounded lossy counter, ``lib.taxonomy.terms.BoundedDocumentFrequency``; about 130 bytes a term);
         at least ``2 * taxonomy_max_terms``. Exact while the corpus has fewer distinct terms.
     eval_max_target_documents, eval_max_train_documents : int
         Mixture evaluation: at most this many held-out target documents, and training-pool
@@ -87,9 +87,9 @@ class Profile:
         Most distinct n-grams kept per order in the n-gram proxies' count index (the most
         frequent; bounds memory); ``None``: all.
     mix_doremi_rounds : int
-        Rounds of DoReMi on n-gram proxies (``lib.count_proxy.doremi_rounds``).
+        Rounds of DoReMi on n-gram proxies (``lib.mixing.count_proxy.doremi_rounds``).
     mix_proxy_config : tuple of (name, value) pairs
-        Transformer path (``GEM_PROXY=transformer``): ``lib.lm.LMConfig`` fields of the mixing
+        Transformer path (``GEM_PROXY=transformer``): ``lib.mixing.lm.LMConfig`` fields of the mixing
         stage's proxy models (DoReMi and RegMix).
     mix_valid_fraction : float
         Share of each domain's documents held out (validation streams; RegMix's target set).

@@ -33,8 +33,7 @@ unpartitioned asset cannot share a run with shard partitions: ``domain_stats`` a
       changed since it was last requested is requested: the scheduled backfill of shards made
       stale by a parameter or logic change, at night rather than while someone is editing.
 
-    These replace the former ``daily_backfill`` schedule and the shard runs of the old
-    ``shard_sensor``.
+    Together they are the nightly backfill of missing and out-of-date shard partitions.
 
 ``refit`` (``teacher_sample``, ``teacher_clusters``, ``student_model``, ``taxonomy``,
 ``proxy_corpus``, ``doremi_weights``, ``regmix_runs``, ``regmix_weights``, ``curated_mixture``,
@@ -51,8 +50,6 @@ unpartitioned asset cannot share a run with shard partitions: ``domain_stats`` a
       after each nightly tick or when an input updates while it stays missing.
     * *code changed*: a parameter or logic change (a new code version, e.g. ``GEM_K``) refits
       after the next nightly tick even if the inputs are unchanged.
-
-    This replaces the former ``teacher_sensor``.
 
 ``shard_files`` (the observable source) has no condition on purpose: the daemon would launch one
 observation run per partition, and each observes every shard. The shard sensor requests one

@@ -40,7 +40,7 @@ __all__ = ["documents"]
 def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResult:
     """One shard, validated and normalized.
 
-    The shard is streamed in batches (``lib/corpus.validate_shard_to``): memory holds one
+    The shard is streamed in batches (``lib/corpus/shards.validate_shard_to``): memory holds one
     batch, whatever the shard's size. Kept rows (NFC, newlines normalized, stripped; ids from
     the id column or from the content) go to ``work/documents/<shard>.parquet``; null, empty or whitespace-only
     texts, invalid UTF-8, over-long texts, missing and duplicate ids go to

@@ -45,7 +45,7 @@ def embeddings(context: AssetExecutionContext, gem: GemConfig, embedder: Sentenc
 
     Embeds the shard's kept documents, or, when the profile caps embeddings per shard, a
     seeded sample of them (same sample on every run), streaming the documents file in
-    batches (``lib/streaming.embed_selected``). Written to
+    batches (``lib/io/streaming.embed_selected``). Written to
     ``work/embeddings/<shard>/`` (``vectors.safetensors``, ``index.parquet``, ``meta.json``).
     """
     from gem_assets.lib.io import artifacts

@@ -1,4 +1,10 @@
-"""Jobs: per-stage jobs (``shard_job``: one shard's documents + embeddings, ...) and ``gem_assets_job`` (every asset, for make run)."""
+"""Asset jobs: one per stage, to launch a stage (or a backfill over shards) from the UI, and
+``gem_assets_job`` (every asset), the job ``make run`` (``gem_assets/run.py``) launches with the
+asset selections Dagster's stale status reports MISSING or STALE.
+
+The daemon's automation (``gem_assets/defs/automation.py``) and the UI's "Materialize" launch
+runs of asset selections, not of these jobs. ``observe_shards`` is in ``gem_assets/defs/shards.py``.
+"""
 
 from dagster import AssetSelection, define_asset_job
 
@@ -62,7 +68,7 @@ mixing_job = define_asset_job(
 )
 
 #: Every materializable asset: ``make run`` (gem_assets/run.py) runs it with an asset selection,
-#: one run per shard partition for the shard assets, one run for the unpartitioned ones.
+#: layer by layer, one run per shard partition for the shard assets, one run for the unpartitioned ones.
 assets_job = define_asset_job(
     "gem_assets_job",
     selection=AssetSelection.all(),

@@ -96,12 +96,12 @@ def _require_stats(settings: Settings) -> dict:
     return stats
 
 
-#: Purpose of the proxy target sample's key priorities (``lib.sampling.key_priority``).
+#: Purpose of the proxy target sample's key priorities (``lib.mixing.sampling.key_priority``).
 _TARGET_PURPOSE = "mixing/proxy_target"
 
 
 def _index(settings: Settings, shards, target_source: str | None = None, key_seed: int | None = None):
-    """Every counted document without its text or any string (``lib.mixture.corpus_index``, one
+    """Every counted document without its text or any string (``lib.mixing.mixture.corpus_index``, one
     shard at a time; its numeric columns, with ``is_target`` for ``target_source`` and, given
     ``key_seed``, the target sample's key priorities, memory-mapped from unlinked files under the
     local state folder), and readers of the texts and of the ids of index positions, shard by shard
@@ -328,11 +328,11 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
 def doremi_weights(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTracker) -> MaterializeResult:
     """DoReMi domain weights: a reference on natural shares, a proxy whose weights chase excess loss.
 
-    ``GEM_PROXY=ngram``: iterated rounds on n-gram proxies (``lib.count_proxy.doremi_rounds``):
+    ``GEM_PROXY=ngram``: iterated rounds on n-gram proxies (``lib.mixing.count_proxy.doremi_rounds``):
     each round trains a reference and a proxy of ``mix_proxy_tokens`` bytes on fresh documents,
     measures each domain's excess loss on its validation stream and updates the weights; the
     output is the mean weights over the ``mix_doremi_rounds`` rounds. ``transformer``: online
-    Group DRO on a transformer proxy (``lib.doremi.run_doremi``), the mean weights over its steps.
+    Group DRO on a transformer proxy (``lib.mixing.doremi.run_doremi``), the mean weights over its steps.
 
     ``outputs/weights/doremi.json`` (``weights``, ``proxy``, ``variant``, natural shares, both
     models' bits per byte per domain, ``excess_mean`` per domain in nats, and for ``ngram`` the
@@ -459,8 +459,8 @@ def regmix_runs(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTr
     """RegMix's proxy runs: one proxy model per sampled mixture and its target bits per byte.
 
     ``GEM_PROXY=ngram``: ``mix_regmix_runs`` n-gram proxies of ``mix_proxy_tokens`` bytes each
-    (``lib.count_proxy.regmix_runs``, one count index for all runs); ``transformer``: small
-    transformers of ``mix_regmix_steps`` steps (``lib.regmix.proxy_runs``).
+    (``lib.mixing.count_proxy.regmix_runs``, one count index for all runs); ``transformer``: small
+    transformers of ``mix_regmix_steps`` steps (``lib.mixing.regmix.proxy_runs``).
 
     ``work/regmix_runs/``: ``runs.parquet`` (``run``, ``loss``, ``seconds``, one ``w_<domain>``
     column per domain) and ``meta.json`` (with ``proxy``: kind and parameters). MLflow: one run

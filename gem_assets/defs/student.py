@@ -1,6 +1,6 @@
 """``student_model``, ``domain_assignments`` and ``domain_stats``: the distilled student labels every document.
 
-The student (``lib/student.StudentClassifier``) is trained on the teacher sample: texts
+The student (``lib/student/classifier.StudentClassifier``) is trained on the teacher sample: texts
 from ``documents``, targets the teacher's posterior (``GEM.predict_proba`` of the sample's
 embeddings), with a seeded held-out split. It then labels every kept document of every
 shard without embedding it (``domain_assignments``, one partition per shard, streamed in

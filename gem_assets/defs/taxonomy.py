@@ -1,7 +1,7 @@
 """``taxonomy``: named, hierarchical, interpretable GEM domains (GIS), with pictures.
 
 Reads the fitted teacher, every shard's ``documents``, its student ``domain_assignments`` and its
-``embeddings``, streams them through ``lib.gis.collect_term_stats`` (one shard at a time, two
+``embeddings``, streams them through ``lib.taxonomy.gis.collect_term_stats`` (one shard at a time, two
 passes) and writes:
 
 - ``outputs/taxonomy.json``: per domain its id, name, top terms with GIS scores, share, concentration,

@@ -4,7 +4,7 @@ Target models
 -------------
 Every target model trains on ``budget_tokens`` bytes of *documents* drawn from the training pool
 per the mixture (:func:`sample_documents`): each domain's byte target ``w_k * B`` capped at
-``max_epochs`` passes over its documents (``lib.mixture.allocate_tokens``), filled with whole
+``max_epochs`` passes over its documents (``lib.mixing.mixture.allocate_tokens``), filled with whole
 passes, then with documents in the order of a per-seed priority. The priority of a document is
 the same for every bucketization and mixer of one seed (common random numbers): two mixtures of
 one seed that want the same documents get the same ones, so paired differences between
@@ -140,7 +140,7 @@ class TransformerTargets:
     ----------
     pool_texts, targets :
         As :class:`NGramTargets`.
-    config : lib.lm.LMConfig
+    config : lib.mixing.lm.LMConfig
     steps, batch_size : int
         Each model trains ``steps`` steps of ``batch_size`` rows of ``config.context`` bytes.
     lr : float

@@ -194,7 +194,7 @@ def check_streams(streams: Mapping[str, np.ndarray], *, name: str = "streams") -
             raise ValueError(f"{name}[{key!r}] must be a 1-D byte stream, got shape {a.shape}")
         if a.dtype != np.uint8:
             raise ValueError(f"{name}[{key!r}] must have dtype uint8 (bytes), got {a.dtype}; "
-                             "build streams with lib.mixture.texts_to_streams")
+                             "build streams with lib.mixing.mixture.texts_to_streams")
         if a.size < 2:
             raise ValueError(f"{name}[{key!r}] holds {a.size} byte(s): a stream needs >= 2 bytes "
                              "(an input and a target); drop empty domains")
