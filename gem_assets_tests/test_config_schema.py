@@ -109,3 +109,21 @@ def test_profile_fallbacks_are_declared_on_the_settings():
     assert Settings(profile="full", taxonomy_max_terms=9).taxonomy_params()["max_terms"] == 9
     assert GemConfig().embed_cap == -1 and GemConfig(embed_cap=0).settings().effective_embed_cap is None
     assert GemConfig(embed_cap=10).settings().effective_embed_cap == 10
+
+
+def test_readme_configuration_table_lists_every_declared_variable():
+    """The README's table has a row for every variable the schema declares (and the resources'
+    and executors' variables), and none that nothing reads."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("### Configuration (environment variables)", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `GEM_")]
+    listed = {v for line in rows for v in re.findall(r"`(GEM_[A-Z_]+)`", line.split(" | ")[0])}
+    declared = {spec.env for spec in schema.specs(Settings).values()}
+    others = {"GEM_EMBED_MODEL", "GEM_EMBED_BATCH_SIZE", "GEM_EMBED_MAX_SEQ_LENGTH", "GEM_DEVICE",  # embedder
+              "GEM_MLFLOW_TRACKING_URI", "GEM_MLFLOW", "GEM_MLFLOW_ON_ERROR",                       # MLflow
+              "GEM_EXECUTOR", "GEM_MAX_CONCURRENT", "GEM_DASK_ADDRESS"}                              # executors
+    expected = declared | others
+    assert listed == expected, ("missing:", sorted(expected - listed), "unknown:", sorted(listed - expected))
