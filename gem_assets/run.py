@@ -628,6 +628,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no table-creation chatter
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    import warnings
+
+    from dagster import BetaWarning
+
+    # the observable shard source uses APIs Dagster marks beta (observable_source_asset,
+    # DataVersionsByPartition); the warning says nothing a make run user can act on
+    warnings.filterwarnings("ignore", category=BetaWarning)
     # SIGTERM ends the driver like Ctrl-C, so the webserver it started is stopped on the way out
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     summary = run_pipeline(until=args.until)
