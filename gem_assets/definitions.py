@@ -9,6 +9,7 @@ from __future__ import annotations
 from dagster import Definitions, ExecutorDefinition
 
 from gem_assets.defs.automation import automation_sensors, with_automation
+from gem_assets.defs.versions import with_code_versions
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
 from gem_assets.defs.evaluation import mixture_evaluation
@@ -54,13 +55,14 @@ def build_definitions(
     -------
     Definitions
     """
+    gem = gem or GemConfig.from_env()
     return Definitions(
-        assets=[shard_files, *with_automation(ASSETS)],
+        assets=[shard_files, *with_automation(with_code_versions(ASSETS, gem.settings()))],
         jobs=[observe_shards, shard_job, teacher_job, student_job, assign_job, stats_job, taxonomy_job, evaluation_job,
               mixing_job, assets_job],
         sensors=automation_sensors([observe_shards]),
         resources={
-            "gem": gem or GemConfig.from_env(),
+            "gem": gem,
             "embedder": embedder or SentenceTransformerEmbedder.from_env(),
             "mlflow": mlflow or MlflowTracker.from_env(),
         },

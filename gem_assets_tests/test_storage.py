@@ -287,7 +287,10 @@ def test_whole_pipeline_on_an_object_store_home(mem_root, tmp_path, monkeypatch)
     from gem_assets.lib.io import artifacts
     from gem_assets.lib.teacher.gem import GEM
     from gem_assets.lib.student.classifier import StudentClassifier
-    from gem_assets.run import open_instance, run_pipeline
+    from gem_assets.run import CodeLocation, open_instance, run_pipeline
+
+    here = Path(__file__).resolve().parent
+    LOCATION = CodeLocation(module_name=None, python_file=str(here / "distributed_defs.py"), working_directory=str(here))
 
     monkeypatch.chdir(tmp_path)  # a URL mistaken for a local path would create ./memory:/... here
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))  # open_instance sets it; restored afterwards
@@ -297,9 +300,14 @@ def test_whole_pipeline_on_an_object_store_home(mem_root, tmp_path, monkeypatch)
     layout = res["gem"].settings().layout
     assert isinstance(layout.home, UPath) and layout.dagster_home == state.resolve() / "dagster"
     hashes, _ = hash_shards(corpus.discover_shards(glob))
+    # the webserver make run asks for the stale status loads the test code location from this
+    # environment: the same settings as the resources, so both sides compute the same code versions
+    for name, value in {"GEM_HOME": f"{mem_root}/home", "GEM_CORPUS": glob, "GEM_PROFILE": "smoke", "GEM_K": "4",
+                        "GEM_SOURCE_COLUMN": "source", "GEM_STATE": str(state), "GEM_MLFLOW": "0"}.items():
+        monkeypatch.setenv(name, value)
     out = io.StringIO()
     with open_instance(layout.dagster_home) as inst:
-        summary = run_pipeline(defs=build_definitions(**res), instance=inst, out=out)
+        summary = run_pipeline(defs=build_definitions(**res), instance=inst, out=out, location=LOCATION)
         assert summary["failed"] == {}, out.getvalue()
         assert set(summary["shards"].values()) == {"embedded"} and summary["teacher"] == "refit"
         assert summary["student"] == "trained" and sorted(summary["assigned_shards"]) == sorted(hashes)
@@ -336,7 +344,7 @@ def test_whole_pipeline_on_an_object_store_home(mem_root, tmp_path, monkeypatch)
         assert not Path("memory:").exists() and not (Path(__file__).parents[1] / "memory:").exists()
         text = out.getvalue()
         assert f"{mem_root}/home/outputs" in text and "FAILED" not in text
-        again = run_pipeline(defs=build_definitions(**res), instance=inst, out=io.StringIO())
+        again = run_pipeline(defs=build_definitions(**res), instance=inst, out=io.StringIO(), location=LOCATION)
         assert again["ran_shards"] == [] and again["teacher"] == "up to date" and again["student"] == "up to date"
         assert (again["stats"], again["taxonomy"], again["mixing"], again["evaluation"]) == ("up to date",) * 4
 
@@ -399,15 +407,12 @@ def test_memory_home_refused_with_an_out_of_process_executor(mem_root, tiny_corp
     """memory:// is one process's memory: runs launched in other processes would not see it."""
     import io
 
-    from dagster._core.definitions.reconstruct import ReconstructableRepository
-
     from conftest import make_resources
     from gem_assets.definitions import build_definitions
     from gem_assets.run import run_pipeline
 
     monkeypatch.setenv("GEM_EXECUTOR", "multiprocess")
-    recon = ReconstructableRepository.for_module("gem_assets.definitions", "defs")
     defs = build_definitions(**make_resources(f"{mem_root}/home", str(tiny_corpus / "*")))
     with pytest.raises(SystemExit, match="GEM_EXECUTOR=in_process"):
-        run_pipeline(defs=defs, instance=None, out=io.StringIO(), recon_repo=recon)
+        run_pipeline(defs=defs, instance=None, out=io.StringIO())
     assert not storage.as_path(f"{mem_root}/home").exists()  # refused before anything was written

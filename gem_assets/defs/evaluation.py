@@ -15,6 +15,7 @@ the student's and the evaluation parameters.
 
 from dagster import (
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     DataVersion,
@@ -109,7 +110,9 @@ def _config(settings: Settings):
     kinds={"pytorch", "mlflow", "csv"},
     code_version=code_version("mixture_evaluation"),
     retry_policy=STORE_RETRY,
-    check_specs=[AssetCheckSpec(name, asset="mixture_evaluation", description=d, blocking=True)
+    # table_complete (finiteness) and target_held_out (conservation) block; same_budget is a fairness
+    # warning: on a corpus smaller than the budget every mixture reads what the epoch cap allows
+    check_specs=[AssetCheckSpec(name, asset="mixture_evaluation", description=d, blocking=name != "same_budget")
                  for name, d in EVALUATION_CHECKS.items()],
 )
 def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTracker) -> MaterializeResult:
@@ -237,6 +240,7 @@ def _checks(runs, table, counts: dict, n_seeds: int, mixers, budget: int, max_do
                          description=f"{len(seen)} of {len(groups)} (bucketization, mixer, target) groups, "
                          f"{n_seeds} seeds each expected"),
         AssetCheckResult(check_name="same_budget", passed=hi <= budget and lo >= floor,
+                         severity=AssetCheckSeverity.WARN,
                          metadata={"min_tokens": lo, "max_tokens": hi, "budget": budget, "floor": floor},
                          description=f"tokens per target model in [{lo}, {hi}] for a budget of {budget} "
                          f"(floor {floor}: one document per domain short)"),

@@ -25,7 +25,7 @@ from gem_assets.config import Settings
 from gem_assets.lib.util.hashing import fingerprint
 
 __all__ = ["LOGIC_VERSIONS", "UPSTREAM", "behaviour_params", "code_version", "code_version_for", "data_version",
-           "current_settings", "STORE_RETRY"]
+           "current_settings", "STORE_RETRY", "with_code_versions"]
 
 #: Retry policy of the assets that write to ``GEM_HOME`` (possibly an object store) or to MLflow:
 #: transient failures are retried; deterministic ones raise ``Failure(..., allow_retries=False)``.
@@ -153,6 +153,17 @@ def code_version_for(name: str, settings: Settings, env: Mapping[str, str] | Non
 def current_settings() -> Settings:
     """The settings of the ``GEM_*`` environment, read once when the code location loads."""
     return Settings.from_env()
+
+
+def with_code_versions(assets, settings: Settings, env: Mapping[str, str] | None = None) -> list:
+    """``assets`` with the code versions of ``settings`` (those of the definitions' ``gem`` resource).
+
+    The decorators' code versions come from the environment when the module is first imported;
+    the definitions built for a resource carry that resource's settings instead, so an in-process
+    driver and a webserver loading the same code location agree on what is stale.
+    """
+    return [a.map_asset_specs(lambda spec: spec.replace_attributes(
+        code_version=code_version_for(spec.key.to_user_string(), settings, env))) for a in assets]
 
 
 def code_version(name: str) -> str:
