@@ -7,8 +7,8 @@ import pytest
 
 from gem_assets.lib.mixing.lm import LMConfig
 from gem_assets.lib.mixing.mixture import texts_to_streams
-from gem_assets.lib.mixing.regmix import AUTO_MIN_RUNS, MixtureRegressor, auto_kind, cv_spearman, propose_mixture, \
-    run_regmix, sample_mixtures
+from gem_assets.lib.mixing.regmix import AUTO_MIN_RUNS, MixtureRegressor, auto_kind, cv_spearman, fit_and_propose, \
+    propose_mixture, run_regmix, sample_mixtures
 
 
 def test_mixtures_on_the_simplex_with_the_prior_mean():
@@ -137,3 +137,60 @@ def test_run_regmix_end_to_end():
     assert r.budget_tokens == 6 * 4 * 16
     tokens = np.array([streams[k].size for k in r.domains])
     assert (r.mixtures * r.budget_tokens <= 4.0 * tokens + 1e-9).all()
+
+
+class _OptimisticAwayFromRuns:
+    """A regressor exact near its runs and optimistic away from them (how the GP failed on count proxies).
+
+    The true loss is a quadratic bowl with its minimum at the prior p; the prediction subtracts a bonus
+    that grows with the distance to the nearest run, as an extrapolating regressor does in corners no
+    run covers.
+    """
+
+    def __init__(self, runs, p):
+        self.runs, self.p = runs, p
+
+    def true(self, W):
+        return 10.0 * ((np.atleast_2d(W) - self.p) ** 2).sum(1)
+
+    def predict(self, W):
+        d = np.sqrt(((W[:, None, :] - self.runs[None, :, :]) ** 2).sum(2)).min(1)
+        return self.true(W) - 20.0 * d ** 2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_proposal_stays_where_the_runs_are_when_the_regressor_extrapolates(seed):
+    # known answer: the loss is lowest at the prior, and runs cover the prior's neighbourhood (large
+    # strengths) as well as corners (small ones). Unguarded, the top-k of the predictions are corners
+    # no run covers (the regressor's optimism); with the runs' trust region the proposal is near p.
+    tokens = np.random.default_rng(3).uniform(1e5, 5e5, 8)
+    p = tokens / tokens.sum()
+    kw = dict(tokens_per_domain=tokens, budget_tokens=1e6, temperature=1.0, strength_range=(0.1, 100.0))
+    runs = sample_mixtures(tokens, 128, np.random.default_rng(seed), **kw)
+    reg = _OptimisticAwayFromRuns(runs, p)
+    common = dict(n_simulations=4000, top_k=32, rng=None, **kw)
+    bare = propose_mixture(reg, tokens, **{**common, "rng": np.random.default_rng(seed + 1)})
+    guarded = propose_mixture(reg, tokens, runs=runs, **{**common, "rng": np.random.default_rng(seed + 1)})
+    best_run = reg.true(runs).min()
+    assert reg.true(bare)[0] > 2 * best_run             # the failure: far worse than simply the best run
+    assert reg.true(guarded)[0] < 1.5 * best_run        # the remedy: about as good as the best run, or better
+    assert np.abs(guarded - p).sum() < 0.3
+
+
+def test_fit_and_propose_guards_and_fallback():
+    # a regressor whose out-of-fold ranking is poor (noise losses) is not used: the best run is the answer
+    rng = np.random.default_rng(0)
+    tokens = np.array([1e5, 2e5, 3e5, 4e5])
+    W = sample_mixtures(tokens, 40, rng, tokens_per_domain=tokens, budget_tokens=1e5)
+    y = rng.standard_normal(40)
+    w, fit = fit_and_propose(W, y, tokens, 1e5, kind="linear", n_simulations=500, top_k=8, min_spearman=0.99)
+    assert fit["fallback"] == "best_run" and np.allclose(w, W[np.argmin(y)]) and w.sum() == pytest.approx(1.0)
+    # otherwise the proposal records its trust radius, its distance to the runs and the GP's std
+    W, y, _ = _linear_runs(m=60)
+    w, fit = fit_and_propose(W, y, np.ones(4), 4.0, kind="gp", n_simulations=2000, top_k=16)
+    assert fit["fallback"] is None and fit["trust_radius"] > 0 and fit["predicted_std"] >= 0
+    assert fit["nearest_run_distance"] >= 0 and fit["risk"] == 1.0   # the mean of in-region rows may lie outside
+    w2, fit2 = fit_and_propose(W, y, np.ones(4), 4.0, kind="gp", n_simulations=2000, top_k=16)
+    assert np.array_equal(w, w2)   # seeded
+    with pytest.raises(ValueError, match="return_std"):
+        MixtureRegressor("linear").fit(W, y).predict(W, return_std=True)

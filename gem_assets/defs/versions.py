@@ -42,11 +42,11 @@ LOGIC_VERSIONS: dict[str, str] = {
     "domain_assignments": "1",
     "domain_stats": "1",
     "taxonomy": "1",
-    "mixture_evaluation": "1",
+    "mixture_evaluation": "2",
     "proxy_corpus": "1",
     "doremi_weights": "1",
     "regmix_runs": "1",
-    "regmix_weights": "1",
+    "regmix_weights": "2",
     "curated_mixture": "1",
 }
 

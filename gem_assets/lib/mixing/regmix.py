@@ -42,7 +42,8 @@ import numpy as np
 from gem_assets.lib.util.checks import check_float, check_int
 from gem_assets.lib.mixing.lm import LMConfig, _check_training, check_streams, evaluate_bpb, train_lm
 
-__all__ = ["sample_mixtures", "project_to_cap", "MixtureRegressor", "propose_mixture", "cv_spearman", "auto_kind",
+__all__ = ["sample_mixtures", "project_to_cap", "MixtureRegressor", "propose_mixture", "trust_radius", "cv_spearman",
+           "auto_kind",
            "RegmixResult", "proxy_runs", "fit_and_propose", "run_regmix", "AUTO_MIN_RUNS", "KINDS"]
 
 #: With ``kind="auto"``, boosted trees are a candidate from this many runs on.
@@ -433,16 +434,63 @@ class MixtureRegressor:
         self.n_domains_ = W.shape[1]
         return self
 
-    def predict(self, W) -> np.ndarray:
-        """Predicted target loss of each mixture, (n,)."""
+    def predict(self, W, return_std: bool = False):
+        """Predicted target loss of each mixture, (n,); with ``return_std`` also its standard deviation.
+
+        The standard deviation is the Gaussian process's predictive one (``kind="gp"`` only; it
+        grows away from the runs): other kinds raise ValueError when asked for it.
+        """
         if self.model_ is None:
             raise ValueError("call fit(W, y) before predict")
-        return np.asarray(self.model_.predict(self._check_w(W)), dtype=np.float64)
+        W = self._check_w(W)
+        if not return_std:
+            return np.asarray(self.model_.predict(W), dtype=np.float64)
+        if self.kind_ != "gp":
+            raise ValueError(f"return_std needs kind='gp', this regressor is {self.kind_!r}")
+        mean, std = self.model_.predict(W, return_std=True)
+        return np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+
+    @property
+    def has_std(self) -> bool:
+        """Whether :meth:`predict` gives a predictive standard deviation (a fitted GP)."""
+        return self.kind_ == "gp"
+
+
+def trust_radius(runs, scale: float = 1.0) -> float:
+    """Radius of the region the runs cover: ``scale`` x the median distance from a run to its nearest other run.
+
+    Euclidean distances between mixtures; 0 with fewer than 2 distinct runs.
+    """
+    R = np.asarray(runs, dtype=np.float64)
+    if R.ndim != 2 or R.shape[0] < 1:
+        raise ValueError(f"runs must be (M, K) mixtures, got shape {R.shape}")
+    scale = check_float(scale, "trust scale", low=0.0, strict=True)
+    if R.shape[0] < 2:
+        return 0.0
+    D = _sq_distances(R, R)
+    np.fill_diagonal(D, np.inf)
+    return float(scale * np.median(np.sqrt(D.min(1))))
+
+
+def _sq_distances(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows of A (n, K) and B (m, K), (n, m), >= 0."""
+    D = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * (A @ B.T)
+    return np.maximum(D, 0.0, out=D)
+
+
+def _nearest_run(sims: np.ndarray, runs: np.ndarray, block: int = 1 << 22) -> np.ndarray:
+    """Euclidean distance from each simulated mixture to its nearest run, (n,)."""
+    out = np.empty(sims.shape[0])
+    rows = max(1, block // max(runs.shape[0], 1))
+    for a in range(0, sims.shape[0], rows):
+        out[a:a + rows] = np.sqrt(_sq_distances(sims[a:a + rows], runs).min(1))
+    return out
 
 
 def propose_mixture(regressor, prior, n_simulations: int = 100_000, top_k: int = 128,
                     rng: np.random.Generator | None = None, tokens_per_domain=None, budget_tokens=None,
-                    max_epochs: float = 4.0, chunk_size: int = 8192, **sample_kwargs) -> np.ndarray:
+                    max_epochs: float = 4.0, chunk_size: int = 8192, runs=None, radius: float | None = None,
+                    risk: float = 0.0, **sample_kwargs) -> np.ndarray:
     """Mean of the ``top_k`` simulated mixtures with the lowest predicted loss.
 
     Parameters
@@ -458,6 +506,17 @@ def propose_mixture(regressor, prior, n_simulations: int = 100_000, top_k: int =
         The epoch cap, as in :func:`sample_mixtures`.
     chunk_size : int
         Simulations drawn and scored at once (>= 1). The result does not depend on it.
+    runs : numpy.ndarray, shape (M, K), optional
+        The mixtures the regressor was fitted on. With them, a trust region: simulations farther
+        than ``radius`` (Euclidean) from every run rank after all those within it (and among
+        themselves by that distance, nearest first), so the proposal averages mixtures the runs
+        cover instead of where the regressor extrapolates.
+    radius : float, optional
+        The trust region's radius (>= 0); default :func:`trust_radius` of ``runs``.
+    risk : float
+        c >= 0: rank by the pessimistic bound mean + c * std, where the regressor gives a
+        predictive standard deviation (``predict(W, return_std=True)`` of a fitted GP,
+        :attr:`MixtureRegressor.has_std`); ignored for a regressor without one. 0: by the mean.
     **sample_kwargs
         ``temperature`` and ``strength_range`` of :func:`sample_mixtures`.
 
@@ -473,31 +532,59 @@ def propose_mixture(regressor, prior, n_simulations: int = 100_000, top_k: int =
     ordered by (predicted loss, row index) as a stable sort of all the predictions would order
     them. Memory is O(chunk_size * K + top_k * K) instead of O(n_simulations * K) (800 MB for
     100,000 simulations of 1,000 domains).
+
+    With ``runs`` and ``risk``, the order is (outside the trust region, score, row index) where
+    the score is mean + risk * std inside the region and the distance to the nearest run outside.
+    Both guard against the same failure: the top 0.1 % of 100,000 predictions is where a
+    regressor's errors are most optimistic, and on count proxies with K = 16 domains an
+    unguarded Gaussian process put up to 0.57 of the weight on one domain, predicting a loss
+    0.2 bits below every run while the real loss was 0.4 bits above the natural shares'
+    (docs/method.md, section 8).
     """
     n_simulations = check_int(n_simulations, "n_simulations", low=1)
     top_k = check_int(top_k, "top_k", low=1, high=n_simulations)
     chunk_size = check_int(chunk_size, "chunk_size", low=1)
+    risk = check_float(risk, "risk", low=0.0)
     rng = np.random.default_rng(0) if rng is None else rng
     sampler = _MixtureSampler(prior, tokens_per_domain=tokens_per_domain, budget_tokens=budget_tokens,
                               max_epochs=max_epochs, **sample_kwargs)
+    run_rows = None
+    if runs is not None:
+        run_rows = np.asarray(runs, dtype=np.float64)
+        if run_rows.ndim != 2 or run_rows.shape[1] != sampler.K or run_rows.shape[0] < 1 \
+                or not np.all(np.isfinite(run_rows)):
+            raise ValueError(f"runs must be finite (M, {sampler.K}) mixtures, got shape {run_rows.shape}")
+        radius = trust_radius(run_rows) if radius is None else check_float(radius, "radius", low=0.0)
+    use_std = risk > 0 and bool(getattr(regressor, "has_std", False))
     streams = sampler.streams(rng)
-    best_pred = np.empty(0)                                  # (<= top_k,) running top-k, best first
+    best_out = np.empty(0, dtype=bool)                       # (<= top_k,) running top-k: outside the region
+    best_pred = np.empty(0)                                  # (<= top_k,) their score, best first
     best_idx = np.empty(0, dtype=np.int64)                   # (<= top_k,) their simulation index
     best_rows = np.empty((0, sampler.K))                     # (<= top_k, K)
     for start in range(0, n_simulations, chunk_size):
         r = min(chunk_size, n_simulations - start)
         sims = sampler.draw(r, streams)                      # (r, K)
-        pred = np.asarray(regressor.predict(sims), dtype=np.float64)
+        if use_std:
+            mean, std = regressor.predict(sims, return_std=True)
+            pred = np.asarray(mean, dtype=np.float64) + risk * np.asarray(std, dtype=np.float64)
+        else:
+            pred = np.asarray(regressor.predict(sims), dtype=np.float64)
         if pred.shape != (r,) or not np.all(np.isfinite(pred)):
             raise ValueError("regressor.predict must return one finite loss per mixture")
+        out = np.zeros(r, dtype=bool)
+        if run_rows is not None:
+            dist = _nearest_run(sims, run_rows)
+            out = dist > radius
+            pred = np.where(out, dist, pred)                 # outside: nearest to the runs first
+        cand_out = np.concatenate([best_out, out])
         cand_pred = np.concatenate([best_pred, pred])
         cand_idx = np.concatenate([best_idx, np.arange(start, start + r)])
-        keep = np.lexsort((cand_idx, cand_pred))[:top_k]      # lowest predicted loss first, ties by index
+        keep = np.lexsort((cand_idx, cand_pred, cand_out))[:top_k]   # inside first, lowest score, ties by index
         old = keep < best_pred.size
         rows = np.empty((keep.size, sampler.K))
         rows[old] = best_rows[keep[old]]
         rows[~old] = sims[keep[~old] - best_pred.size]
-        best_pred, best_idx, best_rows = cand_pred[keep], cand_idx[keep], rows
+        best_out, best_pred, best_idx, best_rows = cand_out[keep], cand_pred[keep], cand_idx[keep], rows
     w = best_rows.mean(0)
     w /= w.sum()
     return w if sampler.cap is None else np.minimum(w, sampler.cap)
@@ -621,12 +708,21 @@ def proxy_runs(streams: Mapping[str, np.ndarray], target_stream: np.ndarray, con
 
 def fit_and_propose(mixtures: np.ndarray, losses: np.ndarray, tokens: np.ndarray, budget_tokens: float,
                     max_epochs: float = 4.0, top_k: int = 128, n_simulations: int = 100_000, seed: int = 0,
-                    kind: str = "auto") -> tuple[np.ndarray, dict]:
+                    kind: str = "auto", trust: float | None = 1.0, risk: float = 1.0,
+                    min_spearman: float | None = 0.5) -> tuple[np.ndarray, dict]:
     """RegMix steps 3-4: fit the regressor on the runs and propose the mixture.
 
     ``tokens`` (per domain) and ``budget_tokens`` set the proposal's prior (token shares) and epoch
     cap, ``w_k * budget_tokens <= max_epochs * tokens_k``: pass the budget of the model the mixture
     is for (the curated mixture's), which is what keeps a regressor's optimum off tiny domains.
+
+    Guards (docs/method.md, section 8; each can be turned off):
+
+    - ``trust``: the proposal averages only simulated mixtures within ``trust`` x the runs' median
+      nearest-neighbour distance of some run (:func:`propose_mixture`'s trust region; None: off);
+    - ``risk``: a Gaussian process ranks them by mean + ``risk`` x predictive std (0: by the mean);
+    - ``min_spearman``: a regressor whose 5-fold out-of-fold Spearman is below it (or NaN) is not
+      used: the proposal is the best run's mixture, brought into the proposal's cap (None: off).
 
     Returns
     -------
@@ -634,12 +730,17 @@ def fit_and_propose(mixtures: np.ndarray, losses: np.ndarray, tokens: np.ndarray
     fit : dict
         ``kind``, ``seconds`` (choice and fit), ``spearman_cv`` (5-fold out-of-fold),
         ``spearman_cv_by_kind`` (every candidate's, with ``kind="auto"``), ``spearman_train``,
-        ``runs``, ``predicted_loss`` (of the proposed mixture), ``best_run_loss``.
+        ``runs``, ``predicted_loss`` (of the proposed mixture), ``predicted_std`` (GP only, else
+        None), ``best_run_loss``, ``trust_radius`` (None when off), ``nearest_run_distance`` (of the
+        proposal), ``risk``, ``fallback`` (None, or ``"best_run"``).
     """
     from scipy.stats import spearmanr
 
     n_simulations = check_int(n_simulations, "n_simulations", low=1)
     top_k = min(check_int(top_k, "top_k", low=1), n_simulations)
+    risk = check_float(risk, "risk", low=0.0)
+    mixtures = np.asarray(mixtures, dtype=np.float64)
+    losses = np.asarray(losses, dtype=np.float64)
     t2 = time.perf_counter()
     scores = None
     if kind == "auto":
@@ -647,12 +748,24 @@ def fit_and_propose(mixtures: np.ndarray, losses: np.ndarray, tokens: np.ndarray
     reg = MixtureRegressor(kind, random_state=seed).fit(mixtures, losses)
     fit_seconds = time.perf_counter() - t2
     rho_train = spearmanr(reg.predict(mixtures), losses).statistic
-    w = propose_mixture(reg, tokens, n_simulations=n_simulations, top_k=top_k, rng=np.random.default_rng(seed + 1),
-                        tokens_per_domain=tokens, budget_tokens=budget_tokens, max_epochs=max_epochs)
     rho_cv = scores[kind] if scores is not None else cv_spearman(mixtures, losses, kind, seed=seed)
+    radius = None if trust is None else trust_radius(mixtures, trust)
+    fallback = None
+    if min_spearman is not None and not (np.isfinite(rho_cv) and rho_cv >= float(min_spearman)):
+        fallback = "best_run"
+        cap = _MixtureSampler(tokens, tokens_per_domain=tokens, budget_tokens=budget_tokens, max_epochs=max_epochs).cap
+        w = project_to_cap(mixtures[int(np.argmin(losses))], cap)
+    else:
+        w = propose_mixture(reg, tokens, n_simulations=n_simulations, top_k=top_k,
+                            rng=np.random.default_rng(seed + 1), tokens_per_domain=tokens, budget_tokens=budget_tokens,
+                            max_epochs=max_epochs, runs=None if trust is None else mixtures, radius=radius, risk=risk)
+    std = float(reg.predict(w[None, :], return_std=True)[1][0]) if reg.has_std else None
     fit = {"kind": reg.kind_, "seconds": fit_seconds, "spearman_cv": rho_cv, "spearman_cv_by_kind": scores or {kind: rho_cv},
            "spearman_train": float(rho_train) if np.isfinite(rho_train) else float("nan"), "runs": int(len(losses)),
-           "predicted_loss": float(reg.predict(w[None, :])[0]), "best_run_loss": float(np.min(losses))}
+           "predicted_loss": float(reg.predict(w[None, :])[0]), "predicted_std": std,
+           "best_run_loss": float(np.min(losses)), "trust_radius": radius,
+           "nearest_run_distance": float(_nearest_run(w[None, :], mixtures)[0]), "risk": risk if reg.has_std else 0.0,
+           "fallback": fallback}
     return w, fit
 
 
