@@ -253,8 +253,10 @@ def test_code_version_change_is_backfilled_after_the_nightly_tick(steady):
             return spec.replace_attributes(code_version="changed-for-test")
         return spec
 
-    new_defs = Definitions(assets=with_automation([a.map_asset_specs(changed) if hasattr(a, "map_asset_specs")
-                                                   and a.is_materializable else a for a in ASSETS]),
+    from gem_assets.defs.versions import with_code_versions
+
+    assets = with_code_versions(ASSETS, steady.res["gem"].settings())   # the code versions steady.defs has
+    new_defs = Definitions(assets=with_automation([a.map_asset_specs(changed) for a in assets]),
                            jobs=[steady.defs.get_job_def("observe_shards")], resources=steady.res)
     assert steady.tick(defs=new_defs) == {}                 # a parameter change during the day: nothing yet
     assert steady.tick(defs=new_defs) == {}
