@@ -122,7 +122,7 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
     P = np.asarray(teacher.predict_proba(vectors), dtype=np.float64)
     k = int(P.shape[1])
 
-    # texts of the sampled documents, in sample order: only those rows, shard by shard (issue 8)
+    # texts of the sampled documents, in sample order: only those rows, shard by shard
     from gem_assets.lib.io.streaming import read_texts
 
     try:

@@ -1,4 +1,4 @@
-"""A fastText-style student that labels documents without embedding them (DESIGN.md section 3).
+"""A fastText-style student that labels documents without embedding them.
 
 The teacher (sentence embeddings + GEM) is expensive; the student is a linear model over
 hashed n-grams, distilled from the teacher's soft assignments, cheap enough to label every
@@ -78,7 +78,7 @@ HASH_SCHEME = "gem-student-v2: lower, ascii-alnum/_/non-ascii byte runs, poly64(
 _MIX = np.uint64(116049371)
 _P = np.uint64(0x100000001B3)  # the 64-bit FNV prime (odd, so invertible modulo 2**64)
 _PINV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
-_CHUNK_BYTES = 1 << 18  # texts are featurized in chunks of about this many UTF-8 bytes (issue 8: a chunk
+_CHUNK_BYTES = 1 << 18  # texts are featurized in chunks of about this many UTF-8 bytes (a chunk
 # costs ~40 bytes of temporaries per byte, and the cached power tables grow to the largest chunk; 256 KiB
 # keeps that near 10 MiB, and was faster than 2 MiB: 0.23 vs 0.38 s for the 2,225 BBC articles)
 # common non-ASCII punctuation and spaces, turned into spaces before splitting

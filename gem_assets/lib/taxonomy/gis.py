@@ -1,6 +1,6 @@
 """Geometric Influence Score (GIS): which terms name a GEM domain, computed streaming over shards.
 
-For a term w (word or bigram, :mod:`gem_assets.lib.taxonomy.terms`) and a domain k (DESIGN.md section 4)::
+For a term w (word or bigram, :mod:`gem_assets.lib.taxonomy.terms`) and a domain k (docs/method.md)::
 
     GIS(w, k) = p(w | k) * post_k(w)
 
