@@ -21,7 +21,7 @@ section "GIS"):
     domain shares, so it scores low; averaging posteriors never credits a domain that none of the
     term's documents belongs to, which averaging directions does (the mean of documents from two
     domains can land nearest a third).
-``"unit_direction"`` (DESIGN.md as written)
+``"unit_direction"`` (the direction of the raw embeddings)
     ``e_w = normalize(sum of the raw embeddings of the embedded documents containing w)``, moved into
     the teacher's space by the teacher's own isotropy transform, then ``post_k(e_w)``.
 ``"mean_log_density"``
@@ -42,7 +42,7 @@ iterator of :class:`TermBatch`): pass 1 counts document frequencies to choose th
 the sums of the raw embeddings, of the per-domain log densities and of the posteriors of the embedded
 documents containing it, and keeps the highest-posterior exemplars of each domain.
 
-Bounded memory (issue 8): pass 1 counts with
+Bounded memory: pass 1 counts with
 :class:`gem_assets.lib.taxonomy.terms.BoundedDocumentFrequency`, which holds at most ``count_capacity`` terms
 (lossy counting; exact while the corpus has fewer distinct terms), so the counting does not grow
 with the corpus; the vocabulary is at most ``max_terms``; pass 2 counts exactly over that vocabulary.
