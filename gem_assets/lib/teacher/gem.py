@@ -55,7 +55,7 @@ _EXP_FLOOR = {torch.float32: -80.0, torch.float64: -700.0}
 def _row_chunks(S: torch.Tensor):
     """Row ranges of ~4 MB of S on CPU, so that the passes over one chunk run from cache; one range on GPU.
 
-    (1 MB chunks were 15% faster on a quiet machine but issue 4x more small parallel ops, each of
+    (1 MB chunks were 15% faster on a quiet machine but launch 4x more small parallel ops, each of
     which stalls when another process competes for the cores.)
     """
     N, K = S.shape
