@@ -165,7 +165,7 @@ def speed_ratio(X: np.ndarray, K: int, rounds: int = 7, iters: int = 6, seed: in
 
 def bbc_embeddings(cache_dir: Path):
     """The default corpus embedded by the default teacher, cached under $GEM_HOME/bench_cache/."""
-    from gem_assets.lib.corpus.shards import read_bbc_news
+    from gem_assets.lib.corpus.bbc import read_bbc_news
 
     df = read_bbc_news()
     cache = cache_dir / "bbc_minilm.npz"

@@ -42,7 +42,7 @@ def write_shards(folder: Path, n_shards: int, docs_per_shard: int, seed: int = 0
     """Write ``n_shards`` JSONL shards of BBC articles (same size each); returns the bytes written."""
     import numpy as np
 
-    from gem_assets.lib.corpus.shards import read_bbc_news
+    from gem_assets.lib.corpus.bbc import read_bbc_news
 
     bbc = read_bbc_news()
     texts, sources = bbc["text"].to_list(), bbc["source"].to_list()

@@ -40,7 +40,7 @@ from gem_assets.lib.mixing.ngram import NGramLM  # noqa: E402
 
 def bbc_split(seed: int = 0) -> tuple[list[str], list[str]]:
     """The default corpus's articles, split 90/10 by a seeded permutation."""
-    from gem_assets.lib.corpus.shards import read_bbc_news
+    from gem_assets.lib.corpus.bbc import read_bbc_news
 
     texts = read_bbc_news()["text"].to_list()
     perm = np.random.default_rng(seed).permutation(len(texts))

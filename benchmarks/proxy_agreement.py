@@ -64,7 +64,7 @@ def _whole_documents(stream: np.ndarray, n_bytes: int) -> np.ndarray:
 
 def bbc_streams(target_bytes: int, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Training streams per category and the targets (``all`` and one per category)."""
-    from gem_assets.lib.corpus.shards import read_bbc_news
+    from gem_assets.lib.corpus.bbc import read_bbc_news
     from gem_assets.lib.mixing.mixture import split_documents, texts_to_streams
 
     df = read_bbc_news()

@@ -86,7 +86,7 @@ def write_corpus(folder: Path, n_shards: int, docs: int, seed: int = 0) -> str:
     """``n_shards`` JSONL shards of ``docs`` BBC articles each; returns their glob."""
     import numpy as np
 
-    from gem_assets.lib.corpus.shards import read_bbc_news
+    from gem_assets.lib.corpus.bbc import read_bbc_news
 
     bbc = read_bbc_news()
     rng = np.random.default_rng(seed)

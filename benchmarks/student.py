@@ -93,7 +93,7 @@ def main() -> None:
     import torch
 
     from gem_assets.config import Settings
-    from gem_assets.lib.corpus.shards import read_bbc_news
+    from gem_assets.lib.corpus.bbc import read_bbc_news
     from gem_assets.lib.teacher.gem import GEM
     from gem_assets.lib.student.classifier import StudentClassifier, tokenize
 

@@ -62,7 +62,7 @@ def main() -> None:
     from gem_assets.config import Settings
     from gem_assets.lib.taxonomy import gis
     from gem_assets.lib.taxonomy import build as tx
-    from gem_assets.lib.corpus.shards import read_bbc_news
+    from gem_assets.lib.corpus.bbc import read_bbc_news
     from gem_assets.lib.teacher.gem import GEM
 
     home = Path(os.environ.get("GEM_HOME", ROOT / "data"))

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from conftest import make_docs, write_jsonl, write_parquet
-from gem_assets.lib.corpus import shards as corpus
+from gem_assets.lib.corpus import bbc, shards, validation
 
 
 def _jsonl_bytes(path, lines: list[bytes]):
@@ -21,17 +21,17 @@ def test_discover_shards_keys_and_filters(tmp_path):
     write_jsonl(tmp_path / "c" / "x.jsonl", make_docs(2))
     write_parquet(tmp_path / "c" / "sub" / "y.parquet", make_docs(2))
     (tmp_path / "c" / "notes.txt").write_text("not a shard")
-    found = corpus.discover_shards(str(tmp_path / "c" / "**" / "*"))
+    found = shards.discover_shards(str(tmp_path / "c" / "**" / "*"))
     assert list(found) == ["sub__y.parquet", "x.jsonl"]
     assert all(p.is_absolute() and p.is_file() for p in found.values())
-    assert corpus.discover_shards(str(tmp_path / "nothing" / "*.jsonl")) == {}
+    assert shards.discover_shards(str(tmp_path / "nothing" / "*.jsonl")) == {}
 
 
 def test_clean_shard_is_kept_whole_and_normalized(tmp_path):
     rows = make_docs(5)
     rows[0]["text"] = "  Cafe\u0301 line one\r\nline two \t"
     path = write_jsonl(tmp_path / "s.jsonl", rows)
-    res = corpus.validate_shard(path, source_column="source")
+    res = validation.validate_shard(path, source_column="source")
     assert (res.rows_in, res.n_kept, res.n_quarantined) == (5, 5, 0)
     assert res.kept.columns == ["row", "id", "text", "n_chars", "source"]
     first = res.kept.row(0, named=True)
@@ -54,7 +54,7 @@ def test_every_quarantine_reason_jsonl(tmp_path):
         b'{"id": "u1", "text": "bad \xff\xfe bytes"}',
     ]
     path = _jsonl_bytes(tmp_path / "bad.jsonl", lines)
-    res = corpus.validate_shard(path, max_chars=100)
+    res = validation.validate_shard(path, max_chars=100)
     assert res.rows_in == 10 == res.n_kept + res.n_quarantined
     assert res.n_kept == 3
     by_id = {r["id"]: r for r in res.quarantine.iter_rows(named=True)}
@@ -72,7 +72,7 @@ def test_every_quarantine_reason_jsonl(tmp_path):
 
 def test_duplicate_keeps_first_valid_occurrence(tmp_path):
     rows = [{"id": "x", "text": "   "}, {"id": "x", "text": "first valid"}, {"id": "x", "text": "second"}]
-    res = corpus.validate_shard(write_jsonl(tmp_path / "d.jsonl", rows))
+    res = validation.validate_shard(write_jsonl(tmp_path / "d.jsonl", rows))
     assert res.kept["text"].to_list() == ["first valid"]
     assert res.quarantine["reason"].to_list() == ["empty_text", "duplicate_id"]
 
@@ -82,21 +82,21 @@ def test_invalid_utf8_in_parquet_binary_column(tmp_path):
                       schema={"id": pl.String, "text": pl.Binary})
     path = tmp_path / "bin.parquet"
     df.write_parquet(path)
-    res = corpus.validate_shard(path)
+    res = validation.validate_shard(path)
     assert res.kept["id"].to_list() == ["a"]
     assert res.quarantine.row(0, named=True)["reason"] == "invalid_utf8"
 
 
 def test_content_ids_when_id_column_absent(tmp_path):
     rows = [{"text": "alpha beta"}, {"text": "gamma"}, {"text": "alpha beta"}]
-    res = corpus.validate_shard(write_parquet(tmp_path / "noid.parquet", rows))
+    res = validation.validate_shard(write_parquet(tmp_path / "noid.parquet", rows))
     assert res.ids_from_content
-    assert res.kept["id"].to_list() == [corpus.content_id("alpha beta"), corpus.content_id("gamma")]
+    assert res.kept["id"].to_list() == [shards.content_id("alpha beta"), shards.content_id("gamma")]
     assert res.quarantine["reason"].to_list() == ["duplicate_id"]  # exact duplicate text
 
 
 def test_integer_ids_are_strings(tmp_path):
-    res = corpus.validate_shard(write_jsonl(tmp_path / "i.jsonl", [{"id": 7, "text": "x"}, {"id": 8, "text": "y"}]))
+    res = validation.validate_shard(write_jsonl(tmp_path / "i.jsonl", [{"id": 7, "text": "x"}, {"id": 8, "text": "y"}]))
     assert res.kept["id"].to_list() == ["7", "8"]
 
 
@@ -104,67 +104,67 @@ def test_integer_ids_are_strings(tmp_path):
 def test_missing_text_column_names_column_and_file(tmp_path, suffix):
     rows = [{"id": "a", "body": "text under another name"}]
     path = (write_jsonl if suffix == ".jsonl" else write_parquet)(tmp_path / f"shard{suffix}", rows)
-    with pytest.raises(corpus.ShardError) as err:
-        corpus.validate_shard(path, text_column="text")
+    with pytest.raises(shards.ShardError) as err:
+        validation.validate_shard(path, text_column="text")
     msg = str(err.value)
     assert "'text'" in msg and str(path) in msg and "GEM_TEXT_COLUMN" in msg and "body" in msg
 
 
 def test_missing_source_column_is_an_error(tmp_path):
     path = write_jsonl(tmp_path / "s.jsonl", [{"id": "a", "text": "t"}])
-    with pytest.raises(corpus.ShardError, match="source column 'label' not found"):
-        corpus.validate_shard(path, source_column="label")
+    with pytest.raises(shards.ShardError, match="source column 'label' not found"):
+        validation.validate_shard(path, source_column="label")
 
 
 def test_corrupt_files_fail_with_clear_message(tmp_path):
     bad_parquet = tmp_path / "broken.parquet"
     bad_parquet.write_bytes(b"PAR1 this is not parquet at all")
-    with pytest.raises(corpus.ShardError, match=r"corrupt shard .*broken\.parquet.*Parquet"):
-        corpus.validate_shard(bad_parquet)
+    with pytest.raises(shards.ShardError, match=r"corrupt shard .*broken\.parquet.*Parquet"):
+        validation.validate_shard(bad_parquet)
     bad_json = _jsonl_bytes(tmp_path / "broken.jsonl", [b'{"id": "a", "text": "ok"}', b'{"id": "b", "text": '])
-    with pytest.raises(corpus.ShardError, match=r"broken\.jsonl: record 1 is not valid JSON"):
-        corpus.validate_shard(bad_json)
-    with pytest.raises(corpus.ShardError, match="does not exist"):
-        corpus.validate_shard(tmp_path / "missing.jsonl")
+    with pytest.raises(shards.ShardError, match=r"broken\.jsonl: record 1 is not valid JSON"):
+        validation.validate_shard(bad_json)
+    with pytest.raises(shards.ShardError, match="does not exist"):
+        validation.validate_shard(tmp_path / "missing.jsonl")
 
 
 def test_blank_lines_are_not_records(tmp_path):
     path = _jsonl_bytes(tmp_path / "b.jsonl", [b'{"id": "a", "text": "x"}', b"", b"   ", b'{"id": "b", "text": "y"}'])
-    res = corpus.validate_shard(path)
+    res = validation.validate_shard(path)
     assert res.rows_in == 2 and res.n_kept == 2
 
 
 def test_default_corpus_written_once(tmp_path):
-    pattern = corpus.ensure_default_corpus(tmp_path / "corpus")
-    shards = corpus.discover_shards(pattern)
-    assert len(shards) == 4
+    pattern = bbc.ensure_default_corpus(tmp_path / "corpus")
+    found = shards.discover_shards(pattern)
+    assert len(found) == 4
     total, sources = 0, set()
-    for path in shards.values():
-        res = corpus.validate_shard(path, source_column="source")
+    for path in found.values():
+        res = validation.validate_shard(path, source_column="source")
         assert res.n_quarantined == 0
         total += res.n_kept
         sources |= set(res.kept["source"].unique().to_list())
     assert total == 2225
     assert sources == {"business", "entertainment", "politics", "sports", "tech"}
-    mtimes = {k: p.stat().st_mtime_ns for k, p in shards.items()}
-    assert corpus.ensure_default_corpus(tmp_path / "corpus") == pattern
-    assert {k: p.stat().st_mtime_ns for k, p in shards.items()} == mtimes  # not rewritten
+    mtimes = {k: p.stat().st_mtime_ns for k, p in found.items()}
+    assert bbc.ensure_default_corpus(tmp_path / "corpus") == pattern
+    assert {k: p.stat().st_mtime_ns for k, p in found.items()} == mtimes  # not rewritten
     assert not [p for p in (tmp_path / "corpus").iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
 def test_empty_and_all_bad_shards_are_accounted(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
-    res = corpus.validate_shard(empty)
+    res = validation.validate_shard(empty)
     assert (res.rows_in, res.n_kept, res.n_quarantined) == (0, 0, 0)
     allbad = _jsonl_bytes(tmp_path / "allbad.jsonl", [b'{"id": "a", "text": "\xff"}', b'{"id": "b", "text": "\xfe"}'])
-    res = corpus.validate_shard(allbad)
+    res = validation.validate_shard(allbad)
     assert (res.rows_in, res.n_kept, res.n_quarantined) == (2, 0, 2)
     assert res.quarantine["id"].to_list() == ["a", "b"] and set(res.quarantine["reason"]) == {"invalid_utf8"}
 
 
 def test_bbc_news_is_decoded_as_utf8_with_a_latin1_fallback():
-    from gem_assets.lib.corpus.shards import read_bbc_news
+    from gem_assets.lib.corpus.bbc import read_bbc_news
 
     text = " ".join(read_bbc_news()["text"].to_list())
     assert "£" in text and "Â£" not in text   # 646 files hold a UTF-8 pound sign

@@ -11,7 +11,7 @@ import pytest
 from gem_assets.config import Layout
 from gem_assets.definitions import build_definitions
 from gem_assets.lib.io import artifacts
-from gem_assets.lib.corpus import shards as corpus
+from gem_assets.lib.corpus import bbc
 from gem_assets.lib.io import storage
 from gem_assets.resources import GemConfig, MlflowTracker, SentenceTransformerEmbedder
 from gem_assets.run import run_pipeline
@@ -21,8 +21,8 @@ from gem_assets.run import run_pipeline
 def test_end_to_end_real_model(tmp_path, disk_instance, monkeypatch):
     instance = disk_instance  # persistent: make run's driver asks a webserver over it
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    bbc = corpus.read_bbc_news()
-    picked = pl.concat([bbc.filter(pl.col("source") == s).head(4) for s in ("sports", "tech", "politics")])
+    articles = bbc.read_bbc_news()
+    picked = pl.concat([articles.filter(pl.col("source") == s).head(4) for s in ("sports", "tech", "politics")])
     root = tmp_path / "corpus"
     root.mkdir()
     picked[:6].write_parquet(root / "p0.parquet")

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from conftest import HashingEmbedder, make_docs, write_jsonl, write_parquet
-from gem_assets.lib.corpus import shards as corpus
+from gem_assets.lib.corpus import shards, validation
 from gem_assets.lib.io import streaming
 
 
@@ -31,8 +31,8 @@ def _messy_rows() -> list[dict]:
 def test_batched_validation_equals_whole_read(tmp_path, fmt, batch_rows):
     rows = _messy_rows()
     path = (write_jsonl if fmt == "jsonl" else write_parquet)(tmp_path / f"s.{fmt}", rows)
-    whole = corpus.validate_shard(path, source_column="source", max_chars=200, batch_rows=10_000)
-    part = corpus.validate_shard(path, source_column="source", max_chars=200, batch_rows=batch_rows)
+    whole = validation.validate_shard(path, source_column="source", max_chars=200, batch_rows=10_000)
+    part = validation.validate_shard(path, source_column="source", max_chars=200, batch_rows=batch_rows)
     assert part.kept.equals(whole.kept)
     assert part.quarantine.equals(whole.quarantine)
     assert (part.rows_in, part.reasons) == (whole.rows_in, whole.reasons)
@@ -49,9 +49,9 @@ def test_batched_validation_equals_whole_read(tmp_path, fmt, batch_rows):
 def test_validate_shard_to_streams_the_same_rows_to_disk(tmp_path, fmt):
     rows = _messy_rows()
     path = (write_jsonl if fmt == "jsonl" else write_parquet)(tmp_path / f"s.{fmt}", rows)
-    whole = corpus.validate_shard(path, source_column="source", max_chars=200)
+    whole = validation.validate_shard(path, source_column="source", max_chars=200)
     docs, quar = tmp_path / "out" / "docs.parquet", tmp_path / "out" / "q.parquet"
-    summary = corpus.validate_shard_to(path, docs, quar, source_column="source", max_chars=200, batch_rows=4)
+    summary = validation.validate_shard_to(path, docs, quar, source_column="source", max_chars=200, batch_rows=4)
     assert summary.batches == 6  # ceil(23 / 4)
     assert pl.read_parquet(docs).equals(whole.kept)
     assert pl.read_parquet(quar).equals(whole.quarantine)
@@ -68,7 +68,7 @@ def test_invalid_utf8_lines_in_later_batches_keep_their_record_index(tmp_path):
     path = tmp_path / "u.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n\n")
     for batch_rows in (1, 2, 100):
-        res = corpus.validate_shard(path, batch_rows=batch_rows)
+        res = validation.validate_shard(path, batch_rows=batch_rows)
         assert res.rows_in == 6 and res.n_kept == 5
         assert res.quarantine.select("row", "id", "reason").rows() == [(4, "u", "invalid_utf8")]
 
@@ -77,12 +77,12 @@ def test_text_key_missing_from_a_whole_batch_is_null_text_not_an_error(tmp_path)
     rows = [{"id": "a", "body": "no text key"}, {"id": "b", "body": "none here either"},
             {"id": "c", "text": "finally a text"}]
     path = write_jsonl(tmp_path / "m.jsonl", rows)
-    whole = corpus.validate_shard(path)
-    part = corpus.validate_shard(path, batch_rows=2)  # first batch has no 'text' column at all
+    whole = validation.validate_shard(path)
+    part = validation.validate_shard(path, batch_rows=2)  # first batch has no 'text' column at all
     assert part.kept.equals(whole.kept) and part.kept["id"].to_list() == ["c"]
     assert part.quarantine["reason"].to_list() == whole.quarantine["reason"].to_list() == ["null_text"] * 2
-    with pytest.raises(corpus.ShardError, match="text column 'text' not found"):
-        corpus.validate_shard(write_jsonl(tmp_path / "none.jsonl", rows[:2]), batch_rows=1)
+    with pytest.raises(shards.ShardError, match="text column 'text' not found"):
+        validation.validate_shard(write_jsonl(tmp_path / "none.jsonl", rows[:2]), batch_rows=1)
 
 
 def test_failed_stream_leaves_no_output(tmp_path):
@@ -90,8 +90,8 @@ def test_failed_stream_leaves_no_output(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text("\n".join(good + ['{"id": "z", "text": ']) + "\n")
     docs, quar = tmp_path / "docs.parquet", tmp_path / "q.parquet"
-    with pytest.raises(corpus.ShardError, match="record 5 is not valid JSON"):
-        corpus.validate_shard_to(path, docs, quar, batch_rows=2)
+    with pytest.raises(shards.ShardError, match="record 5 is not valid JSON"):
+        validation.validate_shard_to(path, docs, quar, batch_rows=2)
     assert list(tmp_path.iterdir()) == [path]  # neither file written, no temporary left
 
 
@@ -99,12 +99,12 @@ def test_failed_stream_leaves_no_output(tmp_path):
 def test_bad_batch_sizes_are_refused(tmp_path, bad):
     path = write_jsonl(tmp_path / "s.jsonl", make_docs(3))
     with pytest.raises(ValueError, match="batch_rows must be >= 1"):
-        corpus.validate_shard(path, batch_rows=bad)
+        validation.validate_shard(path, batch_rows=bad)
     docs = write_parquet(tmp_path / "d.parquet", make_docs(3))
     with pytest.raises(ValueError, match="batch_rows must be >= 1"):
         list(streaming.iter_selected_rows(docs, batch_rows=bad))
     with pytest.raises(ValueError, match="max_chars must be >= 1"):
-        corpus.validate_shard(path, max_chars=0)
+        validation.validate_shard(path, max_chars=0)
 
 
 def test_iter_selected_rows_picks_exactly_the_positions(tmp_path):

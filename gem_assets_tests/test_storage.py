@@ -13,7 +13,7 @@ import pytest
 from upath import UPath
 
 from conftest import make_docs
-from gem_assets.lib.corpus import shards as corpus
+from gem_assets.lib.corpus import bbc, shards, validation
 from gem_assets.lib.io import storage
 from gem_assets.lib.io import streaming
 
@@ -155,9 +155,9 @@ def test_shards_stream_from_an_object_store(mem_root, tmp_path, suffix):
         storage.write_parquet(src, frame)
     local = tmp_path / f"s{suffix}"
     local.write_bytes(src.read_bytes())
-    expected = corpus.validate_shard(local, source_column="source")
+    expected = validation.validate_shard(local, source_column="source")
     docs, quar = f"{mem_root}/work/docs.parquet", f"{mem_root}/outputs/q.parquet"
-    summary = corpus.validate_shard_to(str(src), docs, quar, source_column="source", batch_rows=7)
+    summary = validation.validate_shard_to(str(src), docs, quar, source_column="source", batch_rows=7)
     assert (summary.rows_in, summary.n_kept, summary.n_quarantined) == (30, 29, 1)
     assert storage.read_parquet(docs).equals(expected.kept)
     assert storage.read_parquet(quar).equals(expected.quarantine)
@@ -165,8 +165,8 @@ def test_shards_stream_from_an_object_store(mem_root, tmp_path, suffix):
     vecs, index = streaming.embed_selected(lambda t, desc="": np.ones((len(t), 4), np.float32), docs, [0, 5, 28],
                                            batch_rows=4)
     assert vecs.shape == (3, 4) and index["row"].to_list() == [0, 6, 29]  # row 3 was quarantined
-    with pytest.raises(corpus.ShardError, match="does not exist"):
-        corpus.validate_shard(f"{mem_root}/corpus/missing.jsonl")
+    with pytest.raises(shards.ShardError, match="does not exist"):
+        validation.validate_shard(f"{mem_root}/corpus/missing.jsonl")
 
 
 @pytest.mark.parametrize("store", ["memory", "s3"])
@@ -214,11 +214,11 @@ def test_corpus_on_an_object_store(mem_root):
     such a corpus runs in test_whole_pipeline_on_an_object_store_home."""
     from gem_assets.defs.shards import hash_shards
 
-    shards = corpus.discover_shards(_object_store_corpus(mem_root))
-    assert list(shards) == ["2024__a.jsonl", "b.parquet"] and all(isinstance(p, UPath) for p in shards.values())
-    hashes, cache = hash_shards(shards)
-    assert hashes["b.parquet"] == corpus.file_sha256(shards["b.parquet"])
-    again, cache2 = hash_shards(shards, cache)
+    found = shards.discover_shards(_object_store_corpus(mem_root))
+    assert list(found) == ["2024__a.jsonl", "b.parquet"] and all(isinstance(p, UPath) for p in found.values())
+    hashes, cache = hash_shards(found)
+    assert hashes["b.parquet"] == shards.file_sha256(found["b.parquet"])
+    again, cache2 = hash_shards(found, cache)
     assert again == hashes and cache2 == cache  # unchanged objects: same signature, not re-hashed
 
 
@@ -299,7 +299,7 @@ def test_whole_pipeline_on_an_object_store_home(mem_root, tmp_path, monkeypatch)
     res = make_resources(f"{mem_root}/home", glob, mlflow=True, state=str(state))
     layout = res["gem"].settings().layout
     assert isinstance(layout.home, UPath) and layout.dagster_home == state.resolve() / "dagster"
-    hashes, _ = hash_shards(corpus.discover_shards(glob))
+    hashes, _ = hash_shards(shards.discover_shards(glob))
     # the webserver make run asks for the stale status loads the test code location from this
     # environment: the same settings as the resources, so both sides compute the same code versions
     for name, value in {"GEM_HOME": f"{mem_root}/home", "GEM_CORPUS": glob, "GEM_PROFILE": "smoke", "GEM_K": "4",
@@ -351,15 +351,15 @@ def test_whole_pipeline_on_an_object_store_home(mem_root, tmp_path, monkeypatch)
 
 def test_default_corpus_written_once_into_an_object_store(mem_root):
     """GEM_CORPUS unset with a URL GEM_HOME: the BBC shards are written into the store, once."""
-    pattern = corpus.ensure_default_corpus(f"{mem_root}/home/corpus", n_shards=2)
+    pattern = bbc.ensure_default_corpus(f"{mem_root}/home/corpus", n_shards=2)
     assert pattern == f"{mem_root}/home/corpus/bbcnews/*.parquet"
-    shards = corpus.discover_shards(pattern)
-    assert list(shards) == ["bbcnews-000.parquet", "bbcnews-001.parquet"]
+    found = shards.discover_shards(pattern)
+    assert list(found) == ["bbcnews-000.parquet", "bbcnews-001.parquet"]
     manifest = storage.read_json(f"{mem_root}/home/corpus/bbcnews/manifest.json")
-    assert sum(s["rows"] for s in manifest["shards"]) == manifest["documents"] == 2225
-    assert sum(streaming.parquet_num_rows(p) for p in shards.values()) == 2225
-    signature = storage.file_signature(shards["bbcnews-000.parquet"])
-    assert corpus.ensure_default_corpus(f"{mem_root}/home/corpus", n_shards=2) == pattern
+    assert sum(s["rows"] for s in manifest["found"]) == manifest["documents"] == 2225
+    assert sum(streaming.parquet_num_rows(p) for p in found.values()) == 2225
+    signature = storage.file_signature(found["bbcnews-000.parquet"])
+    assert bbc.ensure_default_corpus(f"{mem_root}/home/corpus", n_shards=2) == pattern
     assert storage.file_signature(shards["bbcnews-000.parquet"]) == signature  # kept, not rewritten
 
 

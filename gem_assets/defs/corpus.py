@@ -49,7 +49,7 @@ def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResu
     """
 
     from gem_assets.lib.io import artifacts
-    from gem_assets.lib.corpus import shards as corpus
+    from gem_assets.lib.corpus import shards, validation
     from gem_assets.lib.io import storage
     from gem_assets.lib.io import streaming
 
@@ -60,7 +60,7 @@ def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResu
         path = gem.shard_path(key)
     except FileNotFoundError as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
-    sha = corpus.file_sha256(path)
+    sha = shards.file_sha256(path)
     params = settings.documents_params()
     paths = {
         "documents": layout.documents_path(key),
@@ -68,8 +68,8 @@ def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResu
         "meta": layout.documents_meta_path(key),
     }
     try:  # streamed: one batch of the shard in memory at a time, written batch by batch
-        result = corpus.validate_shard_to(path, paths["documents"], paths["quarantine"], **params)
-    except corpus.ShardError as exc:
+        result = validation.validate_shard_to(path, paths["documents"], paths["quarantine"], **params)
+    except shards.ShardError as exc:
         raise Failure(description=str(exc), metadata={"shard": key, "file": str(path)},
                       allow_retries=False) from exc
     fp = artifacts.documents_fingerprint(sha, params)

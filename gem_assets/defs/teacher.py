@@ -41,12 +41,12 @@ def teacher_sample(context: AssetExecutionContext, gem: GemConfig) -> Materializ
     import polars as pl
 
     from gem_assets.lib.io import artifacts
-    from gem_assets.lib.corpus import shards as corpus
+    from gem_assets.lib.corpus import shards
     from gem_assets.lib.mixing import sampling
 
     settings = gem.settings()
     layout = settings.layout
-    hashes = {key: corpus.file_sha256(path) for key, path in gem.shards().items()}
+    hashes = {key: shards.file_sha256(path) for key, path in gem.shards().items()}
     included, excluded = artifacts.embedded_shards(layout, hashes)
     if excluded:
         context.log.warning(f"teacher sample leaves out {len(excluded)} shard(s): {excluded}")

@@ -82,7 +82,7 @@ class GemResource(ConfigurableResource):
         settings = self.settings()
         if settings.corpus:
             return settings.corpus
-        from gem_assets.lib.corpus.shards import ensure_default_corpus
+        from gem_assets.lib.corpus.bbc import ensure_default_corpus
 
         return ensure_default_corpus(settings.layout.corpus_dir)
 

@@ -1,1 +1,2 @@
-"""Corpus shards: discovery, keys, hashing, reading, validation, the default corpus."""
+"""Corpus shards: discovery and keys (shards), batched reading (reading), validation and quarantine
+(validation), the default BBC News corpus (bbc)."""
