@@ -48,7 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gem_assets.lib.mixing.lm import LMConfig, evaluate_bpb, resolve_device, train_lm, train_lm_batch  # noqa: E402
-from gem_assets.lib.mixing.mixture import texts_to_streams  # noqa: E402
+from gem_assets.lib.mixing.streams import texts_to_streams  # noqa: E402
 from gem_assets.lib.mixing.regmix import sample_mixtures  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- data

@@ -49,7 +49,7 @@ def bbc_split(seed: int = 0) -> tuple[list[str], list[str]]:
 
 
 def _stream(texts: list[str]) -> np.ndarray:
-    from gem_assets.lib.mixing.mixture import texts_to_streams
+    from gem_assets.lib.mixing.streams import texts_to_streams
 
     return texts_to_streams(texts, ["s"] * len(texts))["s"]
 

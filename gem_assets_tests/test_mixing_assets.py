@@ -37,10 +37,10 @@ def _up_to_stats(instance, res):
 def _old_index(layout):
     """The mixing index as it was when ids and sources were held in memory (the reference)."""
     from gem_assets.lib.io import artifacts
-    from gem_assets.lib.mixing import mixture
+    from gem_assets.lib.mixing.corpus_index import corpus_index
 
     shards = storage.read_json(layout.domain_stats_dir / "summary.json")["shards"]
-    index = mixture.corpus_index(lambda k: artifacts.read_documents(layout, k),
+    index = corpus_index(lambda k: artifacts.read_documents(layout, k),
                                  lambda k: storage.read_parquet(layout.assignments_path(k), columns=["id", "domain"]),
                                  shards)
     texts = {k: artifacts.read_documents(layout, k)["text"] for k in index.shards}
@@ -53,28 +53,28 @@ def _old_index(layout):
 
 def _old_target_stream(layout, p):
     """The target stream the proxy corpus held before (sources compared and keys built in memory)."""
-    from gem_assets.lib.mixing import mixture
+    from gem_assets.lib.mixing.streams import split_documents, texts_to_streams
     from gem_assets.lib.mixing import sampling
 
     index, read_texts = _old_index(layout)
-    held = mixture.split_documents(index.domains, p["valid_fraction"], p["seed"])
+    held = split_documents(index.domains, p["valid_fraction"], p["seed"])
     if p["target"] is not None:
         held &= (index.sources == p["target"]).fill_null(False).to_numpy()
     idx = sampling.bottom_k_positions(np.flatnonzero(held), index.document_keys(), p["max_target_documents"],
                                       p["seed"], "mixing/proxy_target")
-    return mixture.texts_to_streams(read_texts(idx), ["target"] * idx.size)["target"]
+    return texts_to_streams(read_texts(idx), ["target"] * idx.size)["target"]
 
 
 def _assert_mixture_as_before(layout, p, tmp):
     """The curated mixture's files are byte for byte those the in-memory index (ids held) writes."""
-    from gem_assets.lib.mixing import mixture
+    from gem_assets.lib.mixing.curated import sample_curated_mixture, write_curated_parts
 
     manifest = storage.read_json(layout.mixture_dir / "manifest.json")
     index, read_texts = _old_index(layout)
     weights = np.array([manifest["weights"][str(d)] for d in range(len(manifest["weights"]))])
-    sample = mixture.sample_curated_mixture(index.tokens, index.domains, weights, manifest["budget_tokens"],
+    sample = sample_curated_mixture(index.tokens, index.domains, weights, manifest["budget_tokens"],
                                             p["max_epochs"], p["seed"])
-    files = mixture.write_curated_parts(index, sample, read_texts, tmp, p["rows_per_shard"])
+    files = write_curated_parts(index, sample, read_texts, tmp, p["rows_per_shard"])
     assert files == manifest["files"]
     for f in files:
         assert (tmp / f).read_bytes() == (layout.mixture_dir / f).read_bytes(), f
@@ -103,7 +103,7 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance, tmp_pat
     # the target stream holds a seeded sample of at most mix_max_target_documents held-out documents
     assert meta["target_documents"] == 5 and meta["target_documents_available"] == meta["valid_documents"] > 5
     target = storage.read_safetensors(layout.proxy_corpus_dir / "target.safetensors")["target"]
-    assert int((target == 0).sum()) == 5    # one separator byte per document (mixture.SEPARATOR)
+    assert int((target == 0).sum()) == 5    # one separator byte per document (SEPARATOR)
     # the same documents as the in-memory reference (keys and sources in memory), byte for byte
     np.testing.assert_array_equal(target, _old_target_stream(layout, settings.mixture_params()))
     assert math.isclose(sum(meta["natural_shares"].values()), 1.0)

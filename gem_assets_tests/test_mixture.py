@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gem_assets.lib.mixing.mixture import (SEPARATOR, allocate_tokens, document_tokens, domain_streams,
-                                    sample_curated_mixture, split_documents, texts_to_streams)
+from gem_assets.lib.mixing.curated import allocate_tokens, sample_curated_mixture
+from gem_assets.lib.mixing.streams import SEPARATOR, document_tokens, domain_streams, split_documents, texts_to_streams
 
 
 def test_texts_to_streams_joins_documents_with_the_separator():

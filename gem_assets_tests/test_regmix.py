@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gem_assets.lib.mixing.lm import LMConfig
-from gem_assets.lib.mixing.mixture import texts_to_streams
+from gem_assets.lib.mixing.streams import texts_to_streams
 from gem_assets.lib.mixing.regmix import AUTO_MIN_RUNS, MixtureRegressor, auto_kind, cv_spearman, fit_and_propose, \
     propose_mixture, run_regmix, sample_mixtures
 

@@ -101,7 +101,7 @@ _TARGET_PURPOSE = "mixing/proxy_target"
 
 
 def _index(settings: Settings, shards, target_source: str | None = None, key_seed: int | None = None):
-    """Every counted document without its text or any string (``lib.mixing.mixture.corpus_index``, one
+    """Every counted document without its text or any string (``lib.mixing.corpus_index.corpus_index``, one
     shard at a time; its numeric columns, with ``is_target`` for ``target_source`` and, given
     ``key_seed``, the target sample's key priorities, memory-mapped from unlinked files under the
     local state folder), and readers of the texts and of the ids of index positions, shard by shard
@@ -109,12 +109,12 @@ def _index(settings: Settings, shards, target_source: str | None = None, key_see
     import polars as pl
 
     from gem_assets.lib.io import artifacts
-    from gem_assets.lib.mixing import mixture
+    from gem_assets.lib.mixing.corpus_index import corpus_index, read_index_texts
     from gem_assets.lib.io import storage
     from gem_assets.lib.io.streaming import iter_selected_rows
 
     layout = settings.layout
-    index = mixture.corpus_index(lambda key: artifacts.read_documents(layout, key),
+    index = corpus_index(lambda key: artifacts.read_documents(layout, key),
                                  lambda key: storage.read_parquet(layout.assignments_path(key), columns=["id", "domain"]),
                                  shards, spill_dir=layout.state_dir / "tmp", target_source=target_source,
                                  key_seed=key_seed, key_purpose=_TARGET_PURPOSE)
@@ -126,7 +126,7 @@ def _index(settings: Settings, shards, target_source: str | None = None, key_see
             return [v for df in iter_selected_rows(layout.documents_path(key), rows, columns=[column])
                     for v in df[column].cast(pl.String)]  # ids as the index reads them (strings)
 
-        return lambda positions: mixture.read_index_texts(index, positions, read_rows)
+        return lambda positions: read_index_texts(index, positions, read_rows)
 
     return index, reader("text"), reader("id")
 
@@ -238,7 +238,8 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     import numpy as np
     import polars as pl
 
-    from gem_assets.lib.mixing import mixture
+    from gem_assets.lib.mixing.corpus_index import bottom_k_by_priority
+    from gem_assets.lib.mixing.streams import SEPARATOR, proxy_streams, split_documents
     from gem_assets.lib.io import storage
 
     settings = gem.settings()
@@ -249,7 +250,7 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     k = _n_domains(settings)
     names = [str(i) for i in range(k)]
     labels = index.domains
-    held = mixture.split_documents(labels, p["valid_fraction"], p["seed"])  # the split proxy_streams makes
+    held = split_documents(labels, p["valid_fraction"], p["seed"])  # the split proxy_streams makes
     target_mask = held.copy()
     if p["target"] is not None:
         target_mask &= index.is_target  # source == GEM_MIX_TARGET, computed while indexing
@@ -261,11 +262,11 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     # stream is held in memory, so it must not grow with the corpus. The keys' priorities
     # (sampling.key_priority) were computed while indexing: the sample is sampling.bottom_k_positions'
     target_available = int(target_mask.sum())
-    target_idx = mixture.bottom_k_by_priority(np.flatnonzero(target_mask), index.priority, p["max_target_documents"],
+    target_idx = bottom_k_by_priority(np.flatnonzero(target_mask), index.priority, p["max_target_documents"],
                                               keys=lambda pos: index.keys_at(pos, read_ids))
     target_mask = np.zeros_like(target_mask)
     target_mask[target_idx] = True
-    train, valid, target = mixture.proxy_streams(index, read_texts, names, p["valid_fraction"], p["seed"],
+    train, valid, target = proxy_streams(index, read_texts, names, p["valid_fraction"], p["seed"],
                                                  p["max_bytes_per_domain"], target_mask, valid=held)
     tokens = index.tokens
     all_tokens = np.bincount(labels, weights=tokens, minlength=k)
@@ -290,8 +291,8 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
             storage.write_safetensors(tmp / "valid.safetensors", valid)
         storage.write_safetensors(tmp / "target.safetensors", target)
         storage.write_json(tmp / "meta.json", meta)
-    sep_train = sum(int((s == mixture.SEPARATOR).sum()) for s in train.values())
-    sep_valid = sum(int((s == mixture.SEPARATOR).sum()) for s in valid.values())
+    sep_train = sum(int((s == SEPARATOR).sum()) for s in train.values())
+    sep_valid = sum(int((s == SEPARATOR).sum()) for s in valid.values())
     capped = p["max_bytes_per_domain"] is not None
     conserved = int(docs.sum()) == labels.size and (capped or sep_train + sep_valid == labels.size)
     disjoint = not bool((target_mask & ~held).any())
@@ -676,7 +677,7 @@ def curated_mixture(context: AssetExecutionContext, gem: GemConfig) -> Materiali
     import numpy as np
     import polars as pl
 
-    from gem_assets.lib.mixing import mixture
+    from gem_assets.lib.mixing.curated import sample_curated_mixture, write_curated_parts
     from gem_assets.lib.io import storage
 
     settings = gem.settings()
@@ -697,7 +698,7 @@ def curated_mixture(context: AssetExecutionContext, gem: GemConfig) -> Materiali
     tokens = index.tokens
     labels = index.domains
     budget = p["mixture_tokens"] or int(tokens.sum())
-    sample = mixture.sample_curated_mixture(tokens, labels, weights, budget, p["max_epochs"], p["seed"])
+    sample = sample_curated_mixture(tokens, labels, weights, budget, p["max_epochs"], p["seed"])
     per_domain = [{**r, "domain": names[r["domain"]]} for r in sample.per_domain]
     teacher = layout.teacher_outputs_dir / "summary.json"
     student = layout.student_outputs_dir / "summary.json"
@@ -721,7 +722,7 @@ def curated_mixture(context: AssetExecutionContext, gem: GemConfig) -> Materiali
     out = layout.mixture_dir
     with storage.atomic_dir(out) as tmp:
         # the shuffled rows, written with a bucketed external shuffle (one shard or bucket in memory)
-        if mixture.write_curated_parts(index, sample, read_texts, tmp, size, read_ids=read_ids) != files:
+        if write_curated_parts(index, sample, read_texts, tmp, size, read_ids=read_ids) != files:
             raise Failure(description="the curated mixture's files differ from its manifest", allow_retries=False)
         storage.write_json(tmp / "manifest.json", manifest)
 

@@ -4,7 +4,7 @@ Target models
 -------------
 Every target model trains on ``budget_tokens`` bytes of *documents* drawn from the training pool
 per the mixture (:func:`sample_documents`): each domain's byte target ``w_k * B`` capped at
-``max_epochs`` passes over its documents (``lib.mixing.mixture.allocate_tokens``), filled with whole
+``max_epochs`` passes over its documents (``lib.mixing.curated.allocate_tokens``), filled with whole
 passes, then with documents in the order of a per-seed priority. The priority of a document is
 the same for every bucketization and mixer of one seed (common random numbers): two mixtures of
 one seed that want the same documents get the same ones, so paired differences between
@@ -41,7 +41,7 @@ __all__ = ["sample_documents", "NGramTargets", "TransformerTargets", "MixerSetti
 
 def document_bytes(texts: Sequence[str]) -> list[bytes]:
     """UTF-8 bytes of each text, NUL bytes replaced by spaces (byte 0 separates documents)."""
-    from gem_assets.lib.mixing.mixture import _encode
+    from gem_assets.lib.mixing.streams import _encode
 
     return _encode(texts)
 
@@ -68,7 +68,7 @@ def sample_documents(doc_tokens: np.ndarray, labels: np.ndarray, weights, budget
     -------
     numpy.ndarray of int64, shape (N,)
     """
-    from gem_assets.lib.mixing.mixture import allocate_tokens
+    from gem_assets.lib.mixing.curated import allocate_tokens
 
     tok = np.asarray(doc_tokens, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)

@@ -390,7 +390,7 @@ def run_experiment(
     from tqdm.auto import tqdm
 
     from gem_assets.lib.evaluation.backends import NGramTargets, TransformerTargets, mixer_weights, sample_documents
-    from gem_assets.lib.mixing.mixture import domain_streams
+    from gem_assets.lib.mixing.streams import domain_streams
 
     _check_inputs(pool_texts, bucketizations, target_texts, target_labels, select_texts, select_labels)
     if not select_texts and "regmix" in config.mixers:

@@ -19,7 +19,7 @@ Batches
 position uniformly in that domain's stream; a row is ``context + 1`` consecutive bytes (inputs
 and next-byte targets). Streams are read cyclically: a window that runs past the end continues
 at the start, so a domain shorter than the context still yields full rows (its documents are
-separated by a separator byte, see ``lib/mixing/mixture.py``, so the wrap joins two documents as the
+separated by a separator byte, see ``lib/mixing/streams.py``, so the wrap joins two documents as the
 stream does everywhere else).
 
 With ``stratified=True`` every domain is in every batch: each of the K domains gets
@@ -194,7 +194,7 @@ def check_streams(streams: Mapping[str, np.ndarray], *, name: str = "streams") -
             raise ValueError(f"{name}[{key!r}] must be a 1-D byte stream, got shape {a.shape}")
         if a.dtype != np.uint8:
             raise ValueError(f"{name}[{key!r}] must have dtype uint8 (bytes), got {a.dtype}; "
-                             "build streams with lib.mixing.mixture.texts_to_streams")
+                             "build streams with lib.mixing.streams.texts_to_streams")
         if a.size < 2:
             raise ValueError(f"{name}[{key!r}] holds {a.size} byte(s): a stream needs >= 2 bytes "
                              "(an input and a target); drop empty domains")

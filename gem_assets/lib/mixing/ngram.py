@@ -74,7 +74,7 @@ def _check_stream(stream, name: str = "stream") -> np.ndarray:
         raise ValueError(f"{name} must be a 1-D byte stream, got shape {a.shape}")
     if a.dtype != np.uint8:
         raise ValueError(f"{name} must have dtype uint8 (bytes), got {a.dtype}; build streams with "
-                         "lib.mixing.mixture.texts_to_streams")
+                         "lib.mixing.streams.texts_to_streams")
     return a
 
 
