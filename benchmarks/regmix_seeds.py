@@ -29,7 +29,7 @@ def main() -> None:
     import polars as pl
 
     from gem_assets.defs.evaluation import _config
-    from gem_assets.lib.evaluation import experiment as lib
+    from gem_assets.lib.evaluation import corpus_sample, experiment, statistics
     from gem_assets.lib.io import artifacts, storage
     from gem_assets.resources.config import GemConfig
 
@@ -38,7 +38,7 @@ def main() -> None:
     layout = settings.layout
     keys = sorted(gem.shards())
     params = settings.evaluation_params()
-    sample = lib.sample_corpus(layout, keys, holdout=params["holdout"], seed=params["seed"],
+    sample = corpus_sample.sample_corpus(layout, keys, holdout=params["holdout"], seed=params["seed"],
                                max_target_documents=params["max_target_documents"],
                                max_train_documents=params["max_train_documents"])
     vectors, _, _ = artifacts.read_teacher_sample(layout)
@@ -48,15 +48,15 @@ def main() -> None:
         config = dataclasses.replace(base, seeds=tuple(range(args.eval_seeds)), mixers=("natural", "regmix"),
                                      mixing=dataclasses.replace(base.mixing, seed=seed))
         t0 = time.perf_counter()
-        ev = lib.evaluate_corpus(sample, vectors, k, config, select=params["select"], use_source=True,
-                                 kmeans=params["kmeans"], texts=lambda rows: lib.read_texts(layout, rows))
-        table = ev.table.filter(pl.col("target") == lib.ALL)
+        ev = experiment.evaluate_corpus(sample, vectors, k, config, select=params["select"], use_source=True,
+                                 kmeans=params["kmeans"], texts=lambda rows: corpus_sample.read_texts(layout, rows))
+        table = ev.table.filter(pl.col("target") == statistics.ALL)
         bpb = {(r["bucketization"], r["mixer"]): r["bpb_target"] for r in table.iter_rows(named=True)}
         line = ", ".join(f"{b} natural {bpb[(b, 'natural')]:.4f} regmix {bpb[(b, 'regmix')]:.4f}"
                          for b in ("source", "kmeans", "gem") if (b, "regmix") in bpb)
         print(f"RegMix seed {seed} (target all): {line}")
         d = ev.differences.filter((pl.col("versus") == "kmeans") & (pl.col("mixer") == "regmix")
-                                  & pl.col("target").is_in([lib.ALL, "mean_of_sources"]))
+                                  & pl.col("target").is_in([statistics.ALL, "mean_of_sources"]))
         for r in d.iter_rows(named=True):
             print(f"  GEM - k-means under RegMix on {r['target']}: {r['difference']:+.4f} +- {r['half_width']:.4f}")
         print(f"  {time.perf_counter() - t0:.0f} s", flush=True)

@@ -10,19 +10,19 @@ import polars as pl
 import pytest
 
 from conftest import make_docs
-from gem_assets.lib.evaluation import experiment as ev
+from gem_assets.lib.evaluation import corpus_sample, experiment, reports, splits, statistics
 from gem_assets.lib.evaluation.backends import MixerSettings, NGramTargets, sample_documents
 from gem_assets.lib.evaluation.bucketize import MISSING_LABEL, Bucketization, from_domains, from_labels, kmeans_buckets
 from gem_assets.lib.util.metrics import nmi
 from gem_assets.lib.mixing.sampling import key_priority
 
 
-def _config(**kw) -> ev.EvaluationConfig:
+def _config(**kw) -> experiment.EvaluationConfig:
     base = dict(budget_tokens=3000, seeds=(0, 1, 2), order=3,
                 mixing=MixerSettings(proxy_tokens=2000, regmix_runs=8, doremi_rounds=3, budget_tokens=3000, order=3,
                                      n_simulations=2000, top_k=16))
     base.update(kw)
-    return ev.EvaluationConfig(**base)
+    return experiment.EvaluationConfig(**base)
 
 
 class SpyTargets(NGramTargets):
@@ -40,9 +40,9 @@ class SpyTargets(NGramTargets):
 def _corpus(n=160):
     docs = make_docs(n, seed=5)
     keys = [f"s/{d['id']}" for d in docs]
-    held = ev.holdout_split(keys, 0.2, seed=0)
+    held = splits.holdout_split(keys, 0.2, seed=0)
     pool = np.flatnonzero(~held)
-    select = ev.select_split([keys[i] for i in pool], 0.2, seed=0)
+    select = splits.select_split([keys[i] for i in pool], 0.2, seed=0)
     fit = pool[~select]
     return docs, held, pool[select], fit
 
@@ -50,23 +50,23 @@ def _corpus(n=160):
 # --------------------------------------------------------------------------- statistics
 def test_t_interval_hand_computed():
     # n = 2: one degree of freedom, t_{0.975,1} = tan(0.475 pi) (Cauchy quantile)
-    ci = ev.t_interval([1.0, 3.0])
+    ci = statistics.t_interval([1.0, 3.0])
     t1 = math.tan(0.475 * math.pi)
     assert ci["mean"] == 2.0 and ci["n"] == 2
     assert ci["std"] == pytest.approx(math.sqrt(2.0))
     assert ci["half_width"] == pytest.approx(t1 * math.sqrt(2.0) / math.sqrt(2.0), rel=1e-10)  # 12.7062
     assert ci["half_width"] == pytest.approx(12.706204736, rel=1e-9)
     # n = 3: two degrees of freedom, t_p = (2p - 1) sqrt(2 / (4 p (1 - p))) at p = 0.975
-    ci = ev.t_interval([1.0, 2.0, 3.0])
+    ci = statistics.t_interval([1.0, 2.0, 3.0])
     t2 = 0.95 * math.sqrt(2.0 / (4 * 0.975 * 0.025))
     assert ci["mean"] == pytest.approx(2.0) and ci["std"] == pytest.approx(1.0)
     assert ci["half_width"] == pytest.approx(t2 / math.sqrt(3.0), rel=1e-10)   # 4.30265 / sqrt(3) = 2.4841
     assert ci["low"] == pytest.approx(2.0 - t2 / math.sqrt(3.0)) and ci["high"] == pytest.approx(2.0 + t2 / math.sqrt(3.0))
     # 90%: p = 0.95 with two degrees of freedom
-    ci90 = ev.t_interval([1.0, 2.0, 3.0], confidence=0.90)
+    ci90 = statistics.t_interval([1.0, 2.0, 3.0], confidence=0.90)
     assert ci90["half_width"] == pytest.approx(0.9 * math.sqrt(2.0 / (4 * 0.95 * 0.05)) / math.sqrt(3.0), rel=1e-10)
     # equal values: a zero-width interval, no NaN
-    ci = ev.t_interval([0.5, 0.5, 0.5])
+    ci = statistics.t_interval([0.5, 0.5, 0.5])
     assert ci["half_width"] == 0.0 and ci["low"] == ci["high"] == 0.5
 
 
@@ -80,34 +80,34 @@ def test_t_interval_hand_computed():
 ])
 def test_t_interval_rejects_bad_input(values, confidence, match):
     with pytest.raises(ValueError, match=match):
-        ev.t_interval(values, confidence)
+        statistics.t_interval(values, confidence)
 
 
 # --------------------------------------------------------------------------- splits
 def test_holdout_split_is_a_seeded_hash_of_each_key():
     keys = [f"shard/{i:04d}" for i in range(101)]
-    m = ev.holdout_split(keys, 0.1, seed=3)
+    m = splits.holdout_split(keys, 0.1, seed=3)
     # each document by its own key: priority below fraction * 2^64 (hand-checkable rule)
     expected = [key_priority(3, "evaluation/holdout", k) < int(0.1 * 2**64) for k in keys]
     assert m.dtype == bool and m.tolist() == expected and 0 < m.sum() < 101
-    assert np.array_equal(m, ev.holdout_split(keys, 0.1, seed=3))
+    assert np.array_equal(m, splits.holdout_split(keys, 0.1, seed=3))
     perm = np.random.default_rng(0).permutation(101)
-    m2 = ev.holdout_split([keys[i] for i in perm], 0.1, seed=3)
+    m2 = splits.holdout_split([keys[i] for i in perm], 0.1, seed=3)
     assert np.array_equal(m2, m[perm])                                     # the order of keys does not matter
     # adding documents never moves an old one to the other side (a growing corpus keeps its targets)
-    grown = ev.holdout_split(keys + [f"new/{i}" for i in range(50)], 0.1, seed=3)
+    grown = splits.holdout_split(keys + [f"new/{i}" for i in range(50)], 0.1, seed=3)
     assert np.array_equal(grown[:101], m)
-    assert not np.array_equal(m, ev.holdout_split(keys, 0.1, seed=4))
+    assert not np.array_equal(m, splits.holdout_split(keys, 0.1, seed=4))
     # the share held out is the fraction: binomial, within 4 standard deviations on 20,000 keys
-    big = ev.holdout_split([f"s/{i}" for i in range(20_000)], 0.1, seed=0)
+    big = splits.holdout_split([f"s/{i}" for i in range(20_000)], 0.1, seed=0)
     assert abs(big.mean() - 0.1) < 4 * math.sqrt(0.1 * 0.9 / 20_000)
     # the selection split (of the small training pool) is an exact-size, independent draw
-    sel = ev.select_split(keys, 0.1, seed=3)
+    sel = splits.select_split(keys, 0.1, seed=3)
     assert sel.sum() == 10 and not np.array_equal(m, sel)
-    assert ev.select_split(["a", "b"], 0.01, 0).sum() == 1 and ev.select_split(["a", "b"], 0.99, 0).sum() == 1
+    assert splits.select_split(["a", "b"], 0.01, 0).sum() == 1 and splits.select_split(["a", "b"], 0.99, 0).sum() == 1
 
 
-@pytest.mark.parametrize("split", [ev.holdout_split, ev.select_split])
+@pytest.mark.parametrize("split", [splits.holdout_split, splits.select_split])
 @pytest.mark.parametrize("keys, fraction, match", [
     (["a", "b", "c"], 0.0, "fraction"),
     (["a", "b", "c"], 1.0, "fraction"),
@@ -118,7 +118,7 @@ def test_splits_reject_bad_input(split, keys, fraction, match):
     with pytest.raises(ValueError, match=match):
         split(keys, fraction, 0)
     with pytest.raises(ValueError, match="at least 2"):
-        ev.select_split(["a"], 0.5, 0)
+        splits.select_split(["a"], 0.5, 0)
 
 
 def test_sample_documents_hand_computed():
@@ -222,9 +222,9 @@ def test_run_experiment_grid_budget_and_target_never_seen():
     tgt = np.flatnonzero(held)
     target_texts = [texts[i] for i in tgt]
     kw = dict(target_labels=[sources[i] for i in tgt], select_labels=[sources[i] for i in select])
-    targets, _ = ev._targets(target_texts, kw["target_labels"], [texts[i] for i in select], kw["select_labels"])
+    targets, _ = experiment._targets(target_texts, kw["target_labels"], [texts[i] for i in select], kw["select_labels"])
     spy = SpyTargets(fit_texts, targets, order=3)
-    res = ev.run_experiment(fit_texts, bs, [texts[i] for i in select], target_texts, cfg, targets_backend=spy, **kw)
+    res = experiment.run_experiment(fit_texts, bs, [texts[i] for i in select], target_texts, cfg, targets_backend=spy, **kw)
     runs = res.runs
     assert res.targets == ["all", "food", "money", "sport", "tech"]
     # target-free mixers: one model scored on 5 targets; RegMix: one model per target
@@ -245,7 +245,7 @@ def test_run_experiment_grid_budget_and_target_never_seen():
     # the target documents are not in the pool the models sample from
     assert not set(target_texts) & set(fit_texts)
     # seeds reproduce
-    again = ev.run_experiment(fit_texts, bs, [texts[i] for i in select], target_texts, cfg, **kw)
+    again = experiment.run_experiment(fit_texts, bs, [texts[i] for i in select], target_texts, cfg, **kw)
     assert again.runs.drop("train_seconds").equals(runs.drop("train_seconds"))
 
 
@@ -269,31 +269,31 @@ def test_a_bucketization_that_isolates_the_target_gives_it_the_better_mixture():
     cfg = _config(budget_tokens=3000, seeds=tuple(range(10)), mixers=("natural", "regmix"),
                   mixing=MixerSettings(proxy_tokens=2000, regmix_runs=12, doremi_rounds=2, budget_tokens=3000, order=3,
                                        n_simulations=2000, top_k=16))
-    res = ev.run_experiment(pool, [by_lang, random], select, target, cfg)
+    res = experiment.run_experiment(pool, [by_lang, random], select, target, cfg)
     assert res.weights["lang"]["regmix"]["all"]["lang:z"] > 0.8
     # on the language buckets RegMix beats natural shares seed by seed (a resolved paired difference) ...
     lang = res.runs.filter(pl.col("bucketization") == "lang").sort("seed")
     gain = (lang.filter(pl.col("mixer") == "regmix")["bpb"] - lang.filter(pl.col("mixer") == "natural")["bpb"])
-    assert ev.t_interval(gain.to_numpy())["high"] < 0
+    assert statistics.t_interval(gain.to_numpy())["high"] < 0
     # ... and RegMix on them beats RegMix on random buckets, which can only lean on one random half
-    diff = ev.paired_differences(res.runs, "lang").filter(pl.col("mixer") == "regmix").row(0, named=True)
+    diff = statistics.paired_differences(res.runs, "lang").filter(pl.col("mixer") == "regmix").row(0, named=True)
     assert diff["difference"] < -0.05
-    nat = ev.paired_differences(res.runs, "lang").filter(pl.col("mixer") == "natural").row(0, named=True)
+    nat = statistics.paired_differences(res.runs, "lang").filter(pl.col("mixer") == "natural").row(0, named=True)
     assert abs(nat["difference"]) < abs(diff["difference"])
 
 
 def test_run_experiment_rejects_bad_input():
     b = from_domains("a", [0, 1], 2)
     with pytest.raises(ValueError, match="labels 2 documents but there are 3"):
-        ev.run_experiment(["x", "y", "z"], [b], ["s"], ["t"], _config())
+        experiment.run_experiment(["x", "y", "z"], [b], ["s"], ["t"], _config())
     with pytest.raises(ValueError, match="target set is empty"):
-        ev.run_experiment(["x", "y"], [b], ["s"], [], _config())
+        experiment.run_experiment(["x", "y"], [b], ["s"], [], _config())
     with pytest.raises(ValueError, match="distinct"):
-        ev.run_experiment(["x", "y"], [b, b], ["s"], ["t"], _config())
+        experiment.run_experiment(["x", "y"], [b, b], ["s"], ["t"], _config())
     with pytest.raises(ValueError, match="selection set"):
-        ev.run_experiment(["x", "y"], [b], [], ["t"], _config())
+        experiment.run_experiment(["x", "y"], [b], [], ["t"], _config())
     with pytest.raises(ValueError, match="target_labels"):
-        ev.run_experiment(["x", "y"], [b], ["s"], ["t"], _config(), target_labels=["a", "b"])
+        experiment.run_experiment(["x", "y"], [b], ["s"], ["t"], _config(), target_labels=["a", "b"])
 
 
 # --------------------------------------------------------------------------- tables and picture
@@ -310,7 +310,7 @@ def _runs() -> pl.DataFrame:
 
 
 def test_summarize_and_paired_differences_hand_computed():
-    table = ev.summarize(_runs())
+    table = statistics.summarize(_runs())
     assert table.height == 4 * 4 and set(table["seeds"]) == {3}           # 3 targets + their mean
     t2 = 0.95 * math.sqrt(2.0 / (4 * 0.975 * 0.025))
     row = table.row(0, named=True)
@@ -320,37 +320,37 @@ def test_summarize_and_paired_differences_hand_computed():
     tech = table.filter((pl.col("target") == "tech") & (pl.col("bucketization") == "gem")
                         & (pl.col("mixer") == "natural")).row(0, named=True)
     assert tech["bpb_target"] == pytest.approx(2.7)
-    mean = table.filter((pl.col("target") == ev.MEAN_OF_SOURCES) & (pl.col("bucketization") == "gem")
+    mean = table.filter((pl.col("target") == statistics.MEAN_OF_SOURCES) & (pl.col("bucketization") == "gem")
                         & (pl.col("mixer") == "natural")).row(0, named=True)
     assert mean["bpb_target"] == pytest.approx(2.2 + 0.4)                   # mean of +0.5 and +0.3
     assert (table["bpb_target_low"] <= table["bpb_target"]).all()
     assert (table["bpb_target"] <= table["bpb_target_high"]).all()
-    diff = ev.paired_differences(_runs(), "gem")
+    diff = statistics.paired_differences(_runs(), "gem")
     assert set(diff["versus"]) == {"kmeans"} and diff.height == 2 * 4
     nat = diff.filter((pl.col("mixer") == "natural") & (pl.col("target") == "all")).row(0, named=True)
     assert nat["difference"] == pytest.approx(-0.1) and nat["low"] == pytest.approx(-0.1)   # constant gap
     uni = diff.filter((pl.col("mixer") == "uniform") & (pl.col("target") == "all")).row(0, named=True)
     assert uni["difference"] == pytest.approx(0.0)
     assert uni["half_width"] == pytest.approx(t2 * 0.1 / math.sqrt(3))     # diffs -0.1, 0, 0.1
-    assert ev.paired_differences(_runs().filter(pl.col("bucketization") == "gem"), "gem").height == 0
+    assert statistics.paired_differences(_runs().filter(pl.col("bucketization") == "gem"), "gem").height == 0
     with pytest.raises(ValueError, match="reference"):
-        ev.paired_differences(_runs(), "source")
+        statistics.paired_differences(_runs(), "source")
 
 
 def test_results_markdown_and_chart():
-    table = ev.summarize(_runs())
-    md = ev.results_markdown(table)
+    table = statistics.summarize(_runs())
+    md = reports.results_markdown(table)
     lines = md.splitlines()
     assert lines[0].startswith("| target | bucketization | mixer | domains | seeds | bpb") and len(lines) == 2 + 16
     assert "| all | gem | uniform | 4 | 3 | **2.0000** ±" in md          # best of its target and mixer in bold
     assert "| all | gem | natural | 4 | 3 | **2.2000** ±" in md
     assert "| all | kmeans | natural | 4 | 3 | 2.3000 ±" in md
-    diffs = ev.differences_markdown(ev.paired_differences(_runs(), "gem"))
+    diffs = reports.differences_markdown(statistics.paired_differences(_runs(), "gem"))
     assert "| all | natural | kmeans | 3 | -0.1000 |" in diffs and "gem better" in diffs
-    png = ev.bpb_chart(table)
+    png = reports.bpb_chart(table)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     with pytest.raises(ValueError, match="none of the targets"):
-        ev.bpb_chart(table.filter(pl.col("target") == "tech"), targets=["food"])
+        reports.bpb_chart(table.filter(pl.col("target") == "tech"), targets=["food"])
 
 
 # --------------------------------------------------------------------------- the corpus end to end
@@ -372,15 +372,15 @@ def _frame(n=120, embedded_every=1):
 
 
 def _sample(frame, vectors, holdout=0.1, **kw):
-    return ev.sample_frame(frame, vectors, holdout=holdout, seed=0, **kw)
+    return corpus_sample.sample_frame(frame, vectors, holdout=holdout, seed=0, **kw)
 
 
 def test_evaluate_corpus_splits_buckets_and_reports():
     frame, vectors, sample = _frame()
     drawn = _sample(frame, vectors)
-    out = ev.evaluate_corpus(drawn, sample, 4, _config(), select=0.1, use_source=True)
+    out = experiment.evaluate_corpus(drawn, sample, 4, _config(), select=0.1, use_source=True)
     c = out.counts
-    held = ev.holdout_split(frame["key"].to_list(), 0.1, 0)
+    held = splits.holdout_split(frame["key"].to_list(), 0.1, 0)
     n_held = int(held.sum())                                   # 14 of 120 with this seed
     n_select = max(1, round(0.1 * (120 - n_held)))
     assert c == {"documents": 120, "target": n_held, "select": n_select, "fit": 120 - n_held - n_select,
@@ -392,7 +392,7 @@ def test_evaluate_corpus_splits_buckets_and_reports():
     assert sorted(out.bucket_counts["kmeans"].values()) == sorted(out.bucket_counts["source"].values())
     n_targets = len(out.result.targets) + (len(out.result.targets) > 1)          # + the mean of the sources
     assert out.table.height == 3 * 4 * n_targets and set(out.differences["versus"]) == {"source", "kmeans"}
-    md = ev.report_markdown(out, _config())
+    md = reports.report_markdown(out, _config())
     assert f"{n_held} held-out target + {n_select} weight-selection + {c['fit']} training + 0 without" in md
     assert "| all | gem | regmix | 4 | 3 |" in md and "GEM minus each other bucketization" in md
     # the pool's vectors are those of its documents
@@ -404,23 +404,23 @@ def test_evaluate_corpus_splits_buckets_and_reports():
 def test_evaluate_corpus_without_source_and_with_unembedded_documents():
     frame, vectors, sample = _frame(embedded_every=2)        # half the documents have no embedding
     cfg = _config(mixers=("natural", "uniform"))
-    out = ev.evaluate_corpus(_sample(frame, vectors), sample, 4, cfg, select=0.1, use_source=False)
+    out = experiment.evaluate_corpus(_sample(frame, vectors), sample, 4, cfg, select=0.1, use_source=False)
     c = out.counts
-    n_held = int(ev.holdout_split(frame["key"].to_list(), 0.1, 0).sum())
+    n_held = int(splits.holdout_split(frame["key"].to_list(), 0.1, 0).sum())
     assert c["target"] == n_held and c["fit"] + c["select"] + c["unusable"] == 120 - n_held and c["unusable"] >= 50
     assert list(out.bucket_counts) == ["kmeans", "gem"]
     assert out.result.targets == ["all"]                         # no source targets without labels
     with pytest.raises(ValueError, match="no document has a source label"):
-        ev.evaluate_corpus(_sample(frame.with_columns(pl.lit(None, dtype=pl.String).alias("source")), vectors),
+        experiment.evaluate_corpus(_sample(frame.with_columns(pl.lit(None, dtype=pl.String).alias("source")), vectors),
                            sample, 4, _config(), select=0.1, use_source=True)
     with pytest.raises(ValueError, match="at least 2"):
-        ev.evaluate_corpus(_sample(frame.with_columns(pl.lit(None, dtype=pl.Int64).alias("gem")), vectors),
+        experiment.evaluate_corpus(_sample(frame.with_columns(pl.lit(None, dtype=pl.Int64).alias("gem")), vectors),
                            sample, 4, _config(), select=0.1, use_source=False)
     # a corpus too small to hold anything out says so
     tiny = frame.head(3)
-    assert ev.holdout_split(tiny["key"].to_list(), 0.01, 0).sum() == 0
+    assert splits.holdout_split(tiny["key"].to_list(), 0.01, 0).sum() == 0
     with pytest.raises(ValueError, match="no document of 3 was held out"):
-        ev.evaluate_corpus(_sample(tiny, vectors, holdout=0.01), sample, 4, cfg, select=0.1, use_source=False,
+        experiment.evaluate_corpus(_sample(tiny, vectors, holdout=0.01), sample, 4, cfg, select=0.1, use_source=False,
                            )
 
 
@@ -431,32 +431,32 @@ def test_corpus_sampler_is_the_same_in_batches_in_any_order():
     frame = frame.with_columns(pl.Series("shard", [f"s{i % 4}" for i in range(200)]))
     caps = dict(max_target_documents=7, max_train_documents=25)
     whole = _sample(frame, vectors, holdout=0.2, **caps)
-    sampler = ev.CorpusSampler(0.2, 0, **caps)
+    sampler = corpus_sample.CorpusSampler(0.2, 0, **caps)
     for (_,), part in sorted(frame.group_by("shard"), key=lambda g: g[0][0], reverse=True):
         sampler.offer(part.sample(fraction=1.0, shuffle=True, seed=1))
     parts = sampler.sample(lambda rows: vectors[rows["vec"].to_numpy()])
     assert whole.frame.equals(parts.frame) and whole.counts == parts.counts
     np.testing.assert_array_equal(whole.vectors, parts.vectors)
     keys = frame["key"]
-    held = ev.holdout_split(keys, 0.2, 0)
+    held = splits.holdout_split(keys, 0.2, 0)
     usable = frame["vec"].is_not_null().to_numpy()
-    target = ev.capped_sample(np.flatnonzero(held), keys, 7, 0, "target")
-    pool = ev.capped_sample(np.flatnonzero(~held & usable), keys, 25, 0, "pool")
+    target = corpus_sample.capped_sample(np.flatnonzero(held), keys, 7, 0, "target")
+    pool = corpus_sample.capped_sample(np.flatnonzero(~held & usable), keys, 25, 0, "pool")
     t, p = whole.frame.filter(pl.col("target")), whole.frame.filter(~pl.col("target"))
     assert set(t["key"]) == set(keys.gather(target)) and set(p["key"]) == set(keys.gather(pool))
     assert whole.counts == {"documents": 200, "held_out": int(held.sum()), "unusable": int((~held & ~usable).sum()),
                             "with_source": 200, "target": 7, "pool_available": int((~held & usable).sum()), "pool": 25}
     assert t["vec"].is_null().all() and p["vec"].to_list() == list(range(25))
     with pytest.raises(ValueError, match="lacks the column"):
-        ev.CorpusSampler(0.2, 0).offer(frame.drop("gem"))
+        corpus_sample.CorpusSampler(0.2, 0).offer(frame.drop("gem"))
     with pytest.raises(ValueError, match="'text' column"):
-        s = ev.CorpusSampler(0.2, 0)
+        s = corpus_sample.CorpusSampler(0.2, 0)
         s.offer(frame.head(5))
         s.offer(frame.slice(5, 5).drop("text"))
     with pytest.raises(ValueError, match="pool cap"):
-        ev.CorpusSampler(0.2, 0, max_train_documents=0)
+        corpus_sample.CorpusSampler(0.2, 0, max_train_documents=0)
     with pytest.raises(ValueError, match="holdout"):
-        ev.CorpusSampler(1.0, 0)
+        corpus_sample.CorpusSampler(1.0, 0)
 
 
 # --------------------------------------------------------------------------- bounded memory (issue 8)
@@ -482,39 +482,39 @@ def test_texts_read_from_disk_give_the_same_evaluation(tmp_path):
 
     def texts(rows):
         asked.append(rows.height)
-        return ev.read_texts(layout, rows, batch_rows=5)
+        return corpus_sample.read_texts(layout, rows, batch_rows=5)
 
-    a = ev.evaluate_corpus(_sample(frame, vectors), sample, 4, _config(), select=0.1, use_source=True)
-    b = ev.evaluate_corpus(_sample(frame.drop("text"), vectors), sample, 4, _config(), select=0.1,
+    a = experiment.evaluate_corpus(_sample(frame, vectors), sample, 4, _config(), select=0.1, use_source=True)
+    b = experiment.evaluate_corpus(_sample(frame.drop("text"), vectors), sample, 4, _config(), select=0.1,
                            use_source=True, texts=texts)
     assert a.counts == b.counts and sorted(asked) == sorted([a.counts["fit"], a.counts["select"], a.counts["target"]])
     assert a.result.runs.drop("train_seconds").equals(b.result.runs.drop("train_seconds"))
     assert a.result.weights == b.result.weights
     with pytest.raises(ValueError, match="texts="):
-        ev.evaluate_corpus(_sample(frame.drop("text"), vectors), sample, 4, _config(), select=0.1,
+        experiment.evaluate_corpus(_sample(frame.drop("text"), vectors), sample, 4, _config(), select=0.1,
                            use_source=True)
     with pytest.raises(ValueError, match="not in their shard"):
-        ev.read_texts(layout, pl.DataFrame({"shard": ["s0"], "id": ["nope"]}))
+        corpus_sample.read_texts(layout, pl.DataFrame({"shard": ["s0"], "id": ["nope"]}))
 
 
 def test_caps_bound_the_target_set_and_the_training_pool():
     frame, vectors, sample = _frame(n=200)
     cfg = _config(mixers=("natural", "uniform"))
-    out = ev.evaluate_corpus(_sample(frame, vectors, holdout=0.2, max_target_documents=15, max_train_documents=60),
+    out = experiment.evaluate_corpus(_sample(frame, vectors, holdout=0.2, max_target_documents=15, max_train_documents=60),
                              sample, 4, cfg, select=0.1, use_source=False)
     c = out.counts
-    n_held = int(ev.holdout_split(frame["key"], 0.2, 0).sum())
+    n_held = int(splits.holdout_split(frame["key"], 0.2, 0).sum())
     assert c["target"] == 15 and c["fit"] + c["select"] == 60
     assert c["capped"] == (n_held - 15) + (200 - n_held - 60)
     assert c["target"] + c["select"] + c["fit"] + c["unusable"] + c["capped"] == c["documents"] == 200
-    assert "left out by the memory caps" in ev.report_markdown(out, cfg)
+    assert "left out by the memory caps" in reports.report_markdown(out, cfg)
     # the capped target set is a subset of the uncapped held-out set, the same for the same seed
     keys = frame["key"].to_list()
-    held = np.flatnonzero(ev.holdout_split(keys, 0.2, 0))
-    one = ev.capped_sample(held, keys, 15, 0, "target")
+    held = np.flatnonzero(splits.holdout_split(keys, 0.2, 0))
+    one = corpus_sample.capped_sample(held, keys, 15, 0, "target")
     assert set(one) <= set(held) and one.size == 15 and np.all(np.diff(one) > 0)
-    np.testing.assert_array_equal(one, ev.capped_sample(held, keys, 15, 0, "target"))
-    assert set(ev.capped_sample(held, keys, 15, 1, "target")) != set(one)
-    np.testing.assert_array_equal(ev.capped_sample(held, keys, None, 0, "target"), held)
+    np.testing.assert_array_equal(one, corpus_sample.capped_sample(held, keys, 15, 0, "target"))
+    assert set(corpus_sample.capped_sample(held, keys, 15, 1, "target")) != set(one)
+    np.testing.assert_array_equal(corpus_sample.capped_sample(held, keys, None, 0, "target"), held)
     with pytest.raises(ValueError, match="target cap"):
-        ev.capped_sample(held, keys, 0, 0, "target")
+        corpus_sample.capped_sample(held, keys, 0, 0, "target")

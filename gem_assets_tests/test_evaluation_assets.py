@@ -14,7 +14,7 @@ from gem_assets.config import PROFILES, Layout, Settings
 from gem_assets.defs.evaluation import mixture_evaluation
 from gem_assets.defs.versions import code_version_for, data_version
 from gem_assets.defs.student import student_model
-from gem_assets.lib.evaluation import experiment as evaluation
+from gem_assets.lib.evaluation import splits
 from gem_assets.lib.io import storage
 from test_student_assets import KEYS, _assign, _checks, _md, _teacher
 
@@ -81,7 +81,7 @@ def test_mixture_evaluation_smoke_end_to_end(tiny_corpus, gem_home, instance):
     assert c["target"] + c["select"] + c["fit"] + c["unusable"] + c["capped"] == c["documents"] == 120
     # the target set: the documents whose seeded key hash falls under the holdout fraction (none capped here)
     doc_keys = [f"{k}/{i}" for k in KEYS for i in storage.read_parquet(settings.layout.documents_path(k))["id"]]
-    held = evaluation.holdout_split(doc_keys, settings.evaluation_params()["holdout"], settings.seed)
+    held = splits.holdout_split(doc_keys, settings.evaluation_params()["holdout"], settings.seed)
     assert c["capped"] == 0 and c["target"] == int(held.sum()) > 0
 
     md = _md(result, "mixture_evaluation")
@@ -110,7 +110,7 @@ def test_mixture_evaluation_smoke_end_to_end(tiny_corpus, gem_home, instance):
 
 def test_checks_fail_on_a_missing_group_a_short_seed_a_budget_overrun_or_lost_documents():
     from gem_assets.defs.evaluation import _checks
-    from gem_assets.lib.evaluation.experiment import summarize
+    from gem_assets.lib.evaluation.statistics import summarize
 
     mixers = ("natural", "uniform")
     rows = [{"bucketization": b, "mixer": m, "target": t, "seed": s, "domains": 2, "tokens": 95, "unique_documents": 5,

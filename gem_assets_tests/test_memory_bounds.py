@@ -554,22 +554,22 @@ def test_evaluation_key_order_is_pythons_on_arrow_strings():
     order is Python's, non-ASCII keys included, and a Series gives the same splits as a list."""
     import polars as pl
 
-    from gem_assets.lib.evaluation import experiment as ev
+    from gem_assets.lib.evaluation import splits
 
     rng = np.random.default_rng(0)
     alphabet = list("abzAZ09/-_éèßø日本語😀\u0100")
     keys = ["".join(rng.choice(alphabet, size=rng.integers(1, 9))) for _ in range(3_000)]
     keys = list(dict.fromkeys(keys))  # unique
     expected = np.argsort(np.asarray(keys, dtype=object), kind="stable")
-    np.testing.assert_array_equal(ev._sorted_order(keys), expected)
+    np.testing.assert_array_equal(splits._sorted_order(keys), expected)
     series = pl.Series("key", keys)
-    np.testing.assert_array_equal(ev._sorted_order(series), expected)
-    np.testing.assert_array_equal(ev.holdout_split(series, 0.1, 3), ev.holdout_split(keys, 0.1, 3))
-    np.testing.assert_array_equal(ev.select_split(series, 0.2, 3), ev.select_split(keys, 0.2, 3))
+    np.testing.assert_array_equal(splits._sorted_order(series), expected)
+    np.testing.assert_array_equal(splits.holdout_split(series, 0.1, 3), splits.holdout_split(keys, 0.1, 3))
+    np.testing.assert_array_equal(splits.select_split(series, 0.2, 3), splits.select_split(keys, 0.2, 3))
     with pytest.raises(ValueError, match="unique"):
-        ev.holdout_split(pl.Series("key", ["a", "b", "a"]), 0.5, 0)
+        splits.holdout_split(pl.Series("key", ["a", "b", "a"]), 0.5, 0)
     with pytest.raises(ValueError, match="null"):
-        ev.holdout_split(pl.Series("key", ["a", None, "c"]), 0.5, 0)
+        splits.holdout_split(pl.Series("key", ["a", None, "c"]), 0.5, 0)
 
 
 def test_bottom_k_positions_in_chunks_matches_one_pass(monkeypatch):

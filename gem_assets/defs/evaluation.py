@@ -127,7 +127,7 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
     from gem_assets.lib.io import artifacts
     from gem_assets.lib.util import plots
     from gem_assets.lib.io import storage
-    from gem_assets.lib.evaluation import experiment as lib
+    from gem_assets.lib.evaluation import corpus_sample, experiment, reports, statistics
 
     settings = gem.settings()
     layout = settings.layout
@@ -137,7 +137,7 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
         params = settings.evaluation_params()
         # one pass over the shards, without texts: the held-out decisions and the capped target and
         # training samples; nothing per document is kept
-        sample = lib.sample_corpus(layout, keys, holdout=params["holdout"], seed=params["seed"],
+        sample = corpus_sample.sample_corpus(layout, keys, holdout=params["holdout"], seed=params["seed"],
                                    max_target_documents=params["max_target_documents"],
                                    max_train_documents=params["max_train_documents"], progress=True)
         sample_vectors, _, _ = artifacts.read_teacher_sample(layout)
@@ -151,16 +151,16 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
     fp = evaluation_fingerprint(settings, inputs)
     use_source = params["source_column"] is not None and sample.counts["with_source"] > 0
     try:
-        evaluation = lib.evaluate_corpus(
+        evaluation = experiment.evaluate_corpus(
             sample, sample_vectors, int(student["k"]), config, select=params["select"], use_source=use_source,
             kmeans=params["kmeans"], progress=True, log=context.log.info,
-            texts=lambda rows: lib.read_texts(layout, rows),
+            texts=lambda rows: corpus_sample.read_texts(layout, rows),
         )
     except ValueError as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
     res, table = evaluation.result, evaluation.table
-    report = lib.report_markdown(evaluation, config)
-    png = lib.bpb_chart(table, confidence=config.confidence)
+    report = reports.report_markdown(evaluation, config)
+    png = reports.bpb_chart(table, confidence=config.confidence)
     out = layout.evaluation_dir
     record = {"fingerprint": fp, "params": params, "counts": evaluation.counts, "buckets": evaluation.bucket_counts,
               "targets": res.target_bytes, "config": config.params(), "seconds": res.seconds,
@@ -171,7 +171,7 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
         evaluation.differences.write_csv(tmp / "differences.csv")
         (tmp / "results.md").write_text(report, encoding="utf-8")
         (tmp / "bpb.png").write_bytes(png)
-        (tmp / "weights.json").write_text(lib.weights_json(res), encoding="utf-8")
+        (tmp / "weights.json").write_text(experiment.weights_json(res), encoding="utf-8")
         storage.write_json(tmp / "summary.json", record)  # last: its presence means a complete evaluation
 
     tracker = MlflowTracker(tracking_uri=mlflow.tracking_uri, experiment=EVALUATION_EXPERIMENT,
@@ -192,7 +192,7 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
 
     checks = _checks(res.runs, table, evaluation.counts, len(config.seeds), config.mixers, config.budget_tokens,
                      res.max_document_tokens)
-    best = table.filter(pl.col("target") == lib.ALL).sort("bpb_target").row(0, named=True)
+    best = table.filter(pl.col("target") == statistics.ALL).sort("bpb_target").row(0, named=True)
     md_table = table.select("target", "bucketization", "mixer", "seeds", *[pl.col(c).round(4) for c in (
         "bpb_target", "bpb_target_low", "bpb_target_high")])
     km = evaluation.differences.filter(pl.col("versus") == "kmeans")
