@@ -44,7 +44,8 @@ START, END = "<!-- student:start -->", "<!-- student:end -->"
 
 def _label_rss(model_dir: str, shards: list[str]) -> None:
     """Child process: label shards one after another, print the peak RSS in MiB."""
-    from gem_assets.lib.student.classifier import StudentClassifier, label_parquet
+    from gem_assets.lib.student.classifier import StudentClassifier
+    from gem_assets.lib.student.labeling import label_parquet
 
     model = StudentClassifier.load(model_dir)
     out = Path(tempfile.mkdtemp(prefix="labels-"))
@@ -95,7 +96,8 @@ def main() -> None:
     from gem_assets.config import Settings
     from gem_assets.lib.corpus.bbc import read_bbc_news
     from gem_assets.lib.teacher.gem import GEM
-    from gem_assets.lib.student.classifier import StudentClassifier, tokenize
+    from gem_assets.lib.student.classifier import StudentClassifier
+    from gem_assets.lib.student.features import tokenize
 
     home = Path(os.environ.get("GEM_HOME", ROOT / "data"))
     cache = home / "bench_cache" / "bbc_minilm.npz"

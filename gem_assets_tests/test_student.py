@@ -1,4 +1,4 @@
-"""The fastText-style student (gem_assets.lib.student.classifier): features, training, persistence, bad input."""
+"""The fastText-style student (gem_assets.lib.student: features, classifier): features, training, persistence, bad input."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import TOPICS
-from gem_assets.lib.student.classifier import Featurizer, StudentClassifier, tokenize
+from gem_assets.lib.student.classifier import StudentClassifier
+from gem_assets.lib.student.features import Featurizer, tokenize
 
 NAMES = sorted(TOPICS)
 SMALL = dict(dim=16, buckets=1 << 14, epochs=8, batch_size=16, random_state=0)
@@ -65,7 +66,7 @@ def test_hashing_is_the_same_in_another_process():
     texts = ["Hash me, deterministically", "Ünïcode ελληνικά 日本語 text", ""]
     ids, offsets = Featurizer(1 << 20, word_ngrams=2, char_ngrams=(3, 4)).transform(texts)
     code = (
-        "import json, sys; from gem_assets.lib.student.classifier import Featurizer; "
+        "import json, sys; from gem_assets.lib.student.features import Featurizer; "
         "ids, off = Featurizer(1 << 20, word_ngrams=2, char_ngrams=(3, 4)).transform(json.loads(sys.argv[1])); "
         "print(json.dumps([ids.tolist(), off.tolist()]))"
     )

@@ -16,7 +16,8 @@ from gem_assets.defs.partitions import SHARDS
 from gem_assets.defs.student import domain_assignments, domain_stats, student_model
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
 from gem_assets.lib.io import storage
-from gem_assets.lib.student.classifier import StudentClassifier, share_kl
+from gem_assets.lib.student.agreement import share_kl
+from gem_assets.lib.student.classifier import StudentClassifier
 
 KEYS = ["a.jsonl", "b.jsonl", "c.parquet"]
 
@@ -131,9 +132,9 @@ def test_assigned_once_fails_on_a_dropped_document(tiny_corpus, gem_home, instan
     res = make_resources(gem_home, str(tiny_corpus / "*"), k=4)
     _teacher(instance, res, ["a.jsonl"])
     assert materialize([student_model], instance=instance, resources=res).success
-    from gem_assets.lib.student import classifier as lib
+    from gem_assets.lib.student import labeling
 
-    real = lib.label_parquet
+    real = labeling.label_parquet
 
     def dropping(model, src, dest, **kw):  # a labeller that loses the last document
         out = real(model, src, dest, **kw)
@@ -141,7 +142,7 @@ def test_assigned_once_fails_on_a_dropped_document(tiny_corpus, gem_home, instan
         df.head(df.height - 1).write_parquet(dest)
         return out
 
-    monkeypatch.setattr(lib, "label_parquet", dropping)
+    monkeypatch.setattr(labeling, "label_parquet", dropping)
     # a blocking check: the failed conservation check fails the run (and stops anything downstream in it);
     # a wrong count is deterministic, so the step is not retried
     run = materialize([domain_assignments], partition_key="a.jsonl", instance=instance, resources=res,

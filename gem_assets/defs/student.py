@@ -1,6 +1,6 @@
 """``student_model``, ``domain_assignments`` and ``domain_stats``: the distilled student labels every document.
 
-The student (``lib/student/classifier.StudentClassifier``) is trained on the teacher sample: texts
+The student (``lib/student/classifier.py``: ``StudentClassifier``) is trained on the teacher sample: texts
 from ``documents``, targets the teacher's posterior (``GEM.predict_proba`` of the sample's
 embeddings), with a seeded held-out split. It then labels every kept document of every
 shard without embedding it (``domain_assignments``, one partition per shard, streamed in
@@ -107,7 +107,8 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
     from gem_assets.lib.io import artifacts
     from gem_assets.lib.util import plots
     from gem_assets.lib.io import storage
-    from gem_assets.lib.student import classifier as lib
+    from gem_assets.lib.student import classifier
+    from gem_assets.lib.student.agreement import confusion_matrix, confusion_png
     from gem_assets.lib.teacher.gem import GEM
 
     settings = gem.settings()
@@ -142,7 +143,7 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
     perm = rng.permutation(n)
     n_hold = min(n - 1, max(1, int(round(params["holdout"] * n))))
     hold, train = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
-    model = lib.StudentClassifier(k, dim=params["dim"], buckets=params["buckets"], epochs=params["epochs"],
+    model = classifier.StudentClassifier(k, dim=params["dim"], buckets=params["buckets"], epochs=params["epochs"],
                                   word_ngrams=params["word_ngrams"], random_state=settings.seed, device="auto")
     hold_texts = [texts[i] for i in hold]
     model.fit([texts[i] for i in train], P[train], eval_set=(hold_texts, P[hold]),
@@ -152,7 +153,7 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
     labels, conf = model.predict_with_confidence(hold_texts)
     t_labels = P[hold].argmax(axis=1)
     agreement = float(np.mean(labels == t_labels))
-    cm = lib.confusion_matrix(t_labels, labels, k)
+    cm = confusion_matrix(t_labels, labels, k)
     per_domain = pl.DataFrame({
         "domain": np.arange(k, dtype=np.int64),
         "heldout_docs": cm.sum(axis=1).astype(np.int64),
@@ -169,7 +170,7 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
         "teacher_hard_shares": summary["hard_shares"], "confusion": cm.tolist(),
         "min_agreement": threshold, "device": str(model._embedding.weight.device),
     }
-    png = lib.confusion_png(cm, title=f"student vs teacher, held out (n={hold.size}, agreement {agreement:.3f})")
+    png = confusion_png(cm, title=f"student vs teacher, held out (n={hold.size}, agreement {agreement:.3f})")
     out = layout.student_outputs_dir
     history = pl.DataFrame(model.history_, infer_schema_length=None)
     heldout = sample[hold.tolist()].select("shard", "id").with_columns(
@@ -249,7 +250,8 @@ def domain_assignments(context: AssetExecutionContext, gem: GemConfig) -> Materi
 
     from gem_assets.lib.io import artifacts
     from gem_assets.lib.io import storage
-    from gem_assets.lib.student import classifier as lib
+    from gem_assets.lib.student import classifier, labeling
+    from gem_assets.lib.student.agreement import share_kl
 
     key = context.partition_key
     settings = gem.settings()
@@ -259,14 +261,14 @@ def domain_assignments(context: AssetExecutionContext, gem: GemConfig) -> Materi
     if docs_meta is None or not layout.documents_path(key).is_file():
         raise Failure(description=f"no documents for shard {key!r}: materialize the 'documents' partition first",
                       allow_retries=False)
-    model = lib.StudentClassifier.load(layout.student_outputs_dir / "model", device="auto")
+    model = classifier.StudentClassifier.load(layout.student_outputs_dir / "model", device="auto")
     dest = layout.assignments_path(key)
-    res = lib.label_parquet(model, layout.documents_path(key), dest)
+    res = labeling.label_parquet(model, layout.documents_path(key), dest)
     fp = assignments_fingerprint(smeta["fingerprint"], docs_meta["fingerprint"])
     k = model.n_classes
     counts = np.asarray(res["counts"], dtype=np.int64)
     shares = (counts / max(1, res["n"])).tolist()
-    kl = lib.share_kl(counts, smeta["teacher_hard_shares"]) if res["n"] else 0.0
+    kl = share_kl(counts, smeta["teacher_hard_shares"]) if res["n"] else 0.0
     meta = {"shard": key, "fingerprint": fp, "student_fingerprint": smeta["fingerprint"],
             "documents_fingerprint": docs_meta["fingerprint"], "n": res["n"], "counts": res["counts"],
             "bytes": res["bytes"], "tokens": res["tokens"], "shares": shares, "kl_vs_teacher": kl,
