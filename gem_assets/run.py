@@ -50,7 +50,7 @@ ASSETS_JOB = "gem_assets_job"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Stages after which ``run_pipeline(until=...)`` / ``--until`` can stop, and the assets of the
-#: stages after each (by name; the mixing assets are read from gem_assets.defs.mixing).
+#: stages after each (by name; the mixing assets are read from gem_assets.defs.mixing.MIXING_ASSETS).
 STAGES = ("stats", "taxonomy", "mixing", "evaluation")
 
 #: Labels of failures and summary entries of unpartitioned assets (default: the asset's name).
