@@ -7,13 +7,16 @@ then keeps bottom-k samples of the target set and of the training pool, whatever
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import polars as pl
 
 from gem_assets.lib.evaluation.splits import check_fraction, holdout_split
 from gem_assets.lib.mixing.sampling import BottomK, bottom_k_positions, check_cap
+
+if TYPE_CHECKING:
+    from gem_assets.lib.io.artifacts import ArtifactPaths
 
 __all__ = ["SAMPLE_COLUMNS", "CorpusSampler", "EvaluationSample", "sample_frame", "sample_corpus", "read_texts",
            "capped_sample"]
@@ -150,7 +153,7 @@ def sample_frame(frame: pl.DataFrame, vectors: np.ndarray, *, holdout: float, se
     return sampler.sample(lambda rows: vectors[rows["vec"].to_numpy().astype(np.int64)])
 
 
-def _shard_frame(layout, key: str) -> pl.DataFrame:
+def _shard_frame(layout: ArtifactPaths, key: str) -> pl.DataFrame:
     """One shard's documents without texts, with their GEM domain and the row of their embedding in
     the shard's vectors (null when the document was not embedded); the vectors are not read."""
     from gem_assets.lib.io import artifacts
@@ -173,7 +176,7 @@ def _shard_frame(layout, key: str) -> pl.DataFrame:
     return frame.select(*SAMPLE_COLUMNS)
 
 
-def sample_corpus(layout, keys: Sequence[str], *, holdout: float, seed: int,
+def sample_corpus(layout: ArtifactPaths, keys: Sequence[str], *, holdout: float, seed: int,
                   max_target_documents: int | None = None, max_train_documents: int | None = None,
                   progress: bool = False) -> EvaluationSample:
     """:class:`CorpusSampler` over the pipeline's shards, one shard at a time, without texts.
@@ -184,8 +187,8 @@ def sample_corpus(layout, keys: Sequence[str], *, holdout: float, seed: int,
 
     Parameters
     ----------
-    layout : gem_assets.config.Layout
-        Where the pipeline's artifacts live.
+    layout : ArtifactPaths
+        Where the pipeline's artifacts live (:class:`gem_assets.lib.io.artifacts.ArtifactPaths`).
     keys : sequence of str
         Shard keys.
     holdout, seed, max_target_documents, max_train_documents
@@ -223,7 +226,7 @@ def sample_corpus(layout, keys: Sequence[str], *, holdout: float, seed: int,
     return sampler.sample(vectors_of)
 
 
-def _non_text_columns(layout, key: str) -> list[str]:
+def _non_text_columns(layout: ArtifactPaths, key: str) -> list[str]:
     """The documents file's ``id`` and ``source`` columns (those it has), from its schema."""
     import pyarrow.parquet as pq
 
@@ -234,7 +237,7 @@ def _non_text_columns(layout, key: str) -> list[str]:
     return [c for c in ("id", "source") if c in names]
 
 
-def read_texts(layout, rows: pl.DataFrame, batch_rows: int = 8192) -> list[str]:
+def read_texts(layout: ArtifactPaths, rows: pl.DataFrame, batch_rows: int = 8192) -> list[str]:
     """The texts of the given documents (``shard`` and ``id`` columns), in that order, read shard by
     shard and batch by batch from the ``documents`` files (:func:`gem_assets.lib.io.streaming.read_texts`)."""
     from gem_assets.lib.io.streaming import read_texts as _read

@@ -1,7 +1,7 @@
 """Reading and writing the per-shard and teacher-sample artifacts in plain formats.
 
-Files under a pipeline layout (any object with the path methods of ``gem_assets.config.Layout``,
-passed in by the caller)::
+Files under the paths an :class:`ArtifactPaths` object gives (the pipeline's ``Layout`` is one; the
+library never builds paths itself, the caller passes them in)::
 
     work/documents/<shard>.parquet        kept documents (row, id, text, n_chars[, source])
     work/documents/<shard>.json           counts and fingerprints of the shard
@@ -20,7 +20,7 @@ Folders are replaced atomically (:func:`gem_assets.lib.io.storage.atomic_dir`), 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Protocol
 
 import numpy as np
 import polars as pl
@@ -29,6 +29,7 @@ from gem_assets.lib.util.hashing import fingerprint
 from gem_assets.lib.io import storage
 
 __all__ = [
+    "ArtifactPaths",
     "documents_fingerprint",
     "embeddings_fingerprint",
     "read_documents",
@@ -43,6 +44,19 @@ __all__ = [
 ]
 
 
+class ArtifactPaths(Protocol):
+    """Where a pipeline's per-shard and teacher-sample artifacts live: the paths the library reads and
+    writes, given by the caller (``gem_assets.config.Layout`` satisfies it)."""
+
+    def documents_path(self, key: str) -> Path: ...
+    def documents_meta_path(self, key: str) -> Path: ...
+    def embeddings_dir(self, key: str) -> Path: ...
+    def assignments_path(self, key: str) -> Path: ...
+
+    @property
+    def teacher_sample_dir(self) -> Path: ...
+
+
 # --------------------------------------------------------------------------- fingerprints
 def documents_fingerprint(shard_sha256: str, documents_params: dict) -> str:
     """What determines a shard's ``documents``: its bytes and the validation parameters."""
@@ -55,7 +69,7 @@ def embeddings_fingerprint(documents_fp: str, embedding_params: dict, model_id: 
 
 
 # --------------------------------------------------------------------------- documents
-def read_documents(layout, key: str) -> pl.DataFrame:
+def read_documents(layout: ArtifactPaths, key: str) -> pl.DataFrame:
     """The kept documents of a shard.
 
     Raises
@@ -71,14 +85,14 @@ def read_documents(layout, key: str) -> pl.DataFrame:
     return storage.read_parquet(path)
 
 
-def read_documents_meta(layout, key: str) -> dict | None:
+def read_documents_meta(layout: ArtifactPaths, key: str) -> dict | None:
     """The metadata written with a shard's documents, or ``None``."""
     path = layout.documents_meta_path(key)
     return storage.read_json(path) if path.is_file() else None
 
 
 # --------------------------------------------------------------------------- embeddings
-def write_embeddings(layout, key: str, vectors: np.ndarray, index: pl.DataFrame, meta: dict) -> Path:
+def write_embeddings(layout: ArtifactPaths, key: str, vectors: np.ndarray, index: pl.DataFrame, meta: dict) -> Path:
     """Write a shard's vectors, their index and metadata as one atomically replaced folder."""
     if vectors.shape[0] != index.height:
         raise ValueError(f"{vectors.shape[0]} vectors but {index.height} index rows")
@@ -91,7 +105,7 @@ def write_embeddings(layout, key: str, vectors: np.ndarray, index: pl.DataFrame,
     return dest
 
 
-def _embeddings_dir(layout, key: str):
+def _embeddings_dir(layout: ArtifactPaths, key: str):
     d = layout.embeddings_dir(key)
     if not (d / "meta.json").is_file():
         raise FileNotFoundError(
@@ -100,7 +114,7 @@ def _embeddings_dir(layout, key: str):
     return d
 
 
-def read_embeddings(layout, key: str) -> tuple[np.ndarray, pl.DataFrame, dict]:
+def read_embeddings(layout: ArtifactPaths, key: str) -> tuple[np.ndarray, pl.DataFrame, dict]:
     """A shard's vectors, index and metadata.
 
     Raises
@@ -113,7 +127,7 @@ def read_embeddings(layout, key: str) -> tuple[np.ndarray, pl.DataFrame, dict]:
     return vectors, storage.read_parquet(d / "index.parquet"), storage.read_json(d / "meta.json")
 
 
-def read_embeddings_index(layout, key: str) -> pl.DataFrame:
+def read_embeddings_index(layout: ArtifactPaths, key: str) -> pl.DataFrame:
     """A shard's embedding index (which document each vector row is) without its vectors.
 
     Raises
@@ -124,18 +138,18 @@ def read_embeddings_index(layout, key: str) -> pl.DataFrame:
     return storage.read_parquet(_embeddings_dir(layout, key) / "index.parquet")
 
 
-def read_embeddings_meta(layout, key: str) -> dict | None:
+def read_embeddings_meta(layout: ArtifactPaths, key: str) -> dict | None:
     """A shard's embedding metadata, or ``None`` when it has no embeddings."""
     path = layout.embeddings_dir(key) / "meta.json"
     return storage.read_json(path) if path.is_file() else None
 
 
-def embedded_shards(layout, shard_hashes: Mapping[str, str]) -> tuple[dict[str, dict], dict[str, str]]:
+def embedded_shards(layout: ArtifactPaths, shard_hashes: Mapping[str, str]) -> tuple[dict[str, dict], dict[str, str]]:
     """Which current shards have embeddings of their current content.
 
     Parameters
     ----------
-    layout : Layout
+    layout : ArtifactPaths
         Where artifacts live.
     shard_hashes : mapping of str to str
         Current shard key to the SHA-256 of its file.
@@ -173,7 +187,7 @@ def teacher_input_fingerprint(included: Mapping[str, dict], teacher_params: dict
 
 
 # --------------------------------------------------------------------------- teacher sample
-def write_teacher_sample(layout, vectors: np.ndarray, sample: pl.DataFrame, meta: dict) -> Path:
+def write_teacher_sample(layout: ArtifactPaths, vectors: np.ndarray, sample: pl.DataFrame, meta: dict) -> Path:
     """Write the teacher sample (vectors, per-row shard/id, metadata) as one folder."""
     if vectors.shape[0] != sample.height:
         raise ValueError(f"{vectors.shape[0]} vectors but {sample.height} sample rows")
@@ -184,7 +198,7 @@ def write_teacher_sample(layout, vectors: np.ndarray, sample: pl.DataFrame, meta
     return layout.teacher_sample_dir
 
 
-def read_teacher_sample(layout) -> tuple[np.ndarray, pl.DataFrame, dict]:
+def read_teacher_sample(layout: ArtifactPaths) -> tuple[np.ndarray, pl.DataFrame, dict]:
     """The teacher sample's vectors, rows and metadata.
 
     Raises

@@ -20,12 +20,15 @@ domains as one group). Exemplars of a domain are the embedded documents of highe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
 from gem_assets.lib.taxonomy import gis as G
 from gem_assets.lib.taxonomy.terms import STOP_WORDS
+
+if TYPE_CHECKING:
+    from gem_assets.lib.io.artifacts import ArtifactPaths
 
 __all__ = ["Tree", "agglomerate", "build_taxonomy", "taxonomy_markdown", "stop_words_in", "shard_batches",
            "shard_texts", "name_quality"]
@@ -247,7 +250,7 @@ def stop_words_in(tax: dict) -> list[tuple[int, str]]:
 
 
 # --------------------------------------------------------------------------- reading the pipeline's shards
-def shard_batches(layout, keys: Sequence[str]) -> Iterator[G.TermBatch]:
+def shard_batches(layout: ArtifactPaths, keys: Sequence[str]) -> Iterator[G.TermBatch]:
     """One :class:`gem_assets.lib.taxonomy.gis.TermBatch` per shard from the pipeline's files.
 
     Texts from ``documents``, domains from the student's ``domain_assignments``, vectors from
@@ -259,8 +262,6 @@ def shard_batches(layout, keys: Sequence[str]) -> Iterator[G.TermBatch]:
     ValueError
         If a kept document has no assignment.
     """
-    import polars as pl
-
     from gem_assets.lib.io import artifacts
     from gem_assets.lib.io import storage
 
@@ -287,7 +288,7 @@ def shard_batches(layout, keys: Sequence[str]) -> Iterator[G.TermBatch]:
                           vectors=vectors, vector_rows=rows)
 
 
-def shard_texts(layout, keys: Sequence[str]) -> Iterator[list[str]]:
+def shard_texts(layout: ArtifactPaths, keys: Sequence[str]) -> Iterator[list[str]]:
     """The texts of each shard's kept documents, one list per shard."""
     from gem_assets.lib.io import artifacts
 
