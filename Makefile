@@ -10,7 +10,7 @@ ifdef CORPUS
 export GEM_CORPUS := $(CORPUS)
 endif
 
-.PHONY: install run test bench ui clean
+.PHONY: install run test test-slow bench ui clean
 
 install: $(STAMP)
 
@@ -25,8 +25,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m gem_assets.run
 
+# the suite (<= 10 minutes on 2 cores); the minutes-long end-to-end tests are marked slow and run apart
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
 	$(PY) benchmarks/clustering.py --write docs/benchmarks.md

@@ -1,7 +1,8 @@
 """dagster dev with the daemon builds a new shard by automation; a parameter change flags exactly its assets stale.
 
 Minutes, not seconds (the daemon's start-up, one subprocess per run, the real embedding model):
-marked ``slow`` and run only with ``GEM_TEST_DAEMON=1``, so ``make test`` skips it.
+marked ``slow``. ``make test`` deselects the ``slow`` tests; ``make test-slow`` runs them, and CI
+(``.ci/run``) runs both.
 """
 
 from __future__ import annotations
@@ -21,11 +22,7 @@ import pytest
 
 from conftest import make_docs, write_jsonl
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("GEM_TEST_DAEMON") != "1",
-                       reason="dagster dev + daemon end to end takes minutes: set GEM_TEST_DAEMON=1"),
-]
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 STARTUP_S = 180

@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import polars as pl
-import pytest
 
 from gem_assets.config import Layout
 from gem_assets.definitions import build_definitions
@@ -17,7 +16,6 @@ from gem_assets.resources import GemConfig, MlflowTracker, SentenceTransformerEm
 from gem_assets.run import run_pipeline
 
 
-@pytest.mark.slow
 def test_end_to_end_real_model(tmp_path, disk_instance, monkeypatch):
     instance = disk_instance  # persistent: make run's driver asks a webserver over it
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
