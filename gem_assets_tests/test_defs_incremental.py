@@ -41,7 +41,10 @@ def _materialized(summary: dict, asset: str) -> set:
             if m == asset or m.startswith(asset + "[")}
 
 
-def test_second_run_materializes_nothing(tiny_corpus, gem_home, disk_instance, monkeypatch):
+def test_runs_are_incremental(tiny_corpus, gem_home, disk_instance, monkeypatch):
+    """One home through five make runs (one scenario, so that the first, full run is paid once):
+    full, no-op, changed shard, new shard, changed K."""
+    # 1. the first run builds everything
     first, text = drive(monkeypatch, disk_instance, gem_home, tiny_corpus, until="evaluation")
     assert not first["failed"], text
     assert first["ran_shards"] == ["a.jsonl", "b.jsonl", "c.parquet"] and first["teacher"] == "refit"
@@ -53,6 +56,7 @@ def test_second_run_materializes_nothing(tiny_corpus, gem_home, disk_instance, m
     assert set(disk_instance.get_dynamic_partitions(SHARDS)) == {"a.jsonl", "b.jsonl", "c.parquet"}
     mtime = (gem_home / "outputs" / "teacher" / "summary.json").stat().st_mtime_ns
 
+    # 2. a second run with nothing new materializes nothing
     second, text = drive(monkeypatch, disk_instance, gem_home, tiny_corpus, until="evaluation")
     assert second["materialized"] == [] and not second["failed"], text
     assert set(second["shards"].values()) == {"up to date"} and second["teacher"] == "up to date"
@@ -61,9 +65,7 @@ def test_second_run_materializes_nothing(tiny_corpus, gem_home, disk_instance, m
     assert "nothing to embed" in text
     assert len(disk_instance.fetch_materializations(AssetKey("documents"), limit=100).records) == 3
 
-
-def test_changed_shard_reruns_that_shard_and_the_aggregates(tiny_corpus, gem_home, disk_instance, monkeypatch):
-    drive(monkeypatch, disk_instance, gem_home, tiny_corpus)
+    # 3. a changed shard reruns that shard and the aggregates
     write_jsonl(tiny_corpus / "a.jsonl", make_docs(35, seed=1, prefix="a"))  # new bytes
     summary, text = drive(monkeypatch, disk_instance, gem_home, tiny_corpus)
     assert not summary["failed"], text
@@ -73,24 +75,19 @@ def test_changed_shard_reruns_that_shard_and_the_aggregates(tiny_corpus, gem_hom
     assert summary["ran_shards"] == ["a.jsonl"] and summary["teacher"] == "refit"
     assert "[1/1] shard a.jsonl: stale" in text
 
-
-def test_new_shard_is_processed_alone(tiny_corpus, gem_home, disk_instance, monkeypatch):
-    drive(monkeypatch, disk_instance, gem_home, tiny_corpus)
+    # 4. a new shard is processed alone
     write_jsonl(tiny_corpus / "d.jsonl", make_docs(30, seed=7, prefix="d"))
     summary, text = drive(monkeypatch, disk_instance, gem_home, tiny_corpus)
     assert _materialized(summary, "documents") == _materialized(summary, "embeddings") == {"d.jsonl"}, text
     assert summary["shards"]["d.jsonl"] == "embedded" and summary["shards"]["b.jsonl"] == "up to date"
     assert "d.jsonl" in disk_instance.get_dynamic_partitions(SHARDS)
 
-
-def test_changed_k_reruns_the_teacher_and_downstream_not_the_shards(tiny_corpus, gem_home, disk_instance,
-                                                                      monkeypatch):
-    drive(monkeypatch, disk_instance, gem_home, tiny_corpus)
+    # 5. a changed K reruns the teacher and everything below it, not the shards
     summary, text = drive(monkeypatch, disk_instance, gem_home, tiny_corpus, GEM_K="3")
     assert not summary["failed"], text
     assert not _materialized(summary, "documents") and not _materialized(summary, "embeddings")
     assert {"teacher_clusters", "student_model", "domain_stats"} <= set(summary["materialized"])
-    assert _materialized(summary, "domain_assignments") == {"a.jsonl", "b.jsonl", "c.parquet"}
+    assert _materialized(summary, "domain_assignments") == {"a.jsonl", "b.jsonl", "c.parquet", "d.jsonl"}
     assert summary["teacher"] == "refit" and summary["ran_shards"] == []
 
 

@@ -356,11 +356,11 @@ def test_default_corpus_written_once_into_an_object_store(mem_root):
     found = shards.discover_shards(pattern)
     assert list(found) == ["bbcnews-000.parquet", "bbcnews-001.parquet"]
     manifest = storage.read_json(f"{mem_root}/home/corpus/bbcnews/manifest.json")
-    assert sum(s["rows"] for s in manifest["found"]) == manifest["documents"] == 2225
+    assert sum(s["rows"] for s in manifest["shards"]) == manifest["documents"] == 2225
     assert sum(streaming.parquet_num_rows(p) for p in found.values()) == 2225
     signature = storage.file_signature(found["bbcnews-000.parquet"])
     assert bbc.ensure_default_corpus(f"{mem_root}/home/corpus", n_shards=2) == pattern
-    assert storage.file_signature(shards["bbcnews-000.parquet"]) == signature  # kept, not rewritten
+    assert storage.file_signature(found["bbcnews-000.parquet"]) == signature  # kept, not rewritten
 
 
 def test_local_copy_and_read_csv(root):
