@@ -316,3 +316,18 @@ def test_shard_sensor_without_the_observe_job_only_registers(tiny_corpus, gem_ho
     result = _sensor_tick(build_shard_sensor(None), w)
     assert not result.run_requests and len(result.dynamic_partitions_requests) == 1
     w.inst.dispose()
+
+
+def test_fresh_instance_without_shards_requests_nothing(tiny_corpus, gem_home):
+    # the daemon's first tick on a fresh instance can come before the shard sensor has registered a
+    # partition: an aggregate over zero shards has no input yet and must wait, not launch a run that fails
+    w = World(tiny_corpus, gem_home)
+    try:
+        assert w.tick() == {}
+        assert w.tick(AFTER_TICK) == {}
+        w.register("a.jsonl", "b.jsonl", "c.parquet")
+        w.observe()
+        all3 = ["a.jsonl", "b.jsonl", "c.parquet"]
+        assert w.tick() == {"documents": all3, "embeddings": all3}
+    finally:
+        w.inst.dispose()

@@ -13,7 +13,9 @@ is not trained on. (Not ``all_deps_blocking_checks_passed()``: it also blocks an
 input is requested on the same tick, so a new shard would move one layer per tick, and a
 check never evaluated would block for ever; see :func:`_no_failed_blocking_checks`.) An
 unpartitioned asset cannot share a run with shard partitions: ``domain_stats`` and
-``teacher_sample`` follow on the tick after their shard partitions are built.
+``teacher_sample`` follow on the tick after their shard partitions are built. The aggregates
+(``domain_stats`` and every refit) also wait until one of their inputs exists or is requested on
+the same tick: on a fresh instance with no shard partition registered yet, nothing is requested.
 
 ``per_shard`` (``documents``, ``embeddings``, ``domain_assignments``) and ``aggregate``
 (``domain_stats``)
@@ -108,12 +110,12 @@ __all__ = [
     "automation_sensors",
 ]
 
-#: The nightly tick (UTC): missing shards and code changes are backfilled, refits follow their inputs.
+#: The nightly tick (the cron schedule, in the instance's time zone): missing shards and code changes are backfilled, refits follow their inputs.
 NIGHTLY_CRON = "0 3 * * *"
 
-#: Name of A1's observation job of the ``shard_files`` source (``gem_assets/defs/shards.py``).
+#: Name of the observation job of the ``shard_files`` source (``gem_assets/defs/shards.py``).
 OBSERVE_JOB = "observe_shards"
-#: The observable source of the shard files (A1's ``gem_assets/defs/shards.py``).
+#: The observable source of the shard files (``gem_assets/defs/shards.py``).
 SHARD_SOURCE = "shard_files"
 
 
@@ -157,6 +159,20 @@ def _no_failed_blocking_checks() -> AutomationCondition:
     ).with_label("no input failed a blocking check")
 
 
+def _has_input() -> AutomationCondition:
+    """At least one input (partition) exists; the shard source does not count.
+
+    An aggregate over the shard partitions (``teacher_sample``, ``domain_stats``) sees no input
+    missing while no shard partition is registered (zero partitions, none missing), so on a fresh
+    instance the daemon's first tick, which may come before the shard sensor's, would launch a run
+    over zero shards that can only fail. It waits for its first input instead (one requested on the
+    same tick counts, so a missing chain is still built in one run).
+    """
+    exists = ~AutomationCondition.missing() | AutomationCondition.will_be_requested()
+    return AutomationCondition.any_deps_match(exists).ignore(
+        AssetSelection.assets(SHARD_SOURCE)).with_label("an input exists or is requested")
+
+
 def _ready() -> AutomationCondition:
     """No input missing or running, not running itself, no input failed a blocking check."""
     return (_no_deps_missing()
@@ -170,19 +186,25 @@ def _eager() -> AutomationCondition:
     return AutomationCondition.eager().replace("any_deps_missing", ~_no_deps_missing())
 
 
-def per_shard_condition(cron: str = NIGHTLY_CRON) -> AutomationCondition:
-    """``eager()``, or missing, or code changed at the nightly tick; inputs present and their blocking checks passed."""
-    return ((_eager() | _missing_term(cron) | _code_changed_term(cron))
-            & _ready()).with_label("per_shard")
+def per_shard_condition(cron: str = NIGHTLY_CRON, *, aggregate: bool = False) -> AutomationCondition:
+    """``eager()``, or missing, or code changed at the nightly tick; inputs present and their blocking checks passed.
+
+    ``aggregate=True`` (``domain_stats``, unpartitioned over the shard partitions) also waits until
+    one of its inputs exists.
+    """
+    ready = _ready() & _has_input() if aggregate else _ready()
+    return ((_eager() | _missing_term(cron) | _code_changed_term(cron)) & ready).with_label("per_shard")
 
 
 def refit_condition(cron: str = NIGHTLY_CRON) -> AutomationCondition:
-    """``on_cron(cron)``, or missing, or code changed at the nightly tick; inputs present and their blocking checks passed."""
+    """``on_cron(cron)``, or missing, or code changed at the nightly tick; inputs present (at least one) and their
+    blocking checks passed."""
     return ((AutomationCondition.on_cron(cron) | _missing_term(cron) | _code_changed_term(cron))
-            & _ready()).with_label("refit")
+            & _ready() & _has_input()).with_label("refit")
 
 
 _PER_SHARD = per_shard_condition()
+_AGGREGATE = per_shard_condition(aggregate=True)
 _REFIT = refit_condition()
 
 #: Asset key -> (condition, why). Every materializable asset of the code location has a row
@@ -193,7 +215,7 @@ TABLE: dict[str, tuple[AutomationCondition, str]] = {
                                "so the nightly teacher refit only samples"),
     "domain_assignments": (_PER_SHARD, "per shard, the student labels one shard in seconds: new shards are "
                                        "labelled as they arrive; a refit student relabels every shard"),
-    "domain_stats": (_PER_SHARD, "cheap aggregate (sums of per-shard counts): follows the assignments at once"),
+    "domain_stats": (_AGGREGATE, "cheap aggregate (sums of per-shard counts): follows the assignments at once"),
     "teacher_sample": (_REFIT, "reads every shard's embeddings: at most nightly, only when they changed"),
     "teacher_clusters": (_REFIT, "the GEM fit (minutes): nightly after a new sample"),
     "student_model": (_REFIT, "trained on the teacher's labels of every shard: nightly after a new teacher"),
@@ -311,14 +333,7 @@ def build_shard_sensor(observe_job=None,
 
 
 def _observe_job(jobs: Sequence = ()):
-    for job in jobs:
-        if getattr(job, "name", None) == OBSERVE_JOB:
-            return job
-    try:  # A1's job, until definitions.py lists it
-        from gem_assets.defs import shards as shards_module
-    except ImportError:
-        return None
-    return getattr(shards_module, OBSERVE_JOB, None)
+    return next((job for job in jobs if getattr(job, "name", None) == OBSERVE_JOB), None)
 
 
 def automation_sensors(jobs: Sequence = ()) -> list:
