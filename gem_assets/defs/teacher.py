@@ -98,6 +98,7 @@ def teacher_sample(context: AssetExecutionContext, gem: GemConfig) -> Materializ
     kinds={"pytorch", "mlflow"},
     code_version=code_version("teacher_clusters"),
     retry_policy=STORE_RETRY,
+    pool="gem_teacher",  # one GEM fit at a time across runs, once the pool has a limit (deploy/helm/values.yaml)
     check_specs=[AssetCheckSpec(name, asset="teacher_clusters", description=d) for name, d in TEACHER_CHECKS.items()],
 )
 def teacher_clusters(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTracker) -> MaterializeResult:
