@@ -5,10 +5,12 @@ Reads the fitted teacher, every shard's ``documents``, its student ``domain_assi
 passes) and writes:
 
 - ``outputs/taxonomy.json``: per domain its id, name, top terms with GIS scores, share, concentration,
-  exemplars (id, posterior, snippet) and parent; the tree (internal nodes named by GIS of the merged
-  domains, scipy linkage); NPMI coherence and distinctiveness of the GIS names and of c-TF-IDF's on
-  the same domains;
-- ``outputs/taxonomy/``: ``taxonomy.md``, ``dendrogram.png``, ``domain_map.png``.
+  exemplars (id, posterior, snippet) and parent; the tree (the share-weighted spherical merges of
+  ``lib.taxonomy.build.agglomerate``, internal nodes named by GIS of the merged domains, the merges also
+  as a linkage matrix in scipy's layout); NPMI coherence and distinctiveness of the GIS names and of
+  c-TF-IDF's on the same domains;
+- ``outputs/taxonomy/``: ``taxonomy.md``, ``dendrogram.png`` and ``domain_map.png``, both labelled
+  ``"<id>: <GIS name>"``.
 
 Fingerprint: the teacher's input fingerprint, the assignments (and embeddings) fingerprint of each
 included shard, and the taxonomy parameters (provenance; the data version is derived from it).
@@ -151,7 +153,7 @@ def taxonomy(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTrack
     labels = [f"{d['id']}: {d['name']}" for d in tax["domains"]]
     dendro = plots.taxonomy_dendrogram(tax["tree"]["linkage"], labels,
                                        title=f"GEM domain tree (K={tax['k']}, {stats.n_documents} documents)")
-    dmap = plots.domain_map(geometry.means, [d["share"] for d in tax["domains"]], [str(d["id"]) for d in tax["domains"]])
+    dmap = plots.domain_map(geometry.means, [d["share"] for d in tax["domains"]], labels)
     md = tx.taxonomy_markdown(tax)
     out = layout.taxonomy_dir
     with storage.atomic_dir(out) as tmp:

@@ -1,7 +1,9 @@
-"""Pictures of a teacher fit, as PNG bytes (matplotlib, Agg backend, no display needed).
+"""The pipeline's pictures, as PNG bytes (matplotlib, Agg backend, no display needed).
 
-:func:`markdown_image` turns PNG bytes into a Markdown image with a base64 data URI, which
-the Dagster UI renders in materialization metadata.
+Teacher: :func:`share_bar_chart`, :func:`objective_curve`. Taxonomy: :func:`taxonomy_dendrogram`,
+:func:`domain_map`. Mixing: :func:`weights_bar_chart`, :func:`weight_trajectory`,
+:func:`values_bar_chart`. :func:`markdown_image` turns PNG bytes into a Markdown image with a base64
+data URI, which the Dagster UI renders in materialization metadata.
 """
 
 from __future__ import annotations
@@ -137,9 +139,21 @@ def taxonomy_dendrogram(linkage, labels: Sequence[str], title: str = "GEM domain
     return _png(fig)
 
 
-def domain_map(means, shares: Sequence[float], labels: Sequence[str], title: str = "GEM domains, 2-D map") -> bytes:
+def _shorten(label: str, max_chars: int) -> str:
+    """``label`` cut to at most ``max_chars`` characters, an ellipsis marking the cut."""
+    label = str(label)
+    return label if len(label) <= max_chars else label[: max(1, max_chars - 1)].rstrip(" /") + "…"
+
+
+def domain_map(means, shares: Sequence[float], labels: Sequence[str], title: str = "GEM domains, 2-D map",
+               max_label_chars: int = 30) -> bytes:
     """Domain mean directions in 2-D (classical MDS of the unit means = their first two principal
-    axes), one disc per domain with area proportional to its share.
+    axes), one disc per domain with area proportional to its share, each labelled.
+
+    Labels longer than ``max_label_chars`` are cut (with an ellipsis). They are placed greedily, the
+    largest domain first: on the disc's centre if the label overlaps no label already placed, else at
+    the first of 16 directions around the disc (farther out each round) where it overlaps none,
+    joined to its disc by a thin line; when no position is free, the one that overlaps least.
 
     Parameters
     ----------
@@ -148,9 +162,11 @@ def domain_map(means, shares: Sequence[float], labels: Sequence[str], title: str
     shares : sequence of float
         Share of each domain.
     labels : sequence of str
-        One label per domain.
+        One label per domain (the pipeline passes ``"<id>: <GIS name>"``).
     title : str
         Figure title.
+    max_label_chars : int
+        Longest label drawn, in characters.
 
     Returns
     -------
@@ -163,17 +179,74 @@ def domain_map(means, shares: Sequence[float], labels: Sequence[str], title: str
     U, sv, _ = np.linalg.svd(C, full_matrices=False)
     xy = U[:, :2] * sv[:2] if sv.size >= 2 else np.column_stack([U[:, 0] * sv[0], np.zeros(len(M))])
     var = sv ** 2 / max(float((sv ** 2).sum()), 1e-300)
-    fig = _figure(6.5, 5.0)
+    fig = _figure(8.0, 6.0)
     ax = fig.add_subplot()
     area = 3000.0 * s / max(float(s.max()), 1e-300)
     ax.scatter(xy[:, 0], xy[:, 1], s=area, alpha=0.45, color="#4C72B0", edgecolors="#1f3b63")
-    for (x, y), lab in zip(xy, labels):
-        ax.annotate(lab, (x, y), fontsize=7, ha="center", va="center")
     ax.set_xlabel(f"axis 1 ({var[0]:.0%} of variance)")
     ax.set_ylabel(f"axis 2 ({var[1]:.0%} of variance)" if var.size > 1 else "axis 2")
     ax.set_title(title + " (disc area ∝ share)", fontsize=10)
-    ax.margins(0.15)
+    ax.margins(0.2)
+    _place_labels(fig, ax, xy, np.sqrt(area / np.pi), [_shorten(lab, max_label_chars) for lab in labels],
+                  order=np.argsort(-s, kind="stable"))
     return _png(fig)
+
+
+def _place_labels(fig, ax, xy, radius_pt, labels: Sequence[str], order) -> None:
+    """Annotate point i of ``xy`` with ``labels[i]`` avoiding overlaps (see :func:`domain_map`).
+
+    ``radius_pt`` is each disc's radius in points. The labels are left out of the layout, so placing
+    them does not move the axes they were measured in.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # the renderer that measures text, the one savefig uses
+    fig.draw_without_rendering()  # fixes the layout, so that the extents measured below stay true
+    renderer = canvas.get_renderer()
+    box_ax = ax.get_window_extent(renderer)
+    placed = []
+    angles = np.deg2rad([90, 270, 0, 180, 45, 135, 315, 225, 20, 160, 340, 200, 65, 115, 295, 245])
+    directions = [(float(np.cos(a)), float(np.sin(a))) for a in angles]
+
+    def overlap(bb) -> float:
+        area = 0.0
+        for other in placed:
+            w = min(bb.x1, other.x1) - max(bb.x0, other.x0)
+            h = min(bb.y1, other.y1) - max(bb.y0, other.y0)
+            if w > 0 and h > 0:
+                area += w * h
+        outside = (max(0.0, box_ax.x0 - bb.x0) + max(0.0, bb.x1 - box_ax.x1)
+                   + max(0.0, box_ax.y0 - bb.y0) + max(0.0, bb.y1 - box_ax.y1))
+        return area + 1e3 * outside
+
+    def annotate(i, dx, dy, line):
+        ha = "center" if abs(dx) < 1e-6 * (1 + abs(dy)) else ("left" if dx > 0 else "right")
+        va = "center" if abs(dy) < 1e-6 * (1 + abs(dx)) else ("bottom" if dy > 0 else "top")
+        text = ax.annotate(labels[i], tuple(xy[i]), xytext=(dx, dy), textcoords="offset points", fontsize=7,
+                           ha=ha, va=va, annotation_clip=False,
+                           bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.7),
+                           arrowprops=dict(arrowstyle="-", lw=0.5, color="#1f3b63", shrinkA=0, shrinkB=0)
+                           if line else None)
+        text.set_in_layout(False)
+        return text
+
+    for i in order:
+        r = float(radius_pt[i]) + 4.0
+        candidates = [(0.0, 0.0)] + [(dx * (r + step), dy * (r + step)) for step in (0.0, 14.0, 30.0, 50.0, 75.0)
+                                     for dx, dy in directions]
+        best = None
+        for dx, dy in candidates:
+            text = annotate(i, dx, dy, line=False)  # measured without its line
+            bb = text.get_window_extent(renderer).expanded(1.05, 1.2)
+            text.remove()
+            cost = overlap(bb)
+            if best is None or cost < best[0]:
+                best = (cost, (dx, dy), bb)
+            if cost == 0.0:
+                break
+        (dx, dy), bb = best[1], best[2]
+        annotate(i, dx, dy, line=(dx, dy) != (0.0, 0.0))
+        placed.append(bb)
 
 
 def weights_bar_chart(weights: Sequence[float], natural: Sequence[float], labels: Sequence[str],
