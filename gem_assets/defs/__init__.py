@@ -21,8 +21,11 @@ Around them:
 ``automation``   one automation condition per asset, the ``gem_automation`` sensor that evaluates
                  them and the ``shard_sensor`` that registers new shard files (both running by
                  default);
-``jobs``         per-stage asset jobs for the UI and ``gem_assets_job`` (every asset; ``make run``
-                 runs it with asset selections);
+``jobs``         ``gem_assets_job`` (every asset; ``make run`` runs it with asset selections) and
+                 eight per-stage asset jobs for the UI: ``shard_job`` (``documents`` +
+                 ``embeddings``), ``teacher_job``, ``student_job``, ``assign_job``
+                 (``domain_assignments``), ``stats_job``, ``taxonomy_job``, ``mixing_job`` and
+                 ``evaluation_job``;
 ``executors``    the executor chosen by ``GEM_EXECUTOR`` and the launching of runs from a code
                  pointer (``run_jobs``);
 ``_compat``      the only import of Dagster's private API (for the Dask executor), pinned to the

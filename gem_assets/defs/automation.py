@@ -110,7 +110,8 @@ __all__ = [
     "automation_sensors",
 ]
 
-#: The nightly tick (the cron schedule, in the instance's time zone): missing shards and code changes are backfilled, refits follow their inputs.
+#: The nightly tick, 03:00 GMT (``on_cron``'s default time zone, Coordinated Universal Time): missing shards and
+#: code changes are backfilled, refits follow their inputs.
 NIGHTLY_CRON = "0 3 * * *"
 
 #: Name of the observation job of the ``shard_files`` source (``gem_assets/defs/shards.py``).

@@ -8,9 +8,11 @@ budget, and reports held-out bits per byte with Student-t intervals for two sett
 held-out documents of the whole corpus (``all``) and each source in turn (``lib/evaluation/experiment.py``).
 Written to ``outputs/evaluation/``.
 
-Fingerprint (recorded in metadata and ``summary.json``; the data version is derived from it): the
-documents, embeddings and assignments fingerprints of every shard, the teacher sample's,
-the student's and the evaluation parameters.
+Fingerprint (recorded in metadata and ``summary.json``; the data version Dagster compares is
+derived from it): the documents, embeddings and assignments fingerprints of every shard, the
+teacher sample's, the student's and the evaluation parameters. What is stale is decided by
+Dagster from code and data versions (``gem_assets/defs/versions.py``), not by comparing
+fingerprints.
 """
 
 from dagster import (
@@ -72,9 +74,9 @@ def _inputs(settings: Settings, keys) -> dict:
             "student": storage.read_json(student)["fingerprint"]}
 
 
-def evaluation_fingerprint(settings: Settings, inputs: dict, reused: dict | None = None) -> str:
-    """What determines the evaluation: its inputs, its parameters and any reused GEM weights."""
-    return fingerprint("mixture_evaluation", inputs, settings.evaluation_params(), reused or {})
+def evaluation_fingerprint(settings: Settings, inputs: dict) -> str:
+    """What determines the evaluation: its inputs' fingerprints (:func:`_inputs`) and its parameters."""
+    return fingerprint("mixture_evaluation", inputs, settings.evaluation_params())
 
 
 def _config(settings: Settings):
@@ -118,9 +120,10 @@ def _config(settings: Settings):
 def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTracker) -> MaterializeResult:
     """Held-out bits per byte of target LMs trained on each bucketization x mixer mixture.
 
-    Written to ``outputs/evaluation/``: ``results.csv`` (mean and interval per pair, per
-    evaluated stream), ``runs.csv`` (one row per seed), ``results.md`` (table, paired
-    differences against GEM, setup), ``bpb.png``, ``weights.json`` and ``summary.json``.
+    Written to ``outputs/evaluation/``: ``results.csv`` (mean and interval per bucketization,
+    mixer and target), ``runs.csv`` (one row per target model and target scored),
+    ``differences.csv`` (GEM minus each other bucketization, paired by seed), ``results.md``
+    (differences, table, setup), ``bpb.png``, ``weights.json`` and ``summary.json``.
     """
     import polars as pl
 

@@ -1,6 +1,15 @@
-"""Asset jobs: one per stage, to launch a stage (or a backfill over shards) from the UI, and
-``gem_assets_job`` (every asset), the job ``make run`` (``gem_assets/run.py``) launches with the
-asset selections Dagster's stale status reports MISSING or STALE.
+"""Asset jobs: ``gem_assets_job`` (every asset), the job ``make run`` (``gem_assets/run.py``) launches
+with the asset selections Dagster's stale status reports MISSING or STALE, and one job per stage, to
+launch a stage (or a backfill over shards) from the UI:
+
+``shard_job``       ``documents`` + ``embeddings`` (per shard partition)
+``teacher_job``     ``teacher_sample`` + ``teacher_clusters``
+``student_job``     ``student_model``
+``assign_job``      ``domain_assignments`` (per shard partition)
+``stats_job``       ``domain_stats``
+``taxonomy_job``    ``taxonomy``
+``mixing_job``      ``proxy_corpus``, ``doremi_weights``, ``regmix_runs``, ``regmix_weights``, ``curated_mixture``
+``evaluation_job``  ``mixture_evaluation``
 
 The daemon's automation (``gem_assets/defs/automation.py``) and the UI's "Materialize" launch
 runs of asset selections, not of these jobs. ``observe_shards`` is in ``gem_assets/defs/shards.py``.

@@ -1,8 +1,13 @@
 """The MLflow resource: a small ConfigurableResource around :class:`mlflow.MlflowClient`.
 
+Every stage that logs to MLflow goes through it, each in its own experiment: the teacher
+(``gem-teacher``, the resource's default), the student (``gem-student``), the taxonomy
+(``gem-taxonomy``), the mixers (``gem-mixing``) and the mixture evaluation (``gem-evaluation``);
+an asset makes a copy of the resource with its experiment's name.
+
 Policy when the tracking store is unreachable (``on_error``): ``warn`` (default) logs a
 warning, records ``mlflow_status`` in the asset's metadata and lets the asset materialize,
-because the teacher is already computed and written; ``fail`` raises, failing the step
+because its result is already computed and written; ``fail`` raises, failing the step
 (its files are already written, but the materialization is not recorded).
 """
 
@@ -33,7 +38,7 @@ class TrackingOutcome(NamedTuple):
 
 
 class MlflowTracker(ConfigurableResource):
-    """Logs teacher fits to MLflow.
+    """Logs a stage's fit (parameters, per-step metrics, final metrics, files) as one MLflow run.
 
     Attributes
     ----------
@@ -41,7 +46,7 @@ class MlflowTracker(ConfigurableResource):
         Empty: ``sqlite:///$GEM_STATE/mlflow.db`` (``GEM_STATE``: ``GEM_HOME`` when local;
         ``GEM_MLFLOW_TRACKING_URI``).
     experiment : str
-        MLflow experiment name.
+        MLflow experiment name (``gem-teacher`` unless the asset sets its own).
     enabled : bool
         ``False`` skips MLflow entirely (``GEM_MLFLOW=0``).
     on_error : str
@@ -133,7 +138,7 @@ class MlflowTracker(ConfigurableResource):
             if self.on_error == "fail":
                 raise RuntimeError(message + " (GEM_MLFLOW_ON_ERROR=fail)") from exc
             if log is not None:
-                log.warning(message + "; the teacher is materialized without an MLflow run "
+                log.warning(message + "; the asset is materialized without an MLflow run "
                             "(set GEM_MLFLOW_ON_ERROR=fail to fail instead)")
             return TrackingOutcome("unreachable", uri, None, message)
         return TrackingOutcome("logged", uri, run_id, f"MLflow run {run_id} in experiment {self.experiment!r}")

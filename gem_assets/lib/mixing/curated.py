@@ -195,9 +195,9 @@ def write_curated_parts(index: CorpusIndex, sample: CuratedSample, read_texts: C
     rows_per_file : int
     bucket_bytes : int
         About this many tokens of text per bucket (the memory of the second phase; a bucket holds
-        at least one output file). 16 MiB: on a 40-shard BBC mixture (86 MiB of text) the write's
-        peak was 130 MiB above its start against 180 MiB with 256 MiB buckets, and 20 -> 40 shards
-        no longer raised it (docs/scaling.md).
+        at least one output file). 16 MiB: on BBC mixtures of 43 and 86 MiB of text (20 and 40
+        shards) the write peaked 113-121 and 123-130 MiB above its start, against 133 and 180 MiB
+        with 256 MiB buckets.
     max_buckets : int
         Most buckets (temporary files open at once in the first phase): when the mixture holds more
         than ``max_buckets / 2 * bucket_bytes`` tokens, buckets grow to ``2 * tokens / max_buckets``

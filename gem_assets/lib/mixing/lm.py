@@ -367,9 +367,9 @@ class _Deterministic:
 
     Both settings are restored on exit. Proxy models are small (d_model <= a few hundred), so
     their GEMMs gain little from intra-op threads and lose a lot when another process holds a
-    core: on the shared 2-core machine the default proxy trained at 13.9k bytes/s on 1 thread
-    and 3.5k on 2 (benchmarks/proxy.py, load average 5.2; an earlier ad-hoc run at load ~2 gave
-    34k and 1.8k-4.5k). ``threads=None`` leaves torch's setting.
+    core: on a shared 2-core machine the default proxy trained several times faster on 1 thread
+    than on 2 (``python benchmarks/proxy.py``, docs/benchmarks.md). ``threads=None`` leaves
+    torch's setting.
     """
 
     def __init__(self, device: torch.device, threads: int | None = None):

@@ -1,7 +1,15 @@
-"""Seeded samples: the per-shard embedding cap and the teacher sample stratified by shard.
+"""Seeded samples of documents, used by every stage that samples.
 
-Every sample is a pure function of ``(seed, keys)``: re-running with the same inputs draws
-the same documents, whatever else changed in the corpus.
+- Derived seeds (:func:`derive_seed`, :func:`rng_for`): one independent stream per purpose and key.
+- Position samples: :func:`cap_sample` (the per-shard embedding cap), :func:`allocate` and
+  :func:`stratified_sample` (the teacher sample, stratified by shard, largest remainder).
+- Bottom-k samples by key, streamed and independent of the order the keys arrive in:
+  :func:`key_priority` / :func:`key_priorities` (a seeded 64-bit priority per key), :class:`BottomK`,
+  :func:`bottom_k_positions` and :func:`bottom_k` (the evaluation's target set and training pool,
+  the mixing stage's target sample, the hold-out splits' hashes).
+
+Every sample is a pure function of the seed and the keys (or sizes) it is drawn from: re-running
+with the same inputs draws the same documents, whatever else changed in the corpus.
 """
 
 from __future__ import annotations

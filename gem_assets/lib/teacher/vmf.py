@@ -26,7 +26,9 @@ analytically, so both keep full relative precision: A where it is tiny (kappa <<
 where it is tiny (kappa >> d). ``kappa_mle`` inverts A_d with a bracketed Newton iteration on
 log kappa, and ``sample_vmf`` is Wood's (1994) rejection sampler in a numerically stable form.
 
-Everything here is numpy + the standard library (``math``, ``fractions``); no scipy at runtime.
+This module uses numpy and the standard library (``math``, ``fractions``) only: its accuracy does
+not rest on scipy's Bessel functions (scipy is a dependency of the package for other stages; the
+tests compare against mpmath).
 """
 
 from __future__ import annotations
