@@ -516,6 +516,12 @@ def _ancestors(graph: dict[str, set[str]], asset: str) -> set[str]:
     return seen
 
 
+
+def _named(domain, names: dict[str, str]) -> str:
+    """``5 "football / club / league"`` when the taxonomy named the domain, else ``5``."""
+    name = names.get(str(domain))
+    return f'{domain} "{name}"' if name else str(domain)
+
 def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
     from gem_assets.lib.io import artifacts
     from gem_assets.lib.io import storage
@@ -557,8 +563,10 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
           f"({st['n_heldout']} documents); assignments {len(summary.get('assigned_shards', []))} shard(s) now; "
           f"stats {summary.get('stats')}")
     tax_path = layout.outputs_dir / "taxonomy.json"
+    names: dict[str, str] = {}
     if tax_path.is_file():
         tax = storage.read_json(tax_path)
+        names = {str(d["id"]): d.get("name", "") for d in tax.get("domains", [])}
         q = tax.get("quality", {}).get("gis")
         qual = f", names' mean NPMI {q['npmi']:.3f}, distinctiveness {q['distinctiveness']:.2f}" if q else ""
         p(f"taxonomy    {summary.get('taxonomy')}: {tax['k']} named domains in a tree of {2 * tax['k'] - 1} nodes, "
@@ -568,7 +576,7 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
         man = storage.read_json(manifest_path)
         top = sorted(man["weights"].items(), key=lambda kv: -kv[1])[:3]
         p(f"mixing      {summary.get('mixing')}: {man['mixer']} weights (top: "
-          f"{', '.join(f'{d} {w:.3f}' for d, w in top)}); curated mixture {man['documents']:,} documents, "
+          f"{', '.join(_named(d, names) + f' {w:.3f}' for d, w in top)}); curated mixture {man['documents']:,} documents, "
           f"{man['tokens']:,} tokens of a {man['budget_tokens']:,} budget -> {layout.mixture_dir}")
     elif summary.get("mixing"):
         p(f"mixing      {summary['mixing']}")
