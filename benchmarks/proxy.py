@@ -11,8 +11,6 @@ CUDA when present. Also times the bits-per-byte evaluation of the default proxy.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -38,7 +36,9 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     streams = {f"d{i}": rng.integers(0, 256, 400_000).astype(np.uint8) for i in range(4)}
-    load = os.getloadavg()[0]
+    from _report import load_average, machine, section, write_section
+
+    load = load_average()
     lines = ["| profile | shape (layers x heads x d_model, context) | parameters | batch | device | threads | "
              "train bytes/s |", "|---|---|---|---|---|---|---|"]
     devices = [("cpu", 1), ("cpu", 2)] + ([("cuda", None)] if torch.cuda.is_available() else [])
@@ -58,19 +58,22 @@ def main() -> None:
     t0 = time.perf_counter()
     evaluate_bpb(model, streams["d0"], max_tokens=65_536, device="cpu")
     eval_rate = 65_536 / (time.perf_counter() - t0)
-    header = (f"Command: `python benchmarks/proxy.py --write docs/benchmarks.md` on {platform.machine()}, "
-              f"{os.cpu_count()} cores, torch {torch.__version__}; 1-minute load average {load:.1f} at the start "
-              f"(the machine was shared with other work, so these are lower bounds). Date: "
-              f"{time.strftime('%Y-%m-%d')}. Random bytes; {args.steps} timed steps after a warm-up.")
-    notes = (f"- Evaluation (default proxy, 1 thread, 65,536 bytes): {eval_rate:,.0f} bytes/s.\n"
-             "- `train_lm` defaults to 1 torch thread on CPU (`cpu_threads=1`): the proxies' GEMMs are small, and "
-             "on this shared machine a second thread waits on the core another process holds.")
-    text = "\n\n".join([header, "\n".join(lines), notes])
+    rates = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rates[(cells[0], cells[4], cells[5])] = float(cells[6].replace(",", ""))
+    two = rates.get(("default", "cpu", "2"), 0.0) / max(rates.get(("default", "cpu", "1"), 0.0), 1e-9)
+    notes = (f"Reading: random bytes, {args.steps} timed steps after a warm-up (the `full` shape on CPU: an eighth "
+             f"of them).\n\n"
+             f"- Evaluation (default proxy, 1 thread, 65,536 bytes): {eval_rate:,.0f} bytes/s.\n"
+             f"- In this run 2 threads trained the default shape at {two:.2f}x the 1-thread rate. `train_lm` "
+             "defaults to 1 torch thread on CPU (`cpu_threads=1`): the proxies' GEMMs are small, and proxies trained "
+             "beside other work would otherwise compete for the same cores. Read every rate with the load average "
+             "of the first line (a loaded machine gives lower bounds).")
+    text = section("\n".join(lines), notes, on=machine(load=load, extra=f"torch {torch.__version__}"))
     print(text)
     if args.write:
-        from gem_scaling import write_section  # benchmarks/ is on sys.path when run as a script
-
-        write_section(args.write, "proxy", "Proxy language models (`benchmarks/proxy.py`)", text)
+        write_section(args.write, "proxy", text, "Proxy language models (`benchmarks/proxy.py`)")
 
 
 if __name__ == "__main__":

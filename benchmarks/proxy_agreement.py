@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -128,7 +127,7 @@ def main() -> None:
     if args.mixtures < 16:
         print("note: fewer than 16 mixtures make the rank correlation very coarse", flush=True)
     t0 = time.perf_counter()
-    load = os.getloadavg()[0]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     train, targets = bbc_streams(args.target_bytes, SEED)
     keys = list(train)
     tokens = np.array([train[k].size for k in keys], dtype=np.float64)
@@ -182,24 +181,22 @@ def main() -> None:
         corr.append(f"| {k} | {t.size:,} | {rhos[k]:.3f} | {tr_bpb[k].min():.3f}-{tr_bpb[k].max():.3f} | "
                     f"{ng_bpb[k].min():.3f}-{ng_bpb[k].max():.3f} |")
     total = time.perf_counter() - t0
-    cmd = "python benchmarks/proxy_agreement.py" + "".join(f" {a}" for a in sys.argv[1:])
-    header = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()} "
-              f"({os.cpu_count()} cores shared with other work, 1-minute load average {load:.1f} at the start; one "
-              f"thread used), torch {torch.__version__}: `{cmd}`. {args.mixtures} mixtures, transformer proxies "
-              f"{CONFIG.n_layer} x {CONFIG.n_head} x {CONFIG.d_model}, context {CONFIG.context} "
-              f"({CONFIG.n_params():,} parameters), {steps} steps of {BATCH} rows ({budget:,} bytes, the calibrated "
-              f"{args.seconds_per_run:g} s a run), n-gram proxies of order {args.order} on the same bytes; "
-              f"{total / 60:.1f} minutes in all (transformers {t_train:.0f} s training and {t_eval:.0f} s scoring, "
-              f"n-grams {t_ngram:.0f} s).")
-    text = "\n".join([header, "", "Target `all` (held-out articles of every category), mixtures by n-gram rank:", "",
-                      "\n".join(rows), "", "Rank agreement per target:", "", "\n".join(corr), "",
-                      reading(rhos, p_all, tr_bpb, ng_bpb, steps)])
+    from _report import machine, section, write_section
+
+    setup = (f"Setup: {args.mixtures} mixtures, transformer proxies "
+             f"{CONFIG.n_layer} x {CONFIG.n_head} x {CONFIG.d_model}, context {CONFIG.context} "
+             f"({CONFIG.n_params():,} parameters), {steps} steps of {BATCH} rows ({budget:,} bytes, the calibrated "
+             f"{args.seconds_per_run:g} s a run), n-gram proxies of order {args.order} on the same bytes; "
+             f"{total / 60:.1f} minutes in all (transformers {t_train:.0f} s training and {t_eval:.0f} s scoring, "
+             f"n-grams {t_ngram:.0f} s).")
+    text = section("Target `all` (held-out articles of every category), mixtures by n-gram rank:\n\n" + "\n".join(rows),
+                   "Rank agreement per target:\n\n" + "\n".join(corr),
+                   reading(rhos, p_all, tr_bpb, ng_bpb, steps), setup,
+                   on=machine(load=load, extra=f"one thread used, torch {torch.__version__}"))
     print(text)
     if args.write:
-        from gem_scaling import write_section  # the benchmarks' one Markdown-section writer
-
-        write_section(args.write, "proxy_agreement",
-                      "Transformer against n-gram proxies on the same mixtures (`benchmarks/proxy_agreement.py`)", text)
+        write_section(args.write, "proxy_agreement", text,
+                      "Transformer against n-gram proxies on the same mixtures (`benchmarks/proxy_agreement.py`)")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ reports the largest ``w_k / share_k`` (epochs) of each proposal with and without
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -83,7 +81,9 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=float, default=4.0)
     ap.add_argument("--write", type=Path, default=None, help="replace the regmix section of this Markdown file")
     args = ap.parse_args()
+    from _report import load_average, machine, section, write_section
 
+    load_avg = load_average()
     W, y, cols = load(args.data, "train_mixture_1m.csv", "train_pile_loss_1m.csv")
     tests = {name: load(args.data, f"test_mixture_{name}.csv", f"test_pile_loss_{name}.csv")[:2]
              for name in ("1m", "60m", "1B")}
@@ -123,21 +123,19 @@ def main() -> None:
             print(name, capped, epochs, cols[top], flush=True)
     best = max(rows, key=lambda r: r[1]["1m"])
     chosen = next(r for r in rows if "kind='hgb'" in r[0])
-    header = (f"Command: `python benchmarks/regmix.py --write docs/benchmarks.md` on {platform.machine()}, "
-              f"{os.cpu_count()} cores (shared with other work). Date: {time.strftime('%Y-%m-%d')}. "
-              f"Fit on RegMix's 512 training runs (1M parameters), target `{TARGET}`; Spearman on the test runs "
-              f"(256 at 1M, 256 at 60M, 64 at 1B).")
-    verdict = (f"- Target: Spearman >= 0.95 on the 1M test set. The project's default regressor (HistGradientBoosting) "
-               f"reaches **{chosen[1]['1m']:.3f}** -> **{'met' if chosen[1]['1m'] >= 0.95 else 'not met'}**; the "
-               f"best here: {best[0]} ({best[1]['1m']:.3f}).\n"
+    verdict = (f"Reading: fit on RegMix's 512 training runs (1M parameters), target `{TARGET}`; Spearman on "
+               f"the test runs (256 at 1M, 256 at 60M, 64 at 1B).\n\n"
+               f"- Target: Spearman >= 0.95 on the 1M test set. The project's default regressor on many runs "
+               f"(HistGradientBoosting) reaches **{chosen[1]['1m']:.3f}** -> "
+               f"**{'met' if chosen[1]['1m'] >= 0.95 else 'not met'}**; the best here: {best[0]} "
+               f"({best[1]['1m']:.3f}).\n"
                f"- Epoch cap: token shares estimated as the squared mean training mixture; budget = one natural "
-               f"epoch, cap {args.max_epochs:g} epochs, {args.n_simulations:,} simulated mixtures, top 128 averaged.")
-    text = "\n\n".join([header, "\n".join(lines), "\n".join(cap_lines), verdict])
+               f"epoch, cap {args.max_epochs:g} epochs, {args.n_simulations:,} simulated mixtures, top 128 averaged. "
+               f"Without the cap the proposal reads its top domain up to the 'max epochs' column's number of times.")
+    text = section("\n".join(lines), "\n".join(cap_lines), verdict, on=machine(load=load_avg))
     print(text)
     if args.write:
-        from gem_scaling import write_section  # benchmarks/ is on sys.path when run as a script
-
-        write_section(args.write, "regmix", "RegMix regressors (`benchmarks/regmix.py`)", text)
+        write_section(args.write, "regmix", text, "RegMix regressors (`benchmarks/regmix.py`)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """NMI against the truth as the true domain sizes grow unequal: where balance helps and where it costs.
 
-Issue 2's target "GEM's NMI at least the best baseline's" is unmet on the Zipf-sized synthetic cone
-(docs/benchmarks.md). This benchmark shows why, by varying the one thing that decides it: how unequal
-the true cluster sizes are. Data: the synthetic cone of `benchmarks/clustering.py` (24 true vMF
+The clustering benchmark's target "GEM's NMI at least the best baseline's" is unmet on the Zipf-sized
+synthetic cone (docs/benchmarks.md). This benchmark shows why, by varying the one thing that decides it:
+how unequal the true cluster sizes are. Data: the synthetic cone of `benchmarks/clustering.py` (24 true vMF
 clusters, kappa 600, d = 384) with cluster sizes proportional to rank^-exponent, exponent from 0
 (equal sizes) to 1.4; K = 24 (the true number). Every method starts from the same spherical
 k-means++ centres per (data, seed); NMI is averaged over the seeds. Quality only: no timings.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +55,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", type=Path, default=None, help="replace the size_skew section of this Markdown file")
     args = ap.parse_args()
+    from _report import machine, section, write_section
+
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [m[0] for m in methods()]
@@ -84,16 +85,7 @@ def main() -> None:
                   f"{max_share[name][e]:.3f}", flush=True)
         j_fit[e] = float(np.mean(js))
     cols = " | ".join(f"{e:g}" for e in EXPONENTS)
-    lines = [
-        f"Command: `python benchmarks/size_skew.py --n {args.n} --seeds {args.seeds} --threads {args.threads}`. "
-        f"Date: {time.strftime('%Y-%m-%d')}. Synthetic cone, N = {args.n:,}, d = 384, 24 true clusters "
-        f"(kappa 600) with sizes proportional to rank^-exponent, K = 24; mean over seeds {args.seeds} of the "
-        "shared k-means++ seeding. Largest / smallest true cluster: "
-        + ", ".join(f"{24 ** e:.0f}x at {e:g}" for e in EXPONENTS) + ".",
-        "",
-        f"| NMI against the truth, by size exponent | {cols} |",
-        "|---|" + "---:|" * len(EXPONENTS),
-    ]
+    lines = [f"| NMI against the truth, by size exponent | {cols} |", "|---|" + "---:|" * len(EXPONENTS)]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(f"{nmi[name][e]:.4f}" for e in EXPONENTS) + " |")
     lines.append("| oracle (true means, argmax mu_k.x) | " + " | ".join(f"{oracle[e]:.4f}" for e in EXPONENTS) + " |")
@@ -106,12 +98,49 @@ def main() -> None:
     lines += ["", f"| GEM balance=0, J/N | {cols} |", "|---|" + "---:|" * len(EXPONENTS),
               "| fitted from k-means++ (mean over seeds) | " + " | ".join(f"{j_fit[e]:.3f}" for e in EXPONENTS) + " |",
               "| fitted from the true means | " + " | ".join(f"{j_truth[e]:.3f}" for e in EXPONENTS) + " |"]
-    text = "\n".join(lines)
+    text = section("\n".join(lines), reading(args, names, nmi, dead, max_share, oracle, j_fit, j_truth),
+                   on=machine(extra=f"{args.threads} torch thread(s)"))
     print(text)
     if args.write:
-        from gem_scaling import write_section  # the benchmarks' one Markdown-section writer
+        write_section(args.write, "size_skew", text, "NMI against unequal true sizes (`benchmarks/size_skew.py`)")
 
-        write_section(args.write, "size_skew", "NMI against unequal true sizes (`benchmarks/size_skew.py`)", text)
+
+def reading(args, names, nmi, dead, max_share, oracle, j_fit, j_truth) -> str:
+    """What the tables say, from their numbers: where GEM leads on NMI, where learned weights do, at what cost."""
+    gem, vmf = names[0], "vMF-EM learned weights"
+    lead = [e for e in EXPONENTS if max(names, key=lambda n: nmi[n][e]) == gem]
+    behind = [e for e in EXPONENTS if e not in lead]
+    ratio = ", ".join(f"{24 ** e:.0f}x at {e:g}" for e in EXPONENTS)
+    out = [f"Reading: synthetic cone, N = {args.n:,}, d = 384, 24 true clusters (kappa 600) with sizes proportional "
+           f"to rank^-exponent, K = 24; mean over seeds {args.seeds} of the shared k-means++ seeding; largest / "
+           f"smallest true cluster {ratio}.", ""]
+    if lead:
+        out.append("- GEM at its default balance has the highest NMI of the four methods at exponent(s) "
+                   + ", ".join(f"{e:g}" for e in lead) + " ("
+                   + "; ".join(f"{nmi[gem][e]:.3f} against {max(nmi[n][e] for n in names if n != gem):.3f}"
+                               for e in lead) + ").")
+    if behind:
+        best = {e: max((n for n in names if n != gem), key=lambda n: nmi[n][e]) for e in behind}
+        out.append("- It is behind at exponent(s) " + ", ".join(f"{e:g}" for e in behind) + " ("
+                   + "; ".join(f"{best[e]} {nmi[best[e]][e]:.3f} against {nmi[gem][e]:.3f}" for e in behind) + ").")
+    out.append(f"- The price of learned weights: {vmf} averages "
+               + ", ".join(f"{dead[vmf][e]:.1f}" for e in EXPONENTS) + " dead domains and a largest share of "
+               + ", ".join(f"{max_share[vmf][e]:.1%}" for e in EXPONENTS) + " across the exponents; GEM "
+               + ", ".join(f"{dead[gem][e]:.1f}" for e in EXPONENTS) + " and "
+               + ", ".join(f"{max_share[gem][e]:.1%}" for e in EXPONENTS) + ".")
+    better = all(j_truth[e] > j_fit[e] for e in EXPONENTS)
+    if better:
+        why = ("at balance 0 the fit started from the true means reaches a higher J than the fits from k-means++ at "
+               "every exponent: the distance from NMI 1 is mostly local optima of k-means++-seeded ascent, not the "
+               "objective")
+    else:
+        why = ("at balance 0 the fit started from the true means does not reach a higher J than the fits from "
+               "k-means++ at every exponent: there the objective itself, not only the optimizer, departs from the "
+               "truth")
+    out.append(f"- The clusters are separable (oracle NMI >= {min(oracle.values()):.4f}), and {why}. With balanced "
+               "truth the balance term pulls the fit towards the truth; with unequal truth it pulls away from it.")
+    return "\n".join(out)
+
 
 if __name__ == "__main__":
     main()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -38,9 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-START, END = "<!-- student:start -->", "<!-- student:end -->"
-
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def _label_rss(model_dir: str, shards: list[str]) -> None:
     """Child process: label shards one after another, print the peak RSS in MiB."""
@@ -215,11 +212,10 @@ def main() -> None:
         f"- peak RSS labeling 1 shard ({rss[1][0]:,} docs): {rss[1][1]:.0f} MiB; 10 shards ({rss[10][0]:,} docs): "
         f"{rss[10][1]:.0f} MiB (a fresh process each; shards streamed in batches of 8,192 rows)",
     ]
-    header = (
-        f"Command: `python benchmarks/student.py --write docs/benchmarks.md` on {platform.machine()}, "
-        f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), fastText "
-        f"threads=2. Date: {time.strftime('%Y-%m-%d')}.\n\n"
-        f"Teacher: GEM K=16 (isotropy on, seed 0) on MiniLM embeddings of the 2,225 BBC articles; held out: "
+    from _report import machine, section, write_section
+
+    setup = (
+        f"Setup: teacher GEM K=16 (isotropy on, seed 0) on MiniLM embeddings of the 2,225 BBC articles; held out: "
         f"{n_hold} articles (seeded 80/20 split), scored against the teacher's argmax. Student: dim "
         f"{sp['dim']}, {sp['buckets']:,} buckets, {sp['epochs']} epochs, word bigrams (the default profile). "
         f"Throughput: {len(big):,} documents resampled from the articles (mean {mean_chars:,.0f} characters), "
@@ -227,16 +223,11 @@ def main() -> None:
         f"(its real cost would be higher); the teacher embeds {len(sample)} of the articles (model load "
         f"excluded)."
     )
-    text = "\n\n".join([header, "\n".join(lines), "\n".join(targets)])
+    on = machine(extra=f"torch {torch.__version__} ({torch.get_num_threads()} threads), fastText threads=2")
+    text = section("\n".join(lines), "Reading:\n\n" + "\n".join(targets), setup, on=on)
     print(text)
     if args.write:
-        doc = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
-        block = f"{START}\n{text}\n{END}"
-        if START in doc:
-            doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END):]
-        else:
-            doc = doc.rstrip("\n") + f"\n\n## Student (`benchmarks/student.py`)\n\n{block}\n"
-        args.write.write_text(doc)
+        write_section(args.write, "student", text, "Student (`benchmarks/student.py`)")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ One process, one vocabulary, the same domains for every naming method:
 - vocabulary: words and bigrams of ``lib/taxonomy/terms.py`` in at least 5 documents (stop words and numbers
   never), the same for every method;
 - names: the top-10 terms of each domain by GIS (four term posteriors, ``lib/taxonomy/gis.py``: the default
-  ``doc_posterior``, DESIGN.md's ``unit_direction``, ``mean_log_density`` and ``lift``) and by
+  ``doc_posterior``, the first definition ``unit_direction``, ``mean_log_density`` and ``lift``) and by
   c-TF-IDF (BERTopic's ``ClassTfidfTransformer`` defaults, ``lib/taxonomy/ctfidf.py``);
 - measures: mean over domains of the mean pairwise NPMI of the top-10 terms, from document
   co-occurrence on the whole corpus; distinctiveness = share of top-10 slots whose term is in no
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -58,6 +57,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[8, 16, 32], help="numbers of GEM domains to refit")
     parser.add_argument("--write", type=Path, help="write the table into this Markdown file")
     args = parser.parse_args()
+    from _report import load_average, machine, section, write_section
+
+    load = load_average()
 
     from gem_assets.config import Settings
     from gem_assets.lib.taxonomy import gis
@@ -129,25 +131,21 @@ def main() -> None:
     for d, (g, c) in enumerate(zip(names[k_show][default], names[k_show]["c-TF-IDF"])):
         ex.append(f"| {d} | {', '.join(g[:6])} | {', '.join(c[:6])} |")
     speed = ", ".join(f"K={k}: {n / s:,.0f} docs/s ({v:,} terms)" for k, n, s, v in timings)
-    busy = os.getloadavg()[0]
-    header = (
-        f"Command: `python benchmarks/taxonomy.py --write docs/benchmarks.md` on {platform.machine()}, "
-        f"{os.cpu_count()} cores (1-minute load average {busy:.1f} at the end: the machine was shared with other "
-        f"engineers' tests). Date: {time.strftime('%Y-%m-%d')}.\n\n"
-        f"Corpus: the {len(ids):,} BBC News articles, MiniLM embeddings; domains: GEM refit at each K (isotropy "
+    setup = (
+        f"Setup: the {len(ids):,} BBC News articles, MiniLM embeddings; domains: GEM refit at each K (isotropy "
         f"on, seed 0, every article labelled by the teacher's argmax) and {pipeline_note}. Vocabulary: words and "
         f"bigrams in >= {MIN_DF} documents, stop words and numbers excluded, one vocabulary for every method. "
         f"Measures on the top-{N_TOP} terms: mean NPMI (document co-occurrence on the corpus) and distinctiveness "
         f"(share of top-{N_TOP} slots unique to one domain). GIS statistics (two streamed passes, 5 batches): "
         f"{speed}."
     )
-    text = "\n\n".join([header, "\n".join(lines), "Target (GIS >= c-TF-IDF on both):\n\n" + "\n".join(verdict),
-                        f"Top terms at K={k_show} (first 6 of 10):\n\n" + "\n".join(ex)])
+    text = section("\n".join(lines), "Reading, against the target GIS >= c-TF-IDF on both measures:\n\n"
+                   + "\n".join(verdict), setup,
+                   f"Top terms at K={k_show} (first 6 of 10):\n\n" + "\n".join(ex), on=machine(load=load))
     print(text)
     if args.write:
-        from gem_scaling import write_section  # the benchmarks' one Markdown-section writer
+        write_section(args.write, "taxonomy", text, "Taxonomy (`benchmarks/taxonomy.py`)")
 
-        write_section(args.write, "taxonomy", "Taxonomy (`benchmarks/taxonomy.py`)", text)
 
 if __name__ == "__main__":
     main()

@@ -366,10 +366,9 @@ class _Deterministic:
     """On CPU, for a block: torch's deterministic algorithms on, ``threads`` intra-op threads.
 
     Both settings are restored on exit. Proxy models are small (d_model <= a few hundred), so
-    their GEMMs gain little from intra-op threads and lose a lot when another process holds a
-    core: on a shared 2-core machine the default proxy trained several times faster on 1 thread
-    than on 2 (``python benchmarks/proxy.py``, docs/benchmarks.md). ``threads=None`` leaves
-    torch's setting.
+    their GEMMs gain little from intra-op threads, and a second thread competes for a core with
+    whatever else runs beside the proxy (``python benchmarks/proxy.py`` times 1 and 2 threads,
+    docs/benchmarks.md). ``threads=None`` leaves torch's setting.
     """
 
     def __init__(self, device: torch.device, threads: int | None = None):
