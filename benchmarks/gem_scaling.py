@@ -133,14 +133,14 @@ def main() -> None:
     ratio = plain[-1]["s_per_iter"] / plain[0]["s_per_iter"]
     from _report import machine, section, write_section
 
-    streamed = [r for r in plain if r["path"] == "streamed"]
+    streamed = [r for r in plain if r.get("streamed")]
     big = streamed[-1] if streamed else plain[-1]
     own = big["peak_rss_mb"] - big["data_mb"] - big["base_mb"]
     forced_own = forced["peak_rss_mb"] - forced["data_mb"] - forced["base_mb"]
     reading = (
         f"Reading: K = {K}, d = {D}, float32, default balance, memory budget {args.budget / 2**20:.0f} MiB, "
         f"{args.iters} MM iterations per fit, each fit in a fresh process. The cost per MM iteration grows "
-        f"linearly in N: the log-log slope of seconds per iteration against N from {plain[0]['n']:,} to "
+        f"{'linearly in N' if 0.9 <= slope <= 1.1 else 'with N'}: the log-log slope of seconds per iteration against N from {plain[0]['n']:,} to "
         f"{plain[-1]['n']:,} is **{slope:.2f}** (1.00 = linear; N grew {plain[-1]['n'] / plain[0]['n']:.0f}x, seconds "
         f"per iteration {ratio:.1f}x; the smallest sizes carry fixed per-iteration overheads). "
         + (f"At N = {big['n']:,} the (N, K) work matrices would exceed the budget, so the fit streams X in row "

