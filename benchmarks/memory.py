@@ -128,13 +128,16 @@ def child(result_path: str) -> None:
     import gem_assets.run as driver
     from gem_assets.run import main as run_main
 
-    # gem_assets.run prints a layer's runs before executing them; execute (and print) them one at a
-    # time, so that each run's line marks the start of that run and the stage peaks belong to it
+    # gem_assets.run prints a layer's runs before executing them, and runs a layer's unpartitioned
+    # assets together (e.g. domain_stats, taxonomy and mixture_evaluation); execute (and print) one
+    # asset of one partition at a time, so that each line marks the start of what the stage peak
+    # that follows belongs to (the assets of a layer do not depend on each other)
     run_layer = driver._run_layer
 
     def one_run_at_a_time(defs, instance, layer_runs, *args, **kwargs):
-        for run in layer_runs:
-            run_layer(defs, instance, [run], *args, **kwargs)
+        for pk, assets, reason in layer_runs:
+            for asset in (assets if pk is None else [assets]):
+                run_layer(defs, instance, [(pk, [asset] if pk is None else asset, reason)], *args, **kwargs)
 
     driver._run_layer = one_run_at_a_time
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
@@ -180,6 +183,8 @@ def measure(n_shards: int, docs_per_shard: int, max_seq_length: int, keep: bool 
     if proc.returncode != 0 or not result.is_file():
         raise SystemExit(f"pipeline on {n_shards} shard(s) failed (exit {proc.returncode}); log: {log}")
     out = json.loads(result.read_text())
+    if out.get("rc") != 0:
+        raise SystemExit(f"pipeline on {n_shards} shard(s) failed (gem_assets.run returned {out.get('rc')}); log: {log}")
     summary = [ln for ln in log.read_text().splitlines() if ln.startswith(("documents ", "wall time"))]
     out.update(shards=n_shards, docs=n_shards * docs_per_shard, corpus_mib=corpus_bytes / 2**20, summary=summary,
                log=str(log))
