@@ -52,22 +52,98 @@ def test_every_quarantine_reason_jsonl(tmp_path):
         json.dumps({"id": None, "text": "no id here"}).encode(),
         json.dumps({"id": good[0]["id"], "text": "same id again"}).encode(),
         b'{"id": "u1", "text": "bad \xff\xfe bytes"}',
+        b'{"id": "t1", "text": "a line cut sho',                      # 10: truncated, not valid JSON
+        b'["id", "a1"]',                                                # 11: JSON, not an object
+        json.dumps({"id": "x1", "text": 12345}).encode(),               # 12: a number where the text should be
+        json.dumps({"id": "x2", "text": ["a", "list"]}).encode(),
+        json.dumps({"id": "m1", "body": "no text field"}).encode(),     # 14
+        b'{"id": "nan1", "text": NaN}',                                 # 15: a number too (as Python's json reads it)
     ]
     path = _jsonl_bytes(tmp_path / "bad.jsonl", lines)
     res = validation.validate_shard(path, max_chars=100)
-    assert res.rows_in == 10 == res.n_kept + res.n_quarantined
+    assert res.rows_in == 16 == res.n_kept + res.n_quarantined
     assert res.n_kept == 3
-    by_id = {r["id"]: r for r in res.quarantine.iter_rows(named=True)}
+    by_id = {r["id"]: r for r in res.quarantine.iter_rows(named=True) if r["id"] is not None}
     assert by_id["n1"]["reason"] == "null_text"
     assert by_id["e1"]["reason"] == "empty_text"
     assert by_id["w1"]["reason"] == "empty_text"
     assert by_id["l1"]["reason"] == "too_long" and "101 characters" in by_id["l1"]["detail"]
     assert by_id["u1"]["reason"] == "invalid_utf8" and by_id["u1"]["row"] == 9
+    assert by_id["u1"]["raw"] == lines[9]
     assert by_id[good[0]["id"]]["reason"] == "duplicate_id" and "row 0" in by_id[good[0]["id"]]["detail"]
-    assert res.quarantine.filter(pl.col("id").is_null())["reason"].to_list() == ["missing_id"]
-    assert res.reasons == {"invalid_utf8": 1, "null_text": 1, "empty_text": 2, "too_long": 1,
-                           "missing_id": 1, "duplicate_id": 1}
+    assert by_id["x1"]["reason"] == "text_not_string" and by_id["x1"]["detail"] == "'text' is a JSON number, not a string"
+    assert by_id["x1"]["text_preview"] == "12345"
+    assert by_id["x2"]["reason"] == "text_not_string" and "JSON array" in by_id["x2"]["detail"]
+    assert by_id["m1"]["reason"] == "missing_text" and by_id["m1"]["detail"] == "no 'text' field"
+    rows = {r["row"]: r for r in res.quarantine.iter_rows(named=True)}
+    assert rows[10]["reason"] == "invalid_json" and rows[10]["line"] == 11 and rows[10]["raw"] == lines[10]
+    assert "Unterminated string" in rows[10]["detail"]
+    assert rows[11]["reason"] == "not_an_object" and rows[11]["detail"] == "a JSON array, not an object"
+    assert by_id["nan1"]["reason"] == "text_not_string" and by_id["nan1"]["text_preview"] == "NaN"
+    assert rows[4]["line"] == 5 and rows[4]["raw"] is None  # read, then refused: no raw bytes
+    assert res.quarantine.filter(pl.col("reason") == "missing_id")["id"].to_list() == [None]
+    assert res.reasons == {"invalid_utf8": 1, "invalid_json": 1, "not_an_object": 1, "unreadable_row_group": 0,
+                           "missing_text": 1, "text_not_string": 3, "null_text": 1, "empty_text": 2,
+                           "too_long": 1, "missing_id": 1, "duplicate_id": 1}
     assert res.quarantine["row"].to_list() == sorted(res.quarantine["row"].to_list())
+    assert res.quarantine.columns == list(validation.QUARANTINE_SCHEMA)
+    # the same records alone in a batch each, or in one batch, give the same quarantine
+    for batch_rows in (1, 4):
+        again = validation.validate_shard(path, max_chars=100, batch_rows=batch_rows)
+        assert again.quarantine.equals(res.quarantine) and again.kept.equals(res.kept)
+
+
+def test_text_not_a_string_in_a_whole_batch_or_a_parquet_column(tmp_path):
+    """A batch (or a Parquet column) holding only numbers: each is quarantined, not made a string."""
+    path = write_jsonl(tmp_path / "n.jsonl", [{"id": "a", "text": 1}, {"id": "b", "text": 2.5},
+                                             {"id": "c", "text": None}, {"id": "d"}])
+    res = validation.validate_shard(path)
+    assert res.quarantine["reason"].to_list() == ["text_not_string", "text_not_string", "null_text", "missing_text"]
+    # mixed with strings in one batch (polars would make "12345" and "true" of them): told apart from a
+    # string that looks like a number
+    mixed = write_jsonl(tmp_path / "m.jsonl", [{"id": "s", "text": "12345"}, {"id": "n", "text": 12345},
+                                               {"id": "t", "text": True}, {"id": "o", "text": {"a": 1}},
+                                               {"id": "l", "text": "[not json]"}])
+    res = validation.validate_shard(mixed)
+    assert res.kept["id"].to_list() == ["s", "l"]
+    assert res.quarantine.select("id", "detail", "text_preview").rows() == [
+        ("n", "'text' is a JSON number, not a string", "12345"), ("t", "'text' is a JSON boolean, not a string", "true"),
+        ("o", "'text' is a JSON object, not a string", '{"a": 1}')]
+    pq = write_parquet(tmp_path / "n.parquet", [{"id": "a", "text": 1}, {"id": "b", "text": None}])
+    res = validation.validate_shard(pq)
+    assert res.quarantine.select("reason", "detail", "line").rows() == [
+        ("text_not_string", "'text' is a JSON number, not a string", None), ("null_text", None, None)]
+
+
+def test_unreadable_parquet_row_group_is_quarantined_and_the_others_kept(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as papq
+
+    path = tmp_path / "rg.parquet"
+    docs = make_docs(30)
+    papq.write_table(pa.table({"id": [d["id"] for d in docs], "text": [d["text"] for d in docs]}), path,
+                     row_group_size=10, compression="none")
+    meta = papq.ParquetFile(path).metadata.row_group(1).column(1)
+    data = bytearray(path.read_bytes())
+    start = meta.dictionary_page_offset or meta.data_page_offset
+    data[start:start + 12] = b"\xff" * 12  # the page header of row group 1's text column
+    path.write_bytes(bytes(data))
+    res = validation.validate_shard(path, batch_rows=4)
+    assert (res.rows_in, res.n_kept, res.n_quarantined) == (30, 20, 10)
+    assert res.quarantine["row"].to_list() == list(range(10, 20))
+    assert set(res.quarantine["reason"]) == {"unreadable_row_group"}
+    assert res.quarantine["detail"][0].startswith("row group 1 of 3 cannot be decoded")
+    assert res.kept["id"].to_list() == [d["id"] for d in docs[:10] + docs[20:]]
+
+
+def test_a_line_too_long_to_read_is_quarantined_from_its_first_bytes(tmp_path):
+    big = json.dumps({"id": "big", "text": "y" * (validation.max_record_bytes(10) + 10)}).encode()
+    path = _jsonl_bytes(tmp_path / "big.jsonl", [b'{"id": "a", "text": "ok"}', big, b'{"id": "b", "text": "ok too"}'])
+    res = validation.validate_shard(path, max_chars=10)
+    assert res.kept["id"].to_list() == ["a", "b"]
+    row = res.quarantine.row(0, named=True)
+    assert (row["row"], row["line"], row["reason"]) == (1, 2, "too_long")
+    assert row["raw"] == big[:1024] and f"record of {len(big) + 1} bytes" in row["detail"]
 
 
 def test_duplicate_keeps_first_valid_occurrence(tmp_path):
@@ -117,15 +193,26 @@ def test_missing_source_column_is_an_error(tmp_path):
 
 
 def test_corrupt_files_fail_with_clear_message(tmp_path):
+    """A shard that cannot be read at all fails whole; one bad line does not."""
+    import gzip
+
     bad_parquet = tmp_path / "broken.parquet"
     bad_parquet.write_bytes(b"PAR1 this is not parquet at all")
     with pytest.raises(shards.ShardError, match=r"corrupt shard .*broken\.parquet.*Parquet"):
         validation.validate_shard(bad_parquet)
-    bad_json = _jsonl_bytes(tmp_path / "broken.jsonl", [b'{"id": "a", "text": "ok"}', b'{"id": "b", "text": '])
-    with pytest.raises(shards.ShardError, match=r"broken\.jsonl: record 1 is not valid JSON"):
-        validation.validate_shard(bad_json)
+    zipped = tmp_path / "zipped.jsonl"
+    zipped.write_bytes(gzip.compress(b'{"id": "a", "text": "ok"}\n'))
+    with pytest.raises(shards.ShardError, match=r"zipped\.jsonl is gzip-compressed, not JSON lines.*decompress it"):
+        validation.validate_shard(zipped)
+    array = tmp_path / "array.json"  # a JSON array, pretty-printed: no line is a JSON object
+    array.write_text(json.dumps([{"id": "a", "text": "ok"}, {"id": "b", "text": "fine"}], indent=2))
+    with pytest.raises(shards.ShardError, match=r"none of its 10 records is a JSON object \(line 1: invalid_json"):
+        validation.validate_shard(array)
     with pytest.raises(shards.ShardError, match="does not exist"):
         validation.validate_shard(tmp_path / "missing.jsonl")
+    truncated = _jsonl_bytes(tmp_path / "broken.jsonl", [b'{"id": "a", "text": "ok"}', b'{"id": "b", "text": '])
+    res = validation.validate_shard(truncated)
+    assert res.kept["id"].to_list() == ["a"] and res.quarantine["reason"].to_list() == ["invalid_json"]
 
 
 def test_blank_lines_are_not_records(tmp_path):

@@ -38,8 +38,9 @@ def test_batched_validation_equals_whole_read(tmp_path, fmt, batch_rows):
     assert (part.rows_in, part.reasons) == (whole.rows_in, whole.reasons)
     # hand-checked against _messy_rows: 23 in, 6 quarantined, one per reason except invalid_utf8
     assert whole.rows_in == 23 and whole.n_kept == 17
-    assert whole.reasons == {"invalid_utf8": 0, "null_text": 1, "empty_text": 1, "too_long": 1,
-                             "missing_id": 1, "duplicate_id": 2}
+    assert {r: n for r, n in whole.reasons.items() if n} == {"null_text": 1, "empty_text": 1, "too_long": 1,
+                                                             "missing_id": 1, "duplicate_id": 2}
+    assert list(whole.reasons) == list(validation.QUARANTINE_REASONS)
     dups = whole.quarantine.filter(pl.col("reason") == "duplicate_id")
     assert dups["row"].to_list() == [14, 20]
     assert dups["detail"].to_list() == ["id first seen at row 1", "id first seen at row 19"]
@@ -73,24 +74,24 @@ def test_invalid_utf8_lines_in_later_batches_keep_their_record_index(tmp_path):
         assert res.quarantine.select("row", "id", "reason").rows() == [(4, "u", "invalid_utf8")]
 
 
-def test_text_key_missing_from_a_whole_batch_is_null_text_not_an_error(tmp_path):
+def test_text_key_missing_from_a_whole_batch_is_missing_text_not_an_error(tmp_path):
     rows = [{"id": "a", "body": "no text key"}, {"id": "b", "body": "none here either"},
             {"id": "c", "text": "finally a text"}]
     path = write_jsonl(tmp_path / "m.jsonl", rows)
     whole = validation.validate_shard(path)
     part = validation.validate_shard(path, batch_rows=2)  # first batch has no 'text' column at all
     assert part.kept.equals(whole.kept) and part.kept["id"].to_list() == ["c"]
-    assert part.quarantine["reason"].to_list() == whole.quarantine["reason"].to_list() == ["null_text"] * 2
+    assert part.quarantine["reason"].to_list() == whole.quarantine["reason"].to_list() == ["missing_text"] * 2
     with pytest.raises(shards.ShardError, match="text column 'text' not found"):
         validation.validate_shard(write_jsonl(tmp_path / "none.jsonl", rows[:2]), batch_rows=1)
 
 
 def test_failed_stream_leaves_no_output(tmp_path):
-    good = [json.dumps(r) for r in make_docs(5)]
-    path = tmp_path / "broken.jsonl"
-    path.write_text("\n".join(good + ['{"id": "z", "text": ']) + "\n")
+    """A shard that fails after batches were written (no record has the text column: known at its end)."""
+    path = write_jsonl(tmp_path / "broken.jsonl", [{"id": f"d{i}", "body": "text under another name"}
+                                                   for i in range(5)])
     docs, quar = tmp_path / "docs.parquet", tmp_path / "q.parquet"
-    with pytest.raises(shards.ShardError, match="record 5 is not valid JSON"):
+    with pytest.raises(shards.ShardError, match="text column 'text' not found"):
         validation.validate_shard_to(path, docs, quar, batch_rows=2)
     assert list(tmp_path.iterdir()) == [path]  # neither file written, no temporary left
 

@@ -1,7 +1,10 @@
 """Validating one shard: good rows are normalized and kept, bad rows are quarantined with a reason.
 
-Every input row is accounted for (``rows_in == kept + quarantined``); a shard that cannot be read
-at all, or lacks its text column, raises :class:`~gem_assets.lib.corpus.shards.ShardError`.
+Every input record is accounted for (``rows_in == kept + quarantined``): a record that cannot be
+read (not UTF-8, not JSON, not a JSON object, an undecodable Parquet row group) is quarantined
+like one whose text is missing, not a string, empty or too long, or whose id is missing or a
+duplicate, and the rest of the shard goes on. A shard that cannot be read at all, or of which no
+record has the text column, raises :class:`~gem_assets.lib.corpus.shards.ShardError`.
 """
 
 from __future__ import annotations
@@ -12,23 +15,33 @@ from typing import Iterator
 
 import polars as pl
 
-from gem_assets.lib.corpus.reading import DEFAULT_BATCH_ROWS, iter_shard_batches
+from gem_assets.lib.corpus.reading import DEFAULT_BATCH_ROWS, READ_REASONS, iter_shard_batches
 from gem_assets.lib.corpus.shards import ShardError, content_id
 from gem_assets.lib.io import storage
 
-__all__ = ["QUARANTINE_REASONS", "ValidationResult", "ValidationSummary", "kept_schema", "validate_shard",
-           "validate_shard_to"]
+__all__ = ["QUARANTINE_REASONS", "QUARANTINE_SCHEMA", "ValidationResult", "ValidationSummary", "kept_schema",
+           "max_record_bytes", "validate_shard", "validate_shard_to"]
 
 
-#: Reasons a row is quarantined, in the order they are tested (a row gets the first that applies).
+#: Reasons a record is quarantined, in the order they are tested (a record gets the first that
+#: applies): the record cannot be read (:data:`~gem_assets.lib.corpus.reading.READ_REASONS`:
+#: ``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``unreadable_row_group``; ``too_long``
+#: also for a JSON line too long to be read), then its text is missing, not a string, null,
+#: empty or whitespace only, or too long, then its id is missing or was seen earlier in the shard.
 QUARANTINE_REASONS = (
     "invalid_utf8",
+    "invalid_json",
+    "not_an_object",
+    "unreadable_row_group",
+    "missing_text",
+    "text_not_string",
     "null_text",
     "empty_text",
     "too_long",
     "missing_id",
     "duplicate_id",
 )
+assert set(READ_REASONS) <= set(QUARANTINE_REASONS)
 
 _PREVIEW_CHARS = 300
 @dataclass
@@ -41,7 +54,8 @@ class ValidationResult:
         ``row`` (Int64), ``id`` (String), ``text`` (String), ``n_chars`` (Int64) and, when a
         source column is configured, ``source`` (String).
     quarantine : DataFrame
-        ``row``, ``id``, ``reason``, ``detail``, ``text_preview``.
+        :data:`QUARANTINE_SCHEMA`: ``row``, ``line``, ``id``, ``reason``, ``detail``,
+        ``text_preview``, ``raw``.
     rows_in : int
         Number of records in the shard.
     ids_from_content : bool
@@ -95,13 +109,27 @@ class ValidationSummary:
         return self.kept_chars / self.n_kept if self.n_kept else 0.0
 
 
-_QUARANTINE_SCHEMA = {
+#: Columns of the quarantine: the record index in the file (blank lines are not records), the
+#: 1-based line number (JSON lines; null for Parquet), the id when one could be read, the reason
+#: (:data:`QUARANTINE_REASONS`) and its detail, the first 300 characters of the text when there is
+#: one, and the first bytes (:data:`~gem_assets.lib.corpus.reading.RAW_PREVIEW_BYTES`) of a record
+#: that could not be read (null otherwise).
+QUARANTINE_SCHEMA = {
     "row": pl.Int64,
+    "line": pl.Int64,
     "id": pl.String,
     "reason": pl.String,
     "detail": pl.String,
     "text_preview": pl.String,
+    "raw": pl.Binary,
 }
+
+
+def max_record_bytes(max_chars: int) -> int:
+    """The longest JSON line read into memory for a ``max_chars`` text limit: 16 bytes a character
+    (JSON escapes take up to 12) plus 64 KiB for the other fields, and at least 1 MiB; a longer line
+    is quarantined as ``too_long`` from its first bytes."""
+    return max(1 << 20, 16 * int(max_chars) + (1 << 16))
 
 
 def kept_schema(with_source: bool) -> dict:
@@ -112,14 +140,25 @@ def kept_schema(with_source: bool) -> dict:
     return schema
 
 
-def _as_text(series: pl.Series, column: str, path: Path) -> tuple[pl.Series, pl.Series]:
-    """Cast a column to strings; returns (texts, utf8_error_detail)."""
+def _as_text(series: pl.Series) -> tuple[pl.Series, pl.Series, pl.Series, pl.Series]:
+    """A text column as strings: ``(texts, utf8_error_detail, json_type_of_non_strings, shown)``.
+
+    Strings (and categoricals) are texts; binary values are decoded as UTF-8 (an invalid one gets
+    a null text and its error); any other type (a Parquet column of numbers, lists ...) gives null
+    texts and, for each non-null value, the JSON type it stands for (``number``, ``boolean``,
+    ``array``, ``object``): a text must be a string. ``shown`` is what the quarantine previews: the
+    text, or the value written as JSON.
+    """
+    import json
+
+    from gem_assets.lib.corpus.reading import _dtype_json_type
+
     n = series.len()
-    no_err = pl.Series("utf8_error", [None] * n, dtype=pl.String)
+    nothing = pl.Series("x", [None] * n, dtype=pl.String)
     if series.dtype == pl.String:
-        return series, no_err
-    if series.dtype in (pl.Null, pl.Categorical) or isinstance(series.dtype, (pl.Categorical, pl.Enum)):
-        return series.cast(pl.String), no_err
+        return series, nothing, nothing, series
+    if series.dtype == pl.Null or isinstance(series.dtype, (pl.Categorical, pl.Enum)):
+        return series.cast(pl.String), nothing, nothing, series.cast(pl.String)
     if series.dtype == pl.Binary:
         texts: list[str | None] = []
         errors: list[str | None] = []
@@ -134,12 +173,27 @@ def _as_text(series: pl.Series, column: str, path: Path) -> tuple[pl.Series, pl.
             except UnicodeDecodeError as exc:
                 texts.append(None)
                 errors.append(f"invalid UTF-8 byte at offset {exc.start}")
-        return pl.Series(series.name, texts, dtype=pl.String), pl.Series("utf8_error", errors, dtype=pl.String)
-    if series.dtype.is_numeric() or series.dtype == pl.Boolean:
-        return series.cast(pl.String), no_err
-    raise ShardError(
-        f"shard {path}: column {column!r} has type {series.dtype}, expected strings"
-    )
+        texts_s = pl.Series(series.name, texts, dtype=pl.String)
+        return texts_s, pl.Series("x", errors, dtype=pl.String), nothing, texts_s
+    kind = _dtype_json_type(series.dtype)
+    types = pl.Series("x", [None if null else kind for null in series.is_null().to_list()], dtype=pl.String)
+    shown = pl.Series("x", [None if v is None else json.dumps(v, ensure_ascii=False, default=str)
+                            for v in series.to_list()], dtype=pl.String)
+    return pl.Series(series.name, [None] * n, dtype=pl.String), nothing, types, shown
+
+
+def _as_key(series: pl.Series, column: str, path: Path) -> pl.Series:
+    """An id or source column as strings (numbers and booleans written as JSON writes them)."""
+    if series.dtype == pl.String:
+        return series
+    if series.dtype == pl.Binary:
+        return pl.Series(series.name, [None if b is None else b.decode("utf-8", errors="replace")
+                                       for b in series.to_list()], dtype=pl.String)
+    try:
+        return series.cast(pl.String)
+    except Exception as exc:  # lists, structs ...: not a key
+        raise ShardError(f"shard {path}: column {column!r} has type {series.dtype}, expected strings or numbers") \
+            from exc
 
 
 @dataclass
@@ -185,7 +239,7 @@ class _StreamState:
 def _column_or_null(df: pl.DataFrame, column: str, path: Path) -> pl.Series:
     """The column as strings, or all nulls when this batch lacks it (JSONL records may omit a key)."""
     if column in df.columns:
-        return _as_text(df[column], column, path)[0]
+        return _as_key(df[column], column, path)
     return pl.Series(column, [None] * df.height, dtype=pl.String)
 
 
@@ -193,23 +247,41 @@ def _validate_batch(df: pl.DataFrame, bad: list[dict], st: _StreamState) -> tupl
     """Validate one batch of a shard; returns its (kept, quarantine) rows and updates ``st``."""
     st.batches += 1
     for c in df.columns:
-        if c != "__row":
+        if not c.startswith("__"):
             st.columns.setdefault(c, None)
     if df.height:
         if st.ids_from_content is None:  # decided by the first batch that has records
             st.ids_from_content = st.id_column not in df.columns
         st.text_seen |= st.text_column in df.columns
         st.source_seen |= bool(st.source_column) and st.source_column in df.columns
+    for b in bad:  # records read with their bad bytes replaced count as records that have their keys
+        if isinstance(b.get("obj"), dict):
+            for c in b["obj"]:
+                st.columns.setdefault(c, None)
+            st.text_seen |= st.text_column in b["obj"]
+            st.source_seen |= bool(st.source_column) and st.source_column in b["obj"]
+    nothing = pl.Series("x", [None] * df.height, dtype=pl.String)
     if st.text_column in df.columns:
-        texts, utf8_err = _as_text(df[st.text_column], st.text_column, st.path)
+        texts, utf8_err, text_type, shown = _as_text(df[st.text_column])
     else:
-        texts = pl.Series(st.text_column, [None] * df.height, dtype=pl.String)
-        utf8_err = pl.Series("utf8_error", [None] * df.height, dtype=pl.String)
+        texts, utf8_err, text_type, shown = nothing, nothing, nothing, nothing
+    # JSON lines: the reader tells the records without the key and those whose value is not a string
+    issue = df["__text_issue"] if "__text_issue" in df.columns else nothing
+    missing = issue == "missing"
+    text_type = pl.DataFrame({"i": issue, "t": text_type}).select(
+        pl.when(pl.col("i").is_not_null() & (pl.col("i") != "missing")).then(pl.col("i")).otherwise(pl.col("t"))
+    ).to_series()
     from_content = st.ids_from_content is not False
     ids = None if from_content else _column_or_null(df, st.id_column, st.path)
     sources = _column_or_null(df, st.source_column, st.path) if st.source_column else None
 
-    frame = pl.DataFrame({"row": df["__row"].cast(pl.Int64), "raw_text": texts, "utf8_error": utf8_err})
+    line = df["__line"].cast(pl.Int64) if "__line" in df.columns else pl.Series("x", [None] * df.height, dtype=pl.Int64)
+    frame = pl.DataFrame({"row": df["__row"].cast(pl.Int64), "line": line, "raw_text": texts,
+                          "utf8_error": utf8_err, "missing_text": missing.fill_null(False), "text_type": text_type,
+                          "shown_text": shown})
+    # a value that is not a string has no text (polars may have made a string of it)
+    frame = frame.with_columns(pl.when(pl.col("text_type").is_null() & ~pl.col("missing_text"))
+                               .then(pl.col("raw_text")).otherwise(None).alias("raw_text"))
     norm = (
         pl.col("raw_text")
         .str.replace_all("\r\n", "\n", literal=True)
@@ -232,6 +304,8 @@ def _validate_batch(df: pl.DataFrame, bad: list[dict], st: _StreamState) -> tupl
     max_chars = st.max_chars
     reason = (
         pl.when(pl.col("utf8_error").is_not_null()).then(pl.lit("invalid_utf8"))
+        .when(pl.col("missing_text")).then(pl.lit("missing_text"))
+        .when(pl.col("text_type").is_not_null()).then(pl.lit("text_not_string"))
         .when(pl.col("raw_text").is_null()).then(pl.lit("null_text"))
         .when(pl.col("n_chars") == 0).then(pl.lit("empty_text"))
         .when(pl.col("n_chars") > max_chars).then(pl.lit("too_long"))
@@ -240,6 +314,9 @@ def _validate_batch(df: pl.DataFrame, bad: list[dict], st: _StreamState) -> tupl
     )
     detail = (
         pl.when(pl.col("utf8_error").is_not_null()).then(pl.col("utf8_error"))
+        .when(pl.col("missing_text")).then(pl.lit(f"no {st.text_column!r} field"))
+        .when(pl.col("text_type").is_not_null())
+        .then(pl.format("{} is a JSON {}, not a string", pl.lit(repr(st.text_column)), pl.col("text_type")))
         .when(pl.col("n_chars") > max_chars)
         .then(pl.format("{} characters > max {}", pl.col("n_chars"), pl.lit(max_chars)))
         .otherwise(pl.lit(None, dtype=pl.String))
@@ -264,11 +341,13 @@ def _validate_batch(df: pl.DataFrame, bad: list[dict], st: _StreamState) -> tupl
     kept = frame.filter(pl.col("reason").is_null()).select(list(schema)).cast(schema)
     quarantine = frame.filter(pl.col("reason").is_not_null()).select(
         "row",
+        "line",
         "id",
         "reason",
         "detail",
-        pl.coalesce(pl.col("text"), pl.col("raw_text")).str.slice(0, _PREVIEW_CHARS).alias("text_preview"),
-    ).cast(_QUARANTINE_SCHEMA)
+        pl.coalesce(pl.col("text"), pl.col("shown_text")).str.slice(0, _PREVIEW_CHARS).alias("text_preview"),
+        pl.lit(None, dtype=pl.Binary).alias("raw"),
+    ).cast(QUARANTINE_SCHEMA)
     if bad:
         bad_rows = []
         for b in bad:
@@ -278,15 +357,17 @@ def _validate_batch(df: pl.DataFrame, bad: list[dict], st: _StreamState) -> tupl
             bad_rows.append(
                 {
                     "row": b["row"],
-                    "id": None if rid is None else str(rid),
-                    "reason": "invalid_utf8",
+                    "line": b.get("line"),
+                    "id": None if rid is None or isinstance(rid, (dict, list)) else str(rid).strip() or None,
+                    "reason": b["reason"],
                     "detail": b["detail"],
                     "text_preview": None if text is None else str(text)[:_PREVIEW_CHARS],
+                    "raw": b.get("raw"),
                 }
             )
-        quarantine = pl.concat([quarantine, pl.DataFrame(bad_rows, schema=_QUARANTINE_SCHEMA)]).sort("row")
+        quarantine = pl.concat([quarantine, pl.DataFrame(bad_rows, schema=QUARANTINE_SCHEMA)]).sort("row")
     st.rows_in += frame.height + len(bad)
-    st.rows_parsed += df.height
+    st.rows_parsed += df.height + sum(1 for b in bad if b.get("obj") is not None)
     st.n_kept += kept.height
     st.n_quarantined += quarantine.height
     st.kept_chars += int(kept["n_chars"].sum() or 0)
@@ -303,7 +384,8 @@ def _validated_batches(path, text_column: str, id_column: str, source_column: st
     st = _StreamState(storage.as_path(path), text_column, id_column, source_column, int(max_chars))
 
     def gen():
-        for df, bad in iter_shard_batches(path, batch_rows):
+        for df, bad in iter_shard_batches(path, batch_rows, text_column=text_column,
+                                          max_record_bytes=max_record_bytes(max_chars)):
             yield _validate_batch(df, bad, st)
         st.finish()
 
@@ -360,7 +442,7 @@ def validate_shard(
         quarantine_parts.append(quarantine)
     schema = kept_schema(source_column is not None)
     kept = pl.concat(kept_parts) if kept_parts else pl.DataFrame(schema=schema)
-    quarantine = pl.concat(quarantine_parts) if quarantine_parts else pl.DataFrame(schema=_QUARANTINE_SCHEMA)
+    quarantine = pl.concat(quarantine_parts) if quarantine_parts else pl.DataFrame(schema=QUARANTINE_SCHEMA)
     return ValidationResult(
         kept=kept,
         quarantine=quarantine,
@@ -402,7 +484,7 @@ def validate_shard_to(
     """
     st, batches = _validated_batches(path, text_column, id_column, source_column, max_chars, batch_rows)
     with storage.ParquetBatchWriter(documents_dest, kept_schema(source_column is not None)) as kept_out, \
-            storage.ParquetBatchWriter(quarantine_dest, _QUARANTINE_SCHEMA) as quarantine_out:
+            storage.ParquetBatchWriter(quarantine_dest, QUARANTINE_SCHEMA) as quarantine_out:
         for kept, quarantine in batches:
             kept_out.write(kept)
             quarantine_out.write(quarantine)

@@ -5,7 +5,7 @@ library never builds paths itself, the caller passes them in)::
 
     work/documents/<shard>.parquet        kept documents (row, id, text, n_chars[, source])
     work/documents/<shard>.json           counts and fingerprints of the shard
-    outputs/quarantine/<shard>.parquet    quarantined rows (row, id, reason, detail, text_preview)
+    outputs/quarantine/<shard>.parquet    quarantined rows (row, line, id, reason, detail, text_preview, raw)
     work/embeddings/<shard>/vectors.safetensors   "vectors": (n, d) float32, unit-norm
     work/embeddings/<shard>/index.parquet         row, id[, source] of each vector
     work/embeddings/<shard>/meta.json             fingerprints, model, counts, docs/s
