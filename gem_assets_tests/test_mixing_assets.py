@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 import pytest
-from dagster import AssetKey, materialize
+from dagster import AssetKey, Failure, materialize
 
 from conftest import make_resources
 from gem_assets.config import PROFILES, Layout, Settings
@@ -91,10 +91,12 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance, tmp_pat
     result = materialize(MIXING_ASSETS, instance=instance, resources=res)
     assert result.success
     checks = _checks(result)
-    assert checks == {"documents_conserved": (True, "ERROR"), "weights_valid": (True, "ERROR"),
-                      "runs_complete": (True, "ERROR"), "regressor_ranks_runs": (checks["regressor_ranks_runs"][0], "WARN"),
-                      "counts_match_manifest": (True, "ERROR"), "epoch_cap": (True, "ERROR")}
     layout = Layout(gem_home.resolve())
+    # the regressor's check passes exactly when the recorded out-of-fold Spearman is at least 0.5
+    rho = storage.read_json(layout.weights_dir / "regmix.json")["fit"]["spearman_cv"]
+    assert checks == {"documents_conserved": (True, "ERROR"), "weights_valid": (True, "ERROR"),
+                      "runs_complete": (True, "ERROR"), "regressor_ranks_runs": (bool(rho >= 0.5), "WARN"),
+                      "counts_match_manifest": (True, "ERROR"), "epoch_cap": (True, "ERROR")}
     prof = PROFILES["smoke"]
 
     # proxy corpus: four domains' streams, 10% of each domain's documents held out
@@ -183,6 +185,7 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance, tmp_pat
     ranks = result.get_asset_check_evaluations()
     ranks = next(e for e in ranks if e.check_name == "regressor_ranks_runs")
     assert ranks.metadata["runs"].value == prof.mix_regmix_runs
+    assert ranks.metadata["spearman_cv"].value == pytest.approx(rho)
     for name, fp in mixing_fingerprints(settings, storage.read_json(layout.domain_stats_dir / "summary.json")
                                         ["fingerprint"]).items():  # data versions follow the recorded fingerprints
         event = instance.get_latest_materialization_event(AssetKey(name)).asset_materialization
@@ -226,6 +229,7 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance, tmp_pat
     assert regmix["proxy"]["kind"] == "transformer" and regmix["runs"] == prof.mix_regmix_runs
     assert regmix["proxy"]["config"]["d_model"] == dict(prof.mix_proxy_config)["d_model"]
     assert math.isfinite(regmix["proxy"]["median_target_bpb"]) and "spearman_cv" in regmix["fit"]
+    assert _checks(t_result)["regressor_ranks_runs"] == (bool(regmix["fit"]["spearman_cv"] >= 0.5), "WARN")
     doremi = storage.read_json(layout.weights_dir / "doremi.json")
     assert doremi["proxy"]["kind"] == "transformer" and doremi["variant"] == "online Group DRO on a transformer proxy"
     assert math.isclose(sum(doremi["weights"].values()), 1.0, rel_tol=1e-9)
@@ -248,7 +252,7 @@ def test_mixing_assets_smoke_end_to_end(tiny_corpus, gem_home, instance, tmp_pat
 
 def test_mixing_without_stats_fails_clearly(tiny_corpus, gem_home, instance):
     res = make_resources(gem_home, str(tiny_corpus / "*"), k=4)
-    with pytest.raises(Exception, match="domain_stats"):
+    with pytest.raises(Failure, match="no domain stats: materialize 'domain_stats' first"):
         materialize([proxy_corpus], instance=instance, resources=res)
 
 
