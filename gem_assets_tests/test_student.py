@@ -119,10 +119,22 @@ def test_eval_set_and_hard_weight_recorded():
     texts, y = topic_texts(80, seed=4)
     P = np.full((80, 4), 0.1)
     P[np.arange(80), y] = 0.7
-    model = StudentClassifier(4, **{**SMALL, "epochs": 3}, hard_weight=0.5).fit(texts, P, eval_set=(texts[:20], P[:20]))
+    # the evaluation targets: the first 20 training rows, 5 of them pointing to the next topic instead
+    eP = P[:20].copy()
+    eP[:5] = np.roll(eP[:5], 1, axis=1)
+    params = {**SMALL, "epochs": 6}
+    model = StudentClassifier(4, **params, hard_weight=0.5).fit(texts, P, eval_set=(texts[:20], eP))
     rec = model.history_[-1]
     assert {"eval_loss", "eval_agreement", "train_agreement", "seconds"} <= set(rec)
-    assert 0.0 <= rec["eval_agreement"] <= 1.0 and rec["eval_loss"] >= 0.0
+    # the last epoch's evaluation is the final model's: KL(targets || student) in nats, top-1 agreement
+    proba = model.predict_proba(texts[:20]).astype(np.float64)
+    assert rec["eval_loss"] == pytest.approx(float(np.mean(np.sum(eP * np.log(eP / proba), axis=1))), rel=1e-6)
+    assert np.array_equal(proba.argmax(1), y[:20]) and rec["eval_agreement"] == 15 / 20
+    # KL(P || q) + w CE(argmax P, q) is least at q = (P + w e_argmax) / (1 + w): with w = 0.5 the topic's
+    # probability is 1.2 / 1.5 = 0.8 instead of the teacher's 0.7 (what the student learns without it)
+    soft = StudentClassifier(4, **params).fit(texts, P)
+    for m, want in ((soft, 0.7), (model, 0.8)):
+        assert abs(float(m.predict_proba(texts)[np.arange(80), y].mean()) - want) < 0.02
 
 
 def test_save_load_round_trip_gives_identical_predictions(tmp_path):
