@@ -18,10 +18,17 @@ def _stream(text: str, reps: int = 1) -> np.ndarray:
     return np.frombuffer((text * reps).encode(), dtype=np.uint8).copy()
 
 
-@pytest.mark.parametrize("kwargs", [dict(n_layer=0), dict(n_head=0), dict(d_model=30, n_head=4),
-                                    dict(context=1), dict(dropout=1.0), dict(dropout=-0.1), dict(d_model=2.5)])
-def test_config_rejects_bad_values(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n_layer=0), r"LMConfig\.n_layer must be >= 1, got 0"),
+    (dict(n_head=0), r"LMConfig\.n_head must be >= 1, got 0"),
+    (dict(d_model=30, n_head=4), r"LMConfig\.d_model \(30\) must be a multiple of n_head \(4\)"),
+    (dict(context=1), r"LMConfig\.context must be >= 2, got 1"),
+    (dict(dropout=1.0), r"LMConfig\.dropout must be < 1, got 1\.0"),
+    (dict(dropout=-0.1), r"LMConfig\.dropout must be >= 0\.0, got -0\.1"),
+    (dict(d_model=2.5), r"LMConfig\.d_model must be an integer, got 2\.5"),
+])
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
         LMConfig(**kwargs)
 
 
@@ -84,8 +91,9 @@ def test_bad_streams_and_weights(streams, weights, match):
 
 def test_bad_training_arguments():
     s = {"a": _stream("hello world ", 20)}
-    for kw in (dict(steps=0), dict(steps=2, batch_size=0), dict(steps=2, lr=0.0), dict(steps=2, seed=-1)):
-        with pytest.raises(ValueError):
+    for kw, match in ((dict(steps=0), "steps must be >= 1, got 0"), (dict(steps=2, batch_size=0), "batch_size must be >= 1"),
+                      (dict(steps=2, lr=0.0), r"lr must be > 0\.0, got 0\.0"), (dict(steps=2, seed=-1), "seed must be >= 0")):
+        with pytest.raises(ValueError, match=match):
             train_lm(s, None, TINY, device="cpu", **kw)
     with pytest.raises(ValueError, match="LMConfig"):
         train_lm(s, None, {"n_layer": 1}, 2, device="cpu")
@@ -120,17 +128,18 @@ def test_training_is_deterministic_under_a_seed_and_learns():
 def test_evaluate_bpb_equals_manual_cross_entropy_on_every_byte():
     torch.manual_seed(0)
     model = ByteLM(LMConfig(n_layer=1, n_head=1, d_model=8, context=4)).eval()
-    s = _stream("abcdefghij")  # 10 bytes: windows predict 4 + 4 + 1 bytes
-    manual = 0.0
+    s = _stream("abcdefghijklmnopqrstuvwxyz")  # 26 bytes: 7 windows predict 6 x 4 + 1 bytes
+    windows = [(0, 4), (4, 4), (8, 4), (12, 4), (16, 4), (20, 4), (24, 1)]
+    nats = []                                  # each window's summed cross-entropy
     with torch.no_grad():
-        for start, length in [(0, 4), (4, 4), (8, 1)]:
+        for start, length in windows:
             seg = torch.from_numpy(s[start:start + length + 1].astype(np.int64))[None]
             logp = torch.log_softmax(model(seg[:, :-1]), -1)
-            manual -= float(logp.gather(-1, seg[:, 1:, None]).sum())
-    assert evaluate_bpb(model, s, batch_size=1, device="cpu") == pytest.approx(manual / 9 / math.log(2), rel=1e-6)
-    # max_tokens keeps evenly spaced windows only
-    capped = evaluate_bpb(model, s, max_tokens=4, device="cpu")
-    assert np.isfinite(capped)
+            nats.append(-float(logp.gather(-1, seg[:, 1:, None]).sum()))
+    assert evaluate_bpb(model, s, batch_size=1, device="cpu") == pytest.approx(sum(nats) / 25 / math.log(2), rel=1e-6)
+    # max_tokens 12 keeps 12 // 4 = 3 evenly spaced windows of the 7: the first, the middle and the last
+    capped = evaluate_bpb(model, s, max_tokens=12, device="cpu")
+    assert capped == pytest.approx((nats[0] + nats[3] + nats[6]) / 9 / math.log(2), rel=1e-6)
     with pytest.raises(ValueError, match="ByteLM"):
         evaluate_bpb("model", s)
 
