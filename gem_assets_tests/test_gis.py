@@ -253,8 +253,10 @@ def test_ctfidf_against_a_hand_computed_value():
     # an empty class and an unused term score 0
     out = ctfidf.ctfidf(np.array([[2, 0], [0, 0]]))
     assert out[1].sum() == 0 and out[0, 1] == 0
-    for bad in (np.zeros((2, 2)), np.array([[-1, 2]]), np.array([1, 2]), np.array([[np.nan, 1.0]])):
-        with pytest.raises(ValueError):
+    for bad, match in ((np.zeros((2, 2)), "holds no occurrence"), (np.array([[-1, 2]]), "non-negative finite counts"),
+                       (np.array([1, 2]), r"\(K classes, V terms\) array, got shape \(2,\)"),
+                       (np.array([[np.nan, 1.0]]), "non-negative finite counts")):
+        with pytest.raises(ValueError, match=match):
             ctfidf.ctfidf(bad)
 
 
@@ -290,5 +292,5 @@ def test_distinctiveness():
     assert coherence.distinctiveness([["a", "b"], ["b", "c"]]) == 0.5
     assert coherence.distinctiveness([["a", "b"], ["c", "d"]]) == 1.0
     assert coherence.distinctiveness([["a"], ["a"]]) == 0.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="distinctiveness needs at least one term"):
         coherence.distinctiveness([[], []])
