@@ -106,6 +106,25 @@ _Q_LOCATION = """{ workspaceOrError { __typename ... on Workspace { locationEntr
   locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
 
 
+def _die_with_parent(parent: int):
+    """A ``preexec_fn`` for the webserver's process: on Linux, ask for SIGTERM when the driver
+    (``parent``) that started it dies, even by SIGKILL (no ``__exit__`` runs then), so that no
+    webserver outlives a killed ``make run``; elsewhere nothing."""
+
+    def arm() -> None:
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            except (OSError, AttributeError):
+                return
+            if os.getppid() != parent:  # the driver died before the request was made
+                os._exit(1)
+
+    return arm
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -143,7 +162,8 @@ class StaleStatusServer:
         self._log_path = self.dagster_home / "gem_run_webserver.log"
         self._log = open(self._log_path, "wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_die_with_parent(os.getpid()))
         self.url = f"http://127.0.0.1:{port}/graphql"
         self._ready = False
         return self
@@ -433,6 +453,13 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None, until: str
                 if _ancestors(graph, asset) & (progress.failed_assets | excluded):
                     continue
                 runs.setdefault(pk, []).append((asset, status))
+            if "teacher_sample" in layer and "teacher_sample" not in {a for a, _ in runs.get(None, [])} \
+                    and not _ancestors(graph, "teacher_sample") & (progress.failed_assets | excluded):
+                newly_failed = _failed_but_sampled(layout, progress.failed_partitions)
+                if newly_failed:  # a failed documents partition records no new data version: Dagster sees
+                    # nothing stale, yet the sample holds the shard's former embeddings (GEM_ON_BAD_SHARD)
+                    runs.setdefault(None, []).append(("teacher_sample", (
+                        "STALE", [f"shard {k} failed" for k in newly_failed])))
             layer_runs = [(pk, [a for a, _ in items], _reason([s for _, s in items]))
                           for pk, items in sorted(runs.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))]
             if layer_runs:
@@ -479,6 +506,7 @@ def run_pipeline(defs=None, instance=None, out: TextIO | None = None, until: str
         "taxonomy": stage({"taxonomy"}, "computed", "taxonomy"),
         "mixing": stage(_stage_assets()["mixing"], "computed", "mixing"),
         "evaluation": stage({"mixture_evaluation"}, "computed", "evaluation"),
+        "excluded": exclusions(layout, shards),
         "materialized": sorted(a if pk is None else f"{a}[{pk}]" for a, pk in ran_ok),
         "embed_docs": embed_docs,
         "embed_seconds": embed_seconds,
@@ -505,6 +533,45 @@ def failure_message_of(result) -> str:
     return failure_message(result)
 
 
+def _failed_but_sampled(layout, failed_partitions) -> list[str]:
+    """The shards that failed in this invocation and that the current teacher sample holds."""
+    from gem_assets.lib.io import storage
+
+    meta = layout.teacher_sample_dir / "meta.json"
+    if not failed_partitions or not meta.is_file():
+        return []
+    return sorted(set(storage.read_json(meta).get("shards", [])) & {k for k in failed_partitions if k})
+
+
+#: Where each aggregate stage records the shards it left out: (summary label, file under the layout,
+#: key of the mapping in it).
+_EXCLUSION_RECORDS = (
+    ("teacher", lambda lay: lay.teacher_sample_dir / "meta.json", "excluded"),
+    ("student", lambda lay: lay.student_outputs_dir / "summary.json", "excluded"),
+    ("stats", lambda lay: lay.domain_stats_dir / "summary.json", "excluded"),
+    ("taxonomy", lambda lay: lay.taxonomy_path, "excluded_shards"),
+    ("mixing", lambda lay: lay.proxy_corpus_dir / "meta.json", "excluded"),
+    ("evaluation", lambda lay: lay.evaluation_dir / "summary.json", "excluded"),
+)
+
+
+def exclusions(layout, shards) -> dict[str, dict]:
+    """Every current shard that an aggregate stage's current output leaves out: key to ``{"reason",
+    "stages"}`` (the reason of the first stage that names it; the stages, in pipeline order)."""
+    from gem_assets.lib.io import storage
+
+    out: dict[str, dict] = {}
+    for stage, where, field_name in _EXCLUSION_RECORDS:
+        path = where(layout)
+        if not path.is_file():
+            continue
+        for key, reason in (storage.read_json(path).get(field_name) or {}).items():
+            if key in shards:
+                entry = out.setdefault(key, {"reason": reason, "stages": []})
+                entry["stages"].append(stage)
+    return dict(sorted(out.items()))
+
+
 def _ancestors(graph: dict[str, set[str]], asset: str) -> set[str]:
     seen: set[str] = set()
     stack = list(graph.get(asset, ()))
@@ -528,19 +595,24 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
 
     layout = settings.layout
     rows_in = kept = quarantined = 0
+    reasons: dict[str, int] = {}
     for key in shards:
         meta = artifacts.read_documents_meta(layout, key)
         if meta:
             rows_in += meta["rows_in"]
             kept += meta["kept"]
             quarantined += meta["quarantined"]
+            for r, n in (meta.get("reasons") or {}).items():
+                if n:
+                    reasons[r] = reasons.get(r, 0) + int(n)
     counts = {s: sum(1 for v in summary["shards"].values() if v == s) for s in ("embedded", "up to date", "failed")}
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p("")
     p("== gem-assets summary ==")
     p(f"shards      {len(shards)}: {counts['embedded']} embedded now, {counts['up to date']} up to date, "
       f"{counts['failed']} failed")
-    p(f"documents   {rows_in} in = {kept} kept + {quarantined} quarantined")
+    why = f" ({', '.join(f'{r} {n}' for r, n in sorted(reasons.items()))})" if reasons else ""
+    p(f"documents   {rows_in} in = {kept} kept + {quarantined} quarantined{why}")
     if summary["embed_docs"]:
         rate = summary["embed_docs"] / summary["embed_seconds"] if summary["embed_seconds"] > 0 else 0.0
         p(f"embeddings  {summary['embed_docs']} documents embedded now in {summary['embed_seconds']:.1f} s "
@@ -601,8 +673,14 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
           f"({layout.evaluation_dir / 'results.md'})")
     elif summary.get("evaluation"):
         p(f"evaluation  {summary['evaluation']}")
+    excluded = summary.get("excluded", {})
+    policy = f"GEM_ON_BAD_SHARD={settings.on_bad_shard}"
     for key, message in summary["failed"].items():
-        p(f"FAILED      {key}: {message}")
+        left = excluded.get(key)
+        p(f"FAILED      {key}: {message}" + (f"; left out of {', '.join(left['stages'])} ({policy})" if left else ""))
+    for key, entry in excluded.items():
+        if key not in summary["failed"]:
+            p(f"excluded    {key} ({entry['reason']}): left out of {', '.join(entry['stages'])}")
     mlflow = defs.resources["mlflow"]
     p("")
     p("where to look:")
@@ -628,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="last stage to bring up to date (default: the whole graph)")
     parser.add_argument("--dagster-home", action="store_true",
                         help="create the Dagster instance folder ($GEM_STATE/dagster), print it and exit (make ui)")
+    parser.add_argument("--defs-file", metavar="FILE",
+                        help="the code location: a Python file whose 'defs' are the Definitions to run (default: "
+                        "gem_assets.definitions, what workspace.yaml loads); the webserver loads the same file")
     args = parser.parse_args(argv)
     if args.dagster_home:
         print(prepare_dagster_home())
@@ -645,7 +726,17 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=BetaWarning)
     # SIGTERM ends the driver like Ctrl-C, so the webserver it started is stopped on the way out
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    summary = run_pipeline(until=args.until)
+    defs = location = None
+    if args.defs_file:
+        import importlib.util
+
+        path = Path(args.defs_file).resolve()
+        spec = importlib.util.spec_from_file_location(f"gem_defs_file_{os.getpid()}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        defs = module.defs
+        location = CodeLocation(module_name=None, python_file=str(path), working_directory=str(path.parent))
+    summary = run_pipeline(defs=defs, until=args.until, location=location)
     return 1 if summary["failed"] else 0
 
 

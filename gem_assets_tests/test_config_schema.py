@@ -118,7 +118,7 @@ def test_readme_configuration_table_lists_every_declared_variable():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme.split("### Configuration (environment variables)", 1)[1].split("\n## ", 1)[0]
+    table = readme.split("## Configuration (environment variables)", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("| `GEM_")]
     listed = {v for line in rows for v in re.findall(r"`(GEM_[A-Z_]+)`", line.split(" | ")[0])}
     declared = {spec.env for spec in schema.specs(Settings).values()}

@@ -46,6 +46,8 @@ ENV_CHANGES = [
     ({"GEM_MIXER": "doremi"}, {"curated_mixture"}),
     ({"GEM_MIXTURE_TOKENS": "5000"}, {"regmix_weights", "curated_mixture"}),
     ({"GEM_PROXY": "transformer"}, {"doremi_weights", "regmix_runs", "mixture_evaluation"}),
+    ({"GEM_ON_BAD_SHARD": "fail"}, {"teacher_sample", "student_model", "domain_stats", "taxonomy", "mixture_evaluation",
+                                    "proxy_corpus", "curated_mixture"}),
     # not behaviour: where things go, thresholds of warning checks, batch size
     ({"GEM_HOME": "/elsewhere"}, set()),
     ({"GEM_STUDENT_MIN_AGREEMENT": "0.5"}, set()),

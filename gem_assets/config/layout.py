@@ -67,6 +67,16 @@ class Layout:
     def documents_meta_path(self, key: str) -> Path:
         return self.work_dir / "documents" / f"{key}.json"
 
+    def documents_failed_path(self, key: str) -> Path:
+        """Why a shard's ``documents`` failed on its current bytes (present only while it does)."""
+        return self.work_dir / "documents" / f"{key}.failed.json"
+
+    @property
+    def cross_shard_quarantine_path(self) -> Path:
+        """Documents quarantined because a shard whose key sorts first has their id (a folder no shard
+        key can name: keys hold no ``/``)."""
+        return self.outputs_dir / "quarantine" / "across-shards" / "duplicate_ids.parquet"
+
     def quarantine_path(self, key: str) -> Path:
         return self.outputs_dir / "quarantine" / f"{key}.parquet"
 

@@ -166,6 +166,16 @@ class Settings:
         None, env="GEM_MIX_MAX_TARGET_DOCS", minimum=1, profile="mix_max_target_documents",
         doc="""Memory cap of the mixing stage: most held-out documents in the proxy models' target
         stream (a seeded uniform sample).""")
+    on_bad_shard: str = setting(
+        "skip", env="GEM_ON_BAD_SHARD", lower=True,
+        choices={"skip": "aggregates proceed on the good shards and name the failed ones",
+                 "fail": "aggregates fail while any shard is failed"},
+        doc="""What the aggregate stages (teacher sample, student, stats, taxonomy, mixing,
+        evaluation) do while a shard is failed (its ``documents`` partition could not read the file
+        as it is now): ``skip`` proceeds on the other shards and names the failed ones in the
+        metadata and in ``make run``'s summary; ``fail`` stops them until the file is fixed or
+        removed. Records that cannot be read are quarantined either way; they never fail a
+        shard.""")
     state: str | None = setting(
         None, env="GEM_STATE", portable=Portable(resolve=_absolute),
         default_doc="``GEM_HOME`` when it is local, else a folder named after it",

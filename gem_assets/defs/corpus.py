@@ -32,20 +32,24 @@ __all__ = ["documents"]
             "document_conservation",
             asset="documents",
             blocking=True,
-            description="Every row of the shard is counted once: rows in = kept + quarantined, "
-            "and the files written hold exactly those rows.",
+            description="Every record of the shard is counted once: records read = kept + quarantined, "
+            "the files written hold exactly those rows, and the quarantined rows per reason add up "
+            "to the quarantined rows; the check names the shard when it does not hold.",
         )
     ],
 )
 def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResult:
     """One shard, validated and normalized.
 
-    The shard is streamed in batches (``lib/corpus/shards.validate_shard_to``): memory holds one
+    The shard is streamed in batches (``lib/corpus/validation.validate_shard_to``): memory holds one
     batch, whatever the shard's size. Kept rows (NFC, newlines normalized, stripped; ids from
-    the id column or from the content) go to ``work/documents/<shard>.parquet``; null, empty or whitespace-only
-    texts, invalid UTF-8, over-long texts, missing and duplicate ids go to
-    ``outputs/quarantine/<shard>.parquet`` with a reason per row. A shard that cannot be
-    read, or lacks the text column, fails this partition only.
+    the id column or from the content) go to ``work/documents/<shard>.parquet``; records that cannot
+    be read (invalid UTF-8, not JSON, not a JSON object, an undecodable Parquet row group), records
+    whose text is missing, not a string, null, empty or whitespace only, or too long, and missing or
+    duplicate ids go to ``outputs/quarantine/<shard>.parquet`` with a reason per row. A shard that
+    cannot be read at all, or of which no record has the text column, fails this partition only, and
+    ``work/documents/<shard>.failed.json`` records why until the file reads (the aggregates'
+    ``GEM_ON_BAD_SHARD`` policy, ``defs/bad_shards``).
     """
 
     from gem_assets.lib.io import artifacts
@@ -70,8 +74,10 @@ def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResu
     try:  # streamed: one batch of the shard in memory at a time, written batch by batch
         result = validation.validate_shard_to(path, paths["documents"], paths["quarantine"], **params)
     except shards.ShardError as exc:
+        artifacts.write_documents_failure(layout, key, sha, str(exc), str(path))
         raise Failure(description=str(exc), metadata={"shard": key, "file": str(path)},
                       allow_retries=False) from exc
+    artifacts.clear_documents_failure(layout, key)
     fp = artifacts.documents_fingerprint(sha, params)
     meta = {
         "shard": key,
@@ -90,7 +96,9 @@ def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResu
 
     kept_on_disk = streaming.parquet_num_rows(paths["documents"])  # footers: local paths and object stores
     quarantined_on_disk = streaming.parquet_num_rows(paths["quarantine"])
-    conserved = result.rows_in == kept_on_disk + quarantined_on_disk == result.n_kept + result.n_quarantined
+    by_reason = sum(result.reasons.values())
+    conserved = (result.rows_in == kept_on_disk + quarantined_on_disk == result.n_kept + result.n_quarantined
+                 and by_reason == result.n_quarantined)
     if result.n_quarantined:
         context.log.warning(f"shard {key}: {result.n_quarantined} of {result.rows_in} rows quarantined "
                             f"({ {r: n for r, n in result.reasons.items() if n} }) -> {paths['quarantine']}")
@@ -111,14 +119,19 @@ def documents(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResu
         "dagster/row_count": result.n_kept,
     }
     if result.n_quarantined:
-        preview = next(streaming.iter_selected_rows(paths["quarantine"], columns=["row", "id", "reason", "detail"],
+        preview = next(streaming.iter_selected_rows(paths["quarantine"], columns=["row", "line", "id", "reason", "detail"],
                                                     batch_rows=10))
         metadata["quarantine_preview"] = MetadataValue.md(markdown_table(preview))
     check = AssetCheckResult(
         check_name="document_conservation",
         passed=bool(conserved),
-        metadata={"rows_in": result.rows_in, "kept": kept_on_disk, "quarantined": quarantined_on_disk},
-        description=f"{result.rows_in} in = {kept_on_disk} kept + {quarantined_on_disk} quarantined",
+        metadata={"shard": key, "rows_in": result.rows_in, "kept": kept_on_disk, "quarantined": quarantined_on_disk,
+                  "quarantined_by_reason": by_reason},
+        description=(f"shard {key}: {result.rows_in} in = {kept_on_disk} kept + {quarantined_on_disk} quarantined"
+                     if conserved else
+                     f"shard {key}: counts do not add up: {result.rows_in} records read, {kept_on_disk} kept and "
+                     f"{quarantined_on_disk} quarantined on disk ({result.n_kept} + {result.n_quarantined} counted, "
+                     f"{by_reason} by reason)"),
     )
     return MaterializeResult(metadata=metadata, data_version=DataVersion(data_version("documents", fp)),
                             check_results=[check])

@@ -9,7 +9,8 @@ held-out documents of the whole corpus (``all``) and each source in turn (``lib/
 Written to ``outputs/evaluation/``.
 
 Fingerprint (recorded in metadata and ``summary.json``; the data version Dagster compares is
-derived from it): the documents, embeddings and assignments fingerprints of every shard, the
+derived from it): the documents, embeddings and assignments fingerprints of every shard read (a
+shard without current assignments, or failed, is left out and named: ``defs/bad_shards``), the
 teacher sample's, the student's and the evaluation parameters. What is stale is decided by
 Dagster from code and data versions (``gem_assets/defs/versions.py``), not by comparing
 fingerprints.
@@ -51,27 +52,46 @@ EVALUATION_CHECKS = {
 }
 
 
-def _inputs(settings: Settings, keys) -> dict:
-    """The fingerprints of what the evaluation reads; raises ``FileNotFoundError`` when one is missing."""
+def _inputs(settings: Settings, keys, failed=()) -> tuple[dict, dict[str, str]]:
+    """The fingerprints of what the evaluation reads, and the shards it leaves out with the reason.
+
+    A shard is read when it has documents, embeddings and assignments made by the current student
+    from its current documents, and is not ``failed`` (``defs/bad_shards``).
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no teacher sample or no student.
+    """
+    from gem_assets.defs.student import assignments_fingerprint
     from gem_assets.lib.io import artifacts
     from gem_assets.lib.io import storage
 
     layout = settings.layout
-    shards = {}
-    for key in sorted(keys):
-        docs = artifacts.read_documents_meta(layout, key)
-        emb = artifacts.read_embeddings_meta(layout, key)
-        apath = layout.assignments_meta_path(key)
-        if docs is None or emb is None or not apath.is_file():
-            raise FileNotFoundError(f"shard {key!r} lacks documents, embeddings or assignments: run the pipeline "
-                                    "up to 'domain_assignments' first")
-        shards[key] = [docs["fingerprint"], emb.get("fingerprint"), storage.read_json(apath)["fingerprint"]]
     sample_meta = layout.teacher_sample_dir / "meta.json"
     student = layout.student_outputs_dir / "summary.json"
     if not sample_meta.is_file() or not student.is_file():
         raise FileNotFoundError("no teacher sample or student: materialize 'teacher_sample' and 'student_model' first")
+    student_fp = storage.read_json(student)["fingerprint"]
+    shards, excluded = {}, {}
+    for key in sorted(keys):
+        if key in failed:
+            continue
+        docs = artifacts.read_documents_meta(layout, key)
+        emb = artifacts.read_embeddings_meta(layout, key)
+        apath = layout.assignments_meta_path(key)
+        if docs is None:
+            excluded[key] = "no documents"
+        elif emb is None:
+            excluded[key] = "not embedded yet"
+        elif not apath.is_file() or not layout.assignments_path(key).is_file():
+            excluded[key] = "not assigned yet"
+        elif storage.read_json(apath)["fingerprint"] != assignments_fingerprint(student_fp, docs["fingerprint"]):
+            excluded[key] = "assigned by another student or from other documents"
+        else:
+            shards[key] = [docs["fingerprint"], emb.get("fingerprint"), storage.read_json(apath)["fingerprint"]]
     return {"shards": shards, "teacher_sample": storage.read_json(sample_meta)["fingerprint"],
-            "student": storage.read_json(student)["fingerprint"]}
+            "student": student_fp}, excluded
 
 
 def evaluation_fingerprint(settings: Settings, inputs: dict) -> str:
@@ -132,11 +152,21 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
     from gem_assets.lib.io import storage
     from gem_assets.lib.evaluation import corpus_sample, experiment, reports, statistics
 
+    from gem_assets.defs import bad_shards
+
     settings = gem.settings()
     layout = settings.layout
-    keys = sorted(gem.shards())
+    failed = bad_shards.failed_shards(gem)
     try:
-        inputs = _inputs(settings, keys)
+        inputs, excluded = _inputs(settings, sorted(gem.shards()), failed)
+    except FileNotFoundError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from exc
+    excluded = bad_shards.apply_policy(context, settings, "mixture_evaluation", excluded, failed)
+    keys = sorted(inputs["shards"])
+    if not keys:
+        raise bad_shards.nothing_usable("mixture_evaluation", "no shard has current assignments", excluded,
+                                        "materialize the 'domain_assignments' partitions first")
+    try:
         params = settings.evaluation_params()
         # one pass over the shards, without texts: the held-out decisions and the capped target and
         # training samples; nothing per document is kept
@@ -165,7 +195,8 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
     report = reports.report_markdown(evaluation, config)
     png = reports.bpb_chart(table, confidence=config.confidence)
     out = layout.evaluation_dir
-    record = {"fingerprint": fp, "params": params, "counts": evaluation.counts, "buckets": evaluation.bucket_counts,
+    record = {"fingerprint": fp, "shards": keys, "excluded": excluded, "params": params, "counts": evaluation.counts,
+              "buckets": evaluation.bucket_counts,
               "targets": res.target_bytes, "config": config.params(), "seconds": res.seconds,
               "student_fingerprint": inputs["student"], "profile": settings.profile}
     with storage.atomic_dir(out) as tmp:
@@ -215,6 +246,8 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
             "weights_seconds": round(res.seconds["weights"], 2),
             "target_models_seconds": round(res.seconds["target_models"], 2),
             "input_fingerprint": fp,
+            "shards": MetadataValue.json(keys),
+            "excluded_shards": MetadataValue.json(excluded),
             "outputs": MetadataValue.path(str(out)),
             "mlflow_status": outcome.status, "mlflow_run_id": outcome.run_id or "", "mlflow_message": outcome.message,
         },

@@ -111,13 +111,18 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
     from gem_assets.lib.student.agreement import confusion_matrix, confusion_png
     from gem_assets.lib.teacher.gem import GEM
 
+    from gem_assets.defs import bad_shards
+
     settings = gem.settings()
     layout = settings.layout
     summary = _teacher_summary(layout)
     try:
-        vectors, sample, _ = artifacts.read_teacher_sample(layout)
+        vectors, sample, sample_meta = artifacts.read_teacher_sample(layout)
     except FileNotFoundError as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
+    # the student learns from the teacher sample's shards: those it left out, and any failed since
+    excluded = bad_shards.apply_policy(context, settings, "student_model", sample_meta.get("excluded", {}),
+                                       bad_shards.failed_shards(gem))
     teacher_fp = summary["params"]["input_fingerprint"]
     teacher = GEM.load(layout.teacher_model_dir)
     P = np.asarray(teacher.predict_proba(vectors), dtype=np.float64)
@@ -168,7 +173,7 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
         "heldout_agreement": agreement, "train_seconds": train_seconds,
         "per_domain_agreement": per_domain["agreement"].fill_nan(None).to_list(),
         "teacher_hard_shares": summary["hard_shares"], "confusion": cm.tolist(),
-        "min_agreement": threshold, "device": str(model._embedding.weight.device),
+        "min_agreement": threshold, "device": str(model._embedding.weight.device), "excluded": excluded,
     }
     png = confusion_png(cm, title=f"student vs teacher, held out (n={hold.size}, agreement {agreement:.3f})")
     out = layout.student_outputs_dir
@@ -218,6 +223,7 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
             "input_fingerprint": fp,
             "teacher_input_fingerprint": teacher_fp,
             "outputs": MetadataValue.path(str(out)),
+            "excluded_shards": MetadataValue.json(excluded),
             "mlflow_status": outcome.status, "mlflow_run_id": outcome.run_id or "", "mlflow_message": outcome.message,
         },
         data_version=DataVersion(data_version("student_model", fp)),
@@ -327,12 +333,14 @@ def domain_stats(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
 
     Tokens are whitespace-separated words (``len(text.split())``), a tokenizer-free count.
     Uses every current shard whose assignments were made by the current student from its
-    current documents; others are listed in ``excluded_shards``. Written to
+    current documents; others, and failed shards (``GEM_ON_BAD_SHARD``: ``defs/bad_shards``),
+    are listed in ``excluded_shards``. Written to
     ``outputs/domain_stats/`` (``domain_stats.csv``, ``summary.json``).
     """
     import numpy as np
     import polars as pl
 
+    from gem_assets.defs import bad_shards
     from gem_assets.lib.io import artifacts
     from gem_assets.lib.io import storage
     from gem_assets.lib.io import streaming
@@ -341,8 +349,11 @@ def domain_stats(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     layout = settings.layout
     smeta = _student_meta(layout)
     k = int(smeta["k"])
+    failed = bad_shards.failed_shards(gem)
     included, excluded = {}, {}
     for key in sorted(gem.shards()):
+        if key in failed:
+            continue
         docs_meta = artifacts.read_documents_meta(layout, key)
         ameta_path = layout.assignments_meta_path(key)
         if docs_meta is None:
@@ -356,11 +367,10 @@ def domain_stats(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
             excluded[key] = "assigned by another student or from other documents"
             continue
         included[key] = (ameta, docs_meta)
-    if excluded:
-        context.log.warning(f"domain_stats leaves out {len(excluded)} shard(s): {excluded}")
+    excluded = bad_shards.apply_policy(context, settings, "domain_stats", excluded, failed)
     if not included:
-        raise Failure(description=f"no shard has current assignments (left out: {excluded}); materialize the "
-                      "'domain_assignments' partitions first", allow_retries=False)
+        raise bad_shards.nothing_usable("domain_stats", "no shard has current assignments", excluded,
+                                        "materialize the 'domain_assignments' partitions first")
     docs = np.zeros(k, dtype=np.int64)
     nbytes = np.zeros(k, dtype=np.int64)
     tokens = np.zeros(k, dtype=np.int64)

@@ -43,8 +43,9 @@ __all__ = ["taxonomy", "taxonomy_inputs", "taxonomy_fingerprint", "TAXONOMY_EXPE
 TAXONOMY_EXPERIMENT = "gem-taxonomy"
 
 
-def taxonomy_inputs(layout, keys) -> tuple[dict[str, dict], dict[str, str]]:
-    """Shards whose assignments are current (made by the current student from their current documents).
+def taxonomy_inputs(layout, keys, failed=()) -> tuple[dict[str, dict], dict[str, str]]:
+    """Shards whose assignments are current (made by the current student from their current documents),
+    leaving out the keys of ``failed`` shards (``defs/bad_shards``).
 
     Returns
     -------
@@ -63,6 +64,8 @@ def taxonomy_inputs(layout, keys) -> tuple[dict[str, dict], dict[str, str]]:
     student_fp = storage.read_json(spath)["fingerprint"]
     included, excluded = {}, {}
     for key in sorted(keys):
+        if key in failed:
+            continue
         docs_meta = artifacts.read_documents_meta(layout, key)
         apath = layout.assignments_meta_path(key)
         if docs_meta is None:
@@ -120,12 +123,14 @@ def taxonomy(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTrack
     layout = settings.layout
     teacher_fp = _teacher_summary(layout)["params"]["input_fingerprint"]
     smeta = _student_meta(layout)
-    included, excluded = taxonomy_inputs(layout, list(gem.shards()))
-    if excluded:
-        context.log.warning(f"taxonomy leaves out {len(excluded)} shard(s): {excluded}")
+    from gem_assets.defs import bad_shards
+
+    failed = bad_shards.failed_shards(gem)
+    included, excluded = taxonomy_inputs(layout, list(gem.shards()), failed)
+    excluded = bad_shards.apply_policy(context, settings, "taxonomy", excluded, failed)
     if not included:
-        raise Failure(description=f"no shard has current assignments (left out: {excluded}); materialize the "
-                      "'domain_assignments' partitions first", allow_retries=False)
+        raise bad_shards.nothing_usable("taxonomy", "no shard has current assignments", excluded,
+                                        "materialize the 'domain_assignments' partitions first")
     keys = sorted(included)
     params = settings.taxonomy_params()
     geometry = gis.TeacherGeometry.from_gem(GEM.load(layout.teacher_model_dir))

@@ -33,29 +33,29 @@ def teacher_sample(context: AssetExecutionContext, gem: GemConfig) -> Materializ
     """A seeded sample of the embedded documents, stratified by shard.
 
     Uses every shard the corpus glob matches whose embeddings were computed from its
-    current bytes; shards not embedded yet (or changed since) are left out and listed in
-    the metadata. The sample size is the profile's ``teacher_sample_size``, allocated to
-    shards in proportion to their embedded documents. Written to ``work/teacher_sample/``.
+    current bytes; shards not embedded yet (or changed since) and failed shards are left out and
+    listed in the metadata (``GEM_ON_BAD_SHARD``: ``defs/bad_shards``). The sample size is the
+    profile's ``teacher_sample_size``, allocated to shards in proportion to their embedded
+    documents. Written to ``work/teacher_sample/``.
     """
     import numpy as np
     import polars as pl
 
+    from gem_assets.defs import bad_shards
+    from gem_assets.defs.shards import shard_hashes
     from gem_assets.lib.io import artifacts
-    from gem_assets.lib.corpus import shards
     from gem_assets.lib.mixing import sampling
 
     settings = gem.settings()
     layout = settings.layout
-    hashes = {key: shards.file_sha256(path) for key, path in gem.shards().items()}
+    hashes = shard_hashes(gem.shards())
     included, excluded = artifacts.embedded_shards(layout, hashes)
-    if excluded:
-        context.log.warning(f"teacher sample leaves out {len(excluded)} shard(s): {excluded}")
+    failed = bad_shards.failed_shards(gem, hashes)
+    included = {k: v for k, v in included.items() if k not in failed}
+    excluded = bad_shards.apply_policy(context, settings, "teacher_sample", excluded, failed)
     if not included:
-        raise Failure(
-            description=f"no embedded shard to sample from ({len(hashes)} shards match the corpus glob; "
-            f"left out: {excluded}); materialize the 'embeddings' partitions first",
-            allow_retries=False,
-        )
+        raise bad_shards.nothing_usable("teacher_sample", "no embedded shard to sample from", excluded,
+                                        "materialize the 'embeddings' partitions first")
     sizes = {key: int(meta["n_vectors"]) for key, meta in included.items()}
     picks = sampling.stratified_sample(sizes, settings.effective_sample_size, settings.seed)
     blocks, frames = [], []

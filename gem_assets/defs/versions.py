@@ -24,7 +24,7 @@ from dagster import Backoff, RetryPolicy
 from gem_assets.config import Settings
 from gem_assets.lib.util.hashing import fingerprint
 
-__all__ = ["LOGIC_VERSIONS", "UPSTREAM", "behaviour_params", "code_version", "code_version_for", "data_version",
+__all__ = ["LOGIC_VERSIONS", "UPSTREAM", "BAD_SHARD_POLICY_ASSETS", "behaviour_params", "code_version", "code_version_for", "data_version",
            "current_settings", "STORE_RETRY", "with_code_versions"]
 
 #: Retry policy of the assets that write to ``GEM_HOME`` (possibly an object store) or to MLflow:
@@ -102,8 +102,15 @@ def _embedder_params(env: Mapping[str, str]) -> dict:
             "max_seq_length": int(env.get("GEM_EMBED_MAX_SEQ_LENGTH", "").strip() or 256)}
 
 
+#: The aggregate assets that decide which shards they read, and so read ``GEM_ON_BAD_SHARD``
+#: (``defs/bad_shards``): the setting is part of their code versions.
+BAD_SHARD_POLICY_ASSETS = ("teacher_sample", "student_model", "domain_stats", "taxonomy", "mixture_evaluation",
+                           "proxy_corpus", "curated_mixture")
+
+
 def behaviour_params(name: str, settings: Settings, env: Mapping[str, str] | None = None) -> dict:
-    """The settings that determine what asset ``name`` writes (thresholds of warning checks excluded).
+    """The settings that determine what asset ``name`` writes (thresholds of warning checks excluded),
+    and, for the assets of :data:`BAD_SHARD_POLICY_ASSETS`, whether they run while a shard is failed.
 
     Parameters
     ----------
@@ -113,7 +120,13 @@ def behaviour_params(name: str, settings: Settings, env: Mapping[str, str] | Non
     env : mapping, optional
         Environment of the embedder variables; defaults to ``os.environ``.
     """
-    env = os.environ if env is None else env
+    params = _behaviour_params(name, settings, os.environ if env is None else env)
+    if name in BAD_SHARD_POLICY_ASSETS:
+        params = {**params, "on_bad_shard": settings.on_bad_shard}
+    return params
+
+
+def _behaviour_params(name: str, settings: Settings, env: Mapping[str, str]) -> dict:
     if name in ("shard_files", "domain_assignments", "domain_stats"):
         return {}  # no parameters: what they write follows from their inputs
     if name == "documents":

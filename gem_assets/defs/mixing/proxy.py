@@ -46,8 +46,14 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     settings = gem.settings()
     p = settings.mixture_params()
     stats = require_stats(settings)
+    # the shards domain_stats counted, less any failed since (GEM_ON_BAD_SHARD: defs/bad_shards)
+    from gem_assets.defs import bad_shards
+
+    failed = bad_shards.failed_shards(gem)
+    excluded = bad_shards.apply_policy(context, settings, "proxy_corpus", stats.get("excluded", {}), failed)
+    keys = [k for k in stats["shards"] if k not in failed]
     fp = mixing_fingerprints(settings, stats["fingerprint"])["proxy_corpus"]
-    index, read_texts, read_ids = load_index(settings, stats["shards"], target_source=p["target"], key_seed=p["seed"])
+    index, read_texts, read_ids = load_index(settings, keys, target_source=p["target"], key_seed=p["seed"])
     k = n_domains(settings)
     names = [str(i) for i in range(k)]
     labels = index.domains
@@ -85,7 +91,7 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
             "target_documents_available": target_available,
             "target_bytes": int(target["target"].size), "target": p["target"] or "held-out sample of the whole corpus",
             "tokens": int(tokens.sum()), "domain_tokens": all_tokens.astype(np.int64).tolist(),
-            "stats_fingerprint": stats["fingerprint"], "shards": stats["shards"], "params": p}
+            "stats_fingerprint": stats["fingerprint"], "shards": keys, "excluded": excluded, "params": p}
     with storage.atomic_dir(settings.layout.proxy_corpus_dir) as tmp:
         storage.write_safetensors(tmp / "train.safetensors", train)
         if valid:
@@ -110,7 +116,8 @@ def proxy_corpus(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
         metadata={"domains": MetadataValue.md(markdown_table(table)), "documents": int(labels.size),
                   "train_bytes": int(sum(s.size for s in train.values())),
                   "valid_bytes": int(sum(s.size for s in valid.values())), "target_bytes": meta["target_bytes"],
-                  "target": meta["target"], "input_fingerprint": fp,
+                  "target": meta["target"], "input_fingerprint": fp, "shards": MetadataValue.json(keys),
+                  "excluded_shards": MetadataValue.json(excluded),
                   "outputs": MetadataValue.path(str(settings.layout.proxy_corpus_dir))},
         check_results=[check],
     )

@@ -5,6 +5,7 @@ library never builds paths itself, the caller passes them in)::
 
     work/documents/<shard>.parquet        kept documents (row, id, text, n_chars[, source])
     work/documents/<shard>.json           counts and fingerprints of the shard
+    work/documents/<shard>.failed.json    why the shard cannot be read (only while it cannot)
     outputs/quarantine/<shard>.parquet    quarantined rows (row, line, id, reason, detail, text_preview, raw)
     work/embeddings/<shard>/vectors.safetensors   "vectors": (n, d) float32, unit-norm
     work/embeddings/<shard>/index.parquet         row, id[, source] of each vector
@@ -34,6 +35,9 @@ __all__ = [
     "embeddings_fingerprint",
     "read_documents",
     "read_documents_meta",
+    "write_documents_failure",
+    "clear_documents_failure",
+    "failed_shards",
     "write_embeddings",
     "read_embeddings",
     "read_embeddings_meta",
@@ -50,6 +54,7 @@ class ArtifactPaths(Protocol):
 
     def documents_path(self, key: str) -> Path: ...
     def documents_meta_path(self, key: str) -> Path: ...
+    def documents_failed_path(self, key: str) -> Path: ...
     def embeddings_dir(self, key: str) -> Path: ...
     def assignments_path(self, key: str) -> Path: ...
 
@@ -89,6 +94,38 @@ def read_documents_meta(layout: ArtifactPaths, key: str) -> dict | None:
     """The metadata written with a shard's documents, or ``None``."""
     path = layout.documents_meta_path(key)
     return storage.read_json(path) if path.is_file() else None
+
+
+def write_documents_failure(layout: ArtifactPaths, key: str, shard_sha256: str, reason: str, file: str) -> None:
+    """Record that shard ``key``'s bytes (``shard_sha256``) cannot be read, and why."""
+    storage.write_json(layout.documents_failed_path(key),
+                       {"shard": key, "file": str(file), "shard_sha256": shard_sha256, "reason": reason})
+
+
+def clear_documents_failure(layout: ArtifactPaths, key: str) -> None:
+    """Remove shard ``key``'s failure record (its current bytes were read)."""
+    path = layout.documents_failed_path(key)
+    if path.is_file():
+        path.unlink()
+
+
+def failed_shards(layout: ArtifactPaths, shard_hashes: Mapping[str, str]) -> dict[str, str]:
+    """Current shards whose ``documents`` failed on their current bytes: key to the reason.
+
+    Parameters
+    ----------
+    layout : ArtifactPaths
+    shard_hashes : mapping of str to str
+        Current shard key to the SHA-256 of its file (a record of other bytes is stale: ignored).
+    """
+    out = {}
+    for key, sha in sorted(shard_hashes.items()):
+        path = layout.documents_failed_path(key)
+        if path.is_file():
+            record = storage.read_json(path)
+            if record.get("shard_sha256") == sha:
+                out[key] = str(record.get("reason", "cannot be read"))
+    return out
 
 
 # --------------------------------------------------------------------------- embeddings
