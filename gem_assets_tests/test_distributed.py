@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
-from dagster import AssetKey, in_process_executor, instance_for_test, validate_run_config
+from dagster import AssetKey, DagsterInvalidConfigError, in_process_executor, instance_for_test, validate_run_config
 
 from conftest import make_docs, make_resources, write_jsonl, write_parquet
 from gem_assets.defs.executors import EXECUTORS, ExecutionSettings, JobRequest, build_executor, run_jobs
@@ -274,7 +274,8 @@ def test_shipped_k8s_run_config_is_valid_for_the_k8s_job_executor():
         assert execution["max_concurrent"] == config["execution"]["config"]["max_concurrent"]
         assert execution["job_namespace"] == "gem-assets"
     bad = {"execution": {"config": {"max_concurrent": "many"}}}
-    with pytest.raises(Exception, match="max_concurrent"):
+    with pytest.raises(DagsterInvalidConfigError,
+                       match=r'Invalid scalar at path root:execution:config:max_concurrent\. Value "many"'):
         validate_run_config(defs.resolve_job_def("shard_job"), bad)
     values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
     env = {e["name"]: e["value"] for e in values["dagster-user-deployments"]["deployments"][0]["env"]}
