@@ -254,10 +254,10 @@ def main() -> None:
     ap.add_argument("--write", type=Path, default=None, help="replace the clustering section of this Markdown file")
     args = ap.parse_args()
 
-    from _report import machine, section, write_section
+    from _report import load_average, machine, section, write_section
 
     torch.set_num_threads(THREADS)
-    on = machine(extra=f"torch {torch.__version__}, {THREADS} threads for every method")
+    on = machine(load=load_average(), extra=f"torch {torch.__version__}, {THREADS} threads for every method")
     peak = gemm_peak()
     print(f"float32 GEMM peak (torch, 4096^3, {THREADS} threads): {peak:.1f} GFLOP/s", flush=True)
     on += f", float32 GEMM peak {peak:.1f} GFLOP/s"

@@ -106,7 +106,10 @@ def main() -> None:
 
     import torch
 
+    from _report import load_average
     from clustering import gemm_peak
+
+    load = load_average()
     from gem_assets.lib.teacher.synthetic import make_cone_clusters
 
     torch.set_num_threads(THREADS)
@@ -150,7 +153,7 @@ def main() -> None:
            if streamed else "Every size fitted the budget (resident path). ")
         + f"float32 GEMM peak before / after the fits: {peak_before:.0f} / {peak_after:.0f} GFLOP/s."
     )
-    text = section(table(rows), reading, on=machine(extra=f"torch {torch.__version__}, {THREADS} threads"))
+    text = section(table(rows), reading, on=machine(load=load, extra=f"torch {torch.__version__}, {THREADS} threads"))
     print(text)
     if args.write:
         write_section(args.write, "gem_scaling", text, "GEM fit time and memory against N (`benchmarks/gem_scaling.py`)")

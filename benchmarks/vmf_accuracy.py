@@ -17,7 +17,7 @@ Measures, on fixed grids:
   call), and Banerjee's approximation against the MLE for d in {384, 768}, rbar in [0.05, 0.95].
 
 ``--write FILE`` replaces the section ``vmf_accuracy`` of FILE (docs/method.md, section 6). mpmath is a
-dev dependency; a few points at large orders take about a second each, the whole run a few minutes.
+dev dependency; a few points at large orders take about a second each, the whole run under a minute.
 """
 
 from __future__ import annotations
