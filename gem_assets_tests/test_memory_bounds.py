@@ -498,8 +498,9 @@ def test_release_memory_returns_freed_heap_pages():
     before = rss()
     glibc = allocator._glibc() is not None
     assert allocator.release_memory() is glibc   # off glibc: only the garbage collection, and it says so
-    if glibc:
-        assert rss() < before - 50 * 2**20, (before, rss())
+    if not glibc:
+        pytest.skip("not glibc: release_memory only collects garbage (checked above); the rest measures glibc's malloc")
+    assert rss() < before - 50 * 2**20, (before, rss())   # measured with the top block still held
     del keep
 
 
@@ -538,7 +539,7 @@ def test_fix_mmap_threshold_returns_large_buffers_to_the_os():
     fixed = probe("fix")
     if allocator._glibc() is None:           # off glibc nothing changes, and fix_mmap_threshold says so
         assert fixed == "not-glibc"
-        return
+        pytest.skip("not glibc: fix_mmap_threshold is a no-op (checked above); the rest measures glibc's malloc")
     assert int(fixed) < 4 * 2**20, fixed                   # given back
     assert int(probe("default")) > 16 * 2**20              # the behaviour the fix removes: kept resident
 
