@@ -613,6 +613,12 @@ def _print_summary(summary: dict, settings, defs, shards, out: TextIO) -> None:
       f"{counts['failed']} failed")
     why = f" ({', '.join(f'{r} {n}' for r, n in sorted(reasons.items()))})" if reasons else ""
     p(f"documents   {rows_in} in = {kept} kept + {quarantined} quarantined{why}")
+    student_summary = layout.outputs_dir / "student" / "summary.json"
+    cross = storage.read_json(student_summary).get("cross_shard_duplicates") if student_summary.is_file() else None
+    if cross and cross.get("documents"):
+        per = ", ".join(f"{k} {n}" for k, n in cross["per_shard"].items())
+        p(f"duplicates  {cross['documents']} kept document(s) whose id a shard with an earlier key kept, left out "
+          f"from the assignments on ({per}) -> {cross['path']}")
     if summary["embed_docs"]:
         rate = summary["embed_docs"] / summary["embed_seconds"] if summary["embed_seconds"] > 0 else 0.0
         p(f"embeddings  {summary['embed_docs']} documents embedded now in {summary['embed_seconds']:.1f} s "

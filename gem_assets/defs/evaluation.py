@@ -170,9 +170,12 @@ def mixture_evaluation(context: AssetExecutionContext, gem: GemConfig, mlflow: M
         params = settings.evaluation_params()
         # one pass over the shards, without texts: the held-out decisions and the capped target and
         # training samples; nothing per document is kept
+        from gem_assets.defs.student import CROSS_SHARD_FILE
+
+        skip = artifacts.read_cross_shard_duplicates(layout.student_outputs_dir / CROSS_SHARD_FILE)
         sample = corpus_sample.sample_corpus(layout, keys, holdout=params["holdout"], seed=params["seed"],
                                    max_target_documents=params["max_target_documents"],
-                                   max_train_documents=params["max_train_documents"], progress=True)
+                                   max_train_documents=params["max_train_documents"], progress=True, skip=skip)
         sample_vectors, _, _ = artifacts.read_teacher_sample(layout)
     except (FileNotFoundError, ValueError) as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc

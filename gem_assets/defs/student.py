@@ -41,12 +41,16 @@ __all__ = ["student_model", "domain_assignments", "domain_stats", "student_finge
 
 #: MLflow experiment of the student's training runs.
 STUDENT_EXPERIMENT = "gem-student"
+#: The cross-shard quarantine as the student recorded it, beside its summary (what the assignments
+#: and the later stages leave out; the copy for users is Layout.cross_shard_quarantine_path).
+CROSS_SHARD_FILE = "cross_shard_duplicates.parquet"
 _HISTORY_METRICS = ("loss", "train_agreement", "eval_loss", "eval_agreement", "seconds")
 
 
-def student_fingerprint(settings: Settings, teacher_input_fp: str) -> str:
-    """What determines the student: the teacher's inputs (incl. K) and the student parameters."""
-    return fingerprint("student", teacher_input_fp, settings.student_params())
+def student_fingerprint(settings: Settings, teacher_input_fp: str, duplicates_fp: str = "") -> str:
+    """What determines the student's outputs: the teacher's inputs (incl. K), the student parameters
+    and the cross-shard duplicates it recorded (which documents its assignments leave out)."""
+    return fingerprint("student", teacher_input_fp, settings.student_params(), duplicates_fp)
 
 
 def assignments_fingerprint(student_fp: str, documents_fp: str) -> str:
@@ -121,8 +125,24 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
     except FileNotFoundError as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
     # the student learns from the teacher sample's shards: those it left out, and any failed since
-    excluded = bad_shards.apply_policy(context, settings, "student_model", sample_meta.get("excluded", {}),
-                                       bad_shards.failed_shards(gem))
+    from gem_assets.defs.shards import shard_hashes
+    from gem_assets.lib.corpus.duplicates import cross_shard_duplicates
+
+    hashes = shard_hashes(gem.shards())
+    failed = bad_shards.failed_shards(gem, hashes)
+    excluded = bad_shards.apply_policy(context, settings, "student_model", sample_meta.get("excluded", {}), failed)
+    # ids across the current documents of every readable shard: a shard whose key sorts first keeps an id,
+    # the later ones' documents with it are left out of the assignments and of every later stage
+    doc_keys = [k for k, sha in hashes.items() if k not in failed
+                and (artifacts.read_documents_meta(layout, k) or {}).get("shard_sha256") == sha
+                and layout.documents_path(k).is_file()]
+    duplicates = cross_shard_duplicates(
+        doc_keys, lambda k: storage.read_parquet(layout.documents_path(k), columns=["row", "id"]))
+    duplicates_fp = fingerprint("cross_shard_duplicates", duplicates.select("shard", "row", "id").rows())
+    per_shard_dups = {k: int(n) for k, n in duplicates.group_by("shard").len().sort("shard").iter_rows()}
+    if duplicates.height:
+        context.log.warning(f"{duplicates.height} document(s) have an id that a shard with an earlier key kept: "
+                            f"left out ({per_shard_dups}) -> {layout.cross_shard_quarantine_path}")
     teacher_fp = summary["params"]["input_fingerprint"]
     teacher = GEM.load(layout.teacher_model_dir)
     P = np.asarray(teacher.predict_proba(vectors), dtype=np.float64)
@@ -165,7 +185,7 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
         "agreement": np.where(cm.sum(axis=1) > 0, np.diag(cm) / np.maximum(cm.sum(axis=1), 1), np.nan),
         "student_docs": cm.sum(axis=0).astype(np.int64),
     })
-    fp = student_fingerprint(settings, teacher_fp)
+    fp = student_fingerprint(settings, teacher_fp, duplicates_fp)
     threshold = float(settings.student_min_agreement)
     record = {
         "fingerprint": fp, "teacher_input_fingerprint": teacher_fp, "params": params, "k": k,
@@ -174,6 +194,8 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
         "per_domain_agreement": per_domain["agreement"].fill_nan(None).to_list(),
         "teacher_hard_shares": summary["hard_shares"], "confusion": cm.tolist(),
         "min_agreement": threshold, "device": str(model._embedding.weight.device), "excluded": excluded,
+        "cross_shard_duplicates": {"documents": duplicates.height, "per_shard": per_shard_dups,
+                                   "fingerprint": duplicates_fp, "path": str(layout.cross_shard_quarantine_path)},
     }
     png = confusion_png(cm, title=f"student vs teacher, held out (n={hold.size}, agreement {agreement:.3f})")
     out = layout.student_outputs_dir
@@ -187,7 +209,9 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
         per_domain.write_csv(tmp / "per_domain.csv")
         heldout.write_parquet(tmp / "heldout.parquet", compression="zstd")
         (tmp / "confusion.png").write_bytes(png)
+        duplicates.write_parquet(tmp / CROSS_SHARD_FILE, compression="zstd")
         storage.write_json(tmp / "summary.json", record)  # last: its presence means a complete student
+    storage.write_parquet(layout.cross_shard_quarantine_path, duplicates)  # the users' copy
 
     tracker = MlflowTracker(tracking_uri=mlflow.tracking_uri, experiment=STUDENT_EXPERIMENT, enabled=mlflow.enabled,
                             on_error=mlflow.on_error, probe_timeout_s=mlflow.probe_timeout_s)
@@ -224,6 +248,8 @@ def student_model(context: AssetExecutionContext, gem: GemConfig, mlflow: Mlflow
             "teacher_input_fingerprint": teacher_fp,
             "outputs": MetadataValue.path(str(out)),
             "excluded_shards": MetadataValue.json(excluded),
+            "cross_shard_duplicates": duplicates.height,
+            "cross_shard_duplicates_per_shard": MetadataValue.json(per_shard_dups),
             "mlflow_status": outcome.status, "mlflow_run_id": outcome.run_id or "", "mlflow_message": outcome.message,
         },
         data_version=DataVersion(data_version("student_model", fp)),
@@ -269,7 +295,9 @@ def domain_assignments(context: AssetExecutionContext, gem: GemConfig) -> Materi
                       allow_retries=False)
     model = classifier.StudentClassifier.load(layout.student_outputs_dir / "model", device="auto")
     dest = layout.assignments_path(key)
-    res = labeling.label_parquet(model, layout.documents_path(key), dest)
+    # documents whose id a shard with an earlier key kept are not assigned (the student recorded them)
+    skip = artifacts.read_cross_shard_duplicates(layout.student_outputs_dir / CROSS_SHARD_FILE).get(key, set())
+    res = labeling.label_parquet(model, layout.documents_path(key), dest, skip_ids=skip)
     fp = assignments_fingerprint(smeta["fingerprint"], docs_meta["fingerprint"])
     k = model.n_classes
     counts = np.asarray(res["counts"], dtype=np.int64)
@@ -278,16 +306,18 @@ def domain_assignments(context: AssetExecutionContext, gem: GemConfig) -> Materi
     meta = {"shard": key, "fingerprint": fp, "student_fingerprint": smeta["fingerprint"],
             "documents_fingerprint": docs_meta["fingerprint"], "n": res["n"], "counts": res["counts"],
             "bytes": res["bytes"], "tokens": res["tokens"], "shares": shares, "kl_vs_teacher": kl,
-            "seconds": res["seconds"], "docs_per_s": res["docs_per_s"]}
+            "seconds": res["seconds"], "docs_per_s": res["docs_per_s"], "cross_shard_duplicates": res["skipped"]}
     storage.write_json(layout.assignments_meta_path(key), meta)
 
     # checks, from the files written
     written = storage.read_parquet(dest, columns=["id"])["id"]
     kept = storage.read_parquet(layout.documents_path(key), columns=["id"])["id"]
+    expected = kept.filter(~kept.is_in(pl.Series(sorted(skip), dtype=pl.String).implode()))
     dup = written.len() - written.n_unique()
-    missing = kept.filter(~kept.is_in(written.implode())).len()
-    extra = written.filter(~written.is_in(kept.implode())).len()
-    once = dup == 0 and missing == 0 and extra == 0 and written.len() == kept.len() == docs_meta["kept"]
+    missing = expected.filter(~expected.is_in(written.implode())).len()
+    extra = written.filter(~written.is_in(expected.implode())).len()
+    once = dup == 0 and missing == 0 and extra == 0 and written.len() == expected.len() == \
+        docs_meta["kept"] - res["skipped"]
     threshold = float(settings.student_drift_kl)
     drift_ok = kl <= threshold
     if not drift_ok:
@@ -296,9 +326,9 @@ def domain_assignments(context: AssetExecutionContext, gem: GemConfig) -> Materi
     checks = [
         AssetCheckResult(check_name="assigned_once", passed=bool(once),
                          metadata={"kept": kept.len(), "assigned": written.len(), "duplicates": dup,
-                                   "missing": missing, "unexpected": extra},
-                         description=f"{kept.len()} kept, {written.len()} assigned, {dup} duplicate, "
-                         f"{missing} missing, {extra} unexpected"),
+                                   "missing": missing, "unexpected": extra, "cross_shard_duplicates": res["skipped"]},
+                         description=f"{kept.len()} kept, {res['skipped']} left out as cross-shard duplicates, "
+                         f"{written.len()} assigned, {dup} duplicate, {missing} missing, {extra} unexpected"),
         AssetCheckResult(check_name="share_drift", passed=bool(drift_ok), severity=AssetCheckSeverity.WARN,
                          metadata={"kl": kl, "threshold": threshold},
                          description=f"KL(shard shares || teacher shares) = {kl:.4f} nats vs {threshold}"),
@@ -308,6 +338,7 @@ def domain_assignments(context: AssetExecutionContext, gem: GemConfig) -> Materi
         metadata={
             "shard": key, "n_documents": res["n"], "docs_per_s": round(res["docs_per_s"], 1),
             "seconds": round(res["seconds"], 3), "kl_vs_teacher": round(kl, 5),
+            "cross_shard_duplicates": res["skipped"],
             "shares": MetadataValue.md(markdown_table(table)),
             "fingerprint": fp, "path": MetadataValue.path(str(dest)), "dagster/row_count": res["n"],
         },
@@ -385,7 +416,8 @@ def domain_stats(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
             docs[idx] += agg["d"].to_numpy()
             nbytes[idx] += agg["b"].to_numpy()
             tokens[idx] += agg["t"].to_numpy()
-    total_kept = int(sum(d["kept"] for _, d in included.values()))
+    # kept documents less those left out as cross-shard duplicates (not assigned)
+    total_kept = int(sum(d["kept"] - int(a.get("cross_shard_duplicates", 0)) for a, d in included.values()))
     table = pl.DataFrame({
         "domain": np.arange(k, dtype=np.int64), "documents": docs, "bytes": nbytes, "tokens": tokens,
         "document_share": docs / max(1, docs.sum()), "token_share": tokens / max(1, tokens.sum()),
@@ -403,7 +435,8 @@ def domain_stats(context: AssetExecutionContext, gem: GemConfig) -> MaterializeR
     check = AssetCheckResult(
         check_name="documents_conserved", passed=bool(conserved),
         metadata={"assigned": int(docs.sum()), "kept": total_kept},
-        description=f"{int(docs.sum())} documents in the stats vs {total_kept} kept in {len(included)} shard(s)",
+        description=f"{int(docs.sum())} documents in the stats vs {total_kept} kept in {len(included)} shard(s) "
+        "(less cross-shard duplicates)",
     )
     md = table.with_columns(pl.col("document_share", "token_share", "teacher_hard_share").round(4))
     return MaterializeResult(

@@ -133,12 +133,16 @@ def taxonomy(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTrack
                                         "materialize the 'domain_assignments' partitions first")
     keys = sorted(included)
     params = settings.taxonomy_params()
+    from gem_assets.defs.student import CROSS_SHARD_FILE
+    from gem_assets.lib.io import artifacts
+
+    skip = artifacts.read_cross_shard_duplicates(layout.student_outputs_dir / CROSS_SHARD_FILE)  # not assigned
     geometry = gis.TeacherGeometry.from_gem(GEM.load(layout.teacher_model_dir))
     if geometry.k != int(smeta["k"]):
         raise Failure(description=f"the teacher has {geometry.k} domains but the student {smeta['k']}: "
                       "re-materialize 'student_model'", allow_retries=False)
     try:
-        stats = gis.collect_term_stats(lambda: tx.shard_batches(layout, keys), geometry, min_df=params["min_df"],
+        stats = gis.collect_term_stats(lambda: tx.shard_batches(layout, keys, skip), geometry, min_df=params["min_df"],
                                        max_terms=params["max_terms"], bigrams=params["bigrams"],
                                        n_exemplars=params["exemplars"], count_capacity=params["count_capacity"],
                                        posteriors=[params["posterior"]], progress=True)
@@ -151,7 +155,7 @@ def taxonomy(context: AssetExecutionContext, gem: GemConfig, mlflow: MlflowTrack
     tops = {"gis": [[t["term"] for t in d["top_terms"]] for d in tax["domains"]],
             "ctfidf": [[t for t, _ in row] for row in ct]}
     measurable = all(len(v) >= 2 for lists in tops.values() for v in lists)
-    quality = tx.name_quality(tops, lambda: tx.shard_texts(layout, keys)) if measurable else {}
+    quality = tx.name_quality(tops, lambda: tx.shard_texts(layout, keys, skip)) if measurable else {}
     tax.update(fingerprint=fp, teacher_input_fingerprint=teacher_fp, shards=keys, excluded_shards=excluded,
                quality=quality, ctfidf_top_terms=tops["ctfidf"])
 

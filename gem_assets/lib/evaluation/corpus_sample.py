@@ -153,15 +153,18 @@ def sample_frame(frame: pl.DataFrame, vectors: np.ndarray, *, holdout: float, se
     return sampler.sample(lambda rows: vectors[rows["vec"].to_numpy().astype(np.int64)])
 
 
-def _shard_frame(layout: ArtifactPaths, key: str) -> pl.DataFrame:
-    """One shard's documents without texts, with their GEM domain and the row of their embedding in
-    the shard's vectors (null when the document was not embedded); the vectors are not read."""
+def _shard_frame(layout: ArtifactPaths, key: str, skip=None) -> pl.DataFrame:
+    """One shard's documents without texts (less the ids ``skip`` names), with their GEM domain and the
+    row of their embedding in the shard's vectors (null when the document was not embedded); the
+    vectors are not read."""
     from gem_assets.lib.io import artifacts
     from gem_assets.lib.io import storage
 
     if not layout.documents_path(key).is_file() or not layout.documents_meta_path(key).is_file():
         raise FileNotFoundError(f"no documents for shard {key!r}: materialize the 'documents' partition first")
     docs = storage.read_parquet(layout.documents_path(key), columns=_non_text_columns(layout, key))
+    if skip:
+        docs = docs.filter(~pl.col("id").cast(pl.String).is_in(pl.Series(sorted(skip), dtype=pl.String).implode()))
     apath = layout.assignments_path(key)
     if not apath.is_file():
         raise FileNotFoundError(f"no GEM assignments for shard {key!r} ({apath}): materialize "
@@ -178,7 +181,7 @@ def _shard_frame(layout: ArtifactPaths, key: str) -> pl.DataFrame:
 
 def sample_corpus(layout: ArtifactPaths, keys: Sequence[str], *, holdout: float, seed: int,
                   max_target_documents: int | None = None, max_train_documents: int | None = None,
-                  progress: bool = False) -> EvaluationSample:
+                  progress: bool = False, skip=None) -> EvaluationSample:
     """:class:`CorpusSampler` over the pipeline's shards, one shard at a time, without texts.
 
     Reads each shard's ``documents`` (ids and sources), ``domain_assignments`` and ``embeddings``
@@ -193,6 +196,8 @@ def sample_corpus(layout: ArtifactPaths, keys: Sequence[str], *, holdout: float,
         Shard keys.
     holdout, seed, max_target_documents, max_train_documents
         See :class:`CorpusSampler`.
+    skip : mapping of str to collection of str, optional
+        Shard key to the ids of documents left out (the cross-shard duplicates).
 
     Raises
     ------
@@ -208,7 +213,7 @@ def sample_corpus(layout: ArtifactPaths, keys: Sequence[str], *, holdout: float,
         raise FileNotFoundError("no shard to evaluate")
     sampler = CorpusSampler(holdout, seed, max_target_documents, max_train_documents)
     for key in tqdm(keys, desc="evaluation sample", unit="shard", disable=not progress, mininterval=1.0):
-        sampler.offer(_shard_frame(layout, key))
+        sampler.offer(_shard_frame(layout, key, (skip or {}).get(key)))
 
     def vectors_of(rows: pl.DataFrame) -> np.ndarray:
         if rows.height == 0:

@@ -7,6 +7,8 @@ library never builds paths itself, the caller passes them in)::
     work/documents/<shard>.json           counts and fingerprints of the shard
     work/documents/<shard>.failed.json    why the shard cannot be read (only while it cannot)
     outputs/quarantine/<shard>.parquet    quarantined rows (row, line, id, reason, detail, text_preview, raw)
+    outputs/quarantine/across-shards/duplicate_ids.parquet   kept documents whose id a shard with an
+                                          earlier key kept (shard, row, id, reason, detail, first_shard, first_row)
     work/embeddings/<shard>/vectors.safetensors   "vectors": (n, d) float32, unit-norm
     work/embeddings/<shard>/index.parquet         row, id[, source] of each vector
     work/embeddings/<shard>/meta.json             fingerprints, model, counts, docs/s
@@ -38,6 +40,7 @@ __all__ = [
     "write_documents_failure",
     "clear_documents_failure",
     "failed_shards",
+    "read_cross_shard_duplicates",
     "write_embeddings",
     "read_embeddings",
     "read_embeddings_meta",
@@ -125,6 +128,19 @@ def failed_shards(layout: ArtifactPaths, shard_hashes: Mapping[str, str]) -> dic
             record = storage.read_json(path)
             if record.get("shard_sha256") == sha:
                 out[key] = str(record.get("reason", "cannot be read"))
+    return out
+
+
+def read_cross_shard_duplicates(path) -> dict[str, set[str]]:
+    """Shard key to the ids of its kept documents that a cross-shard quarantine file
+    (:func:`gem_assets.lib.corpus.duplicates.cross_shard_duplicates`) leaves out; empty when there
+    is no such file."""
+    path = storage.as_path(path)
+    if not path.is_file():
+        return {}
+    out: dict[str, set[str]] = {}
+    for shard, doc_id in storage.read_parquet(path, columns=["shard", "id"]).iter_rows():
+        out.setdefault(shard, set()).add(doc_id)
     return out
 
 

@@ -12,7 +12,7 @@ __all__ = ["label_parquet"]
 
 
 def label_parquet(model: StudentClassifier, src, dest, *, text_column: str = "text", id_column: str = "id",
-                  batch_rows: int = 8192) -> dict:
+                  batch_rows: int = 8192, skip_ids=None) -> dict:
     """Label every row of a Parquet file with the student, streaming it in batches.
 
     Reads ``src`` one record batch at a time (only the id and text columns) and appends each
@@ -33,12 +33,14 @@ def label_parquet(model: StudentClassifier, src, dest, *, text_column: str = "te
         Column names in ``src``.
     batch_rows : int
         Rows per batch.
+    skip_ids : collection of str, optional
+        Ids of rows not to label (left out of the output): the cross-shard duplicates of the shard.
 
     Returns
     -------
     dict
-        ``n`` (rows labelled), ``counts`` (documents per domain), ``bytes`` and ``tokens`` per
-        domain, ``seconds`` and ``docs_per_s``.
+        ``n`` (rows labelled), ``skipped`` (rows left out), ``counts`` (documents per domain),
+        ``bytes`` and ``tokens`` per domain, ``seconds`` and ``docs_per_s``.
     """
     import polars as pl
     import pyarrow as pa
@@ -53,12 +55,19 @@ def label_parquet(model: StudentClassifier, src, dest, *, text_column: str = "te
     schema = pa.schema([("id", pa.string()), ("domain", pa.int64()), ("confidence", pa.float64()),
                         ("n_bytes", pa.int64()), ("n_tokens", pa.int64())])
     t0 = time.perf_counter()
-    n = 0
+    n = skipped = 0
+    skip = pl.Series("skip", sorted(str(i) for i in (skip_ids or ())), dtype=pl.String)
     with storage.atomic_path(dest) as tmp:
         with pq.ParquetWriter(str(tmp), schema, compression="zstd") as writer, storage.open_binary(src) as fsrc:
             pf = pq.ParquetFile(fsrc)
             for batch in pf.iter_batches(batch_size=batch_rows, columns=[id_column, text_column]):
                 df = pl.from_arrow(batch)
+                if skip.len():
+                    before = df.height
+                    df = df.filter(~pl.col(id_column).cast(pl.String).is_in(skip.implode()))
+                    skipped += before - df.height
+                    if df.height == 0:
+                        continue
                 texts = df[text_column].fill_null("").cast(pl.String).to_list()
                 labels, conf = model.predict_with_confidence(texts)
                 sizes = df.select(pl.col(text_column).fill_null("").str.len_bytes().cast(pl.Int64).alias("b"),
@@ -77,5 +86,5 @@ def label_parquet(model: StudentClassifier, src, dest, *, text_column: str = "te
 
     release_memory()  # a long-lived process labels one shard after another: give the freed pages back
     seconds = time.perf_counter() - t0
-    return {"n": n, "counts": counts.tolist(), "bytes": nbytes.tolist(), "tokens": ntokens.tolist(),
+    return {"n": n, "skipped": skipped, "counts": counts.tolist(), "bytes": nbytes.tolist(), "tokens": ntokens.tolist(),
             "seconds": seconds, "docs_per_s": n / seconds if seconds > 0 else 0.0}

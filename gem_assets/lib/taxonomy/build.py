@@ -250,12 +250,13 @@ def stop_words_in(tax: dict) -> list[tuple[int, str]]:
 
 
 # --------------------------------------------------------------------------- reading the pipeline's shards
-def shard_batches(layout: ArtifactPaths, keys: Sequence[str]) -> Iterator[G.TermBatch]:
+def shard_batches(layout: ArtifactPaths, keys: Sequence[str], skip=None) -> Iterator[G.TermBatch]:
     """One :class:`gem_assets.lib.taxonomy.gis.TermBatch` per shard from the pipeline's files.
 
     Texts from ``documents``, domains from the student's ``domain_assignments``, vectors from
     ``embeddings`` when the shard's embeddings were made from its current documents (otherwise the
-    shard contributes counts but no vectors).
+    shard contributes counts but no vectors). ``skip`` (shard key to ids) names documents left out
+    (the cross-shard duplicates, which have no assignment).
 
     Raises
     ------
@@ -266,7 +267,7 @@ def shard_batches(layout: ArtifactPaths, keys: Sequence[str]) -> Iterator[G.Term
     from gem_assets.lib.io import storage
 
     for key in keys:
-        docs = artifacts.read_documents(layout, key).select("id", "text")
+        docs = _without(artifacts.read_documents(layout, key).select("id", "text"), skip, key)
         assign = storage.read_parquet(layout.assignments_path(key), columns=["id", "domain"])
         docs = docs.join(assign, on="id", how="left", maintain_order="left")
         missing = docs["domain"].null_count()
@@ -288,12 +289,22 @@ def shard_batches(layout: ArtifactPaths, keys: Sequence[str]) -> Iterator[G.Term
                           vectors=vectors, vector_rows=rows)
 
 
-def shard_texts(layout: ArtifactPaths, keys: Sequence[str]) -> Iterator[list[str]]:
-    """The texts of each shard's kept documents, one list per shard."""
+def shard_texts(layout: ArtifactPaths, keys: Sequence[str], skip=None) -> Iterator[list[str]]:
+    """The texts of each shard's kept documents (less those ``skip`` names), one list per shard."""
     from gem_assets.lib.io import artifacts
 
     for key in keys:
-        yield artifacts.read_documents(layout, key)["text"].to_list()
+        yield _without(artifacts.read_documents(layout, key), skip, key)["text"].to_list()
+
+
+def _without(docs, skip, key: str):
+    """``docs`` less the ids that ``skip`` (shard key to ids) names for shard ``key``."""
+    import polars as pl
+
+    ids = (skip or {}).get(key)
+    if not ids:
+        return docs
+    return docs.filter(~pl.col("id").cast(pl.String).is_in(pl.Series(sorted(ids), dtype=pl.String).implode()))
 
 
 def name_quality(tops: dict[str, Sequence[Sequence[str]]], texts, progress: bool = False) -> dict[str, dict]:
