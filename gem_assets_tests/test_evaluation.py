@@ -3,6 +3,7 @@ experiment grid on real (small, order-3) n-gram target models, tables and pictur
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -14,7 +15,6 @@ from gem_assets.lib.evaluation import corpus_sample, experiment, reports, splits
 from gem_assets.lib.evaluation.backends import MixerSettings, NGramTargets, sample_documents
 from gem_assets.lib.evaluation.bucketize import MISSING_LABEL, Bucketization, from_domains, from_labels, kmeans_buckets
 from gem_assets.lib.util.metrics import nmi
-from gem_assets.lib.mixing.sampling import key_priority
 
 
 def _config(**kw) -> experiment.EvaluationConfig:
@@ -35,6 +35,16 @@ class SpyTargets(NGramTargets):
     def fit(self, multiplicity, seed):
         self.samples.append(np.asarray(multiplicity).copy())
         return super().fit(multiplicity, seed)
+
+
+def held_out_by_hand(keys, fraction: float, seed: int) -> list[bool]:
+    """The hold-out rule, independently of the library: key k is held out when the BLAKE2b digest
+    (8 bytes, little-endian) of ``"<seed>\\x1fevaluation/holdout\\x1f<k>"`` is below fraction * 2^64."""
+    def u64(key) -> int:
+        return int.from_bytes(hashlib.blake2b(f"{seed}\x1fevaluation/holdout\x1f{key}".encode(), digest_size=8).digest(),
+                              "little")
+
+    return [u64(k) < fraction * 2**64 for k in keys]
 
 
 def _corpus(n=160):
@@ -87,9 +97,9 @@ def test_t_interval_rejects_bad_input(values, confidence, match):
 def test_holdout_split_is_a_seeded_hash_of_each_key():
     keys = [f"shard/{i:04d}" for i in range(101)]
     m = splits.holdout_split(keys, 0.1, seed=3)
-    # each document by its own key: priority below fraction * 2^64 (hand-checkable rule)
-    expected = [key_priority(3, "evaluation/holdout", k) < int(0.1 * 2**64) for k in keys]
-    assert m.dtype == bool and m.tolist() == expected and 0 < m.sum() < 101
+    # each document by its own key, by the documented rule written out here with hashlib
+    assert m.dtype == bool and m.tolist() == held_out_by_hand(keys, 0.1, 3)
+    assert np.flatnonzero(m).tolist() == [3, 26, 51, 53, 59, 61, 65, 71, 81, 84]
     assert np.array_equal(m, splits.holdout_split(keys, 0.1, seed=3))
     perm = np.random.default_rng(0).permutation(101)
     m2 = splits.holdout_split([keys[i] for i in perm], 0.1, seed=3)
