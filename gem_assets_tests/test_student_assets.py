@@ -74,7 +74,10 @@ def test_student_assignments_and_stats(tiny_corpus, gem_home, instance):
         checks = _checks(run)
         assert checks["assigned_once"] == (True, "ERROR")
         amd = _md(run, "domain_assignments")
-        assert amd["n_documents"] == 40 and amd["docs_per_s"] > 0
+        ameta = storage.read_json(layout.assignments_meta_path(key))   # throughput: 40 documents over the seconds
+        assert amd["n_documents"] == ameta["n"] == 40 and amd["seconds"] == round(ameta["seconds"], 3)
+        assert ameta["docs_per_s"] == pytest.approx(40 / ameta["seconds"], rel=1e-12)
+        assert amd["docs_per_s"] == round(ameta["docs_per_s"], 1)
         assign = pl.read_parquet(layout.assignments_path(key))
         docs = pl.read_parquet(layout.documents_path(key))
         assert assign.columns == ["id", "domain", "confidence", "n_bytes", "n_tokens"]
