@@ -224,14 +224,22 @@ def executor_from_env(env: Mapping[str, str] | None = None) -> ExecutorDefinitio
 
 # --------------------------------------------------------------------------- dispatching runs
 def failure_message(result) -> str:
-    """The first step failure of a finished run (in process or not), as one line."""
+    """The first step failure of a finished run (in process or not), as one line: a step that failed
+    after its retries (``RetryPolicy``) gives its last attempt's error, with the retries counted."""
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":
             data = event.step_failure_data
             if data is not None and data.user_failure_data is not None and data.user_failure_data.description:
                 return data.user_failure_data.description
             if data is not None and data.error is not None:
-                return data.error.message.strip().splitlines()[-1] if data.error.message else data.error.cls_name
+                err, after = data.error, ""
+                while err.message and err.message.startswith("Exceeded max_retries") and err.cause is not None:
+                    after = f" ({err.message.strip().replace('Exceeded max_retries of', 'failed after')} retries)"
+                    err = err.cause
+                    while err.cls_name == "RetryRequested" and err.cause is not None:
+                        err = err.cause
+                line = err.message.strip().splitlines()[-1] if err.message and err.message.strip() else err.cls_name
+                return line + after
     return "run failed (see the run's logs in the UI)"
 
 

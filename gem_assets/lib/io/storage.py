@@ -16,6 +16,10 @@ half-written file and a crash leaves the previous version intact:
 
 Readers (:func:`read_json`, :func:`read_parquet`, :func:`read_safetensors`, :func:`open_binary`)
 accept the same kinds of location.
+
+An object store that fails an operation (unreachable, refusing it ...) raises :class:`StorageError`,
+which names the location and the cause (a missing file stays a ``FileNotFoundError``); the assets
+that write to ``GEM_HOME`` retry a failed step (``defs/versions.STORE_RETRY``) before failing with it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ def _umask() -> int:
 
 
 __all__ = [
+    "StorageError",
     "LOCAL_PROTOCOLS",
     "is_remote",
     "as_path",
@@ -64,6 +69,23 @@ LOCAL_PROTOCOLS = ("", "file", "local")
 
 #: Files of a folder uploaded last by :func:`atomic_dir` on an object store (completion markers).
 _MARKERS = ("manifest.json", "meta.json", "summary.json")
+
+
+class StorageError(OSError):
+    """An object store failed an operation on a location: the message names both, and the cause."""
+
+
+@contextlib.contextmanager
+def _on_store(verb: str, location) -> Iterator[None]:
+    """Raise what an object store raises in the block as a :class:`StorageError` naming ``location``
+    (a ``FileNotFoundError`` or a ``StorageError`` passes as it is)."""
+    try:
+        yield
+    except (FileNotFoundError, StorageError):
+        raise
+    except Exception as exc:
+        raise StorageError(f"object store: cannot {verb} {location}: {type(exc).__name__}: "
+                           f"{str(exc).strip() or 'no message'}") from exc
 
 
 def _protocol(location) -> str | None:
@@ -125,7 +147,41 @@ def as_path(location):
     p = location if isinstance(location, UPath) else UPath(location)
     if protocol in LOCAL_PROTOCOLS:
         return Path(p.path)
+    _strict_checks(p.fs)
     return p
+
+
+def _strict_checks(fs) -> None:
+    """Make an fsspec filesystem's ``exists``, ``isfile`` and ``isdir`` raise :class:`StorageError` when
+    the store cannot answer. fsspec answers ``False`` to any error, so an unreachable store would read
+    as a file not written yet (and advice to materialize it first, which cannot help); only a
+    ``FileNotFoundError`` now means "no". Patched once per filesystem instance (fsspec caches them, so
+    every path of a store shares it)."""
+    if getattr(fs, "_gem_strict_checks", False):
+        return
+
+    def info_or_none(path):
+        try:
+            return fs.info(path)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise StorageError(f"object store: cannot check {fs.unstrip_protocol(path)}: {type(exc).__name__}: "
+                               f"{str(exc).strip() or 'no message'}") from exc
+
+    def exists(path, **kwargs):
+        return info_or_none(path) is not None
+
+    def isfile(path):
+        info = info_or_none(path)
+        return info is not None and info.get("type") == "file"
+
+    def isdir(path):
+        info = info_or_none(path)
+        return info is not None and info.get("type") == "directory"
+
+    fs.exists, fs.isfile, fs.isdir = exists, isfile, isdir
+    fs._gem_strict_checks = True
 
 
 def file_signature(location) -> tuple[int, str]:
@@ -139,7 +195,8 @@ def file_signature(location) -> tuple[int, str]:
     if isinstance(p, Path):
         st = os.stat(p)
         return int(st.st_size), str(st.st_mtime_ns)
-    info = p.fs.info(p.path)
+    with _on_store("stat", p):
+        info = p.fs.info(p.path)
     token = next((info[k] for k in ("mtime", "LastModified", "last_modified", "created", "ETag", "etag")
                   if info.get(k) is not None), "")
     return int(info.get("size") or 0), str(token)
@@ -148,7 +205,10 @@ def file_signature(location) -> tuple[int, str]:
 def open_binary(location):
     """Open a local or remote file for binary reading (a context manager; seekable)."""
     p = as_path(location)
-    return open(p, "rb") if isinstance(p, Path) else p.open("rb")
+    if isinstance(p, Path):
+        return open(p, "rb")
+    with _on_store("open", p):
+        return p.open("rb")
 
 
 @contextlib.contextmanager
@@ -178,15 +238,17 @@ def local_copy(location) -> Iterator[Path]:
             raise FileNotFoundError(f"no file or folder at {p}")
         yield p
         return
-    if not p.exists():
-        raise FileNotFoundError(f"no file or folder at {p}")
+    with _on_store("read", p):
+        if not p.exists():
+            raise FileNotFoundError(f"no file or folder at {p}")
     tmp = Path(tempfile.mkdtemp(prefix=".gem-local-copy."))
     try:
         target = tmp / p.name
-        if p.is_dir():
-            p.fs.get(p.path.rstrip("/") + "/", str(target), recursive=True)
-        else:
-            p.fs.get_file(p.path, str(target))
+        with _on_store("read", p):
+            if p.is_dir():
+                p.fs.get(p.path.rstrip("/") + "/", str(target), recursive=True)
+            else:
+                p.fs.get_file(p.path, str(target))
         yield target
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -213,8 +275,9 @@ def atomic_path(dest) -> Iterator[Path]:
         tmp_path = Path(tmp)
         try:
             yield tmp_path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.fs.put_file(str(tmp_path), dest.path)
+            with _on_store("write", dest):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.fs.put_file(str(tmp_path), dest.path)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp_path.unlink()
@@ -236,15 +299,17 @@ def atomic_path(dest) -> Iterator[Path]:
 def _upload_dir(src: Path, dest) -> None:
     """Replace the remote folder ``dest`` by the local folder ``src`` (markers last)."""
     fs, root = dest.fs, dest.path.rstrip("/")
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
+    with _on_store("replace", dest):
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
     files = sorted((p for p in src.rglob("*") if p.is_file()),
                    key=lambda p: (p.name in _MARKERS, _MARKERS.index(p.name) if p.name in _MARKERS else 0,
                                   str(p)))
     for f in files:
         target = f"{root}/{f.relative_to(src).as_posix()}"
-        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        fs.put_file(str(f), target)
+        with _on_store("write", fs.unstrip_protocol(target)):
+            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            fs.put_file(str(f), target)
 
 
 @contextlib.contextmanager
@@ -376,7 +441,12 @@ def _json_default(o):
 
 def read_json(path):
     """Read a JSON file (local path, URL or UPath)."""
-    return json.loads(as_path(path).read_bytes().decode("utf-8"))
+    p = as_path(path)
+    if isinstance(p, Path):
+        return json.loads(p.read_bytes().decode("utf-8"))
+    with _on_store("read", p):
+        data = p.read_bytes()
+    return json.loads(data.decode("utf-8"))
 
 
 def read_parquet(path, columns: list[str] | None = None):
@@ -386,8 +456,9 @@ def read_parquet(path, columns: list[str] | None = None):
     p = as_path(path)
     if isinstance(p, Path):
         return pl.read_parquet(p, columns=columns)
-    with p.open("rb") as f:
-        return pl.read_parquet(f, columns=columns)
+    with _on_store("read", p):
+        with p.open("rb") as f:
+            return pl.read_parquet(f, columns=columns)
 
 
 def read_csv(path, **kwargs):
@@ -397,7 +468,9 @@ def read_csv(path, **kwargs):
     p = as_path(path)
     if isinstance(p, Path):
         return pl.read_csv(p, **kwargs)
-    return pl.read_csv(p.read_bytes(), **kwargs)
+    with _on_store("read", p):
+        data = p.read_bytes()
+    return pl.read_csv(data, **kwargs)
 
 
 def write_parquet(dest: str | os.PathLike, df) -> Path:
@@ -440,4 +513,6 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
     p = as_path(path)
     if isinstance(p, Path):
         return load_file(str(p))
-    return load(p.read_bytes())
+    with _on_store("read", p):
+        data = p.read_bytes()
+    return load(data)
