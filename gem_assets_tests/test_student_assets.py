@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import polars as pl
@@ -16,7 +17,7 @@ from gem_assets.defs.partitions import SHARDS
 from gem_assets.defs.student import domain_assignments, domain_stats, student_model
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
 from gem_assets.lib.io import storage
-from gem_assets.lib.student.agreement import share_kl
+from gem_assets.lib.student.agreement import confusion_matrix, share_kl
 from gem_assets.lib.student.classifier import StudentClassifier
 
 KEYS = ["a.jsonl", "b.jsonl", "c.parquet"]
@@ -125,10 +126,21 @@ def test_drift_check_flags_a_one_topic_shard(tiny_corpus, gem_home, instance):
     assert _md(drift, "domain_assignments")["kl_vs_teacher"] > 0.2
 
 
-def test_share_kl():
-    assert share_kl([25, 25, 25, 25], [0.25] * 4) == pytest.approx(0.0)
-    assert share_kl([100, 0, 0, 0], [0.25] * 4) > 1.0
-    assert np.isfinite(share_kl([10, 0], [1.0, 0.0]))
+def test_share_kl_by_hand():
+    assert share_kl([25, 25, 25, 25], [0.25] * 4) == pytest.approx(0.0, abs=1e-15)
+    # counts (3, 1) + 0.5 each: p = (3.5, 1.5) / 5 = (0.7, 0.3) against (0.5, 0.5)
+    assert share_kl([3, 1], [0.5, 0.5]) == pytest.approx(0.7 * math.log(1.4) + 0.3 * math.log(0.6), rel=1e-12)
+    assert share_kl([3, 1], [0.5, 0.5], smoothing=0.0) == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5))
+    # a reference share of 0 is floored at 1e-6 (then renormalized): finite
+    p, q = np.array([10.5, 0.5]) / 11, np.array([1.0, 1e-6]) / (1 + 1e-6)
+    assert share_kl([10, 0], [1.0, 0.0]) == pytest.approx(float(np.sum(p * np.log(p / q))), rel=1e-12)   # 0.4877
+
+
+def test_confusion_matrix_by_hand():
+    # teacher (0, 0, 1, 2, 2), student (0, 1, 1, 0, 2), K = 4: domain 3 keeps a row and a column of zeros
+    m = confusion_matrix([0, 0, 1, 2, 2], [0, 1, 1, 0, 2], 4)
+    np.testing.assert_array_equal(m, [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
+    assert m.shape == (4, 4) and m.dtype.kind == "i"
 
 
 def test_assigned_once_fails_on_a_dropped_document(tiny_corpus, gem_home, instance, monkeypatch):

@@ -8,10 +8,14 @@ __all__ = ["confusion_matrix", "confusion_png", "share_kl"]
 
 
 def confusion_matrix(teacher: np.ndarray, student: np.ndarray, k: int) -> np.ndarray:
-    """(K, K) counts: row = teacher's domain, column = student's domain."""
-    m = np.zeros((k, k), dtype=np.int64)
-    np.add.at(m, (np.asarray(teacher, dtype=np.int64), np.asarray(student, dtype=np.int64)), 1)
-    return m
+    """(K, K) counts: row = teacher's domain, column = student's domain.
+
+    scikit-learn's ``confusion_matrix`` over the labels 0..K-1, so that a domain neither side uses
+    keeps its row and column of zeros (labels outside 0..K-1 are not counted).
+    """
+    from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
+
+    return sklearn_confusion_matrix(teacher, student, labels=np.arange(k))
 
 
 def confusion_png(matrix: np.ndarray, title: str = "student vs teacher (held out)") -> bytes:
@@ -38,11 +42,13 @@ def confusion_png(matrix: np.ndarray, title: str = "student vs teacher (held out
 def share_kl(counts, reference_shares, smoothing: float = 0.5) -> float:
     """KL(observed shares || reference shares) in nats.
 
-    The observed shares are the counts smoothed with ``smoothing`` per domain (so a domain
-    with no document gives a finite value); reference shares are floored at 1e-6.
+    The observed shares are p_k = (c_k + smoothing) / (n + K smoothing): ``smoothing`` pseudo-documents
+    added to every domain, so a domain with no document gives a finite value. The reference shares are
+    floored at 1e-6 and renormalized. The divergence is ``scipy.stats.entropy(p, q)`` (which normalizes
+    both arguments to sum 1).
     """
+    from scipy.stats import entropy
+
     c = np.asarray(counts, dtype=np.float64)
-    p = (c + smoothing) / (c.sum() + smoothing * c.size)
     q = np.clip(np.asarray(reference_shares, dtype=np.float64), 1e-6, None)
-    q = q / q.sum()
-    return float(np.sum(p * (np.log(p) - np.log(q))))
+    return float(entropy(c + smoothing, q))
