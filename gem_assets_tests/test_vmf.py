@@ -324,6 +324,14 @@ def test_sample_vmf_tangent_part_is_isotropic():
     assert abs(np.cos(ang).mean()) < 0.03 and abs(np.sin(ang).mean()) < 0.03
 
 
+@pytest.mark.parametrize("kappa", [0.0, 5.0])
+def test_sample_vmf_is_seeded(kappa):
+    mu = np.array([0.6, 0.0, 0.8])
+    a = vmf.sample_vmf(mu, kappa, 50, np.random.default_rng(3))
+    assert np.array_equal(a, vmf.sample_vmf(mu, kappa, 50, np.random.default_rng(3)))
+    assert not np.array_equal(a, vmf.sample_vmf(mu, kappa, 50, np.random.default_rng(4)))
+
+
 def test_sample_vmf_validation_and_degenerate_sizes():
     rng = np.random.default_rng(0)
     mu = np.array([1.0, 0.0, 0.0])
@@ -347,7 +355,8 @@ def test_sample_vmf_validation_and_degenerate_sizes():
 
 def test_module_does_not_import_scipy_or_dagster():
     # Load the file on its own (not through the package __init__, which may import torch) in a fresh
-    # interpreter: the library must need nothing beyond numpy and the standard library.
+    # interpreter: importing it needs nothing beyond numpy and the standard library (sample_vmf
+    # imports scipy when it is called).
     import subprocess
     import sys
 
