@@ -127,7 +127,8 @@ def test_shard_runs_in_parallel_with_the_multiprocess_executor(home, tmp_path, m
     from gem_assets.defs.partitions import SHARDS
 
     glob = _corpus(tmp_path / "corpus", 2)
-    (tmp_path / "corpus" / "part-9.jsonl").write_text('{"id": "x", "text": "fine"}\n{"id": "y", "text": \n')
+    # no line of it is a JSON object, so the whole shard fails (a bad line among good ones is quarantined)
+    (tmp_path / "corpus" / "part-9.jsonl").write_text('{"id": "y", "text": \n[1, 2]\n')
     if home == "s3":
         bucket = request.getfixturevalue("s3_server")
         _set_env(monkeypatch, f"{bucket}/mp-{os.getpid()}", glob, "multiprocess", GEM_MAX_CONCURRENT="2",
@@ -143,7 +144,7 @@ def test_shard_runs_in_parallel_with_the_multiprocess_executor(home, tmp_path, m
         results = run_jobs(inst, [JobRequest(job, k, k, SHARD_ASSETS) for k in keys], parallel=2)
         ok = {k: message is None for k, (message, _) in results.items()}
         assert ok == {"part-0.jsonl": True, "part-1.parquet": True, "part-9.jsonl": False}, results
-        assert "record 1 is not valid JSON" in results["part-9.jsonl"][0]
+        assert "none of its 2 records is a JSON object" in results["part-9.jsonl"][0]
         assert set(results["part-0.jsonl"][1]) == set(SHARD_ASSETS)
         runs = [r for r in inst.get_run_records() if r.dagster_run.tags["dagster/partition"] in good]
         assert len(runs) == 2 and all(r.dagster_run.is_success for r in runs)
