@@ -14,6 +14,7 @@ from conftest import make_docs
 from gem_assets.lib.evaluation import corpus_sample, experiment, reports, splits, statistics
 from gem_assets.lib.evaluation.backends import MixerSettings, NGramTargets, sample_documents
 from gem_assets.lib.evaluation.bucketize import MISSING_LABEL, Bucketization, from_domains, from_labels, kmeans_buckets
+from gem_assets.lib.mixing.sampling import bottom_k_positions
 from gem_assets.lib.util.metrics import nmi
 
 
@@ -450,8 +451,8 @@ def test_corpus_sampler_is_the_same_in_batches_in_any_order():
     keys = frame["key"]
     held = splits.holdout_split(keys, 0.2, 0)
     usable = frame["vec"].is_not_null().to_numpy()
-    target = corpus_sample.capped_sample(np.flatnonzero(held), keys, 7, 0, "target")
-    pool = corpus_sample.capped_sample(np.flatnonzero(~held & usable), keys, 25, 0, "pool")
+    target = bottom_k_positions(np.flatnonzero(held), keys, 7, 0, "evaluation/target")
+    pool = bottom_k_positions(np.flatnonzero(~held & usable), keys, 25, 0, "evaluation/pool")
     t, p = whole.frame.filter(pl.col("target")), whole.frame.filter(~pl.col("target"))
     assert set(t["key"]) == set(keys.gather(target)) and set(p["key"]) == set(keys.gather(pool))
     assert whole.counts == {"documents": 200, "held_out": int(held.sum()), "unusable": int((~held & ~usable).sum()),
@@ -521,10 +522,10 @@ def test_caps_bound_the_target_set_and_the_training_pool():
     # the capped target set is a subset of the uncapped held-out set, the same for the same seed
     keys = frame["key"].to_list()
     held = np.flatnonzero(splits.holdout_split(keys, 0.2, 0))
-    one = corpus_sample.capped_sample(held, keys, 15, 0, "target")
+    one = bottom_k_positions(held, keys, 15, 0, "evaluation/target")
     assert set(one) <= set(held) and one.size == 15 and np.all(np.diff(one) > 0)
-    np.testing.assert_array_equal(one, corpus_sample.capped_sample(held, keys, 15, 0, "target"))
-    assert set(corpus_sample.capped_sample(held, keys, 15, 1, "target")) != set(one)
-    np.testing.assert_array_equal(corpus_sample.capped_sample(held, keys, None, 0, "target"), held)
+    np.testing.assert_array_equal(one, bottom_k_positions(held, keys, 15, 0, "evaluation/target"))
+    assert set(bottom_k_positions(held, keys, 15, 1, "evaluation/target")) != set(one)
+    np.testing.assert_array_equal(bottom_k_positions(held, keys, None, 0, "evaluation/target"), held)
     with pytest.raises(ValueError, match="target cap"):
-        corpus_sample.capped_sample(held, keys, 0, 0, "target")
+        bottom_k_positions(held, keys, 0, 0, "evaluation/target")

@@ -168,11 +168,11 @@ def test_term_stats_working_set_does_not_grow_with_the_number_of_shards():
 # --------------------------------------------------------------------------- bottom-k samples
 def test_bottom_k_is_seeded_order_free_and_of_the_cap_size():
     keys = [f"shard-{i // 100}/{i}" for i in range(1_000)]
-    a = sampling.bottom_k(keys, 50, seed=3, purpose="test")
-    b = sampling.bottom_k(list(reversed(keys)), 50, seed=3, purpose="test")
+    a = sampling.BottomK(50, 3, "test").update(keys).keys()
+    b = sampling.BottomK(50, 3, "test").update(list(reversed(keys))).keys()
     assert len(a) == 50 and set(a) == set(b)
-    assert set(sampling.bottom_k(keys, 50, seed=4, purpose="test")) != set(a)
-    assert set(sampling.bottom_k(keys, 2_000, seed=3, purpose="test")) == set(keys)
+    assert set(sampling.BottomK(50, 4, "test").update(keys).keys()) != set(a)
+    assert set(sampling.BottomK(2_000, 3, "test").update(keys).keys()) == set(keys)
     # streamed in chunks (one shard at a time) it keeps the same sample, never more than the cap
     s = sampling.BottomK(50, seed=3, purpose="test")
     for i in range(0, 1_000, 100):
@@ -190,7 +190,7 @@ def test_bottom_k_is_uniform():
     counts = Counter()
     seeds = 400
     for seed in range(seeds):
-        counts.update(sampling.bottom_k(keys, 10, seed=seed, purpose="uniform"))
+        counts.update(sampling.BottomK(10, seed, "uniform").update(keys).keys())
     expected = seeds * 10 / 40
     obs = np.array([counts[k] for k in keys], dtype=float)
     var = seeds * 0.25 * 0.75

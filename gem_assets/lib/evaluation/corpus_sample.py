@@ -18,8 +18,7 @@ from gem_assets.lib.mixing.sampling import BottomK, bottom_k_positions, check_ca
 if TYPE_CHECKING:
     from gem_assets.lib.io.artifacts import ArtifactPaths
 
-__all__ = ["SAMPLE_COLUMNS", "CorpusSampler", "EvaluationSample", "sample_frame", "sample_corpus", "read_texts",
-           "capped_sample"]
+__all__ = ["SAMPLE_COLUMNS", "CorpusSampler", "EvaluationSample", "sample_frame", "sample_corpus", "read_texts"]
 
 
 #: The columns of a batch offered to :class:`CorpusSampler` (and of :attr:`EvaluationSample.frame`).
@@ -248,8 +247,3 @@ def read_texts(layout: ArtifactPaths, rows: pl.DataFrame, batch_rows: int = 8192
     from gem_assets.lib.io.streaming import read_texts as _read
 
     return _read(layout.documents_path, rows, batch_rows=batch_rows)
-
-
-def capped_sample(idx: np.ndarray, keys: Sequence[str], cap: int | None, seed: int, purpose: str) -> np.ndarray:
-    """:func:`gem_assets.lib.mixing.sampling.bottom_k_positions` in the evaluation's namespace (``evaluation/<purpose>``)."""
-    return bottom_k_positions(idx, keys, cap, seed, f"evaluation/{purpose}")

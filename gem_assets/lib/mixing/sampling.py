@@ -5,7 +5,7 @@
   :func:`stratified_sample` (the teacher sample, stratified by shard, largest remainder).
 - Bottom-k samples by key, streamed and independent of the order the keys arrive in:
   :func:`key_priority` / :func:`key_priorities` (a seeded 64-bit priority per key), :class:`BottomK`,
-  :func:`bottom_k_positions` and :func:`bottom_k` (the evaluation's target set and training pool,
+  :func:`bottom_k_positions` (the evaluation's target set and training pool,
   the mixing stage's target sample, the hold-out splits' hashes).
 
 Every sample is a pure function of the seed and the keys (or sizes) it is drawn from: re-running
@@ -21,8 +21,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 __all__ = ["derive_seed", "rng_for", "cap_sample", "allocate", "stratified_sample", "key_priority", "key_priorities",
-           "BottomK", "check_cap", "bottom_k_positions",
-           "bottom_k"]
+           "BottomK", "check_cap", "bottom_k_positions"]
 
 
 def derive_seed(seed: int, *keys: object) -> int:
@@ -278,8 +277,3 @@ def bottom_k_positions(idx: np.ndarray, keys, cap: int | None, seed: int, purpos
         chunk = gather(part).to_list() if gather is not None else [keys[i] for i in part.tolist()]
         pick.update(chunk, part.tolist())
     return np.sort(np.fromiter(pick.items().values(), dtype=np.int64))
-
-
-def bottom_k(keys: Iterable[object], cap: int, seed: int, purpose: str = "") -> list[str]:
-    """The :class:`BottomK` sample of ``keys`` (all of them when there are at most ``cap``)."""
-    return BottomK(cap, seed, purpose).update(keys).keys()
