@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import uuid
 from pathlib import Path
+
+# the store retry's first wait (GEM_RETRY_DELAY_S, 5 s by default), read when the definitions are
+# imported: the tests that make a store fail see the same two retries without 20 s of sleeping
+os.environ.setdefault("GEM_RETRY_DELAY_S", "0.2")
 
 import numpy as np
 import polars as pl

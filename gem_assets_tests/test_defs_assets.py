@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import polars as pl
@@ -239,6 +240,7 @@ def test_mlflow_unreachable_fails_when_asked(tiny_corpus, gem_home, instance):
     # an unreachable store may be transient: the step was retried (RetryPolicy) before the run failed
     retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert len(retries) == 2
+    assert teacher_clusters.op.retry_policy.delay == float(os.environ["GEM_RETRY_DELAY_S"])  # the setting's
 
 
 def test_asset_graph_lineage():

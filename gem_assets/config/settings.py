@@ -176,6 +176,11 @@ class Settings:
         metadata and in ``make run``'s summary; ``fail`` stops them until the file is fixed or
         removed. Records that cannot be read are quarantined either way; they never fail a
         shard.""")
+    retry_delay_s: float = setting(
+        5.0, env="GEM_RETRY_DELAY_S", minimum=0,
+        doc="""Seconds before the first retry of an asset that failed writing to ``GEM_HOME`` (an
+        object store) or to MLflow; each asset is retried twice, the second wait three times the
+        first (Dagster's exponential backoff). Read when the code location loads.""")
     state: str | None = setting(
         None, env="GEM_STATE", portable=Portable(resolve=_absolute),
         default_doc="``GEM_HOME`` when it is local, else a folder named after it",

@@ -28,8 +28,9 @@ __all__ = ["LOGIC_VERSIONS", "UPSTREAM", "BAD_SHARD_POLICY_ASSETS", "behaviour_p
            "current_settings", "STORE_RETRY", "with_code_versions"]
 
 #: Retry policy of the assets that write to ``GEM_HOME`` (possibly an object store) or to MLflow:
-#: transient failures are retried; deterministic ones raise ``Failure(..., allow_retries=False)``.
-STORE_RETRY = RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL)
+#: transient failures are retried (after ``GEM_RETRY_DELAY_S``, then three times as long); deterministic
+#: ones raise ``Failure(..., allow_retries=False)``.
+STORE_RETRY = RetryPolicy(max_retries=2, delay=Settings.from_env().retry_delay_s, backoff=Backoff.EXPONENTIAL)
 
 #: Hand-bumped logic version of each asset: bump one when its code changes what it writes.
 LOGIC_VERSIONS: dict[str, str] = {
