@@ -215,6 +215,7 @@ def _processes_of(dagster_home: Path) -> list[int]:
     return found
 
 
+@pytest.mark.slow  # three make run subprocesses, two of them SIGKILLed: make test-slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find left-over processes")
 def test_make_run_killed_twice_resumes_to_the_same_outputs(reference, tmp_path):
     corpus, ref_home, _, _ = reference

@@ -10,6 +10,7 @@ import io
 import os
 from pathlib import Path
 
+import pytest
 from dagster import AssetKey
 
 from conftest import make_docs, write_jsonl
@@ -41,6 +42,7 @@ def _materialized(summary: dict, asset: str) -> set:
             if m == asset or m.startswith(asset + "[")}
 
 
+@pytest.mark.slow  # five make runs on one home, a minute on 2 cores: make test-slow
 def test_runs_are_incremental(tiny_corpus, gem_home, disk_instance, monkeypatch):
     """One home through five make runs (one scenario, so that the first, full run is paid once):
     full, no-op, changed shard, new shard, changed K."""

@@ -119,7 +119,8 @@ def _step_failures(instance) -> str:
 
 
 # --------------------------------------------------------------------------- multiprocess
-@pytest.mark.parametrize("home", ["local", "s3"])
+# make test runs the multiprocess executor on a local home and Dask on S3; make test-slow the other two
+@pytest.mark.parametrize("home", ["local", pytest.param("s3", marks=pytest.mark.slow)])
 def test_shard_runs_in_parallel_with_the_multiprocess_executor(home, tmp_path, monkeypatch, request):
     """Shard runs two at a time, each step in a process of its own, with GEM_HOME a local folder or
     an S3 bucket (a local S3 server the step processes reach through AWS_ENDPOINT_URL, as they would
@@ -194,7 +195,7 @@ def _dask_env(cluster, monkeypatch, tmp_path, request, home: str, glob: str, dis
         return set(client.run(os.getpid).values())
 
 
-@pytest.mark.parametrize("home", ["local", "s3"])
+@pytest.mark.parametrize("home", [pytest.param("local", marks=pytest.mark.slow), "s3"])
 def test_shard_runs_on_a_local_dask_cluster(home, tmp_path, monkeypatch, request):
     """A shard partition's run (documents + embeddings) with every step a task on a Dask worker
     process, GEM_HOME a local folder or an S3 bucket (the local S3 server, reached by the workers
@@ -229,8 +230,7 @@ def test_shard_runs_on_a_local_dask_cluster(home, tmp_path, monkeypatch, request
     np.testing.assert_array_equal(v, artifacts.read_embeddings(ref["gem"].settings().layout, "part-0.jsonl")[0])
 
 
-@pytest.mark.skipif(os.environ.get("GEM_TEST_DASK_PIPELINE") != "1",
-                    reason="minutes per Dask-launched run on 2 cores: GEM_TEST_DASK_PIPELINE=1 to run it")
+@pytest.mark.slow  # make run's driver with every run launched on Dask: make test-slow
 def test_smoke_pipeline_end_to_end_on_a_local_dask_cluster(tmp_path, monkeypatch, request):
     """make run's driver through the stats with every run launched on a local Dask cluster."""
     distributed = pytest.importorskip("distributed")
