@@ -17,7 +17,7 @@ from gem_assets.defs.executors import executor_from_env
 from gem_assets.defs.jobs import (assets_job, assign_job, evaluation_job, mixing_job, shard_job, stats_job, student_job,
                                   taxonomy_job, teacher_job)
 from gem_assets.defs.mixing import MIXING_ASSETS
-from gem_assets.defs.shards import observe_shards, shard_files
+from gem_assets.defs.shards import observe_shards, shard_files, shard_manifest
 from gem_assets.defs.student import domain_assignments, domain_stats, student_model
 from gem_assets.defs.taxonomy import taxonomy
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
@@ -25,8 +25,8 @@ from gem_assets.resources import GemConfig, MlflowTracker, SentenceTransformerEm
 
 __all__ = ["ASSETS", "build_definitions", "defs"]
 
-#: Every materializable asset of the graph, upstream first (``shard_files``, the observable
-#: source they start from, is added by :func:`build_definitions`).
+#: Every materializable asset of the graph, upstream first (``shard_files`` and ``shard_manifest``,
+#: the observable sources they start from, are added by :func:`build_definitions`).
 ASSETS = [documents, embeddings, teacher_sample, teacher_clusters, student_model, domain_assignments, domain_stats,
           taxonomy, mixture_evaluation, *MIXING_ASSETS]
 
@@ -57,7 +57,7 @@ def build_definitions(
     """
     gem = gem or GemConfig.from_env()
     return Definitions(
-        assets=[shard_files, *with_automation(with_code_versions(ASSETS, gem.settings()))],
+        assets=[shard_files, shard_manifest, *with_automation(with_code_versions(ASSETS, gem.settings()))],
         jobs=[observe_shards, shard_job, teacher_job, student_job, assign_job, stats_job, taxonomy_job, evaluation_job,
               mixing_job, assets_job],
         sensors=automation_sensors([observe_shards]),

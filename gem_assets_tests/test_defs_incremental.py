@@ -10,6 +10,7 @@ import io
 import os
 from pathlib import Path
 
+import polars as pl
 import pytest
 from dagster import AssetKey
 
@@ -102,3 +103,28 @@ def test_bad_shard_fails_alone(tiny_corpus, gem_home, disk_instance, monkeypatch
     assert _materialized(summary, "domain_assignments") == {"a.jsonl", "b.jsonl", "c.parquet"}
     assert "FAILED zz.parquet" in text
     assert list(summary["failed"]) == ["zz.parquet"]
+
+
+@pytest.mark.slow  # 100 shards through the stats, then one more, then a no-op: make test-slow
+def test_a_new_shard_reaches_the_aggregates_from_100_shards_on(tmp_path, gem_home, disk_instance, monkeypatch):
+    """Dagster compares the data versions of a partitioned input only below 100 partitions; through
+    ``shard_manifest`` the aggregates are still flagged by a new shard, and only by a change."""
+    corpus = tmp_path / "many"
+    for i in range(100):
+        write_jsonl(corpus / f"s{i:03d}.jsonl", make_docs(4, seed=i, prefix=f"s{i:03d}-"))
+    first, text = drive(monkeypatch, disk_instance, gem_home, corpus)
+    assert not first["failed"], text
+    assert len(disk_instance.get_dynamic_partitions(SHARDS)) == 100 and first["stats"] == "computed"
+
+    write_jsonl(corpus / "s100.jsonl", make_docs(4, seed=100, prefix="s100-"))
+    second, text = drive(monkeypatch, disk_instance, gem_home, corpus)
+    assert not second["failed"], text
+    assert _materialized(second, "documents") == _materialized(second, "embeddings") == {"s100.jsonl"}
+    assert second["teacher"] == "refit" and second["stats"] == "computed", text
+    assert {"teacher_sample", "teacher_clusters", "student_model", "domain_stats"} <= set(second["materialized"])
+    assert "shard_manifest" in text  # the stale cause make run prints for the aggregates
+    (stats,) = gem_home.rglob("domain_stats.csv")
+    assert int(pl.read_csv(stats)["documents"].sum()) == 404  # the new shard's documents are counted
+
+    third, text = drive(monkeypatch, disk_instance, gem_home, corpus)
+    assert third["materialized"] == [] and not third["failed"], text

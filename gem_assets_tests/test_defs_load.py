@@ -19,7 +19,7 @@ from gem_assets.resources import GemConfig, MlflowTracker, SentenceTransformerEm
 def test_definitions_validate_loadable():
     Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"shard_files", "documents", "embeddings", "teacher_sample", "teacher_clusters", "student_model",
+    assert keys == {"shard_files", "shard_manifest", "documents", "embeddings", "teacher_sample", "teacher_clusters", "student_model",
                     "domain_assignments", "domain_stats", "mixture_evaluation", "taxonomy", "proxy_corpus",
                     "doremi_weights", "regmix_runs", "regmix_weights", "curated_mixture"}
     assert {j.name for j in defs.resolve_all_job_defs()} >= {"observe_shards", "gem_assets_job", "shard_job",

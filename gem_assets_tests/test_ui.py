@@ -75,7 +75,7 @@ def webserver(tmp_path):
 
 
 def test_ui_lists_every_asset(webserver):
-    expected = {"/".join(a.key.path) for a in ASSETS} | {"shard_files"}
+    expected = {"/".join(a.key.path) for a in ASSETS} | {"shard_files", "shard_manifest"}
     deadline = time.monotonic() + 60  # the code location server may still be loading
     while True:
         data = _post(webserver + "/graphql", "{ assetNodes { assetKey { path } isMaterializable staleStatus } }")

@@ -18,12 +18,12 @@ from gem_assets.defs import versions
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
 from gem_assets.defs.partitions import SHARDS
-from gem_assets.defs.shards import observe_shards, shard_files
+from gem_assets.defs.shards import manifest_version, observe_shards, shard_files, shard_manifest
 from gem_assets.defs.student import domain_assignments, student_model
 from gem_assets.defs.teacher import teacher_clusters, teacher_sample
-from gem_assets.defs.versions import LOGIC_VERSIONS, UPSTREAM, code_version_for
+from gem_assets.defs.versions import LOGIC_VERSIONS, PER_SHARD_ASSETS, UPSTREAM, code_version_for
 
-ASSET_NAMES = sorted(n for n in LOGIC_VERSIONS if n != "shard_files")
+ASSET_NAMES = sorted(n for n in LOGIC_VERSIONS if n not in ("shard_files", "shard_manifest"))
 
 #: (environment change, the assets whose code version it changes); every other asset keeps its own.
 ENV_CHANGES = [
@@ -178,7 +178,7 @@ def test_pipeline_records_data_versions_and_unchanged_inputs_keep_them(tiny_corp
     instance.add_dynamic_partitions(SHARDS, keys)
 
     # the source: one observation run records the SHA-256 of every shard file
-    defs = Definitions(assets=[shard_files, documents, embeddings], jobs=[observe_shards], resources=res)
+    defs = Definitions(assets=[shard_files, shard_manifest, documents, embeddings], jobs=[observe_shards], resources=res)
     assert defs.get_job_def("observe_shards").execute_in_process(instance=instance).success
     for key in keys:
         obs = instance.fetch_observations(AssetRecordsFilter(asset_key=AssetKey("shard_files"),
@@ -200,3 +200,41 @@ def test_pipeline_records_data_versions_and_unchanged_inputs_keep_them(tiny_corp
     third = _pipeline(instance, res, ["a.jsonl"], student=False)
     assert third[("documents", "a.jsonl")] != first[("documents", "a.jsonl")]
     assert third[("teacher_clusters", None)] != first[("teacher_clusters", None)]
+
+
+def _manifest(instance) -> str:
+    obs = instance.fetch_observations(AssetRecordsFilter(asset_key=AssetKey("shard_manifest")), limit=1).records
+    return obs[0].asset_observation.tags["dagster/data_version"]
+
+
+def test_shard_manifest_hashes_every_shard_and_the_per_shard_code_versions(tiny_corpus, gem_home, instance):
+    """The corpus-wide source the aggregates depend on (Dagster stops comparing the data versions of a
+    partitioned input at 100 partitions): its data version is the hash of the registered shards'
+    SHA-256, the registered shards without a file and the per-shard assets' code versions."""
+    res = make_resources(gem_home, str(tiny_corpus / "*"), k=4)
+    instance.add_dynamic_partitions(SHARDS, ["a.jsonl", "b.jsonl"])  # c.parquet not registered: not in it
+    defs = Definitions(assets=[shard_files, shard_manifest], jobs=[observe_shards], resources=res)
+    observe = defs.get_job_def("observe_shards")
+    settings = res["gem"].settings()
+    codes = {name: code_version_for(name, settings) for name in PER_SHARD_ASSETS}
+    sha = {k: hashlib.sha256((tiny_corpus / k).read_bytes()).hexdigest() for k in ("a.jsonl", "b.jsonl", "c.parquet")}
+
+    assert observe.execute_in_process(instance=instance).success
+    first = _manifest(instance)
+    assert first == manifest_version({k: sha[k] for k in ("a.jsonl", "b.jsonl")}, [], codes)
+    assert observe.execute_in_process(instance=instance).success
+    assert _manifest(instance) == first  # nothing changed: the same version, nothing downstream flagged
+
+    instance.add_dynamic_partitions(SHARDS, ["c.parquet"])  # a new shard
+    assert observe.execute_in_process(instance=instance).success
+    assert _manifest(instance) == manifest_version(sha, [], codes) != first
+
+    (tiny_corpus / "b.jsonl").unlink()  # a registered shard whose file is gone
+    assert observe.execute_in_process(instance=instance).success
+    assert _manifest(instance) == manifest_version({k: sha[k] for k in ("a.jsonl", "c.parquet")}, ["b.jsonl"], codes)
+
+    # a per-shard asset's code version is part of it (a new embedder reaches the aggregates), others are not
+    assert manifest_version(sha, [], {**codes, "embeddings": "2-x"}) != manifest_version(sha, [], codes)
+    assert set(PER_SHARD_ASSETS) == {"documents", "embeddings", "domain_assignments"}
+    for name in ("teacher_sample", "student_model", "domain_stats", "taxonomy", "mixture_evaluation"):
+        assert "shard_manifest" in UPSTREAM[name]

@@ -3,8 +3,9 @@
 Assets, by stage:
 
 ``partitions``   the dynamic ``shards`` partitions (one per shard file);
-``shards``       ``shard_files``, the observable source (a content hash per shard file as its
-                 data version), and the ``observe_shards`` job that observes it;
+``shards``       the observable sources ``shard_files`` (a content hash per shard file as its
+                 data version) and ``shard_manifest`` (one data version for all of them and the
+                 per-shard assets' code versions), and the ``observe_shards`` job that observes both;
 ``corpus``       ``documents`` (per shard);
 ``embeddings``   ``embeddings`` (per shard);
 ``teacher``      ``teacher_sample`` and ``teacher_clusters``;

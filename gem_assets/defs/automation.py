@@ -55,7 +55,10 @@ the same tick: on a fresh instance with no shard partition registered yet, nothi
 
 ``shard_files`` (the observable source) has no condition on purpose: the daemon would launch one
 observation run per partition, and each observes every shard. The shard sensor requests one
-``observe_shards`` run instead.
+``observe_shards`` run instead. Every condition ignores ``shard_manifest`` (the corpus-wide source
+the aggregates depend on so that the UI's stale flag holds from 100 shards on): they react to the
+per-shard assets themselves, and ``on_cron``'s "all inputs updated since the tick" would otherwise
+wait for an observation on nights without a new file.
 
 Sensors
 -------
@@ -118,6 +121,8 @@ NIGHTLY_CRON = "0 3 * * *"
 OBSERVE_JOB = "observe_shards"
 #: The observable source of the shard files (``gem_assets/defs/shards.py``).
 SHARD_SOURCE = "shard_files"
+#: The observable source of the whole corpus (``gem_assets/defs/shards.py``): every condition ignores it.
+MANIFEST_SOURCE = "shard_manifest"
 
 
 def _missing_term(cron: str) -> AutomationCondition:
@@ -194,14 +199,15 @@ def per_shard_condition(cron: str = NIGHTLY_CRON, *, aggregate: bool = False) ->
     one of its inputs exists.
     """
     ready = _ready() & _has_input() if aggregate else _ready()
-    return ((_eager() | _missing_term(cron) | _code_changed_term(cron)) & ready).with_label("per_shard")
+    return ((_eager() | _missing_term(cron) | _code_changed_term(cron)) & ready).ignore(
+        AssetSelection.assets(MANIFEST_SOURCE)).with_label("per_shard")
 
 
 def refit_condition(cron: str = NIGHTLY_CRON) -> AutomationCondition:
     """``on_cron(cron)``, or missing, or code changed at the nightly tick; inputs present (at least one) and their
     blocking checks passed."""
     return ((AutomationCondition.on_cron(cron) | _missing_term(cron) | _code_changed_term(cron))
-            & _ready() & _has_input()).with_label("refit")
+            & _ready() & _has_input()).ignore(AssetSelection.assets(MANIFEST_SOURCE)).with_label("refit")
 
 
 _PER_SHARD = per_shard_condition()

@@ -30,7 +30,8 @@ from dagster import (
 
 from gem_assets.config import Settings, fingerprint
 from gem_assets.defs._format import markdown_table
-from gem_assets.defs.student import domain_assignments
+from gem_assets.defs.shards import shard_manifest
+from gem_assets.defs.student import domain_assignments, student_model
 from gem_assets.defs.teacher import teacher_sample
 from gem_assets.defs.versions import STORE_RETRY, code_version, data_version
 from gem_assets.resources.config import GemConfig
@@ -127,7 +128,7 @@ def _config(settings: Settings):
 
 
 @asset(
-    deps=[domain_assignments, teacher_sample],
+    deps=[domain_assignments, teacher_sample, student_model, shard_manifest],
     group_name="evaluation",
     kinds={"pytorch", "mlflow", "csv"},
     code_version=code_version("mixture_evaluation"),

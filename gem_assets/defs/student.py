@@ -31,6 +31,7 @@ from gem_assets.config import Settings, fingerprint
 from gem_assets.defs._format import markdown_table
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.partitions import shards_partitions
+from gem_assets.defs.shards import shard_manifest
 from gem_assets.defs.teacher import teacher_clusters
 from gem_assets.defs.versions import STORE_RETRY, code_version, data_version
 from gem_assets.resources.config import GemConfig
@@ -83,7 +84,7 @@ def _student_meta(layout) -> dict:
 
 
 @asset(
-    deps=[teacher_clusters, documents],
+    deps=[teacher_clusters, documents, shard_manifest],
     group_name="student",
     kinds={"pytorch", "safetensors", "mlflow"},
     code_version=code_version("student_model"),
@@ -348,7 +349,7 @@ def domain_assignments(context: AssetExecutionContext, gem: GemConfig) -> Materi
 
 
 @asset(
-    deps=[domain_assignments],
+    deps=[domain_assignments, student_model, shard_manifest],
     group_name="student",
     kinds={"polars", "csv"},
     code_version=code_version("domain_stats"),

@@ -31,7 +31,9 @@ from dagster import (
 from gem_assets.config import Settings, fingerprint
 from gem_assets.defs.corpus import documents
 from gem_assets.defs.embeddings import embeddings
-from gem_assets.defs.student import _student_meta, _teacher_summary, assignments_fingerprint, domain_assignments
+from gem_assets.defs.shards import shard_manifest
+from gem_assets.defs.student import (_student_meta, _teacher_summary, assignments_fingerprint, domain_assignments,
+                                     student_model)
 from gem_assets.defs.teacher import teacher_clusters
 from gem_assets.defs.versions import STORE_RETRY, code_version, data_version
 from gem_assets.resources.config import GemConfig
@@ -89,7 +91,7 @@ def taxonomy_fingerprint(settings: Settings, teacher_input_fp: str, included: di
 
 
 @asset(
-    deps=[teacher_clusters, domain_assignments, embeddings, documents],
+    deps=[teacher_clusters, domain_assignments, embeddings, documents, student_model, shard_manifest],
     group_name="taxonomy",
     kinds={"json", "mlflow"},
     code_version=code_version("taxonomy"),

@@ -15,6 +15,7 @@ from dagster import (
 
 from gem_assets.defs._format import markdown_table
 from gem_assets.defs.embeddings import embeddings
+from gem_assets.defs.shards import shard_manifest
 from gem_assets.defs.versions import STORE_RETRY, code_version, data_version
 from gem_assets.resources.config import GemConfig
 from gem_assets.resources.mlflow import MlflowTracker
@@ -27,7 +28,7 @@ TEACHER_CHECKS = {
 }
 
 
-@asset(deps=[embeddings], group_name="teacher", kinds={"numpy", "safetensors"},
+@asset(deps=[embeddings, shard_manifest], group_name="teacher", kinds={"numpy", "safetensors"},
        code_version=code_version("teacher_sample"), retry_policy=STORE_RETRY)
 def teacher_sample(context: AssetExecutionContext, gem: GemConfig) -> MaterializeResult:
     """A seeded sample of the embedded documents, stratified by shard.

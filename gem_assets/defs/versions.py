@@ -24,7 +24,7 @@ from dagster import Backoff, RetryPolicy
 from gem_assets.config import Settings
 from gem_assets.lib.util.hashing import fingerprint
 
-__all__ = ["LOGIC_VERSIONS", "UPSTREAM", "BAD_SHARD_POLICY_ASSETS", "behaviour_params", "code_version", "code_version_for", "data_version",
+__all__ = ["LOGIC_VERSIONS", "UPSTREAM", "PER_SHARD_ASSETS", "BAD_SHARD_POLICY_ASSETS", "behaviour_params", "code_version", "code_version_for", "data_version",
            "current_settings", "STORE_RETRY", "with_code_versions"]
 
 #: Retry policy of the assets that write to ``GEM_HOME`` (possibly an object store) or to MLflow:
@@ -35,6 +35,7 @@ STORE_RETRY = RetryPolicy(max_retries=2, delay=Settings.from_env().retry_delay_s
 #: Hand-bumped logic version of each asset: bump one when its code changes what it writes.
 LOGIC_VERSIONS: dict[str, str] = {
     "shard_files": "1",
+    "shard_manifest": "1",
     "documents": "2",
     "embeddings": "1",
     "teacher_sample": "1",
@@ -54,15 +55,17 @@ LOGIC_VERSIONS: dict[str, str] = {
 #: Direct upstream assets of each asset (the ``deps`` of its decorator; checked by the tests).
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "shard_files": (),
+    "shard_manifest": (),
     "documents": ("shard_files",),
     "embeddings": ("documents",),
-    "teacher_sample": ("embeddings",),
+    "teacher_sample": ("embeddings", "shard_manifest"),
     "teacher_clusters": ("teacher_sample",),
-    "student_model": ("teacher_clusters", "documents"),
+    "student_model": ("teacher_clusters", "documents", "shard_manifest"),
     "domain_assignments": ("documents", "student_model"),
-    "domain_stats": ("domain_assignments",),
-    "taxonomy": ("teacher_clusters", "domain_assignments", "embeddings", "documents"),
-    "mixture_evaluation": ("domain_assignments", "teacher_sample"),
+    "domain_stats": ("domain_assignments", "student_model", "shard_manifest"),
+    "taxonomy": ("teacher_clusters", "domain_assignments", "embeddings", "documents", "student_model",
+                 "shard_manifest"),
+    "mixture_evaluation": ("domain_assignments", "teacher_sample", "student_model", "shard_manifest"),
     "proxy_corpus": ("domain_stats",),
     "doremi_weights": ("proxy_corpus",),
     "regmix_runs": ("proxy_corpus",),
@@ -103,6 +106,10 @@ def _embedder_params(env: Mapping[str, str]) -> dict:
             "max_seq_length": int(env.get("GEM_EMBED_MAX_SEQ_LENGTH", "").strip() or 256)}
 
 
+#: The partitioned assets, one partition per shard: their code versions are part of ``shard_manifest``'s
+#: data version, so a change to them reaches the unpartitioned assets at any number of shards.
+PER_SHARD_ASSETS = ("documents", "embeddings", "domain_assignments")
+
 #: The aggregate assets that decide which shards they read, and so read ``GEM_ON_BAD_SHARD``
 #: (``defs/bad_shards``): the setting is part of their code versions.
 BAD_SHARD_POLICY_ASSETS = ("teacher_sample", "student_model", "domain_stats", "taxonomy", "mixture_evaluation",
@@ -128,7 +135,7 @@ def behaviour_params(name: str, settings: Settings, env: Mapping[str, str] | Non
 
 
 def _behaviour_params(name: str, settings: Settings, env: Mapping[str, str]) -> dict:
-    if name in ("shard_files", "domain_assignments", "domain_stats"):
+    if name in ("shard_files", "shard_manifest", "domain_assignments", "domain_stats"):
         return {}  # no parameters: what they write follows from their inputs
     if name == "documents":
         return settings.documents_params()
