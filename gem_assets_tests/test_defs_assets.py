@@ -68,7 +68,9 @@ def test_embedding_cap_draws_a_seeded_sample(tiny_corpus, gem_home, instance):
     md = _mat_metadata(result, "embeddings")
     assert md["n_vectors"] == 10 and md["n_documents"] == 40 and md["sampled"]
     assert _checks(result)["one_per_document"]
-    ids1 = artifacts.read_embeddings(Layout(gem_home.resolve()), "a.jsonl")[1]["id"].to_list()
+    _, index, meta = artifacts.read_embeddings(Layout(gem_home.resolve()), "a.jsonl")
+    assert meta["docs_per_s"] == pytest.approx(10 / meta["seconds"], rel=1e-12)  # the embedded ones, not all 40
+    ids1 = index["id"].to_list()
     _shard_run(instance, res, "a.jsonl")
     assert artifacts.read_embeddings(Layout(gem_home.resolve()), "a.jsonl")[1]["id"].to_list() == ids1
 

@@ -231,3 +231,25 @@ def test_invalid_inputs():
         m.fit(["a", None], [0, 1])
     with pytest.raises(ValueError, match="at least one text"):
         m.fit([], [])
+
+
+def test_label_parquet_leaves_out_the_skipped_ids_and_counts_what_it_labelled(tmp_path):
+    import polars as pl
+
+    from gem_assets.lib.student.labeling import label_parquet
+
+    texts, y = topic_texts(200, seed=0)
+    model = StudentClassifier(4, **SMALL).fit(texts, y)
+    test, ty = topic_texts(12, seed=1)
+    ids = [f"d{i}" for i in range(12)]
+    pl.DataFrame({"id": ids, "text": test}).write_parquet(tmp_path / "docs.parquet")
+    out = label_parquet(model, tmp_path / "docs.parquet", tmp_path / "labels.parquet", batch_rows=5,
+                        skip_ids={"d0", "d5", "d11"})  # cross-shard duplicates: not labelled, not counted
+    labels = pl.read_parquet(tmp_path / "labels.parquet")
+    kept = [i for i in range(12) if ids[i] not in {"d0", "d5", "d11"}]
+    assert labels["id"].to_list() == [ids[i] for i in kept]
+    assert labels["domain"].to_list() == [int(ty[i]) for i in kept]  # the toy topics, learnt exactly
+    assert (out["n"], out["skipped"]) == (9, 3) and sum(out["counts"]) == 9
+    assert out["counts"] == np.bincount(ty[kept], minlength=4).tolist()
+    assert out["tokens"] == [sum(len(test[i].split()) for i in kept if ty[i] == k) for k in range(4)]
+    assert out["docs_per_s"] == pytest.approx(9 / out["seconds"], rel=1e-12)  # the labelled ones, not the skipped
