@@ -81,13 +81,13 @@ def _wait_up(base: str, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.skip(f"dagster did not start: {log.read_text()[-1500:]}")
+            pytest.fail(f"dagster dev exited before serving: {log.read_text()[-1500:]}")
         try:
             _gql(base, "{ assetNodes { assetKey { path } } }")
             return
         except (urllib.error.URLError, OSError, AssertionError, KeyError):
             time.sleep(2)
-    pytest.skip(f"dagster not up after {STARTUP_S} s")
+    pytest.fail(f"dagster dev not serving after {STARTUP_S} s: {log.read_text()[-1500:]}")
 
 
 def test_new_shard_is_built_by_automation_then_a_parameter_flags_its_assets(tmp_path):

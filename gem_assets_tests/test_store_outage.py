@@ -58,8 +58,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def mlflow_server(tmp_path):
     """A local MLflow tracking server (its own process group); yields ``(process, URL)``."""
     exe = Path(sys.executable).with_name("mlflow")
-    if not exe.exists():
-        pytest.skip("the mlflow command (the mlflow package's server) is not installed")
+    assert exe.exists(), f"no {exe}: mlflow (a dependency of the project) installs its server command there"
     port = _free_port()
     log = open(tmp_path / "mlflow-server.log", "wb")
     proc = subprocess.Popen([str(exe), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
