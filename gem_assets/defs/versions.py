@@ -27,11 +27,6 @@ from gem_assets.lib.util.hashing import fingerprint
 __all__ = ["LOGIC_VERSIONS", "UPSTREAM", "PER_SHARD_ASSETS", "BAD_SHARD_POLICY_ASSETS", "behaviour_params", "code_version", "code_version_for", "data_version",
            "current_settings", "STORE_RETRY", "with_code_versions"]
 
-#: Retry policy of the assets that write to ``GEM_HOME`` (possibly an object store) or to MLflow:
-#: transient failures are retried (after ``GEM_RETRY_DELAY_S``, then three times as long); deterministic
-#: ones raise ``Failure(..., allow_retries=False)``.
-STORE_RETRY = RetryPolicy(max_retries=2, delay=Settings.from_env().retry_delay_s, backoff=Backoff.EXPONENTIAL)
-
 #: Hand-bumped logic version of each asset: bump one when its code changes what it writes.
 LOGIC_VERSIONS: dict[str, str] = {
     "shard_files": "1",
@@ -174,6 +169,12 @@ def code_version_for(name: str, settings: Settings, env: Mapping[str, str] | Non
 def current_settings() -> Settings:
     """The settings of the ``GEM_*`` environment, read once when the code location loads."""
     return Settings.from_env()
+
+
+#: Retry policy of the assets that write to ``GEM_HOME`` (possibly an object store) or to MLflow:
+#: transient failures are retried (after ``GEM_RETRY_DELAY_S``, then three times as long); deterministic
+#: ones raise ``Failure(..., allow_retries=False)``.
+STORE_RETRY = RetryPolicy(max_retries=2, delay=current_settings().retry_delay_s, backoff=Backoff.EXPONENTIAL)
 
 
 def with_code_versions(assets, settings: Settings, env: Mapping[str, str] | None = None) -> list:
